@@ -1,0 +1,114 @@
+"""Backend registry keyed by URL scheme, in the manner of pyserial's URL handlers.
+
+``open_backend("sim:?profile=qemu")`` looks up the scheme, imports the implementing module only
+then (so optional heavy dependencies such as pyftdi load only for the schemes that need them),
+and returns an unopened :class:`Backend`; ``async with`` opens and closes it.
+
+Schemes are registered as ``"module:factory"`` strings so that later backends (``agent+serial``,
+``agent+tcp``, ``agent+ftdi``, ``devport``, ``qemu``, ``replay``) add one line here, and third
+parties can call :func:`register_backend` with their own factory.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from urllib.parse import parse_qsl, urlsplit
+
+from hil.backends.base import Backend, Capabilities, Capability
+from hil.errors import BackendOptionError, UnknownBackendError
+
+__all__ = [
+    "Backend",
+    "BackendURL",
+    "Capabilities",
+    "Capability",
+    "available_backends",
+    "open_backend",
+    "register_backend",
+]
+
+
+@dataclass(frozen=True)
+class BackendURL:
+    """A parsed backend URL: ``scheme:[//host[:port]][path][?opt=val&...]``."""
+
+    raw: str
+    scheme: str
+    host: str = ""
+    port: int | None = None
+    path: str = ""
+    options: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, url: str) -> BackendURL:
+        text = url.strip()
+        if ":" not in text:
+            text += ":"
+        parts = urlsplit(text)
+        scheme = parts.scheme or text.split(":", 1)[0]
+        options: dict[str, str] = {}
+        for key, value in parse_qsl(parts.query, keep_blank_values=True, strict_parsing=False):
+            if key in options:
+                raise BackendOptionError(url, f"option {key!r} given twice")
+            options[key] = value
+        try:
+            port = parts.port
+        except ValueError as e:
+            raise BackendOptionError(url, f"bad port number: {e}") from None
+        return cls(url, scheme.lower(), parts.hostname or "", port, parts.path, options)
+
+    def take(self, allowed: dict[str, str]) -> dict[str, str]:
+        """Return the options, refusing any not in ``allowed`` (name -> help text)."""
+        unknown = sorted(set(self.options) - set(allowed))
+        if unknown:
+            known = ", ".join(f"{k} ({v})" for k, v in allowed.items()) or "none"
+            raise BackendOptionError(self.raw, f"unknown option {unknown[0]!r}; {self.scheme}: accepts {known}")
+        return dict(self.options)
+
+
+Factory = Callable[[BackendURL], Backend]
+
+_REGISTRY: dict[str, str | Factory] = {
+    "sim": "hil.backends.sim:from_url",
+}
+_DESCRIPTIONS: dict[str, str] = {
+    "sim": "in-process PC/AT 8237A model (profiles: intel, qemu); no hardware",
+}
+
+
+def register_backend(scheme: str, factory: str | Factory, description: str = "") -> None:
+    """Register ``factory`` (a callable or a ``"module:attr"`` string) for ``scheme``."""
+    _REGISTRY[scheme.lower()] = factory
+    _DESCRIPTIONS[scheme.lower()] = description
+
+
+def available_backends() -> dict[str, str]:
+    """Scheme -> one-line description."""
+    return {s: _DESCRIPTIONS.get(s, "") for s in sorted(_REGISTRY)}
+
+
+def _resolve(entry: str | Factory) -> Factory:
+    if callable(entry):
+        return entry
+    module, _, attr = entry.partition(":")
+    return getattr(importlib.import_module(module), attr)  # type: ignore[no-any-return]
+
+
+def open_backend(url: str = "sim") -> Backend:
+    """Create the backend for ``url`` (not yet opened: use ``async with``)."""
+    if not isinstance(url, str) or not url.strip():
+        raise UnknownBackendError(str(url), str(url), sorted(_REGISTRY))
+    parsed = BackendURL.parse(url)
+    entry = _REGISTRY.get(parsed.scheme)
+    if entry is None:
+        raise UnknownBackendError(url, parsed.scheme, sorted(_REGISTRY))
+    return _resolve(entry)(parsed)
+
+
+async def connect(url: str = "sim") -> Backend:
+    """Create and open the backend for ``url``; the caller closes it."""
+    backend = open_backend(url)
+    await backend.open()
+    return backend

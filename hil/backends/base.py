@@ -1,0 +1,178 @@
+"""The backend interface: port I/O and physical memory, asynchronously, over any transport.
+
+Backends know ports and memory, not DMA rules (those live in :mod:`hil.dma`). The one primitive
+is :meth:`Backend.execute`; every convenience method is a one-program wrapper around it, so a
+backend only has to implement ``_execute`` (and ``_settle``) to get the whole interface.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import enum
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, ClassVar
+
+import structlog
+
+from hil.backends.ops import Delay, In, MemFill, MemRead, MemWrite, Op, Out, Result, check_program
+from hil.errors import BackendClosedError
+
+log = structlog.get_logger("hil.backend")
+
+
+class Capability(enum.Enum):
+    """What a backend can do beyond port I/O and memory."""
+
+    VIRTUAL_TIME = "virtual_time"  #: time advances only when the backend is driven
+    DEVICES = "devices"  #: simulated DREQ sources/sinks can be attached (``backend.machine``)
+    DREQ = "dreq"  #: a request line can be driven from the host
+    IRQ = "irq"  #: interrupt lines are observable
+    RESET_DETECT = "reset_detect"  #: the far side reports resets (boot nonce)
+    REAL_TIMING = "real_timing"  #: timings are those of silicon
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    backend: str  #: scheme, e.g. "sim"
+    identity: str  #: human identity, e.g. "sim profile=intel mem=16MiB"
+    features: frozenset[Capability] = frozenset()
+    memory_window: tuple[int, int] = (0, 0)  #: [start, end) of physical memory reachable
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def __contains__(self, cap: object) -> bool:
+        return cap in self.features
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "backend": self.backend,
+            "identity": self.identity,
+            "features": sorted(f.value for f in self.features),
+            "memory_window": list(self.memory_window),
+            **({"details": self.details} if self.details else {}),
+        }
+
+
+ResetListener = Callable[["Backend"], Awaitable[None]]
+
+
+class Backend(abc.ABC):
+    """Asynchronous access to one machine's I/O ports and physical memory.
+
+    Use as ``async with open_backend(url) as be:``. ``execute`` is atomic per backend: programs
+    from concurrent tasks never interleave, which matters because the 8237's byte-pointer
+    flip-flop makes interleaved register accesses silently wrong (hil-lessons.md §1.1).
+    """
+
+    scheme: ClassVar[str] = ""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._lock = asyncio.Lock()
+        self._closed = False
+        self._opened = False
+        self._reset_listeners: list[ResetListener] = []
+
+    # --- life cycle ---------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect / start whatever the backend needs. Idempotent."""
+        if not self._opened:
+            await self._open()
+            self._opened = True
+
+    async def _open(self) -> None:  # noqa: B027 - optional hook
+        pass
+
+    async def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            await self._close()
+
+    async def _close(self) -> None:  # noqa: B027 - optional hook
+        pass
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def __aenter__(self) -> Backend:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    # --- the primitive ------------------------------------------------------------------
+
+    async def execute(self, ops: Sequence[Op]) -> list[Result]:
+        """Run ``ops`` in order, atomically; return the results of the reading operations."""
+        if self._closed:
+            raise BackendClosedError(self.url)
+        check_program(ops)
+        async with self._lock:
+            return await self._execute(ops)
+
+    @abc.abstractmethod
+    async def _execute(self, ops: Sequence[Op]) -> list[Result]: ...
+
+    @property
+    @abc.abstractmethod
+    def capabilities(self) -> Capabilities: ...
+
+    async def settle(self, timeout_s: float | None = None) -> None:
+        """Return once no DMA activity can progress any more."""
+        if self._closed:
+            raise BackendClosedError(self.url)
+        async with self._lock:
+            await self._settle(timeout_s)
+
+    @abc.abstractmethod
+    async def _settle(self, timeout_s: float | None) -> None: ...
+
+    # --- reset notification (agent reboot, QEMU restart, ...) -----------------------------
+
+    def add_reset_listener(self, listener: ResetListener) -> None:
+        """Call ``listener(backend)`` after the far side was found reset (state lost)."""
+        self._reset_listeners.append(listener)
+
+    def remove_reset_listener(self, listener: ResetListener) -> None:
+        self._reset_listeners.remove(listener)
+
+    async def _notify_reset(self) -> None:
+        log.warning("backend_reset_detected", backend=self.url)
+        for listener in list(self._reset_listeners):
+            await listener(self)
+
+    # --- conveniences, each one program -----------------------------------------------------
+
+    async def outb(self, port: int, value: int) -> None:
+        await self.execute((Out(port, value, 8),))
+
+    async def outw(self, port: int, value: int) -> None:
+        await self.execute((Out(port, value, 16),))
+
+    async def inb(self, port: int) -> int:
+        return (await self.execute((In(port, 8),)))[0]  # type: ignore[return-value]
+
+    async def inw(self, port: int) -> int:
+        return (await self.execute((In(port, 16),)))[0]  # type: ignore[return-value]
+
+    async def write_mem(self, addr: int, data: bytes) -> None:
+        await self.execute((MemWrite(addr, bytes(data)),))
+
+    async def read_mem(self, addr: int, length: int) -> bytes:
+        return (await self.execute((MemRead(addr, length),)))[0]  # type: ignore[return-value]
+
+    async def fill_mem(self, addr: int, length: int, value: int = 0) -> None:
+        await self.execute((MemFill(addr, length, value),))
+
+    async def delay(self, us: float) -> None:
+        await self.execute((Delay(us),))
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.url}{' closed' if self._closed else ''}>"

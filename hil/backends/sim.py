@@ -1,0 +1,150 @@
+"""``sim:`` backend: the in-process PC/AT model behind the common backend interface.
+
+URL options: ``profile`` (``intel``, the default datasheet/chipset behaviour, or ``qemu``,
+QEMU 7.2's i8257), ``mem`` (physical memory size: ``16M``, ``640K``, ``0x100000``), ``strict``
+(``1``: accessing a port nothing decodes raises instead of floating), ``post`` (``bios``: channel
+4 set to cascade and unmasked at reset, as an AT BIOS leaves it; ``none``: raw reset state; the
+default is ``bios`` for ``intel`` and ``none`` for ``qemu``, matching QEMU under a halt firmware).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from hil.backends import BackendURL
+from hil.backends.base import Backend, Capabilities, Capability
+from hil.backends.ops import Delay, In, MemFill, MemRead, MemWrite, Op, Out, Poll, Result, check_program
+from hil.errors import BackendClosedError, BackendOptionError
+from hil.sim.machine import PROFILES, Machine, Timing
+
+OPTIONS = {
+    "profile": "intel|qemu",
+    "mem": "memory size such as 16M, 640K or 0x100000",
+    "strict": "0|1, raise on undecoded ports",
+    "post": "bios|none, BIOS channel-4 set-up at reset",
+}
+PROFILE_ALIASES = {"intel": "intel", "default": "intel", "datasheet": "intel", "qemu": "qemu"}
+MIN_MEM, MAX_MEM = 1 << 16, 1 << 30
+
+
+def parse_size(text: str) -> int:
+    m = re.fullmatch(r"\s*(0x[0-9a-fA-F]+|\d+)\s*([kKmMgG]?)(?:i?[bB])?\s*", text)
+    if not m:
+        raise ValueError(text)
+    value = int(m.group(1), 0)
+    return value << {"": 0, "k": 10, "m": 20, "g": 30}[m.group(2).lower()]
+
+
+def _flag(url: BackendURL, name: str, text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on", ""):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise BackendOptionError(url.raw, f"option {name}={text!r}: expected 0 or 1")
+
+
+def from_url(url: BackendURL) -> SimBackend:
+    opts = url.take(OPTIONS)
+    name = opts.get("profile", "intel").lower()
+    if name not in PROFILE_ALIASES:
+        raise BackendOptionError(url.raw, f"unknown profile {name!r}; profiles: {', '.join(PROFILES)}")
+    mem = 16 << 20
+    if "mem" in opts:
+        try:
+            mem = parse_size(opts["mem"])
+        except ValueError:
+            raise BackendOptionError(url.raw, f"option mem={opts['mem']!r} is not a size (e.g. 16M, 0x100000)") from None
+        if not MIN_MEM <= mem <= MAX_MEM:
+            raise BackendOptionError(url.raw, f"option mem={opts['mem']!r}: size must be 64K..1G")
+    post = None
+    if "post" in opts:
+        if opts["post"] not in ("bios", "none"):
+            raise BackendOptionError(url.raw, f"option post={opts['post']!r}: expected bios or none")
+        post = opts["post"] == "bios"
+    strict = _flag(url, "strict", opts["strict"]) if "strict" in opts else False
+    return SimBackend(url.raw, profile=PROFILE_ALIASES[name], mem_size=mem, strict=strict, post=post)
+
+
+class SimBackend(Backend):
+    """Runs programs against :class:`hil.sim.machine.Machine`; ``.machine`` is public."""
+
+    scheme = "sim"
+
+    def __init__(
+        self,
+        url: str = "sim",
+        *,
+        profile: str = "intel",
+        mem_size: int = 16 << 20,
+        strict: bool = False,
+        post: bool | None = None,
+        timing: Timing | None = None,
+    ) -> None:
+        super().__init__(url)
+        self.machine = Machine(profile=profile, mem_size=mem_size, strict=strict, post=post, timing=timing)
+
+    @property
+    def capabilities(self) -> Capabilities:
+        m = self.machine
+        return Capabilities(
+            backend="sim",
+            identity=f"sim profile={m.profile} mem={len(m.memory) >> 10}KiB{' strict' if m.strict else ''}",
+            features=frozenset({Capability.VIRTUAL_TIME, Capability.DEVICES, Capability.DREQ}),
+            memory_window=(0, len(m.memory)),
+            details={"profile": m.profile, "virtual_ns": m.now_ns},
+        )
+
+    async def execute(self, ops: Sequence[Op]) -> list[Result]:
+        # The model runs synchronously inside one event-loop step, so a program cannot be
+        # interleaved with another task's: atomic without taking the lock.
+        if self._closed:
+            raise BackendClosedError(self.url)
+        check_program(ops)
+        return self._run(ops)
+
+    async def _execute(self, ops: Sequence[Op]) -> list[Result]:
+        return self._run(ops)
+
+    def _run(self, ops: Sequence[Op]) -> list[Result]:
+        m = self.machine
+        results: list[Result] = []
+        for op in ops:
+            kind = type(op)
+            if kind is Out:
+                m.io_write(op.port, op.value, op.width)  # type: ignore[union-attr]
+            elif kind is In:
+                results.append(m.io_read(op.port, op.width))  # type: ignore[union-attr]
+            elif kind is MemRead:
+                results.append(m.mem_read(op.addr, op.length))  # type: ignore[union-attr]
+            elif kind is MemWrite:
+                m.mem_write(op.addr, op.data)  # type: ignore[union-attr]
+            elif kind is MemFill:
+                m.mem_fill(op.addr, op.length, op.value)  # type: ignore[union-attr]
+            elif kind is Delay:
+                m.advance(round(op.us * 1000))  # type: ignore[union-attr]
+            elif kind is Poll:
+                results.append(self._poll(op))  # type: ignore[arg-type]
+        return results
+
+    def _poll(self, op: Poll) -> int:
+        m = self.machine
+        deadline = m.now_ns + round(op.timeout_us * 1000)
+        while True:
+            value = m.io_read(op.port, op.width)
+            if value & op.mask == op.expect or m.now_ns >= deadline:
+                return value
+            m.advance(round(op.interval_us * 1000))
+
+    async def settle(self, timeout_s: float | None = None) -> None:
+        if self._closed:
+            raise BackendClosedError(self.url)
+        await self._settle(timeout_s)
+
+    async def _settle(self, timeout_s: float | None) -> None:
+        """Run virtual time until no channel can be serviced (``timeout_s`` is virtual)."""
+        limit = 10.0 if timeout_s is None else timeout_s
+        self.machine.run_until_idle(round(limit * 1e9))
+
+
+__all__ = ["SimBackend", "from_url", "parse_size", "check_program"]

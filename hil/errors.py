@@ -1,0 +1,159 @@
+"""Typed errors. Every error the package raises on purpose is a :class:`HilError`.
+
+Messages name the value and the rule that refused it, so that a bench user can act on the
+message alone; the CLI prints ``str(error)`` and never a traceback for these.
+"""
+
+from __future__ import annotations
+
+
+class HilError(Exception):
+    """Base of every error raised by lpc-hil."""
+
+
+# --- bad input to a backend ----------------------------------------------------------------
+
+
+class InvalidAccessError(HilError, ValueError):
+    """An operation that no bus could perform: bad port, width or value."""
+
+
+class InvalidPortError(InvalidAccessError):
+    def __init__(self, port: object) -> None:
+        super().__init__(f"port {port!r} is outside the x86 I/O space 0x0000..0xFFFF")
+        self.port = port
+
+
+class InvalidWidthError(InvalidAccessError):
+    def __init__(self, width: object) -> None:
+        super().__init__(f"access width {width!r} is not supported: use 8 or 16 bits")
+        self.width = width
+
+
+class ValueWidthError(InvalidAccessError):
+    def __init__(self, value: object, width: int, port: int | None = None) -> None:
+        where = f" for port 0x{port:04X}" if isinstance(port, int) else ""
+        super().__init__(f"value {value!r}{where} does not fit a {width}-bit access (0..0x{(1 << width) - 1:X})")
+        self.value, self.width, self.port = value, width, port
+
+
+class MemoryRangeError(InvalidAccessError):
+    def __init__(self, addr: int, length: int, size: int, what: str = "physical memory") -> None:
+        super().__init__(
+            f"memory access 0x{addr:X}+0x{length:X} (ends at 0x{addr + length:X}) is outside "
+            f"{what} 0x0..0x{size:X}"
+        )
+        self.addr, self.length, self.size = addr, length, size
+
+
+class UndecodedPortError(HilError):
+    """Raised in ``strict`` mode for an access to a port that nothing decodes."""
+
+    def __init__(self, port: int, write: bool) -> None:
+        verb = "write to" if write else "read of"
+        super().__init__(f"{verb} port 0x{port:04X}: nothing on the bus decodes it (strict mode)")
+        self.port, self.write = port, write
+
+
+class AccessDeniedError(HilError):
+    """A hardware backend refused an access outside its allow-list."""
+
+
+# --- opening backends ----------------------------------------------------------------------
+
+
+class BackendError(HilError):
+    """A backend could not be opened or used."""
+
+
+class UnknownBackendError(BackendError):
+    def __init__(self, url: str, scheme: str, known: list[str]) -> None:
+        super().__init__(f"backend URL {url!r}: unknown scheme {scheme!r}; known schemes: {', '.join(known)}")
+        self.url, self.scheme = url, scheme
+
+
+class BackendOptionError(BackendError):
+    def __init__(self, url: str, message: str) -> None:
+        super().__init__(f"backend URL {url!r}: {message}")
+        self.url = url
+
+
+class BackendClosedError(BackendError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"backend {name} is closed")
+
+
+class SettleTimeout(BackendError):
+    """DMA activity was still progressing when the settle limit was reached."""
+
+
+class DeviceError(HilError):
+    """A simulated device was attached or used against the rules of the model."""
+
+
+# --- driver layer: the DMA-ISA-LPC rules (linux-isa-dma.md §3) ------------------------------
+
+
+class DmaRuleError(HilError):
+    """A rule of the kernel's DMA-ISA-LPC document was broken. The channel stays masked."""
+
+    def __init__(self, channel: int | None, message: str) -> None:
+        prefix = f"DMA channel {channel}: " if channel is not None else ""
+        super().__init__(prefix + message)
+        self.channel = channel
+
+
+class InvalidChannelError(DmaRuleError):
+    pass
+
+
+class CascadeChannelError(DmaRuleError):
+    pass
+
+
+class ChannelBusyError(DmaRuleError):
+    pass
+
+
+class ChannelNotRequestedError(DmaRuleError):
+    pass
+
+
+class AddressLimitError(DmaRuleError):
+    pass
+
+
+class BoundaryCrossingError(DmaRuleError):
+    pass
+
+
+class AlignmentError(DmaRuleError):
+    pass
+
+
+class TransferLengthError(DmaRuleError):
+    pass
+
+
+class ChannelNotProgrammedError(DmaRuleError):
+    pass
+
+
+class TransferIncompleteError(DmaRuleError):
+    """The transfer did not reach terminal count in time; carries the residue."""
+
+    def __init__(self, channel: int, residue: int, expected: int, timeout: float) -> None:
+        super().__init__(
+            channel,
+            f"no terminal count within {timeout:g} s: residue {residue} of {expected} bytes "
+            f"not transferred (check get_dma_residue after every transfer, DMA-ISA-LPC)",
+        )
+        self.residue, self.expected, self.timeout = residue, expected, timeout
+
+
+class AllocationError(HilError):
+    """The DMA zone could not satisfy a request."""
+
+
+class AllocationTimeout(AllocationError):
+    pass

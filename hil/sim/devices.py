@@ -1,0 +1,183 @@
+"""Simulated ISA devices: the far end of a DMA channel's DREQ/DACK handshake.
+
+A device drives its channel's DREQ line (:attr:`Device.dreq`) and answers the DACK cycles the
+controller runs for it: it *supplies* one unit when the controller moves I/O -> memory (an
+8237 "write" transfer) and *accepts* one unit when the controller moves memory -> I/O (a "read"
+transfer). A unit is one byte on channels 0-3 and one little-endian 16-bit word on channels 5-7.
+It is told when the controller signals terminal count on one of its cycles.
+
+The ``*_many`` methods and :meth:`Device.burst_units` let the machine move block and demand
+transfers in bulk slices; their defaults fall back to the unit calls, so a device that only
+implements :meth:`supply`/:meth:`accept` is still exact.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+
+
+class Direction(enum.Enum):
+    """Which way a device moves data when the controller does not decide (QEMU profile)."""
+
+    TO_MEMORY = "to_memory"
+    FROM_MEMORY = "from_memory"
+
+
+class Device:
+    """Base class. Subclasses override :meth:`supply` and/or :meth:`accept`."""
+
+    #: the direction the device itself imposes, if any (QEMU's devices decide the direction)
+    direction: Direction | None = None
+    #: idle data bus value a device drives when asked for data it does not have
+    FLOAT = 0xFF
+
+    def __init__(self, *, dreq: bool = False) -> None:
+        self._dreq = bool(dreq)
+        self._listener: Callable[[], None] | None = None
+        self.tc_count = 0  #: terminal counts seen on this device's cycles
+
+    # --- the request line -------------------------------------------------------------
+    @property
+    def dreq(self) -> bool:
+        """The DREQ line level (True = requesting). Set it to hold or drop the request."""
+        return self._dreq
+
+    @dreq.setter
+    def dreq(self, level: bool) -> None:
+        level = bool(level)
+        if level != self._dreq:
+            self._dreq = level
+            if self._listener is not None:
+                self._listener()
+
+    def _bind(self, listener: Callable[[], None] | None) -> None:
+        """Called by the machine on attach/detach so DREQ changes wake its arbiter."""
+        self._listener = listener
+
+    # --- DACK cycles ------------------------------------------------------------------
+    def supply(self, channel: int, width: int) -> int:
+        """Drive one unit onto the data bus (I/O -> memory). Default: a floating bus."""
+        return self.FLOAT if width == 8 else 0xFFFF
+
+    def accept(self, channel: int, value: int, width: int) -> None:
+        """Latch one unit from the data bus (memory -> I/O). Default: ignore it."""
+
+    def terminal_count(self, channel: int) -> None:
+        """T/C was asserted during this device's last DACK cycle."""
+        self.tc_count += 1
+
+    # --- bulk helpers (override for speed; must behave like repeated unit calls) ---------------
+    def burst_units(self, channel: int, width: int, limit: int) -> int:
+        """How many of the next ``limit`` units can move while DREQ stays asserted.
+
+        The machine uses this to move demand-mode and uninterrupted single-mode runs in one
+        slice. The default (1 while requesting) makes the machine re-check DREQ after every unit.
+        """
+        return 1 if self._dreq else 0
+
+    def supply_many(self, channel: int, count: int, width: int) -> bytes:
+        size = width // 8
+        return b"".join(self.supply(channel, width).to_bytes(size, "little") for _ in range(count))
+
+    def accept_many(self, channel: int, data: bytes, width: int) -> None:
+        size = width // 8
+        for i in range(0, len(data), size):
+            self.accept(channel, int.from_bytes(data[i : i + size], "little"), width)
+
+
+class Source(Device):
+    """A device that sends ``data`` to memory. DREQ is high while it still has data.
+
+    Asked for more than it has (block mode runs to TC whatever DREQ says, or DREQ held by
+    hand), it drives a floating bus (0xFF) and counts the shortfall in :attr:`underruns`.
+    """
+
+    direction = Direction.TO_MEMORY
+
+    def __init__(self, data: bytes, *, dreq: bool = True) -> None:
+        self._data = bytes(data)
+        self.pos = 0
+        self.underruns = 0  #: bytes supplied after the data ran out
+        super().__init__(dreq=bool(dreq) and bool(self._data))
+
+    @property
+    def remaining(self) -> int:
+        return len(self._data) - self.pos
+
+    def _take(self, nbytes: int) -> bytes:
+        had_data = self.pos < len(self._data)
+        chunk = self._data[self.pos : self.pos + nbytes]
+        self.pos += len(chunk)
+        short = nbytes - len(chunk)
+        if short:
+            self.underruns += short
+            chunk += bytes([self.FLOAT]) * short
+        if had_data and self.remaining == 0:
+            self.dreq = False  # FIFO empty: the request drops by itself
+        return chunk
+
+    def supply(self, channel: int, width: int) -> int:
+        return int.from_bytes(self._take(width // 8), "little")
+
+    def supply_many(self, channel: int, count: int, width: int) -> bytes:
+        return self._take(count * (width // 8))
+
+    def burst_units(self, channel: int, width: int, limit: int) -> int:
+        if not self._dreq:
+            return 0
+        if self.remaining:
+            size = width // 8
+            return min(limit, (self.remaining + size - 1) // size)
+        return limit  # DREQ held by hand with no data left: it stays up whatever moves
+
+    def __repr__(self) -> str:
+        return f"Source({self.pos}/{len(self._data)} sent, dreq={self.dreq})"
+
+
+class Sink(Device):
+    """A device that takes data from memory into :attr:`received`.
+
+    With ``dreq=True`` it requests while it has room (``capacity`` bytes, None = unlimited);
+    with ``dreq=False`` it never requests and only takes what software requests deliver. Data
+    offered beyond its capacity is counted in :attr:`overruns`, never silently kept.
+    """
+
+    direction = Direction.FROM_MEMORY
+
+    def __init__(self, dreq: bool = True, capacity: int | None = None) -> None:
+        self.received = bytearray()
+        self.capacity = capacity
+        self.overruns = 0
+        super().__init__(dreq=bool(dreq) and (capacity is None or capacity > 0))
+
+    @property
+    def room(self) -> int | None:
+        return None if self.capacity is None else self.capacity - len(self.received)
+
+    def _put(self, data: bytes) -> None:
+        room = self.room
+        if room is not None and len(data) > room:
+            self.overruns += len(data) - room
+            data = data[:room]
+        self.received += data
+        if data and self.room == 0:
+            self.dreq = False  # full: the request drops by itself
+
+    def accept(self, channel: int, value: int, width: int) -> None:
+        self._put(value.to_bytes(width // 8, "little"))
+
+    def accept_many(self, channel: int, data: bytes, width: int) -> None:
+        self._put(bytes(data))
+
+    def burst_units(self, channel: int, width: int, limit: int) -> int:
+        if not self._dreq:
+            return 0
+        room = self.room
+        if room:
+            size = width // 8
+            return min(limit, (room + size - 1) // size)
+        return limit
+
+    def __repr__(self) -> str:
+        return f"Sink({len(self.received)} received, dreq={self.dreq})"

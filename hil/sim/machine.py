@@ -1,0 +1,533 @@
+"""The PC/AT DMA subsystem: two 8237A, the page register file, physical memory, devices, time.
+
+Wiring (8237.md §1, §3.5, §3.6): DMA1 (channels 0-3) requests the bus through DMA2's channel 4,
+so DMA1 runs only while channel 4 is unmasked and in cascade mode and DMA2 is enabled; DMA2
+arbitrates channel 4 (all of DMA1) against channels 5-7. Page registers supply A16-A23.
+
+Time is virtual: every CPU port access costs :attr:`Timing.port_ns`, and DMA progresses only
+while time advances (port accesses, :meth:`Machine.advance`, :meth:`Machine.run_until_idle`).
+Block and demand bursts hold the bus, so a CPU access waits for them, as on the AT. Bursts
+and uninterrupted single-mode runs are moved as memory slices; nothing observable differs
+because no CPU access can fall inside them.
+
+There is no I/O and no asyncio here; the backend in :mod:`hil.backends.sim` wraps it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+
+from hil.errors import DeviceError, MemoryRangeError, SettleTimeout, UndecodedPortError
+from hil.ports import (
+    CASCADE_CHANNEL,
+    DMA1,
+    DMA1_MIRROR,
+    DMA2,
+    PAGE_BASE,
+    PAGE_CHANNEL,
+    PAGE_FILE,
+    PAGE_PORT,
+    Command,
+    Ctrl,
+    Mode,
+    ModeSelect,
+    Reg,
+    TransferType,
+)
+from hil.sim.devices import Device, Direction
+from hil.sim.i8237 import CONTROLLER_CLASSES, FLOAT, I8237
+
+log = structlog.get_logger("hil.sim")
+
+PROFILES = ("intel", "qemu")
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Virtual-time costs. AT figures: 8237 clocked at 4 MHz, ~1 us per ISA I/O cycle."""
+
+    port_ns: int = 1000  #: one CPU I/O cycle
+    clock_ns: int = 250  #: one DMA clock
+    cycle_clocks: int = 4  #: S1-S4 of one transfer
+    compressed_clocks: int = 2  #: S2, S4 with compressed timing
+    acquire_clocks: int = 2  #: HRQ -> HLDA -> first cycle (paid per bus acquisition)
+    m2m_clocks: int = 8  #: memory-to-memory: read cycle + write cycle
+
+
+@dataclass(frozen=True)
+class ChannelState:
+    """A decoded view of one channel, for dumps and tests (reading it has no side effects)."""
+
+    channel: int
+    mode: Mode
+    masked: bool
+    base_addr: int
+    cur_addr: int
+    base_count: int
+    cur_count: int
+    page: int
+    tc: bool
+    request: bool
+    phys: int  #: physical address of the next unit
+
+    @property
+    def residue_bytes(self) -> int:
+        units = (self.cur_count + 1) & 0xFFFF
+        return units << (1 if self.channel >= 4 else 0)
+
+
+class Machine:
+    """Two cascaded 8237A, page registers and memory, as on a PC/AT motherboard."""
+
+    def __init__(
+        self,
+        *,
+        profile: str = "intel",
+        mem_size: int = 16 << 20,
+        strict: bool = False,
+        post: bool | None = None,
+        timing: Timing | None = None,
+    ) -> None:
+        if profile not in CONTROLLER_CLASSES:
+            raise ValueError(f"unknown profile {profile!r}; profiles: {', '.join(PROFILES)}")
+        self.profile = profile
+        self.qemu = profile == "qemu"
+        self.strict = strict
+        self.timing = timing or Timing()
+        cls = CONTROLLER_CLASSES[profile]
+        self.dma1: I8237 = cls(Ctrl.DMA1)
+        self.dma2: I8237 = cls(Ctrl.DMA2)
+        self.pages = bytearray(16)
+        self.memory = bytearray(mem_size)
+        self.devices: dict[int, Device] = {}
+        self.now_ns = 0
+        self._idle = False  #: cached "nothing can be serviced"; cleared by anything that may change it
+        self._warned: set[tuple[str, int]] = set()
+        self._readers: dict[int, Callable[[], int]] = {}
+        self._writers: dict[int, Callable[[int], None]] = {}
+        self._build_decoder()
+        # The AT BIOS programs channel 4 as cascade and unmasks it at POST (8237.md §3.6); QEMU
+        # driven by a halt firmware has not, so the qemu profile starts from raw reset state.
+        if post if post is not None else not self.qemu:
+            self.bios_post()
+
+    # --- decoding ------------------------------------------------------------------------
+    def _build_decoder(self) -> None:
+        for ctl, ports in ((self.dma1, DMA1), (self.dma2, DMA2)):
+            for port in ports.span:
+                index = (port - ports.base) // ports.stride & 0x0F
+                self._map(port, ctl, index)
+        if not self.qemu:
+            for port in DMA1_MIRROR:  # the AT decodes DMA1 in 0x00-0x1F
+                self._map(port, self.dma1, port & 0x0F)
+        page_ports = PAGE_FILE if not self.qemu else sorted(PAGE_CHANNEL)
+        for port in page_ports:
+            self._readers[port] = lambda i=port - PAGE_BASE: self.pages[i]
+            self._writers[port] = lambda v, i=port - PAGE_BASE: self.pages.__setitem__(i, v)
+
+    def _map(self, port: int, ctl: I8237, index: int) -> None:
+        if index < 8:
+            self._readers[port] = lambda: ctl.read_channel(index)
+
+            def write_channel(value: int) -> None:
+                ctl.write_channel(index, value)
+                self._idle = False
+
+            self._writers[port] = write_channel
+        else:
+            self._readers[port] = lambda: ctl.read_control(index, self._request_lines(ctl))
+
+            def write_control(value: int) -> None:
+                ctl.write_control(index, value)
+                self._idle = False
+
+            self._writers[port] = write_control
+
+    def decodes(self, port: int) -> bool:
+        return port in self._readers
+
+    # --- CPU side ------------------------------------------------------------------------
+    def io_read(self, port: int, width: int = 8) -> int:
+        """One CPU ``in``. A 16-bit access to 8-bit registers is split by the bus, low first."""
+        if width == 16:
+            return self.io_read(port) | (self.io_read(port + 1) << 8)
+        self.advance(self.timing.port_ns)
+        reader = self._readers.get(port)
+        if reader is None:
+            self._undecoded(port, write=False)
+            return FLOAT
+        return reader()
+
+    def io_write(self, port: int, value: int, width: int = 8) -> None:
+        if width == 16:
+            self.io_write(port, value & 0xFF)
+            self.io_write(port + 1, value >> 8)
+            return
+        self.advance(self.timing.port_ns)
+        writer = self._writers.get(port)
+        if writer is None:
+            self._undecoded(port, write=True)
+            return
+        writer(value)
+
+    def _undecoded(self, port: int, *, write: bool) -> None:
+        if self.strict:
+            raise UndecodedPortError(port, write)
+        self._warn("undecoded_port", port, write=write, note="reads float to 0xFF, writes are lost")
+
+    def _warn(self, event: str, key: int, **kw: object) -> None:
+        if (event, key) not in self._warned:
+            self._warned.add((event, key))
+            log.warning(event, port=f"0x{key:04X}" if event == "undecoded_port" else key, **kw)
+
+    def _check_mem(self, addr: int, length: int) -> None:
+        if addr < 0 or addr + length > len(self.memory):
+            raise MemoryRangeError(addr, length, len(self.memory), "the simulated memory")
+
+    def mem_read(self, addr: int, length: int) -> bytes:
+        self._check_mem(addr, length)
+        return bytes(self.memory[addr : addr + length])
+
+    def mem_write(self, addr: int, data: bytes) -> None:
+        self._check_mem(addr, len(data))
+        self.memory[addr : addr + len(data)] = data
+
+    def mem_fill(self, addr: int, length: int, value: int) -> None:
+        self._check_mem(addr, length)
+        self.memory[addr : addr + length] = bytes([value]) * length
+
+    # --- devices ------------------------------------------------------------------------
+    def attach(self, channel: int, device: Device) -> None:
+        """Connect ``device`` to ``channel``'s DREQ/DACK, replacing any device already there."""
+        if type(channel) is not int or channel not in range(8):
+            raise DeviceError(f"channel {channel!r}: devices attach to channels 0-3 and 5-7")
+        if channel == CASCADE_CHANNEL:
+            raise DeviceError("channel 4 is the cascade input from DMA1; no device can use it")
+        if not isinstance(device, Device):
+            raise DeviceError(f"{device!r} is not a hil.sim.devices.Device")
+        self.detach(channel)
+        self.devices[channel] = device
+        device._bind(lambda: self._dreq_changed(channel))
+        self._dreq_changed(channel)
+
+    def detach(self, channel: int) -> Device | None:
+        device = self.devices.pop(channel, None)
+        if device is not None:
+            device._bind(None)
+            self._dreq_changed(channel)
+        return device
+
+    def _dreq_changed(self, channel: int) -> None:
+        self._idle = False
+        device = self.devices.get(channel)
+        self._ctl(channel).dreq_edge(channel & 3, bool(device and device.dreq))
+
+    # --- wiring -------------------------------------------------------------------------
+    def _ctl(self, channel: int) -> I8237:
+        return self.dma2 if channel >= 4 else self.dma1
+
+    def page_of(self, channel: int) -> int:
+        return self.pages[PAGE_PORT[channel] - PAGE_BASE]
+
+    def _dreq_bits(self, first: int) -> int:
+        bits = 0
+        for local in range(4):
+            device = self.devices.get(first + local)
+            if device is not None and device.dreq:
+                bits |= 1 << local
+        return bits
+
+    def _dma1_winner(self) -> int | None:
+        d1 = self.dma1
+        if not d1.enabled:
+            return None
+        dreq = self._dreq_bits(0)
+        for local in d1.priority_order():
+            if d1.wants_service(local, dreq):
+                return local
+        return None
+
+    def _cascade_open(self) -> bool:
+        """§3.6: masking channel 4, or disabling DMA2, stops DMA1 (ch4 must be in cascade)."""
+        d2 = self.dma2
+        return d2.enabled and not d2.mask & 1 and d2.select(0) == ModeSelect.CASCADE
+
+    def _request_lines(self, ctl: I8237) -> int:
+        if ctl is self.dma1:
+            return ctl.request_lines(self._dreq_bits(0))
+        hrq1 = 1 if self._dma1_winner() is not None else 0  # DMA1's HRQ is DMA2's DREQ0
+        return ctl.request_lines(self._dreq_bits(4) | hrq1)
+
+    def requesters(self) -> list[int]:
+        """Channels that would be serviced, in the order the arbiters would grant them."""
+        if self.qemu:  # QEMU's DMA_run: controller 0 then 1, channel 0..3, no gating
+            out = []
+            for ctl, first in ((self.dma1, 0), (self.dma2, 4)):
+                dreq = self._dreq_bits(first)
+                out += [first + c for c in range(4) if first + c in self.devices and ctl.wants_service(c, dreq)]
+            return out
+        d2 = self.dma2
+        if not d2.enabled:
+            return []
+        dreq2 = self._dreq_bits(4)
+        out = []
+        for local in d2.priority_order():
+            if local == 0:
+                if self._cascade_open():
+                    d1 = self.dma1
+                    if d1.enabled:
+                        dreq1 = self._dreq_bits(0)
+                        out += [c for c in d1.priority_order() if d1.wants_service(c, dreq1)]
+            elif d2.wants_service(local, dreq2):
+                out.append(4 + local)
+        return out
+
+    # --- time ---------------------------------------------------------------------------
+    def advance(self, ns: int) -> None:
+        """Let ``ns`` of virtual time pass, servicing DMA requests as the arbiters grant them."""
+        deadline = self.now_ns + ns
+        if self._idle:
+            self.now_ns = deadline
+            return
+        while self.now_ns < deadline:
+            waiting = self.requesters()
+            if not waiting:
+                self._idle = True
+                self.now_ns = deadline
+                return
+            self.now_ns += self._service(waiting[0], deadline - self.now_ns, alone=len(waiting) == 1)
+
+    def run_until_idle(self, limit_ns: int = 10_000_000_000) -> int:
+        """Service requests until none is left; return the virtual ns that took.
+
+        Raises :class:`SettleTimeout` when activity goes on past ``limit_ns`` (an autoinit
+        channel fed by a device that never drops DREQ, for instance).
+        """
+        start = self.now_ns
+        while not self._idle:
+            waiting = self.requesters()
+            if not waiting:
+                self._idle = True
+                break
+            if self.now_ns - start >= limit_ns:
+                raise SettleTimeout(
+                    f"DMA still active after {limit_ns / 1e9:g} s of virtual time on channel(s) "
+                    f"{', '.join(map(str, waiting))}: an autoinit channel with a device that never "
+                    f"drops DREQ does not settle; use delay() instead"
+                )
+            self.now_ns += self._service(waiting[0], 1 << 62, alone=len(waiting) == 1)
+        return self.now_ns - start
+
+    @property
+    def idle(self) -> bool:
+        if not self._idle and not self.requesters():
+            self._idle = True
+        return self._idle
+
+    # --- transfers ----------------------------------------------------------------------
+    def _unit_ns(self, ctl: I8237) -> int:
+        t = self.timing
+        clocks = t.compressed_clocks if ctl.command & Command.COMPRESSED else t.cycle_clocks
+        return clocks * t.clock_ns
+
+    def _service(self, channel: int, budget_ns: int, *, alone: bool) -> int:
+        """Grant the bus to ``channel`` once; return the virtual ns the grant took."""
+        ctl, local = self._ctl(channel), channel & 3
+        if channel == 0 and ctl.mem_to_mem() and ctl.software_started(0):
+            return self._mem_to_mem()
+        device = self.devices.get(channel)
+        width = 16 if channel >= 4 else 8
+        left = ctl.units_to_tc(local)
+        t = self.timing
+        acquire = t.acquire_clocks * t.clock_ns
+        unit = self._unit_ns(ctl)
+        if self.qemu:
+            # QEMU's device handler moves as much as it likes while the request bit stays set.
+            if device is not None and device.dreq:
+                units = max(1, device.burst_units(channel, width, left))
+            else:
+                units = left
+            cost = acquire + units * unit
+        else:
+            select = ctl.select(local)
+            if select == ModeSelect.BLOCK:  # §3.5: runs to TC once started, DREQ or not
+                units = left
+                cost = acquire + units * unit
+            elif select == ModeSelect.DEMAND:  # while DREQ stays active, up to TC
+                units = max(1, self._burst(ctl, channel, device, width, left))
+                cost = acquire + units * unit
+            else:  # SINGLE: one unit per grant; a lone requester's consecutive grants are merged
+                units = 1
+                if alone and not ctl.software_started(local):
+                    fits = max(1, budget_ns // (acquire + unit))
+                    units = max(1, min(fits, self._burst(ctl, channel, device, width, left)))
+                cost = units * (acquire + unit)
+        tc = self._move(ctl, channel, device, units, width)
+        ctl.served(local)
+        if channel < 4:
+            self.dma2.served(0)
+        if tc:
+            ctl.terminal_count(local)
+            if device is not None and self._dack_seen(ctl):
+                device.terminal_count(channel)
+        return cost
+
+    def _burst(self, ctl: I8237, channel: int, device: Device | None, width: int, limit: int) -> int:
+        """Units the request stays active for, given the DREQ sense polarity."""
+        active_low = bool(ctl.command & Command.DREQ_ACTIVE_LOW)
+        if device is None:
+            return limit if active_low else 0
+        if active_low:
+            return 1  # the device line is low now; re-check after every unit
+        return device.burst_units(channel, width, limit)
+
+    def _dack_seen(self, ctl: I8237) -> bool:
+        """AT cards expect DACK active low; with the sense inverted they never see their DACK."""
+        return self.qemu or not ctl.command & Command.DACK_ACTIVE_HIGH
+
+    def _direction(self, ctl: I8237, local: int, device: Device | None) -> Direction | None:
+        ttype = ctl.transfer_type(local)
+        if ttype in (TransferType.VERIFY, TransferType.ILLEGAL):
+            return None if not self.qemu or ttype == TransferType.VERIFY else Direction.FROM_MEMORY
+        if self.qemu and device is not None and device.direction is not None:
+            return device.direction  # QEMU ignores the direction bits: the device decides
+        return Direction.TO_MEMORY if ttype == TransferType.WRITE else Direction.FROM_MEMORY
+
+    def _move(self, ctl: I8237, channel: int, device: Device | None, units: int, width: int) -> bool:
+        local = channel & 3
+        page = self.page_of(channel)
+        direction = self._direction(ctl, local, device)
+        dev = device if device is not None and self._dack_seen(ctl) else None
+        size = width // 8
+        moved = 0
+        tc = False
+        while moved < units and not tc:
+            phys, step, before_wrap = ctl.next_unit(local, page)
+            k = min(units - moved, before_wrap)
+            if direction is Direction.TO_MEMORY:
+                data = dev.supply_many(channel, k, width) if dev is not None else bytes([FLOAT]) * (k * size)
+                self._dma_store(phys, step, data, size)
+            elif direction is Direction.FROM_MEMORY:
+                data = self._dma_load(phys, step, k, size)
+                if dev is not None:
+                    dev.accept_many(channel, data, width)
+            tc = ctl.advance(local, k)
+            moved += k
+        return tc
+
+    def _span(self, phys: int, step: int, k: int, size: int) -> tuple[int, int]:
+        low = phys if step > 0 else phys - (k - 1) * size
+        return low, low + k * size
+
+    def _dma_store(self, phys: int, step: int, data: bytes, size: int) -> None:
+        if step < 0:
+            data = _reverse_units(data, size)
+        low, high = self._span(phys, step, len(data) // size, size)
+        mem = self.memory
+        if low < 0 or high > len(mem):
+            self._warn("dma_beyond_memory", low, note="cycles beyond the simulated memory are lost")
+            lo, hi = max(low, 0), min(high, len(mem))
+            if lo < hi:
+                mem[lo:hi] = data[lo - low : hi - low]
+            return
+        mem[low:high] = data
+
+    def _dma_load(self, phys: int, step: int, k: int, size: int) -> bytes:
+        low, high = self._span(phys, step, k, size)
+        mem = self.memory
+        if low < 0 or high > len(mem):
+            self._warn("dma_beyond_memory", low, note="reads beyond the simulated memory float to 0xFF")
+            data = bytearray([FLOAT]) * (high - low)
+            lo, hi = max(low, 0), min(high, len(mem))
+            if lo < hi:
+                data[lo - low : hi - low] = mem[lo:hi]
+            data = bytes(data)
+        else:
+            data = bytes(mem[low:high])
+        return _reverse_units(data, size) if step < 0 else data
+
+    def _mem_to_mem(self) -> int:
+        """§3.8: channel 0 reads into the temporary register, channel 1 writes it; the copy
+        ends at channel 1's TC, which sets TC for both. Each channel uses its own page register
+        (chip-level semantics; MAME's AT glue has no page selected without DACK)."""
+        d1 = self.dma1
+        hold = bool(d1.command & Command.CH0_HOLD)
+        left = d1.units_to_tc(1)
+        p0, p1 = self.page_of(0), self.page_of(1)
+        mem = self.memory
+        done = 0
+        while done < left:
+            src, sstep, swrap = d1.next_unit(0, p0)
+            dst, dstep, dwrap = d1.next_unit(1, p1)
+            k = min(left - done, dwrap) if hold else min(left - done, dwrap, swrap)
+            if hold:
+                byte = self._dma_load(src, 1, 1, 1)
+                self._dma_store(dst, dstep, byte * k, 1)
+            elif sstep == dstep == 1 and not (dst > src and dst < src + k):
+                self._dma_store(dst, 1, self._dma_load(src, 1, k, 1), 1)
+            else:  # overlapping forward copies and decrementing sides: byte by byte, as the chip
+                for i in range(k):
+                    byte = self._dma_load(src + i * sstep, 1, 1, 1)
+                    self._dma_store(dst + i * dstep, 1, byte, 1)
+            last = dst + (k - 1) * dstep
+            d1.temp = mem[last] if 0 <= last < len(mem) else FLOAT
+            d1.advance(0, k, hold_address=hold)
+            d1.advance(1, k)
+            done += k
+        d1.terminal_count(1)
+        d1.terminal_count(0)
+        d1.served(0)
+        self.dma2.served(0)
+        t = self.timing
+        return (t.acquire_clocks + left * t.m2m_clocks) * t.clock_ns
+
+    # --- set-up and inspection ------------------------------------------------------------
+    def bios_post(self) -> None:
+        """What an AT BIOS leaves behind: channel 4 in cascade mode and unmasked."""
+        self.dma2.write_control(Reg.MODE, Mode(select=ModeSelect.CASCADE).encode(0))
+        self.dma2.write_control(Reg.SINGLE_MASK, 0)  # unmask local channel 0 (= channel 4)
+        self._idle = False
+
+    def reset(self, *, post: bool | None = None) -> None:
+        """Power-on reset of both controllers (registers as emulators initialise them: 0)."""
+        cls = type(self.dma1)
+        self.dma1, self.dma2 = cls(Ctrl.DMA1), cls(Ctrl.DMA2)
+        self._warned.clear()
+        self._readers.clear()
+        self._writers.clear()
+        self._build_decoder()
+        for channel in self.devices:
+            self._dreq_changed(channel)
+        if post if post is not None else not self.qemu:
+            self.bios_post()
+        self._idle = False
+
+    def channel(self, channel: int) -> ChannelState:
+        ctl, local = self._ctl(channel), channel & 3
+        snap = ctl.snapshot()
+        page = self.page_of(channel)
+        return ChannelState(
+            channel=channel,
+            mode=Mode.decode(ctl.mode[local]),
+            masked=bool(ctl.mask & (1 << local)),
+            base_addr=ctl.base_addr[local],
+            cur_addr=snap["cur_addr"][local],  # type: ignore[index]
+            base_count=ctl.base_count[local],
+            cur_count=snap["cur_count"][local],  # type: ignore[index]
+            page=page,
+            tc=bool(ctl.tc & (1 << local)),
+            request=bool(snap["request"] & (1 << local)),  # type: ignore[operator]
+            phys=ctl.next_unit(local, page)[0],
+        )
+
+
+def _reverse_units(data: bytes, size: int) -> bytes:
+    if size == 1:
+        return data[::-1]
+    view = memoryview(data)
+    if len(data) % 2:
+        return b"".join(bytes(view[i : i + 2]) for i in range(len(data) - 2, -1, -2))
+    return memoryview(bytes(data)).cast("H")[::-1].tobytes()
