@@ -33,7 +33,8 @@ class InvalidWidthError(InvalidAccessError):
 class ValueWidthError(InvalidAccessError):
     def __init__(self, value: object, width: int, port: int | None = None) -> None:
         where = f" for port 0x{port:04X}" if isinstance(port, int) else ""
-        super().__init__(f"value {value!r}{where} does not fit a {width}-bit access (0..0x{(1 << width) - 1:X})")
+        article = "an" if width == 8 else "a"
+        super().__init__(f"value {value!r}{where} does not fit {article} {width}-bit access (0..0x{(1 << width) - 1:X})")
         self.value, self.width, self.port = value, width, port
 
 
