@@ -334,9 +334,8 @@ class IsaDma:
     async def enable_dma(self, channel: int, *, unchecked: bool | None = None) -> None:
         """Unmask ``channel`` once the programmed buffer passes every rule."""
         off = self.unchecked if unchecked is None else unchecked
-        if off:
-            check_channel(channel, allow_cascade=True)
-        else:
+        check_channel(channel, allow_cascade=off)  # before the try: never mask the cascade
+        if not off:
             try:
                 self.check_rules(channel)
             except DmaRuleError:
