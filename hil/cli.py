@@ -7,12 +7,14 @@ import asyncio
 import json
 import sys
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 from hil import __version__
 from hil.backends import available_backends, open_backend
 from hil.backends.base import Backend, Capability
 from hil.errors import HilError
+from hil.journal import Observation
 from hil.logconfig import configure
 
 
@@ -67,6 +69,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("value", type=_int)
     p.add_argument("--width", type=int, choices=(8, 16), default=8)
     p.set_defaults(func=cmd_poke)
+
+    p = sub.add_parser("run", help="run transfer scripts on a backend",
+                       description="Validate every script, then run each on the backend (a fresh connection "
+                                   "per script), journaling every observation as it happens. Exit status: "
+                                   "0 all expectations met, 1 an expectation failed, 2 error.")
+    _common(p)
+    p.add_argument("scripts", nargs="+", metavar="SCRIPT", help="transfer script (.toml)")
+    p.add_argument("--journal", metavar="FILE", help="JSONL journal (one script only)")
+    p.add_argument("--journal-dir", metavar="DIR", help="one JSONL journal per script in DIR")
+    p.add_argument("--var", action="append", default=[], metavar="NAME=VALUE", help="override a script variable")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the summary line per script")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("diff", help="run scripts on several backends concurrently and compare step by step",
+                       description="Run the scripts on every --backend at once (one worker process per backend, "
+                                   "so wall time is that of the slowest), or compare saved journals (--journal), "
+                                   "and report every divergence with its meaning. Exit status: 0 equal, "
+                                   "1 diverged, 2 error.")
+    p.add_argument("scripts", nargs="*", metavar="SCRIPT")
+    p.add_argument("--backend", "-b", action="append", default=[], metavar="URL", help="a backend (give two or more)")
+    p.add_argument("--journal", action="append", default=[], metavar="FILE", help="compare saved journals instead")
+    p.add_argument("--deviations", metavar="FILE", help="known-deviations list (TOML)")
+    p.add_argument("--journal-dir", metavar="DIR", help="keep the workers' journals in DIR")
+    p.add_argument("--junit", metavar="FILE", help="also write a JUnit XML report")
+    p.add_argument("--var", action="append", default=[], metavar="NAME=VALUE", help="override a script variable")
+    _common(p, backend=False)
+    p.set_defaults(func=cmd_diff)
     return parser
 
 
@@ -169,6 +198,142 @@ async def cmd_poke(args: argparse.Namespace) -> int:
         return 0
 
     return await _with_backend(args.backend, body)
+
+
+def _variables(items: list[str]) -> dict[str, int]:
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            out[name.strip()] = int(value, 0)
+        except ValueError:
+            raise HilError(f"--var {item!r}: expected NAME=INTEGER (0x.. for hex)") from None
+        if not sep:
+            raise HilError(f"--var {item!r}: expected NAME=INTEGER")
+    return out
+
+
+def _describe_obs(o: Observation) -> str:
+    if o.error:
+        return f"error: {o.error}"
+    if o.op == "in":
+        shown = f"read 0x{o.value:02X}" if o.value is not None else "no value"
+        if o.expect is not None:
+            shown += f", expected 0x{o.expect:02X}" + (f" under mask 0x{o.mask:02X}" if o.mask not in (None, 0xFF, 0xFFFF) else "")
+        return f"in 0x{o.port:02X}: {shown}"
+    if o.op == "read":
+        head = (o.data or "")[:32]
+        return f"read 0x{o.addr:X}+{o.length}: {head}{'…' if o.data and len(o.data) > 32 else ''} {o.digest}" + (
+            f", expected {str(o.expect)[:32]}" if o.ok is False else "")
+    if o.op == "wait_tc":
+        return f"wait_tc ch{o.channel}: tc={'yes' if o.tc else 'no'} residue {o.value} of {o.length}"
+    if o.op == "residue":
+        return f"residue ch{o.channel}: {o.value}" + (f", expected {o.expect}" if o.expect is not None else "")
+    if o.op == "device":
+        return f"device ch{o.channel}: {o.length} bytes moved, {'TC seen' if o.tc else 'no TC'}" + (
+            f", digest {o.digest}" if o.digest else "")
+    return o.op
+
+
+def _progress(label: str) -> Callable[[int, int, Any], None] | None:
+    if not sys.stderr.isatty():
+        return None
+
+    def show(i: int, n: int, step: Any) -> None:
+        sys.stderr.write(f"\r{label}: step {i + 1}/{n} ({step.op.value})   ")
+        sys.stderr.flush()
+        if i + 1 == n:
+            sys.stderr.write("\r" + " " * (len(label) + 40) + "\r")
+
+    return show
+
+
+async def cmd_run(args: argparse.Namespace) -> int:
+    from hil.runner import run_script
+    from hil.script import load_script
+    from hil.workers import journal_name
+
+    if args.journal and len(args.scripts) > 1:
+        raise HilError("--journal takes one script; use --journal-dir for several")
+    variables = _variables(args.var)
+    scripts = [load_script(path, variables=variables) for path in args.scripts]  # validate all first
+    worst = 0
+    summaries = []
+    for i, script in enumerate(scripts):
+        journal = args.journal or (str(Path(args.journal_dir) / journal_name(i, script)) if args.journal_dir else None)
+        async with open_backend(args.backend) as be:
+            result = await run_script(script, be, journal=journal, progress=_progress(script.name))
+        code = {"passed": 0, "failed": 1}.get(result.status, 2)
+        worst = max(worst, code)
+        summaries.append({"script": script.name, "file": script.file, "backend": result.backend,
+                          "status": result.status, "error": result.error, "failures": len(result.failures),
+                          "observations": [o.to_json() for o in result.observations], "journal": journal})
+        if not args.json:
+            print(f"{script.name} on {result.backend}: {result.status.upper()} — {len(script.steps)} steps, "
+                  f"{len(result.observations)} observations, {len(result.failures)} failed expectation(s), "
+                  f"{result.elapsed * 1e3:.1f} ms" + (f"\n  {result.error}" if result.error else ""))
+            for o in result.observations:
+                if o.ok is False or (args.verbose and not args.quiet):
+                    mark = "FAIL" if o.ok is False else "ok  " if o.ok else "    "
+                    label = f"step {o.step}" + (f" ({o.name})" if o.name else "")
+                    print(f"  {mark} {label}: {_describe_obs(o)}")
+    if args.json:
+        print(json.dumps(summaries))
+    return worst
+
+
+async def cmd_diff(args: argparse.Namespace) -> int:
+    from hil.diff import DiffReport, compare, load_deviations
+    from hil.journal import read_journal
+    from hil.script import load_script
+    from hil.workers import run_on_backends
+
+    deviations = load_deviations(args.deviations) if args.deviations else []
+    if args.journal:
+        if args.scripts or args.backend:
+            raise HilError("give either saved journals (--journal) or scripts with --backend, not both")
+        if len(args.journal) < 2:
+            raise HilError("--journal: give at least two journals to compare")
+        groups: dict[str, list] = {}
+        for path in args.journal:
+            try:
+                r = read_journal(path)
+            except (OSError, ValueError) as e:
+                raise HilError(f"--journal {path}: {e}") from None
+            groups.setdefault(r.script, []).append(r)
+        report = DiffReport(backends=sorted({r.backend for rs in groups.values() for r in rs}))
+        for rs in groups.values():
+            if len(rs) < 2:
+                report.errors.append(f"{rs[0].script}: only one journal, nothing to compare with")
+            compare(rs, deviations, report)
+    else:
+        if len(args.backend) < 2:
+            raise HilError("diff needs two or more --backend URLs (or --journal files)")
+        if not args.scripts:
+            raise HilError("diff needs at least one SCRIPT")
+        variables = _variables(args.var)
+        scripts = [load_script(path, variables=variables) for path in args.scripts]
+        for url in args.backend:
+            open_backend(url)  # a bad URL fails here, before any worker starts
+
+        def done(url: str, rc: int) -> None:
+            if sys.stderr.isatty():
+                sys.stderr.write(f"{url}: finished ({'ok' if rc == 0 else 'expectations failed' if rc == 1 else 'error'})\n")
+
+        grid = await run_on_backends(scripts, args.backend, journal_dir=args.journal_dir, variables=args.var,
+                                     on_done=done)
+        report = DiffReport(backends=list(args.backend))
+        for s, script in enumerate(scripts):
+            runs = [grid[b][s] for b in range(len(args.backend))]
+            missing = [args.backend[b] for b, r in enumerate(runs) if r is None]
+            if missing:
+                report.errors.append(f"{script.name}: no journal from {', '.join(missing)} (worker failed to start)")
+                continue
+            compare(runs, deviations, report)  # type: ignore[arg-type]
+    if args.junit:
+        Path(args.junit).write_text(report.to_junit(), encoding="utf-8")
+    print(json.dumps(report.to_json()) if args.json else report.format())
+    return report.exit_code
 
 
 def main(argv: list[str] | None = None) -> int:

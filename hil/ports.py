@@ -275,3 +275,35 @@ def decode_port(port: int) -> PortInfo:
         role = PortRole.COUNT if index & 1 else PortRole.ADDRESS
         return PortInfo(port, role, ctrl, index, channel)
     return PortInfo(port, PortRole.CONTROL, ctrl, index)
+
+
+# ---------------------------------------------------------------------------------------
+# Symbolic names, for transfer scripts and the command line ("dma1.status", "ch5.count")
+
+_REG_NAMES = {
+    "status": Reg.STATUS_COMMAND,
+    "command": Reg.STATUS_COMMAND,
+    "request": Reg.REQUEST,
+    "single_mask": Reg.SINGLE_MASK,
+    "mode": Reg.MODE,
+    "clear_ff": Reg.CLEAR_FF,
+    "temp": Reg.TEMP_MASTER_CLEAR,
+    "master_clear": Reg.TEMP_MASTER_CLEAR,
+    "clear_mask": Reg.CLEAR_MASK,
+    "all_mask": Reg.ALL_MASK,
+}
+
+
+def port_names() -> dict[str, int]:
+    """Every symbolic port name and its number."""
+    names: dict[str, int] = {"post": POST_PORT}
+    for ports in CONTROLLERS:
+        prefix = ports.ctrl.name.lower()
+        for reg_name, index in _REG_NAMES.items():
+            names[f"{prefix}.{reg_name}"] = ports.reg(index)
+    for ch in CHANNELS:
+        cp = channel_ports(ch)
+        names[f"ch{ch}.addr"] = cp.addr
+        names[f"ch{ch}.count"] = cp.count
+        names[f"ch{ch}.page"] = cp.page
+    return names

@@ -1,0 +1,256 @@
+"""Run a transfer script on any backend and record what every step saw.
+
+Everything that can be checked without hardware is checked first: capabilities, buffer
+placement (the DMA zone does it without I/O), every expression and range. Only then do steps
+run, in order, each observation going to the journal the moment it exists.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from hil.backends.base import Backend, Capability
+from hil.buffers import DmaZone
+from hil.dma import DmaSnapshot, IsaDma
+from hil.errors import HilError
+from hil.journal import Journal, Observation, RunResult
+from hil.rules import check_buffer
+from hil.script.loader import bind, digest
+from hil.script.model import OP_CAPABILITY, Op, Script, ScriptCapabilityError, ScriptError, Step
+from hil.sim.devices import Device, Sink, Source
+
+log = structlog.get_logger("hil.runner")
+
+ZONE_START = 0x10000  #: leave the low 64 KiB (IVT, BDA, boot code on a real target) alone
+RECORD_LIMIT = 4096  #: reads longer than this are recorded as a digest unless asked otherwise
+
+Progress = Callable[[int, int, Step], None]
+
+
+@dataclass
+class _State:
+    dma: IsaDma
+    unchecked: IsaDma
+    devices: dict[int, Device] = field(default_factory=dict)
+    snapshot: DmaSnapshot | None = None
+    requested: set[int] = field(default_factory=set)
+
+
+def check_capabilities(script: Script, backend: Backend) -> None:
+    have = {c.value for c in backend.capabilities.features}
+    for need in script.requires:
+        if need not in {c.value for c in Capability}:
+            raise ScriptCapabilityError(script.file, None, "script.requires",
+                                        f"unknown capability {need!r}; known: {', '.join(c.value for c in Capability)}")
+        if need not in have:
+            raise ScriptCapabilityError(script.file, None, "script.requires",
+                                        f"backend {backend.url} lacks capability {need!r} (it has: {', '.join(sorted(have)) or 'none'})")
+    for step in script.steps:
+        need = OP_CAPABILITY.get(step.op)
+        if step.op is Op.RESUME and step.args.get("lose_state"):
+            need = "devices"
+        if need and need not in have:
+            raise ScriptCapabilityError(step.file, step.path, "op",
+                                        f"{step.op.value} needs capability {need!r}, which backend {backend.url} lacks",
+                                        step.op.value)
+
+
+def place_buffers(script: Script, backend: Backend) -> dict[str, int]:
+    """Fixed buffers are checked against the rules; the rest come from a DMA zone, in
+    declaration order, so every backend with the same memory window gets the same addresses."""
+    lo, hi = backend.capabilities.memory_window
+    out: dict[str, int] = {}
+    zone: DmaZone | None = None
+    for spec in script.buffers.values():
+        try:
+            if spec.at is not None:
+                check_buffer(spec.channel, spec.at, spec.size)
+                out[spec.name] = spec.at
+                continue
+            if zone is None:
+                zone = DmaZone(start=max(lo, ZONE_START), end=min(hi, 1 << 24))
+            out[spec.name] = zone.alloc_nowait(spec.size, spec.channel).phys
+        except HilError as e:
+            raise ScriptError(script.file, None, f"buffers.{spec.name}", str(e)) from None
+    return out
+
+
+async def run_script(
+    script: Script,
+    backend: Backend,
+    *,
+    journal: Journal | str | Path | None = None,
+    progress: Progress | None = None,
+) -> RunResult:
+    """Run ``script`` on an opened ``backend``; never raises for what the run finds (the
+    result's ``status`` says), only for a script that cannot run at all (:class:`ScriptError`)."""
+    check_capabilities(script, backend)
+    buffers = place_buffers(script, backend)
+    bound = [bind(step, buffers, script) for step in script.steps]
+    caps = backend.capabilities
+    result = RunResult(script.name, script.file, backend.url, caps.identity, caps.to_json(),
+                       steps_total=len(script.steps))
+    own_journal = journal is not None and not isinstance(journal, Journal)
+    jr = Journal(journal) if own_journal else journal  # type: ignore[arg-type]
+    if jr is not None:
+        jr.header(result)
+    state = _State(IsaDma(backend), IsaDma(backend, unchecked=True))
+    virtual = Capability.VIRTUAL_TIME in caps.features and hasattr(backend, "machine")
+    t0 = time.perf_counter()
+
+    def emit(obs: Observation) -> None:
+        obs.t = round(time.perf_counter() - t0, 6)
+        if virtual:
+            obs.vt_ns = backend.machine.now_ns  # type: ignore[attr-defined]
+        result.observations.append(obs)
+        if jr is not None:
+            jr.observation(obs)
+
+    log.info("run_start", script=script.name, backend=backend.url, steps=len(script.steps))
+    try:
+        for step, args in zip(script.steps, bound):
+            if progress is not None:
+                progress(step.index, len(script.steps), step)
+            try:
+                obs = await _run_step(step, args, backend, state, script)
+            except HilError as e:
+                emit(Observation(step.path, step.op.value, step.index, step.name, error=str(e), ok=False))
+                result.status, result.error = "error", f"{step.describe()}: {e}"
+                log.error("step_failed", step=step.path, op=step.op.value, error=str(e))
+                break
+            if obs is not None:
+                obs.diff_mask = step.tolerance.diff_mask
+                obs.may_differ = step.tolerance.may_differ
+                emit(obs)
+        else:
+            for ch, device in sorted(state.devices.items()):
+                emit(_device_observation(ch, device))
+            result.status = "failed" if result.failures else "passed"
+        for ch in sorted(state.requested):
+            await state.dma.free_dma(ch)
+    finally:
+        result.elapsed = time.perf_counter() - t0
+        if result.status == "running":
+            result.status, result.error = "error", result.error or "interrupted"
+        if jr is not None:
+            jr.end(result)
+            if own_journal:
+                jr.close()
+    log.info("run_end", script=script.name, backend=backend.url, status=result.status,
+             failures=len(result.failures), elapsed=round(result.elapsed, 4))
+    return result
+
+
+def _device_observation(ch: int, device: Device) -> Observation:
+    obs = Observation(f"end.device{ch}", "device", channel=ch)
+    if isinstance(device, Sink):
+        data = bytes(device.received)
+        obs.length, obs.digest = len(data), digest(data)
+        obs.data = data.hex() if len(data) <= RECORD_LIMIT else None
+        obs.value = device.overruns
+    elif isinstance(device, Source):
+        obs.length, obs.value = device.pos, device.underruns
+    obs.tc = device.tc_count > 0
+    return obs
+
+
+async def _ensure_requested(state: _State, channel: int, script: Script) -> None:
+    if channel not in state.requested and state.dma.owner_of(channel) is None:
+        await state.dma.request_dma(channel, f"script:{script.name}")
+        state.requested.add(channel)
+
+
+async def _run_step(step: Step, a: dict[str, Any], be: Backend, st: _State, script: Script) -> Observation | None:
+    op = step.op
+    obs = Observation(step.path, op.value, step.index, step.name)
+    if op is Op.OUT:
+        await (be.outw(a["port"], a["value"]) if a["width"] == 16 else be.outb(a["port"], a["value"]))
+        return None
+    if op is Op.IN:
+        value = await (be.inw(a["port"]) if a["width"] == 16 else be.inb(a["port"]))
+        obs.port, obs.width, obs.value = a["port"], a["width"], value
+        if "expect" in a:
+            obs.expect, obs.mask = a["expect"], a["mask"]
+            obs.ok = (value & a["mask"]) == (a["expect"] & a["mask"])
+        return obs
+    if op is Op.FILL:
+        pattern: bytes = a["pattern"]
+        data = (pattern * (a["length"] // len(pattern) + 1))[: a["length"]]
+        await be.write_mem(a["addr"], data)
+        return None
+    if op is Op.WRITE:
+        await be.write_mem(a["addr"], a["data"])
+        return None
+    if op is Op.READ:
+        data = await be.read_mem(a["addr"], a["length"])
+        obs.addr, obs.length, obs.digest = a["addr"], a["length"], digest(data)
+        if a["record"] == "bytes":
+            obs.data = data.hex()
+        if "expect_hex" in a:
+            obs.expect, obs.ok = a["expect_hex"].hex(), data == a["expect_hex"]
+        if "expect_digest" in a:
+            obs.expect = a["expect_digest"]
+            obs.ok = obs.digest == a["expect_digest"] and obs.ok is not False
+        return obs
+    if op is Op.PROGRAM:
+        await _ensure_requested(st, a["channel"], script)
+        dma = st.unchecked if a["unchecked"] else st.dma
+        async with st.dma.claim_dma_lock():
+            await dma.program(a["channel"], a["mode"], a["addr"], a["length"], enable=a["enable"])
+        return None
+    if op is Op.ENABLE:
+        await _ensure_requested(st, a["channel"], script)
+        async with st.dma.claim_dma_lock():
+            await st.dma.enable_dma(a["channel"], unchecked=a["unchecked"] or None)
+        return None
+    if op is Op.DISABLE:
+        async with st.dma.claim_dma_lock():
+            await st.dma.disable_dma(a["channel"])
+        return None
+    if op is Op.RESIDUE:
+        async with st.dma.claim_dma_lock():
+            await st.dma.clear_dma_ff(a["channel"])
+            value = await st.dma.get_dma_residue(a["channel"])
+        obs.channel, obs.value = a["channel"], value
+        if "expect" in a:
+            obs.expect, obs.ok = a["expect"], value == a["expect"]
+        return obs
+    if op is Op.WAIT_TC:
+        r = await st.dma.wait_dma_done(a["channel"], a["timeout"], check=False)
+        obs.channel, obs.tc, obs.value, obs.length = a["channel"], r.tc, r.residue, r.expected
+        if a["expect_complete"]:
+            obs.expect, obs.ok = "complete", r.complete
+        return obs
+    if op is Op.DEVICE:
+        device: Device = Source(a["data"], dreq=a["dreq"]) if a["kind"] == "source" else Sink(a["dreq"], a["capacity"])
+        be.machine.attach(a["channel"], device)  # type: ignore[attr-defined]
+        st.devices[a["channel"]] = device
+        return None
+    if op is Op.DREQ:
+        device = st.devices.get(a["channel"])
+        if device is None:
+            raise ScriptError(step.file, step.path, "channel", f"no device attached to channel {a['channel']} "
+                              f"(add a device step first)", op.value)
+        device.dreq = a["level"]
+        return None
+    if op is Op.DELAY:
+        await be.delay(a["us"])
+        return None
+    if op is Op.SETTLE:
+        await be.settle(a["timeout"])
+        return None
+    if op is Op.SUSPEND:
+        st.snapshot = await st.dma.suspend()
+        return None
+    if op is Op.RESUME:
+        if a["lose_state"]:
+            be.machine.reset(post=False)  # type: ignore[attr-defined]
+        await st.dma.resume(st.snapshot)
+        return None
+    raise ScriptError(step.file, step.path, "op", f"op {op.value} cannot run here", op.value)
