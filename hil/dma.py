@@ -433,6 +433,8 @@ class IsaDma:
         start, waited = loop.time(), 0.0
         ctrl = Ctrl.DMA2 if channel >= 4 else Ctrl.DMA1
         tc = False
+        interval = poll_us  # doubles up to 1/16 of the timeout: quick for short transfers, and
+        longest = max(poll_us, timeout * 1e6 / 16)  # a long one costs few status reads
         while True:
             await self.read_status(ctrl)
             if self._take_tc(channel):
@@ -441,8 +443,10 @@ class IsaDma:
             elapsed = waited if virtual else loop.time() - start
             if elapsed >= timeout:
                 break
-            await self.backend.delay(poll_us)
-            waited += poll_us / 1e6
+            step = min(interval, max(0.0, (timeout - elapsed) * 1e6))
+            await self.backend.delay(step)
+            waited += step / 1e6
+            interval = min(interval * 2, longest)
         async with self._locked("wait_dma_done", warn=False):
             if not autoinit:
                 await self.disable_dma(channel)
