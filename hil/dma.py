@@ -42,6 +42,7 @@ from hil.ports import (
     DMA2,
     MASK_SET,
     MODE_CHANNEL_MASK,
+    MODE_DECREMENT,
     PAGE_PORT,
     Ctrl,
     Mode,
@@ -329,7 +330,7 @@ class IsaDma:
         if sh.phys is None or sh.nbytes is None:
             missing = "address" if sh.phys is None else "count"
             raise ChannelNotProgrammedError(channel, f"no {missing} set: call set_dma_{'addr' if sh.phys is None else 'count'} before enable_dma")
-        check_buffer(channel, sh.phys, sh.nbytes)
+        check_buffer(channel, sh.phys, sh.nbytes, decrement=bool(sh.mode & MODE_DECREMENT))
 
     async def enable_dma(self, channel: int, *, unchecked: bool | None = None) -> None:
         """Unmask ``channel`` once the programmed buffer passes every rule."""
@@ -381,7 +382,7 @@ class IsaDma:
         if type(mode) is not int or not 0 <= mode <= 0xFF or mode & MODE_CHANNEL_MASK:
             raise InvalidModeError(channel, f"mode {mode!r} must be a byte without channel bits")
         if mode >> 6 != ModeSelect.CASCADE and not self.unchecked:
-            check_buffer(channel, phys, nbytes)
+            check_buffer(channel, phys, nbytes, decrement=bool(mode & MODE_DECREMENT))
         ctrl = controller_of(channel)
         value = mode | (channel & 3)
         ops: list[Op] = [

@@ -49,7 +49,16 @@ def rules_for(channel: int) -> ChannelRules:
     return ChannelRules(channel, 8, 0x10000, 0x10000, 1)
 
 
-def check_buffer(channel: int, phys: int, length: int) -> ChannelRules:
+def transfer_span(channel: int, phys: int, length: int, *, decrement: bool = False) -> tuple[int, int]:
+    """The bytes ``[low, high)`` a transfer touches. In decrement mode ``phys`` is the first
+    (highest) unit and the transfer runs downwards from it (8237.md §3.3)."""
+    if not decrement:
+        return phys, phys + length
+    unit = 2 if channel >= 4 else 1
+    return phys + unit - length, phys + unit
+
+
+def check_buffer(channel: int, phys: int, length: int, *, decrement: bool = False) -> ChannelRules:
     """Raise the specific :class:`~hil.errors.DmaRuleError` for the first rule broken."""
     r = rules_for(channel)
     if type(phys) is not int or phys < 0:
@@ -60,29 +69,36 @@ def check_buffer(channel: int, phys: int, length: int) -> ChannelRules:
             f"length {length!r} bytes is outside 1..{r.max_length} "
             f"({'64K words' if r.width == 16 else '64K bytes'} per programming)",
         )
+    start = phys
+    if decrement:
+        low, _ = transfer_span(channel, phys, length, decrement=True)
+        if low < 0:
+            raise AddressLimitError(channel, f"decrementing {length} bytes from 0x{phys:X} runs below address 0")
+        phys = low  # the checks below are about the bytes touched, whichever way they are walked
     if phys + length > DMA_LIMIT:
         raise AddressLimitError(
             channel,
             f"buffer 0x{phys:X}..0x{phys + length - 1:X} is not entirely below 16 MiB "
             f"(ISA DMA generates 24-bit addresses)",
         )
-    if r.align > 1 and (phys % r.align or length % r.align):
-        what = f"address 0x{phys:X}" if phys % r.align else f"length {length}"
+    if r.align > 1 and (start % r.align or length % r.align):
+        what = f"address 0x{start:X}" if start % r.align else f"length {length}"
         raise AlignmentError(channel, f"{what} is odd: 16-bit channels need an even address and length")
     if r.crosses(phys, length):
         kib = r.boundary >> 10
         edge = (phys // r.boundary + 1) * r.boundary
+        walk = " (decrementing)" if decrement else ""
         raise BoundaryCrossingError(
             channel,
-            f"buffer 0x{phys:X}..0x{phys + length - 1:X} crosses the {kib} KiB boundary at 0x{edge:X} "
+            f"buffer 0x{phys:X}..0x{phys + length - 1:X}{walk} crosses the {kib} KiB boundary at 0x{edge:X} "
             f"(the page register does not count: the address would wrap inside the page)",
         )
     return r
 
 
-def buffer_ok(channel: int, phys: int, length: int) -> bool:
+def buffer_ok(channel: int, phys: int, length: int, *, decrement: bool = False) -> bool:
     try:
-        check_buffer(channel, phys, length)
+        check_buffer(channel, phys, length, decrement=decrement)
     except Exception:
         return False
     return True

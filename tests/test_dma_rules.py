@@ -252,3 +252,31 @@ async def test_sink_takes_memory_to_device(be):
     await dma.program(6, DMA_MODE_WRITE, 0x40000, 1024)
     result = await dma.wait_dma_done(6, timeout=0.1)
     assert result.complete and bytes(sink.received) == bytes(range(256)) * 4
+
+
+DECREMENT_READ = DMA_MODE_READ | 0x20  # 8237.md §3.3: address decrement
+
+
+async def test_decrement_mode_checks_the_bytes_walked_downwards(be):
+    """A decrementing transfer touches [addr-len+1, addr]: 0x2FFFF down 16 bytes stays in page 2."""
+    dma = IsaDma(be)
+    await dma.request_dma(2, "t")
+    be.machine.attach(2, Source(bytes(range(16))))
+    await dma.program(2, DECREMENT_READ, 0x2FFFF, 16)  # would be refused if checked upwards
+    await be.settle()
+    assert bytes(be.machine.memory[0x2FFF0:0x30000]) == bytes(range(15, -1, -1))
+    await dma.clear_dma_ff(2)
+    await dma.set_dma_addr(2, 0x20004)  # 16 bytes down from 0x20004 would wrap below 0x20000
+    with pytest.raises(BoundaryCrossingError, match="decrementing"):
+        await dma.enable_dma(2)
+    assert masked(be, 2)
+
+
+async def test_decrement_on_16bit_channel_spans_whole_words(be):
+    dma = IsaDma(be)
+    await dma.request_dma(5, "t")
+    await dma.program(5, DECREMENT_READ, 0x3FFFE, 0x20000)  # the whole 128 KiB block, top word first
+    with pytest.raises(BoundaryCrossingError):
+        await dma.program(5, DECREMENT_READ, 0x3FFFC, 0x20000)  # lowest word 0x1FFFE
+    with pytest.raises(AddressLimitError, match="below address 0"):
+        await dma.program(5, DECREMENT_READ, 0x10, 0x40)
