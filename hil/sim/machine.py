@@ -153,6 +153,10 @@ class Machine:
     def io_read(self, port: int, width: int = 8) -> int:
         """One CPU ``in``. A 16-bit access to 8-bit registers is split by the bus, low first."""
         if width == 16:
+            if self.qemu and port not in self._readers:
+                # QEMU hands a wide access to the owner of its first port; when the DMA subsystem
+                # does not own it, the whole access floats (qemu-qtest.md §8: `inw 0x80` → 0xFFFF)
+                return self.io_read(port) | (FLOAT << 8)
             return self.io_read(port) | (self.io_read(port + 1) << 8)
         self.advance(self.timing.port_ns)
         reader = self._readers.get(port)
@@ -164,7 +168,8 @@ class Machine:
     def io_write(self, port: int, value: int, width: int = 8) -> None:
         if width == 16:
             self.io_write(port, value & 0xFF)
-            self.io_write(port + 1, value >> 8)
+            if not (self.qemu and port not in self._writers):  # see io_read: all of it is lost
+                self.io_write(port + 1, value >> 8)
             return
         self.advance(self.timing.port_ns)
         writer = self._writers.get(port)
@@ -390,10 +395,14 @@ class Machine:
 
     def _direction(self, ctl: I8237, local: int, device: Device | None) -> Direction | None:
         ttype = ctl.transfer_type(local)
-        if ttype in (TransferType.VERIFY, TransferType.ILLEGAL):
-            return None if not self.qemu or ttype == TransferType.VERIFY else Direction.FROM_MEMORY
+        if ttype == TransferType.VERIFY:
+            return None
         if self.qemu and device is not None and device.direction is not None:
-            return device.direction  # QEMU ignores the direction bits: the device decides
+            # QEMU ignores the direction bits, type 11 included: only verify is honoured and the
+            # device decides (qemu-qtest.md §8 'direction / transfer type')
+            return device.direction
+        if ttype == TransferType.ILLEGAL and not self.qemu:
+            return None
         return Direction.TO_MEMORY if ttype == TransferType.WRITE else Direction.FROM_MEMORY
 
     def _move(self, ctl: I8237, channel: int, device: Device | None, units: int, width: int) -> bool:
@@ -407,11 +416,20 @@ class Machine:
         while moved < units and not tc:
             phys, step, before_wrap = ctl.next_unit(local, page)
             k = min(units - moved, before_wrap)
+            qemu_down = self.qemu and step < 0
+            if qemu_down:
+                # QEMU's DMA_{read,write}_memory move a decrementing chunk *forward*, in the block
+                # ending below the current address, and the read path then mirrors the chunk's
+                # first half from its second (qemu-qtest.md §6.3 'Address decrement')
+                phys, step = self._span(phys, step, k, size)[0], 1
             if direction is Direction.TO_MEMORY:
                 data = dev.supply_many(channel, k, width) if dev is not None else bytes([FLOAT]) * (k * size)
                 self._dma_store(phys, step, data, size)
             elif direction is Direction.FROM_MEMORY:
                 data = self._dma_load(phys, step, k, size)
+                if qemu_down:
+                    half = len(data) // 2
+                    data = data[len(data) - half :][::-1] + data[half:]
                 if dev is not None:
                     dev.accept_many(channel, data, width)
             tc = ctl.advance(local, k)
