@@ -1,0 +1,119 @@
+"""What a hardware-facing backend or agent may touch: I/O port ranges and physical memory windows.
+
+Anything else is refused *before* it reaches the kernel or the wire (hil-lessons.md §3.21):
+a stray write to the wrong port on a live board can hang it. The default allows the DMA
+subsystem of an AT only (both controllers with DMA1's mirror, the page file); extra devices such
+as a floppy controller are opt-in through a TOML file (see configs/allowlist.example.toml).
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from hil.backends.ops import In, MemFill, MemRead, MemWrite, Op, Out, Poll
+from hil.errors import AccessDeniedError, HilError
+from hil.ports import DMA_PORT_RANGES
+
+
+class AllowListError(HilError):
+    """The allow-list file or option is malformed."""
+
+
+def _fmt(r: range) -> str:
+    return f"0x{r.start:X}-0x{r.stop - 1:X}"
+
+
+def parse_range(text: str, where: str = "range") -> range:
+    """``"0x3F0-0x3F7"`` (inclusive) or a single ``"0x80"``."""
+    m = re.fullmatch(r"\s*(0x[0-9a-fA-F]+|\d+)\s*(?:-\s*(0x[0-9a-fA-F]+|\d+))?\s*", text)
+    if not m:
+        raise AllowListError(f"{where}: {text!r} is not a range such as 0x3F0-0x3F7")
+    lo = int(m.group(1), 0)
+    hi = int(m.group(2), 0) if m.group(2) else lo
+    if hi < lo:
+        raise AllowListError(f"{where}: {text!r} ends before it starts")
+    return range(lo, hi + 1)
+
+
+@dataclass(frozen=True)
+class AllowList:
+    ports: tuple[range, ...] = DMA_PORT_RANGES
+    memory: tuple[range, ...] = ()
+
+    @classmethod
+    def default(cls, memory: Iterable[range] = ()) -> AllowList:
+        return cls(DMA_PORT_RANGES, tuple(memory))
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> AllowList:
+        file = Path(path)
+        try:
+            doc = tomllib.loads(file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise AllowListError(f"{file}: allow-list file not found") from None
+        except tomllib.TOMLDecodeError as e:
+            raise AllowListError(f"{file}: not valid TOML: {e}") from None
+        extra = set(doc) - {"ports", "memory"}
+        if extra:
+            raise AllowListError(f"{file}: unknown table [{sorted(extra)[0]}]; expected [ports] and [memory]")
+        ports_t, mem_t = doc.get("ports", {}), doc.get("memory", {})
+        for name, table, keys in (("ports", ports_t, {"dma", "extra"}), ("memory", mem_t, {"windows"})):
+            if not isinstance(table, dict) or set(table) - keys:
+                raise AllowListError(f"{file}: [{name}] accepts {', '.join(sorted(keys))}")
+        ports: list[range] = list(DMA_PORT_RANGES) if ports_t.get("dma", True) else []
+        ports += [parse_range(t, f"{file}: ports.extra") for t in _strings(ports_t.get("extra", []), file, "ports.extra")]
+        mem = [parse_range(t, f"{file}: memory.windows") for t in _strings(mem_t.get("windows", []), file, "memory.windows")]
+        return cls(tuple(ports), tuple(mem))
+
+    def with_memory(self, windows: Sequence[range]) -> AllowList:
+        return AllowList(self.ports, tuple(windows))
+
+    def port_allowed(self, port: int, width: int = 8) -> bool:
+        last = port + width // 8 - 1
+        return any(port in r and last in r for r in self.ports)
+
+    def mem_allowed(self, addr: int, length: int) -> bool:
+        if length == 0:
+            return any(addr in r or addr == r.stop for r in self.memory)
+        return any(addr in r and addr + length - 1 in r for r in self.memory)
+
+    def check_port(self, port: int, width: int = 8, *, write: bool) -> None:
+        if not self.port_allowed(port, width):
+            verb = "write to" if write else "read of"
+            raise AccessDeniedError(
+                f"{verb} port 0x{port:04X} ({width}-bit) refused: outside the allow-list "
+                f"({', '.join(_fmt(r) for r in self.ports) or 'empty'}); add it under [ports] extra"
+            )
+
+    def check_mem(self, addr: int, length: int) -> None:
+        if not self.mem_allowed(addr, length):
+            windows = ", ".join(_fmt(r) for r in self.memory) or "none configured"
+            raise AccessDeniedError(
+                f"memory 0x{addr:X}+0x{length:X} refused: outside the allowed window(s) ({windows})"
+            )
+
+    def check(self, ops: Iterable[Op]) -> None:
+        """Refuse a whole program before any of it runs."""
+        for op in ops:
+            if isinstance(op, Out):
+                self.check_port(op.port, op.width, write=True)
+            elif isinstance(op, (In, Poll)):
+                self.check_port(op.port, op.width, write=False)
+            elif isinstance(op, (MemRead, MemFill)):
+                self.check_mem(op.addr, op.length)
+            elif isinstance(op, MemWrite):
+                self.check_mem(op.addr, len(op.data))
+
+    def describe(self) -> str:
+        mem = ", ".join(_fmt(r) for r in self.memory) or "none"
+        return f"ports {', '.join(_fmt(r) for r in self.ports)}; memory {mem}"
+
+
+def _strings(value: object, file: Path, key: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise AllowListError(f"{file}: {key} must be a list of strings such as \"0x3F0-0x3F7\"")
+    return value
