@@ -16,7 +16,7 @@ from pathlib import Path
 
 from hil.backends.ops import In, MemFill, MemRead, MemWrite, Op, Out, Poll
 from hil.errors import AccessDeniedError, HilError
-from hil.ports import DMA_PORT_RANGES
+from hil.ports import DMA_LIMIT, DMA_PORT_RANGES
 
 
 class AllowListError(HilError):
@@ -27,8 +27,29 @@ def _fmt(r: range) -> str:
     return f"0x{r.start:X}-0x{r.stop - 1:X}"
 
 
+def _fmt_window(r: range) -> str:
+    return f"0x{r.start:X}-0x{r.stop:X}"
+
+
+def parse_window(text: str) -> range:
+    """A memory window: ``"0x10000-0x90000"`` (END exclusive, like ``Capabilities.memory_window``)
+    or ``"0x10000+0x80000"`` (START+SIZE). Memory is named by where it ends; ports (below) by the
+    last port, because that is how datasheets list them."""
+    # a "+" in a URL query arrives as a space (form encoding), so a space means "+" too
+    m = re.fullmatch(r"\s*(0x[0-9a-fA-F]+|\d+)\s*(-|\+|\s)\s*(0x[0-9a-fA-F]+|\d+)\s*", text)
+    if not m:
+        raise AllowListError(f"window {text!r} is not START-END or START+SIZE (e.g. 0x10000-0x90000)")
+    start, second = int(m.group(1), 0), int(m.group(3), 0)
+    end = second if m.group(2) == "-" else start + second
+    if end <= start:
+        raise AllowListError(f"window {text!r} is empty: END must be above START (END is exclusive)")
+    if end > DMA_LIMIT:
+        raise AllowListError(f"window {text!r} ends at 0x{end:X}, above 0x{DMA_LIMIT:X}: ISA DMA reaches only the low 16 MiB")
+    return range(start, end)
+
+
 def parse_range(text: str, where: str = "range") -> range:
-    """``"0x3F0-0x3F7"`` (inclusive) or a single ``"0x80"``."""
+    """A port range: ``"0x3F0-0x3F7"`` (inclusive: the last port) or a single ``"0x80"``."""
     m = re.fullmatch(r"\s*(0x[0-9a-fA-F]+|\d+)\s*(?:-\s*(0x[0-9a-fA-F]+|\d+))?\s*", text)
     if not m:
         raise AllowListError(f"{where}: {text!r} is not a range such as 0x3F0-0x3F7")
@@ -66,7 +87,10 @@ class AllowList:
                 raise AllowListError(f"{file}: [{name}] accepts {', '.join(sorted(keys))}")
         ports: list[range] = list(DMA_PORT_RANGES) if ports_t.get("dma", True) else []
         ports += [parse_range(t, f"{file}: ports.extra") for t in _strings(ports_t.get("extra", []), file, "ports.extra")]
-        mem = [parse_range(t, f"{file}: memory.windows") for t in _strings(mem_t.get("windows", []), file, "memory.windows")]
+        try:
+            mem = [parse_window(t) for t in _strings(mem_t.get("windows", []), file, "memory.windows")]
+        except AllowListError as e:
+            raise AllowListError(f"{file}: memory.windows: {e}") from None
         return cls(tuple(ports), tuple(mem))
 
     def with_memory(self, windows: Sequence[range]) -> AllowList:
@@ -91,7 +115,7 @@ class AllowList:
 
     def check_mem(self, addr: int, length: int) -> None:
         if not self.mem_allowed(addr, length):
-            windows = ", ".join(_fmt(r) for r in self.memory) or "none configured"
+            windows = ", ".join(_fmt_window(r) for r in self.memory) or "none configured"
             raise AccessDeniedError(
                 f"memory 0x{addr:X}+0x{length:X} refused: outside the allowed window(s) ({windows})"
             )
@@ -109,7 +133,7 @@ class AllowList:
                 self.check_mem(op.addr, len(op.data))
 
     def describe(self) -> str:
-        mem = ", ".join(_fmt(r) for r in self.memory) or "none"
+        mem = ", ".join(_fmt_window(r) for r in self.memory) or "none"
         return f"ports {', '.join(_fmt(r) for r in self.ports)}; memory {mem}"
 
 

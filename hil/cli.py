@@ -96,6 +96,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--var", action="append", default=[], metavar="NAME=VALUE", help="override a script variable")
     _common(p, backend=False)
     p.set_defaults(func=cmd_diff)
+
+    p = sub.add_parser("agent", help="serve port I/O and memory to a host over a link (the far end of agent+...)",
+                       description="Run the reference agent: execute programs sent by an agent+... backend on an "
+                                   "I/O backend (sim for tests, devport on a Linux target), within an allow-list.")
+    p.add_argument("--io", default="sim", metavar="URL", help="I/O backend: sim, sim:?profile=qemu, devport:?... (default sim)")
+    p.add_argument("--listen", required=True, metavar="WHERE",
+                   help="tcp://127.0.0.1:PORT, serial:///dev/ttyS0?baud=N, or pty (prints the slave path)")
+    p.add_argument("--allow", metavar="FILE", help="allow-list TOML (default: the DMA controllers and page registers)")
+    p.add_argument("--window", action="append", default=[], metavar="START-END",
+                   help="physical memory window the host may use, END exclusive, e.g. 0x10000-0x90000 "
+                        "(repeatable; default for sim: all of it)")
+    p.add_argument("--token", default="", help="token clients must present (required beyond loopback)")
+    p.add_argument("--name", default="hil-agent", help="agent name reported in HELLO")
+    p.add_argument("--log-format", choices=("console", "json"), default="console", help="structlog output format")
+    p.add_argument("-v", "--verbose", action="count", default=0)
+    p.set_defaults(func=cmd_agent)
+
+    p = sub.add_parser("doctor", help="check that a backend URL can reach its target, and say how to fix what cannot",
+                       description="Run the diagnostics registered for the URL's scheme (devport: kernel lockdown, "
+                                   "CAP_SYS_RAWIO, /dev/port, the /dev/mem window and its reservation; sim: opens). "
+                                   "Exit status: 0 all checks passed, 1 a check failed.")
+    p.add_argument("url", nargs="?", default="sim", metavar="URL", help="backend URL (default: sim)")
+    _common(p, backend=False)
+    p.set_defaults(func=cmd_doctor)
+
+    p = sub.add_parser("bench", help="benchmarks: 'hil bench link' measures the agent link",
+                       description="Measure channel programming, a register dump and a 64 KiB read through an "
+                                   "agent link, as ratios to the physical minimum of the link, and raw ops/s over "
+                                   "a pty. Without --backend the link is simulated (--baud, --latency-ms).")
+    p.add_argument("what", choices=("link",))
+    p.add_argument("--backend", "-b", metavar="URL", help="a real agent+... link to measure instead")
+    p.add_argument("--baud", type=int, default=3_000_000, help="simulated (or real) link baud rate")
+    p.add_argument("--latency-ms", type=float, default=1.0, help="simulated one-way latency (FT232H, latency timer 1)")
+    p.add_argument("--log-format", choices=("console", "json"), default="console")
+    p.add_argument("-v", "--verbose", action="count", default=0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 
@@ -249,7 +286,7 @@ def _progress(label: str) -> Callable[[int, int, Any], None] | None:
 
 
 async def cmd_run(args: argparse.Namespace) -> int:
-    from hil.runner import run_script
+    from hil.runner import prepare, run_script
     from hil.script import load_script
     from hil.workers import journal_name
 
@@ -257,6 +294,9 @@ async def cmd_run(args: argparse.Namespace) -> int:
         raise HilError("--journal takes one script; use --journal-dir for several")
     variables = _variables(args.var)
     scripts = [load_script(path, variables=variables) for path in args.scripts]  # validate all first
+    async with open_backend(args.backend) as be:  # ... and bind all against the backend: no I/O yet
+        for script in scripts:
+            prepare(script, be)
     worst = 0
     summaries = []
     for i, script in enumerate(scripts):
@@ -320,20 +360,78 @@ async def cmd_diff(args: argparse.Namespace) -> int:
             if sys.stderr.isatty():
                 sys.stderr.write(f"{url}: finished ({'ok' if rc == 0 else 'expectations failed' if rc == 1 else 'error'})\n")
 
+        worker_errors: dict[int, str] = {}
         grid = await run_on_backends(scripts, args.backend, journal_dir=args.journal_dir, variables=args.var,
-                                     on_done=done)
+                                     on_done=done, errors=worker_errors)
         report = DiffReport(backends=list(args.backend))
         for s, script in enumerate(scripts):
             runs = [grid[b][s] for b in range(len(args.backend))]
-            missing = [args.backend[b] for b, r in enumerate(runs) if r is None]
+            missing = [b for b, r in enumerate(runs) if r is None]
             if missing:
-                report.errors.append(f"{script.name}: no journal from {', '.join(missing)} (worker failed to start)")
+                why = "; ".join(f"{args.backend[b]}: {worker_errors.get(b, 'worker failed to start')}" for b in missing)
+                report.errors.append(f"{script.name}: no journal ({why})")
                 continue
             compare(runs, deviations, report)  # type: ignore[arg-type]
     if args.junit:
         Path(args.junit).write_text(report.to_junit(), encoding="utf-8")
     print(json.dumps(report.to_json()) if args.json else report.format())
     return report.exit_code
+
+
+async def cmd_agent(args: argparse.Namespace) -> int:
+    from hil.agent.server import AgentCore, serve
+    from hil.allowlist import AllowList, parse_window
+
+    allow = AllowList.from_toml(args.allow) if args.allow else AllowList.default()
+    windows = [parse_window(w) for w in args.window]
+    async with open_backend(args.io) as io:
+        if windows:
+            allow = allow.with_memory(windows)
+        elif not allow.memory:
+            lo, hi = io.capabilities.memory_window
+            if Capability.VIRTUAL_TIME not in io.capabilities or hi <= lo:
+                raise HilError("give --window START-END (or [memory] windows in --allow): the agent needs to know "
+                               "which physical memory the host may use")
+            allow = allow.with_memory([range(lo, hi)])
+        core = AgentCore(io, allow, name=args.name, token=args.token.encode())
+
+        def ready(address: str) -> None:
+            print(address, flush=True)
+
+        await serve(core, args.listen, ready=ready)
+    return 0
+
+
+async def cmd_doctor(args: argparse.Namespace) -> int:
+    from hil.doctor import run_doctor
+
+    report = await run_doctor(args.url)
+    print(json.dumps(report.to_json()) if args.json else report.format())
+    return report.exit_code
+
+
+async def cmd_bench(args: argparse.Namespace) -> int:
+    from hil.agent.bench import bench_backend, bench_pty, bench_shaped
+
+    if args.backend:
+        async with open_backend(args.backend) as be:
+            figures = await bench_backend(be, args.baud, args.latency_ms / 1e3)  # type: ignore[arg-type]
+        single = batched = None
+    else:
+        figures = await bench_shaped(args.baud, args.latency_ms / 1e3)
+        single, batched = await bench_pty()
+    if args.json:
+        print(json.dumps({"figures": [{"name": f.name, "seconds": f.seconds, "minimum": f.minimum,
+                                       "ratio": f.ratio, "round_trips": f.round_trips} for f in figures],
+                          "pty_programs_per_s": single, "pty_ops_per_s": batched}))
+        return 0
+    link = args.backend or f"simulated {args.baud} baud, {args.latency_ms:g} ms latency each way"
+    print(f"link: {link}")
+    for f in figures:
+        print("  " + f.line())
+    if single is not None:
+        print(f"  pty, no shaping: {single:,.0f} one-op programs/s; {batched:,.0f} ops/s in 100-op programs")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

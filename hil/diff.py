@@ -61,7 +61,10 @@ def load_deviations(path: str | Path) -> list[Deviation]:
         raise DeviationFileError(f"{file}: not valid TOML: {e}") from None
     names = port_names()
     out = []
-    for i, d in enumerate(doc.get("deviation", []), start=1):
+    entries = doc.get("deviation", [])
+    if not isinstance(entries, list):
+        raise DeviationFileError(f"{file}: 'deviation' must be [[deviation]] tables")
+    for i, d in enumerate(entries, start=1):
         where = f"{file}: deviation {i}"
         if not isinstance(d, dict):
             raise DeviationFileError(f"{where}: expected a [[deviation]] table")
@@ -173,7 +176,7 @@ def _what(o: Observation) -> str:
         return f"in 0x{o.port:02X} ({info.describe(write=False)})"
     if o.op in ("residue", "wait_tc"):
         return f"{o.op} channel {o.channel}"
-    if o.op == "read":
+    if o.op == "read" and o.addr is not None:
         return f"read 0x{o.addr:X}+{o.length}"
     if o.op == "device":
         return f"device on channel {o.channel} at end of run"
@@ -201,6 +204,9 @@ def _bits(bits: int, first: int) -> str:
 
 def _meaning(o: Observation, a: Observation, b: Observation, la: str, lb: str, mask: int) -> str:
     """Explain a differing value in the register's own terms."""
+    if a.error or b.error:
+        failed, fine = (la, lb) if a.error else (lb, la)
+        return f"the step failed on {failed} ({a.error or b.error}) but not on {fine}"
     if o.op == "in" and o.port is not None and a.value is not None and b.value is not None:
         info = decode_port(o.port)
         va, vb = a.value & mask, b.value & mask
@@ -281,11 +287,11 @@ def compare(results: list[RunResult], deviations: list[Deviation] | None = None,
         keys = list(ref_map) + [k for k in other_map if k not in ref_map]
         for key in keys:
             a, b = ref_map.get(key), other_map.get(key)
-            o = a or b
+            o = a if a is not None and not a.error else b or a  # describe by a run where the step worked
             assert o is not None
             report.compared += 1
             if a is None or b is None:
-                if ref.status == "error" or other.status == "error":
+                if ref.status in ("error", "running") or other.status in ("error", "running"):
                     continue  # one run stopped early: reported as an error already
                 report.divergences.append(Divergence(script, o.step, o.op, _what(o),
                                                      {ref_label: _show(a), label: _show(b)},

@@ -158,3 +158,47 @@ class AllocationError(HilError):
 
 class AllocationTimeout(AllocationError):
     pass
+
+
+# --- reaching real hardware: diagnosed failures (devport:, later agent+serial:, qemu:) -------
+
+
+class DiagnosedError(BackendError):
+    """A backend could not reach its device, with the cause and the fix spelled out.
+
+    Raised by ``open()`` so that the message alone tells a bench user what to change;
+    ``hil doctor URL`` runs the same diagnosis without opening a session.
+    """
+
+    def __init__(self, problem: str, fix: str, *, path: str | None = None, errno: int | None = None) -> None:
+        super().__init__(f"{problem}; fix: {fix}")
+        self.problem, self.fix, self.path, self.errno = problem, fix, path, errno
+
+
+class DeviceMissingError(DiagnosedError):
+    """The device node does not exist or has no driver (kernel option off, not passed to a container)."""
+
+
+class DevicePermissionError(DiagnosedError):
+    """The node's mode refused us (EACCES), or a capability such as CAP_SYS_RAWIO is missing (EPERM)."""
+
+
+class KernelLockdownError(DiagnosedError):
+    """EPERM from a locked-down kernel (Secure Boot): /dev/port and /dev/mem are closed even to root."""
+
+
+class StrictDevmemError(DiagnosedError):
+    """/dev/mem refused to map the window (CONFIG_STRICT_DEVMEM for RAM, CONFIG_IO_STRICT_DEVMEM for claimed I/O memory)."""
+
+
+class MemoryWindowError(DiagnosedError):
+    """The configured physical memory window cannot be used as given."""
+
+
+class WideAccessError(AccessDeniedError):
+    """A backend refused a port access wider than it can perform as one bus cycle."""
+
+    def __init__(self, port: int, width: int, write: bool, reason: str) -> None:
+        verb = "out to" if write else "in from"
+        super().__init__(f"{width}-bit {verb} port 0x{port:04X} refused: {reason}")
+        self.port, self.width, self.write = port, width, write

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -44,7 +44,11 @@ class Observation:
     vt_ns: int | None = None  #: virtual time, on virtual-time backends
 
     def to_json(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None and v != "" and v is not False}
+        # ``ok`` and ``tc`` are tri-state: False is an observation (a failed expectation, no
+        # terminal count), not an absent field, so only None, an empty name and the default
+        # ``may_differ`` are left out.
+        return {k: v for k, v in self.__dict__.items()
+                if v is not None and not (k == "name" and v == "") and not (k == "may_differ" and v is False)}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Observation:

@@ -22,8 +22,8 @@ from hil.errors import HilError
 from hil.journal import Journal, Observation, RunResult
 from hil.rules import check_buffer
 from hil.script.loader import bind, digest
-from hil.script.model import OP_CAPABILITY, Op, Script, ScriptCapabilityError, ScriptError, Step
-from hil.sim.devices import Device, Sink, Source
+from hil.script.model import OP_CAPABILITY, Op, Script, ScriptCapabilityError, ScriptError, ScriptRangeError, Step
+from hil.backends.ops import DevAttach, DevDreq, DeviceState, DevState, PowerReset
 
 log = structlog.get_logger("hil.runner")
 
@@ -37,7 +37,7 @@ Progress = Callable[[int, int, Step], None]
 class _State:
     dma: IsaDma
     unchecked: IsaDma
-    devices: dict[int, Device] = field(default_factory=dict)
+    devices: dict[int, str] = field(default_factory=dict)  #: channel -> device kind
     snapshot: DmaSnapshot | None = None
     requested: set[int] = field(default_factory=set)
 
@@ -62,23 +62,41 @@ def check_capabilities(script: Script, backend: Backend) -> None:
 
 
 def place_buffers(script: Script, backend: Backend) -> dict[str, int]:
-    """Fixed buffers are checked against the rules; the rest come from a DMA zone, in
-    declaration order, so every backend with the same memory window gets the same addresses."""
+    """Fixed buffers are checked against the rules and the backend's memory window; the rest
+    come from a DMA zone, in declaration order, so every backend with the same memory window
+    gets the same addresses. Zone buffers never overlap a fixed one."""
     lo, hi = backend.capabilities.memory_window
     out: dict[str, int] = {}
+    fixed = [(s.at, s.at + s.size) for s in script.buffers.values() if s.at is not None]
     zone: DmaZone | None = None
     for spec in script.buffers.values():
         try:
             if spec.at is not None:
                 check_buffer(spec.channel, spec.at, spec.size)
+                if not (lo <= spec.at and spec.at + spec.size <= hi):
+                    raise HilError(f"0x{spec.at:X}..0x{spec.at + spec.size - 1:X} is outside the memory of "
+                                   f"{backend.url} (0x{lo:X}..0x{hi - 1:X})")
                 out[spec.name] = spec.at
                 continue
             if zone is None:
                 zone = DmaZone(start=max(lo, ZONE_START), end=min(hi, 1 << 24))
-            out[spec.name] = zone.alloc_nowait(spec.size, spec.channel).phys
+            while True:  # extents that collide with a fixed buffer stay allocated, never used
+                buf = zone.alloc_nowait(spec.size, spec.channel)
+                if not any(buf.phys < end and start < buf.phys + buf.size for start, end in fixed):
+                    break
+            out[spec.name] = buf.phys
         except HilError as e:
-            raise ScriptError(script.file, None, f"buffers.{spec.name}", str(e)) from None
+            raise ScriptRangeError(script.file, None, f"buffers.{spec.name}",
+                                   f"cannot place {spec.size} bytes for channel {spec.channel}: {e}") from None
     return out
+
+
+def prepare(script: Script, backend: Backend) -> list[dict[str, Any]]:
+    """Second validation phase, no I/O: capabilities, buffer placement, every bound value.
+    Returns each step's bound arguments; raises :class:`ScriptError`."""
+    check_capabilities(script, backend)
+    buffers = place_buffers(script, backend)
+    return [bind(step, buffers, script) for step in script.steps]
 
 
 async def run_script(
@@ -90,9 +108,7 @@ async def run_script(
 ) -> RunResult:
     """Run ``script`` on an opened ``backend``; never raises for what the run finds (the
     result's ``status`` says), only for a script that cannot run at all (:class:`ScriptError`)."""
-    check_capabilities(script, backend)
-    buffers = place_buffers(script, backend)
-    bound = [bind(step, buffers, script) for step in script.steps]
+    bound = prepare(script, backend)
     caps = backend.capabilities
     result = RunResult(script.name, script.file, backend.url, caps.identity, caps.to_json(),
                        steps_total=len(script.steps))
@@ -129,8 +145,11 @@ async def run_script(
                 obs.may_differ = step.tolerance.may_differ
                 emit(obs)
         else:
-            for ch, device in sorted(state.devices.items()):
-                emit(_device_observation(ch, device))
+            if state.devices:
+                channels = sorted(state.devices)
+                states = await backend.execute([DevState(ch, RECORD_LIMIT) for ch in channels])
+                for ch, dev_state in zip(channels, states):
+                    emit(_device_observation(ch, dev_state))  # type: ignore[arg-type]
             result.status = "failed" if result.failures else "passed"
         for ch in sorted(state.requested):
             await state.dma.free_dma(ch)
@@ -147,16 +166,16 @@ async def run_script(
     return result
 
 
-def _device_observation(ch: int, device: Device) -> Observation:
+def _device_observation(ch: int, state: DeviceState) -> Observation:
+    """What a device saw, read through the backend (in process or behind an agent link)."""
     obs = Observation(f"end.device{ch}", "device", channel=ch)
-    if isinstance(device, Sink):
-        data = bytes(device.received)
-        obs.length, obs.digest = len(data), digest(data)
-        obs.data = data.hex() if len(data) <= RECORD_LIMIT else None
-        obs.value = device.overruns
-    elif isinstance(device, Source):
-        obs.length, obs.value = device.pos, device.underruns
-    obs.tc = device.tc_count > 0
+    if state.kind == "sink":
+        obs.length, obs.digest = state.moved, state.digest
+        obs.data = state.head.hex() if state.moved == len(state.head) else None  # all of it, or a digest
+        obs.value = state.overruns
+    else:
+        obs.length, obs.value = state.moved, state.underruns
+    obs.tc = state.tc_count > 0
     return obs
 
 
@@ -228,16 +247,15 @@ async def _run_step(step: Step, a: dict[str, Any], be: Backend, st: _State, scri
             obs.expect, obs.ok = "complete", r.complete
         return obs
     if op is Op.DEVICE:
-        device: Device = Source(a["data"], dreq=a["dreq"]) if a["kind"] == "source" else Sink(a["dreq"], a["capacity"])
-        be.machine.attach(a["channel"], device)  # type: ignore[attr-defined]
-        st.devices[a["channel"]] = device
+        await be.execute([DevAttach(a["channel"], a["kind"], a["data"] if a["kind"] == "source" else b"",
+                                    a["dreq"], a.get("capacity"))])
+        st.devices[a["channel"]] = a["kind"]
         return None
     if op is Op.DREQ:
-        device = st.devices.get(a["channel"])
-        if device is None:
+        if a["channel"] not in st.devices:
             raise ScriptError(step.file, step.path, "channel", f"no device attached to channel {a['channel']} "
                               f"(add a device step first)", op.value)
-        device.dreq = a["level"]
+        await be.execute([DevDreq(a["channel"], a["level"])])
         return None
     if op is Op.DELAY:
         await be.delay(a["us"])
@@ -250,7 +268,7 @@ async def _run_step(step: Step, a: dict[str, Any], be: Backend, st: _State, scri
         return None
     if op is Op.RESUME:
         if a["lose_state"]:
-            be.machine.reset(post=False)  # type: ignore[attr-defined]
+            await be.execute([PowerReset()])
         await st.dma.resume(st.snapshot)
         return None
     raise ScriptError(step.file, step.path, "op", f"op {op.value} cannot run here", op.value)

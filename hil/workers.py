@@ -35,13 +35,17 @@ async def run_on_backends(
     journal_dir: str | Path | None = None,
     variables: Sequence[str] = (),
     on_done: Callable[[str, int], None] | None = None,
+    errors: dict[int, str] | None = None,
 ) -> list[list[RunResult | None]]:
-    """``result[b][s]``: script ``s`` on backend ``b`` (None if its journal never appeared)."""
+    """``result[b][s]``: script ``s`` on backend ``b`` (None if its journal never appeared).
+    ``errors``, if given, receives backend index -> the worker's error line when it exited 2."""
     base = Path(journal_dir) if journal_dir else Path(tempfile.mkdtemp(prefix="hil-diff-"))
 
     async def worker(b: int, url: str) -> int:
         out = base / f"backend{b + 1}"
         out.mkdir(parents=True, exist_ok=True)
+        for i, script in enumerate(scripts):  # a reused --journal-dir must not yield a stale run
+            (out / journal_name(i, script)).unlink(missing_ok=True)
         cmd = [sys.executable, "-m", "hil", "run", "--backend", url, "--journal-dir", str(out), "-q",
                "--log-format", "json", *(f"--var={v}" for v in variables), *(s.file for s in scripts)]
         proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE,
@@ -50,7 +54,11 @@ async def run_on_backends(
         rc = proc.returncode or 0
         log.info("worker_done", backend=url, rc=rc)
         if rc == 2:
-            log.warning("worker_error", backend=url, stderr=stderr.decode(errors="replace")[-2000:])
+            text = stderr.decode(errors="replace")
+            log.warning("worker_error", backend=url, stderr=text[-2000:])
+            if errors is not None:
+                lines = [ln for ln in text.splitlines() if ln.startswith("hil run: error:")]
+                errors[b] = lines[-1].removeprefix("hil run: error:").strip() if lines else f"exit status {rc}"
         if on_done is not None:
             on_done(url, rc)
         return rc

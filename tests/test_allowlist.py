@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hil.allowlist import AllowList, AllowListError
+from hil.allowlist import AllowList, AllowListError, parse_window
 from hil.backends.ops import In, MemRead, MemWrite, Out
 from hil.errors import AccessDeniedError
 
@@ -31,7 +31,7 @@ def test_memory_windows():
     assert al.mem_allowed(0x10000, 0x80000)
     assert not al.mem_allowed(0xFFFF, 2)
     assert not al.mem_allowed(0x8FFFF, 2)
-    with pytest.raises(AccessDeniedError, match="0x10000-0x8FFFF"):
+    with pytest.raises(AccessDeniedError, match="0x10000-0x90000"):
         al.check_mem(0x90000, 1)
     with pytest.raises(AccessDeniedError, match="none configured"):
         AllowList.default().check_mem(0x10000, 1)
@@ -71,3 +71,14 @@ def test_allowed_means_every_byte_inside_a_range(port, width):
     last = port + width // 8 - 1
     expected = any(port in r and last in r for r in al.ports)
     assert al.port_allowed(port, width) == expected
+
+
+def test_window_notation_end_exclusive_or_size():
+    """Memory windows are END-exclusive everywhere (URL window=, --window, [memory] windows)."""
+    assert parse_window("0x10000-0x90000") == range(0x10000, 0x90000)
+    assert parse_window("0x10000+0x80000") == range(0x10000, 0x90000)
+    assert parse_window("0x10000 0x80000") == range(0x10000, 0x90000)  # "+" decoded from a URL
+    with pytest.raises(AllowListError, match="empty"):
+        parse_window("0x9000-0x9000")
+    with pytest.raises(AllowListError, match="16 MiB"):
+        parse_window("0xFF0000-0x1000001")

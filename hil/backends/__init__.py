@@ -59,6 +59,17 @@ class BackendURL:
             raise BackendOptionError(url, f"bad port number: {e}") from None
         return cls(url, scheme.lower(), parts.hostname or "", port, parts.path, options)
 
+    def flag(self, name: str, default: bool = False) -> bool:
+        """A boolean option: ``1/true/yes/on`` (or bare ``?name``) or ``0/false/no/off``."""
+        text = self.options.get(name)
+        if text is None:
+            return default
+        if text.lower() in ("1", "true", "yes", "on", ""):
+            return True
+        if text.lower() in ("0", "false", "no", "off"):
+            return False
+        raise BackendOptionError(self.raw, f"option {name}={text!r}: expected 0 or 1")
+
     def take(self, allowed: dict[str, str]) -> dict[str, str]:
         """Return the options, refusing any not in ``allowed`` (name -> help text)."""
         unknown = sorted(set(self.options) - set(allowed))
@@ -72,10 +83,22 @@ Factory = Callable[[BackendURL], Backend]
 
 _REGISTRY: dict[str, str | Factory] = {
     "sim": "hil.backends.sim:from_url",
+    "devport": "hil.backends.devport:from_url",
+    "qemu": "hil.backends.qemu:from_url",
+    "agent+serial": "hil.backends.agent:from_url",
+    "agent+tcp": "hil.backends.agent:from_url",
+    "agent+ftdi": "hil.backends.agent:from_url",
 }
 _DESCRIPTIONS: dict[str, str] = {
     "sim": "in-process PC/AT 8237A model (profiles: intel, qemu); no hardware",
+    "devport": "this Linux machine's own 8237s via /dev/port and a /dev/mem window (root, allow-listed)",
+    "qemu": "QEMU's PC (i8257, FDC, SB16) over qtest; needs qemu-system-x86_64 7.2+",
+    "agent+serial": "agent on a serial line: agent+serial:///dev/ttyUSB0?baud=3000000",
+    "agent+tcp": "agent on a TCP socket: agent+tcp://127.0.0.1:7777[?token=...]",
+    "agent+ftdi": "agent behind an FTDI UART via pyftdi: agent+ftdi://ftdi:232h/1?baud=3000000",
 }
+#: ``agent+<any pyserial URL scheme>`` (socket, rfc2217, loop, spy, ...) also reaches the agent backend
+_PREFIXES: dict[str, str] = {"agent+": "hil.backends.agent:from_url"}
 
 
 def register_backend(scheme: str, factory: str | Factory, description: str = "") -> None:
@@ -102,6 +125,8 @@ def open_backend(url: str = "sim") -> Backend:
         raise UnknownBackendError(str(url), str(url), sorted(_REGISTRY))
     parsed = BackendURL.parse(url)
     entry = _REGISTRY.get(parsed.scheme)
+    if entry is None:
+        entry = next((f for prefix, f in _PREFIXES.items() if parsed.scheme.startswith(prefix)), None)
     if entry is None:
         raise UnknownBackendError(url, parsed.scheme, sorted(_REGISTRY))
     return _resolve(entry)(parsed)

@@ -133,12 +133,80 @@ class Poll:
             raise InvalidAccessError("poll timeout must be >= 0 and interval > 0 microseconds")
 
 
-Op = Union[Out, In, MemWrite, MemRead, MemFill, Delay, Poll]
-Result = Union[int, bytes]
-READING_OPS = (In, MemRead, Poll)
+@dataclass(frozen=True, slots=True)
+class Settle:
+    """Run until no DMA activity can progress (virtual time in the sim; polling on hardware)."""
+
+    timeout_us: float = 10e6
+
+
+# --- simulated devices (capability ``devices``): device control travels in programs too, so a
+# --- simulator behind an agent link is driven exactly like one in process
+
+
+@dataclass(frozen=True, slots=True)
+class DevAttach:
+    """Attach a ``source`` (``data`` to memory) or a ``sink`` (collects up to ``capacity``)."""
+
+    channel: int
+    kind: str
+    data: bytes = b""
+    dreq: bool = True
+    capacity: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("source", "sink"):
+            raise InvalidAccessError(f"device kind {self.kind!r}: use source or sink")
+        if type(self.channel) is not int or self.channel not in range(8):
+            raise InvalidAccessError(f"device channel {self.channel!r} is not 0-7")
+
+
+@dataclass(frozen=True, slots=True)
+class DevAppend:
+    """More data for a source attached earlier (how large sources cross a frame-sized link)."""
+
+    channel: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class DevDreq:
+    channel: int
+    level: bool
+
+
+@dataclass(frozen=True, slots=True)
+class DevState:
+    """Read a device's counters and what a sink received (the first ``max_bytes`` of it)."""
+
+    channel: int
+    max_bytes: int = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class PowerReset:
+    """Simulated power loss of both controllers (what suspend to RAM does to a chipset)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceState:
+    kind: str  #: "source", "sink" or "none"
+    tc_count: int = 0
+    moved: int = 0  #: bytes sent (source) or received (sink)
+    underruns: int = 0
+    overruns: int = 0
+    digest: str = ""  #: sha256 of everything a sink received
+    head: bytes = b""  #: the first bytes a sink received
+
+
+Op = Union[Out, In, MemWrite, MemRead, MemFill, Delay, Poll, Settle, DevAttach, DevAppend, DevDreq, DevState, PowerReset]
+Result = Union[int, bytes, DeviceState]
+READING_OPS = (In, MemRead, Poll, DevState)
+ALL_OPS = (Out, In, MemWrite, MemRead, MemFill, Delay, Poll, Settle, DevAttach, DevAppend, DevDreq, DevState, PowerReset)
+DEVICE_OPS = (DevAttach, DevAppend, DevDreq, DevState, PowerReset)
 
 
 def check_program(ops: Sequence[object]) -> None:
     for i, op in enumerate(ops):
-        if not isinstance(op, (Out, In, MemWrite, MemRead, MemFill, Delay, Poll)):
+        if not isinstance(op, ALL_OPS):
             raise InvalidAccessError(f"program step {i}: {op!r} is not an operation")

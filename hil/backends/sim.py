@@ -9,13 +9,33 @@ default is ``bios`` for ``intel`` and ``none`` for ``qemu``, matching QEMU under
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Sequence
 
 from hil.backends import BackendURL
 from hil.backends.base import Backend, Capabilities, Capability
-from hil.backends.ops import Delay, In, MemFill, MemRead, MemWrite, Op, Out, Poll, Result, check_program
-from hil.errors import BackendClosedError, BackendOptionError
+from hil.backends.ops import (
+    Delay,
+    DevAppend,
+    DevAttach,
+    DevDreq,
+    DeviceState,
+    DevState,
+    In,
+    MemFill,
+    MemRead,
+    MemWrite,
+    Op,
+    Out,
+    Poll,
+    PowerReset,
+    Result,
+    Settle,
+    check_program,
+)
+from hil.errors import BackendClosedError, BackendOptionError, DeviceError
+from hil.sim.devices import Device, Sink, Source
 from hil.sim.machine import PROFILES, Machine, Timing
 
 OPTIONS = {
@@ -36,13 +56,6 @@ def parse_size(text: str) -> int:
     return value << {"": 0, "k": 10, "m": 20, "g": 30}[m.group(2).lower()]
 
 
-def _flag(url: BackendURL, name: str, text: str) -> bool:
-    if text.lower() in ("1", "true", "yes", "on", ""):
-        return True
-    if text.lower() in ("0", "false", "no", "off"):
-        return False
-    raise BackendOptionError(url.raw, f"option {name}={text!r}: expected 0 or 1")
-
 
 def from_url(url: BackendURL) -> SimBackend:
     opts = url.take(OPTIONS)
@@ -62,7 +75,7 @@ def from_url(url: BackendURL) -> SimBackend:
         if opts["post"] not in ("bios", "none"):
             raise BackendOptionError(url.raw, f"option post={opts['post']!r}: expected bios or none")
         post = opts["post"] == "bios"
-    strict = _flag(url, "strict", opts["strict"]) if "strict" in opts else False
+    strict = url.flag("strict")
     return SimBackend(url.raw, profile=PROFILE_ALIASES[name], mem_size=mem, strict=strict, post=post)
 
 
@@ -125,16 +138,55 @@ class SimBackend(Backend):
                 m.advance(round(op.us * 1000))  # type: ignore[union-attr]
             elif kind is Poll:
                 results.append(self._poll(op))  # type: ignore[arg-type]
+            elif kind is Settle:
+                m.run_until_idle(round(op.timeout_us * 1000))  # type: ignore[union-attr]
+            else:
+                results.extend(self._device_op(op))
         return results
+
+    def _device_op(self, op: Op) -> list[Result]:
+        m = self.machine
+        if isinstance(op, DevAttach):
+            device = Source(op.data, dreq=op.dreq) if op.kind == "source" else Sink(op.dreq, op.capacity)
+            m.attach(op.channel, device)
+        elif isinstance(op, (DevAppend, DevDreq, DevState)):
+            device = m.devices.get(op.channel)
+            if device is None:
+                raise DeviceError(f"no device attached to channel {op.channel}")
+            if isinstance(op, DevAppend):
+                if not isinstance(device, Source):
+                    raise DeviceError(f"channel {op.channel}: only a source takes more data")
+                device.append(op.data)
+            elif isinstance(op, DevDreq):
+                device.dreq = op.level
+            else:
+                return [device_state(device, op.max_bytes)]
+        elif isinstance(op, PowerReset):
+            m.reset(post=False)
+        return []
 
     def _poll(self, op: Poll) -> int:
         m = self.machine
         deadline = m.now_ns + round(op.timeout_us * 1000)
+        interval = round(op.interval_us * 1000)
+        idle_misses = 0
         while True:
             value = m.io_read(op.port, op.width)
             if value & op.mask == op.expect or m.now_ns >= deadline:
                 return value
-            m.advance(round(op.interval_us * 1000))
+            idle_misses = idle_misses + 1 if m.idle else 0
+            if idle_misses >= 2:
+                # Nothing can move any more, so reads repeat with a period of at most two (the
+                # flip-flop alternates low/high bytes): skip to the deadline, keeping the parity
+                # of the reads a literal loop would have made.
+                per_read = interval + m.timing.port_ns * (op.width // 8)
+                left = max(0, (deadline - m.now_ns) // per_read)
+                if left % 2:
+                    m.advance(interval)
+                    value = m.io_read(op.port, op.width)
+                m.advance(max(0, deadline - m.now_ns))
+                return value
+            m.advance(interval)
 
     async def settle(self, timeout_s: float | None = None) -> None:
         if self._closed:
@@ -147,4 +199,14 @@ class SimBackend(Backend):
         self.machine.run_until_idle(round(limit * 1e9))
 
 
-__all__ = ["SimBackend", "from_url", "parse_size", "check_program"]
+def device_state(device: Device, max_bytes: int = 4096) -> DeviceState:
+    if isinstance(device, Sink):
+        data = bytes(device.received)
+        return DeviceState("sink", device.tc_count, len(data), 0, device.overruns,
+                           "sha256:" + hashlib.sha256(data).hexdigest(), data[:max_bytes])
+    if isinstance(device, Source):
+        return DeviceState("source", device.tc_count, device.pos, device.underruns, 0)
+    return DeviceState(type(device).__name__.lower(), device.tc_count)
+
+
+__all__ = ["SimBackend", "device_state", "from_url", "parse_size", "check_program"]

@@ -161,7 +161,10 @@ def _static_int(value: object, ctx: _Ctx, key: str, env: Mapping[str, int]) -> i
             expr = parse(value)
             return expr.evaluate(env)
         except ExprError as e:
-            raise ctx.err(ScriptNameError if "unknown name" in str(e) else ScriptTypeError, key, str(e)) from None
+            text = str(e)
+            cls = (ScriptNameError if "unknown name" in text
+                   else ScriptRangeError if "division by zero" in text or "shift by" in text else ScriptTypeError)
+            raise ctx.err(cls, key, text) from None
     raise ctx.err(ScriptTypeError, key, f"expected an integer or an expression string, got {type(value).__name__}")
 
 
@@ -205,10 +208,13 @@ class _StepLoader:
             ctx = _Ctx(file, path)
             if not isinstance(table, dict):
                 raise ctx.err(ScriptStructureError, None, "a step is a table with an 'op' key")
-            op_name = table.get("op")
+            if "op" not in table:
+                ops = ", ".join(o.value for o in Op)
+                raise ctx.err(ScriptStructureError, "op", f"missing required key; expected one of: {ops}")
+            op_name = table["op"]
             try:
                 op = Op(op_name)
-            except ValueError:
+            except (ValueError, TypeError):
                 ops = ", ".join(o.value for o in Op)
                 raise ctx.err(ScriptStructureError, "op", f"unknown op {op_name!r}; ops: {ops}") from None
             ctx.op = op.value
@@ -235,6 +241,9 @@ class _StepLoader:
                 inc = (file.parent / target).resolve()
                 if inc in stack:
                     raise ctx.err(ScriptIncludeError, "file", f"{target!r} includes itself (cycle)")
+                if not inc.is_file():
+                    raise ctx.err(ScriptIncludeError, "file", f"{target!r}: included file not found "
+                                                              f"(expected a fragment at {inc})")
                 doc = _read_toml(inc, _Ctx(inc))
                 if set(doc) - {"step"} or not isinstance(doc.get("step"), list):
                     raise ctx.err(ScriptIncludeError, "file", f"{target!r}: a fragment holds only [[step]] tables")
@@ -265,8 +274,9 @@ class _StepLoader:
         return value
 
     def number(self, value: object, ctx: _Ctx, key: str, hi: float) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= hi:
-            raise ctx.err(ScriptRangeError if isinstance(value, (int, float)) else ScriptTypeError, key,
+        is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not is_number or not 0 <= value <= hi:  # type: ignore[operator]
+            raise ctx.err(ScriptRangeError if is_number else ScriptTypeError, key,
                           f"expected a number 0..{hi:g}, got {value!r}")
         return float(value)
 
@@ -290,7 +300,10 @@ class _StepLoader:
                                                 f"register name such as ch2.count, or constant)")
         if expr.names & set(self.script.buffers):
             return expr
-        v = expr.evaluate(_env_names(self.script.variables))
+        try:
+            v = expr.evaluate(_env_names(self.script.variables))
+        except ExprError as e:
+            raise ctx.err(ScriptRangeError, key, str(e)) from None
         if not lo <= v <= hi:
             raise ctx.err(ScriptRangeError, key, f"{value!r} = {v} (0x{v:X}) is outside 0x{lo:X}..0x{hi:X}")
         return v
@@ -359,8 +372,18 @@ class _StepLoader:
             args["addr"] = self.deferred(table["addr"], ctx, "addr", 0, (1 << 32) - 1)
         if "length" in table:
             args["length"] = self.static(table["length"], ctx, "length", 0, MAX_DATA)
+            if "buffer" in table:
+                self.within_buffer(ctx, table, args["length"], "length")
         elif need_length and "length" not in args:
             raise ctx.err(ScriptStructureError, "length", "missing required key (or use buffer = ...)")
+
+    def within_buffer(self, ctx: _Ctx, table: dict[str, Any], length: int, key: str) -> None:
+        """A step addressed by ``buffer`` (+ ``offset``) must stay inside that buffer."""
+        spec = self.script.buffers[table["buffer"]]
+        offset = self.static(table.get("offset", 0), ctx, "offset", 0, 0x1FFFF)
+        if offset + length > spec.size:
+            raise ctx.err(ScriptRangeError, key, f"{length} bytes at offset {offset} run past the end of buffer "
+                                                 f"{spec.name!r} ({spec.size} bytes)")
 
     def load_args(self, op: Op, t: dict[str, Any], ctx: _Ctx, file: Path) -> dict[str, Any]:
         a: dict[str, Any] = {}
@@ -386,6 +409,8 @@ class _StepLoader:
         if op is Op.WRITE:
             a["data"] = self.data(t, ctx, file, a.get("length"))
             a["length"] = len(a["data"])
+            if "buffer" in t and "length" not in t:
+                self.within_buffer(ctx, t, a["length"], next(k for k in ("hex", "pattern", "text", "file") if k in t))
         if op is Op.READ:
             if "expect_hex" in t:
                 a["expect_hex"] = self.hexbytes(t["expect_hex"], ctx, "expect_hex")
@@ -485,7 +510,8 @@ def bind(step: Step, buffers: Mapping[str, int], script: Script) -> dict[str, An
             try:
                 v = value.evaluate(env)
             except ExprError as e:
-                raise ctx.err(ScriptNameError, key, str(e)) from None
+                cls = ScriptNameError if "unknown name" in str(e) else ScriptRangeError
+                raise ctx.err(cls, key, str(e)) from None
             lo, hi = limits.get(key, (0, (1 << 32) - 1))
             if not lo <= v <= hi:
                 raise ctx.err(ScriptRangeError, key, f"{value.text!r} = {v} is outside {lo}..{hi}")

@@ -99,11 +99,19 @@ class Source(Device):
         self._data = bytes(data)
         self.pos = 0
         self.underruns = 0  #: bytes supplied after the data ran out
+        self._armed = bool(dreq)  #: requests whenever it has data (unless dropped by hand)
         super().__init__(dreq=bool(dreq) and bool(self._data))
 
     @property
     def remaining(self) -> int:
         return len(self._data) - self.pos
+
+    def append(self, data: bytes) -> None:
+        """Queue more data; a source that dropped DREQ because it ran dry requests again."""
+        ran_dry = self.pos >= len(self._data) and not self.dreq
+        self._data += bytes(data)
+        if data and ran_dry and self._armed:
+            self.dreq = True
 
     def _take(self, nbytes: int) -> bytes:
         had_data = self.pos < len(self._data)

@@ -153,9 +153,7 @@ class Machine:
     def io_read(self, port: int, width: int = 8) -> int:
         """One CPU ``in``. A 16-bit access to 8-bit registers is split by the bus, low first."""
         if width == 16:
-            if self.qemu and port not in self._readers:
-                # QEMU hands a wide access to the owner of its first port; when the DMA subsystem
-                # does not own it, the whole access floats (qemu-qtest.md §8: `inw 0x80` → 0xFFFF)
+            if self._qemu_whole_access(port, self._readers):
                 return self.io_read(port) | (FLOAT << 8)
             return self.io_read(port) | (self.io_read(port + 1) << 8)
         self.advance(self.timing.port_ns)
@@ -168,7 +166,7 @@ class Machine:
     def io_write(self, port: int, value: int, width: int = 8) -> None:
         if width == 16:
             self.io_write(port, value & 0xFF)
-            if not (self.qemu and port not in self._writers):  # see io_read: all of it is lost
+            if not self._qemu_whole_access(port, self._writers):  # see io_read: all of it is lost
                 self.io_write(port + 1, value >> 8)
             return
         self.advance(self.timing.port_ns)
@@ -177,6 +175,19 @@ class Machine:
             self._undecoded(port, write=True)
             return
         writer(value)
+
+    def _qemu_whole_access(self, port: int, decoded: dict[int, Callable[..., object]]) -> bool:
+        """QEMU: does a 16-bit access at ``port`` go, whole, to a region the DMA subsystem does
+        not own (reads 0xFFFF, writes lost)?
+
+        QEMU's memory core bounds an access by the alignment of its address: at an odd port a
+        word access becomes two byte accesses, each dispatched to the owner of its own port
+        (`inw 0xBF` reads 0xBF, which nothing decodes, then the channel-4 address at 0xC0). At an
+        even port the whole access goes to the owner of that port: the byte-wide DMA regions
+        split it inside themselves (port, then port + 1), and when nothing of ours owns it the
+        whole access floats (`inw 0x80` → 0xFFFF; `inw 0x86` does not reach 0x87). Found by the
+        bit-exact check against QEMU; qemu-qtest.md §3.5 describes only the even case."""
+        return self.qemu and not port & 1 and port not in decoded
 
     def _undecoded(self, port: int, *, write: bool) -> None:
         if self.strict:

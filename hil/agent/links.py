@@ -1,0 +1,261 @@
+"""Byte links between host and agent, behind one small interface, selected by URL.
+
+* ``tcp://host:port``: asyncio streams.
+* ``/dev/ttyUSB0``, ``serial:///dev/ttyS0``, a pty: a pyserial port (or a raw fd) driven through
+  the event loop's reader/writer callbacks; nothing blocks the loop.
+* ``ftdi://…``, ``rfc2217://…``, ``socket://…``, ``loop://``: pyserial URL handlers have no
+  usable file descriptor, so each gets one owned I/O thread that does the blocking calls and
+  hands bytes to the loop with ``call_soon_threadsafe`` (hil-lessons.md §1.5, §3.8). For FTDI
+  devices the latency timer is set to 1 ms and dynamic latency is off (hil-lessons.md §1.4).
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import errno
+import os
+import termios
+import threading
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import structlog
+
+from hil.errors import BackendError
+
+log = structlog.get_logger("hil.link")
+
+READ_CHUNK = 65536
+
+
+class LinkError(BackendError):
+    """The link could not be opened or broke."""
+
+
+@dataclass
+class LinkStats:
+    bytes_in: int = 0
+    bytes_out: int = 0
+
+
+class Link(abc.ABC):
+    """An asynchronous full-duplex byte stream."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.stats = LinkStats()
+
+    @abc.abstractmethod
+    async def read(self) -> bytes:
+        """Some bytes (at least one); ``b""`` when the far end has gone."""
+
+    @abc.abstractmethod
+    async def write(self, data: bytes) -> None: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name}>"
+
+
+class StreamLink(Link):
+    def __init__(self, name: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        super().__init__(name)
+        self._reader, self._writer = reader, writer
+
+    async def read(self) -> bytes:
+        try:
+            data = await self._reader.read(READ_CHUNK)
+        except (ConnectionError, OSError):
+            return b""
+        self.stats.bytes_in += len(data)
+        return data
+
+    async def write(self, data: bytes) -> None:
+        try:
+            self._writer.write(data)
+            await self._writer.drain()
+        except (ConnectionError, OSError) as e:
+            raise LinkError(f"{self.name}: write failed: {e}") from None
+        self.stats.bytes_out += len(data)
+
+    async def close(self) -> None:
+        self._writer.close()
+        with contextlib.suppress(Exception):
+            await self._writer.wait_closed()
+
+
+class FdLink(Link):
+    """A non-blocking file descriptor (pty master, serial tty) on the event loop."""
+
+    def __init__(self, name: str, fd: int, *, owner: Any = None, close_fd: bool = True) -> None:
+        super().__init__(name)
+        self.fd = fd
+        self._owner, self._close_fd = owner, close_fd
+        os.set_blocking(fd, False)
+        if os.isatty(fd):  # VMIN=1: an empty non-blocking read is EAGAIN (wait for the loop), not EOF
+            attrs = termios.tcgetattr(fd)
+            attrs[6][termios.VMIN], attrs[6][termios.VTIME] = 1, 0
+            termios.tcsetattr(fd, termios.TCSANOW, attrs)
+        self._loop = asyncio.get_running_loop()
+        self._closed = False
+
+    async def read(self) -> bytes:
+        while not self._closed:
+            try:
+                data = os.read(self.fd, READ_CHUNK)
+            except BlockingIOError:
+                await self._wait(readable=True)
+                continue
+            except OSError as e:
+                if e.errno == errno.EIO:  # pty: no process has the other side open right now
+                    await asyncio.sleep(0.05)
+                    continue
+                return b""
+            if not data:
+                await asyncio.sleep(0.05)  # tty EOF without hang-up: keep listening
+                continue
+            self.stats.bytes_in += len(data)
+            return data
+        return b""
+
+    async def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                n = os.write(self.fd, view)
+            except BlockingIOError:
+                await self._wait(readable=False)
+                continue
+            except OSError as e:
+                raise LinkError(f"{self.name}: write failed: {e}") from None
+            view = view[n:]
+            self.stats.bytes_out += n
+
+    async def _wait(self, *, readable: bool) -> None:
+        fut: asyncio.Future[None] = self._loop.create_future()
+        add, remove = ((self._loop.add_reader, self._loop.remove_reader) if readable
+                       else (self._loop.add_writer, self._loop.remove_writer))
+        add(self.fd, lambda: fut.done() or fut.set_result(None))
+        try:
+            await fut
+        finally:
+            remove(self.fd)
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._owner is not None:
+            with contextlib.suppress(Exception):
+                self._owner.close()
+        elif self._close_fd:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+
+
+class ThreadLink(Link):
+    """A pyserial object without a file descriptor, serviced by one owned I/O thread."""
+
+    def __init__(self, name: str, port: Any) -> None:
+        super().__init__(name)
+        self._port = port
+        self._loop = asyncio.get_running_loop()
+        self._rx: asyncio.Queue[bytes] = asyncio.Queue()
+        self._tx_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._pump, name=f"hil-link {name}", daemon=True)
+        self._thread.start()
+
+    def _pump(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self._port.read(max(1, getattr(self._port, "in_waiting", 0) or 1))
+            except Exception as e:  # noqa: BLE001 - any driver failure ends the link
+                log.warning("link_read_failed", link=self.name, error=str(e))
+                data = None
+            if data is None:
+                self._loop.call_soon_threadsafe(self._rx.put_nowait, b"")
+                return
+            if data:
+                self._loop.call_soon_threadsafe(self._rx.put_nowait, bytes(data))
+
+    async def read(self) -> bytes:
+        data = await self._rx.get()
+        self.stats.bytes_in += len(data)
+        return data
+
+    def _write_blocking(self, data: bytes) -> None:
+        with self._tx_lock:
+            self._port.write(data)
+            self._port.flush()
+
+    async def write(self, data: bytes) -> None:
+        try:
+            await asyncio.to_thread(self._write_blocking, data)
+        except Exception as e:  # noqa: BLE001
+            raise LinkError(f"{self.name}: write failed: {e}") from None
+        self.stats.bytes_out += len(data)
+
+    async def close(self) -> None:
+        self._stop.set()
+        with contextlib.suppress(Exception):
+            self._port.cancel_read()
+        await asyncio.to_thread(self._thread.join, 1.0)
+        with contextlib.suppress(Exception):
+            self._port.close()
+
+
+def _serial_kwargs(baud: int) -> dict[str, Any]:
+    return {"baudrate": baud, "timeout": 0.05, "write_timeout": 5}
+
+
+async def open_link(url: str, *, baud: int = 115200) -> Link:
+    """Open the host side of a link. Raises :class:`LinkError` with the reason."""
+    if url.startswith("tcp://"):
+        parts = urlsplit(url)
+        if not parts.hostname or not parts.port:
+            raise LinkError(f"{url}: expected tcp://HOST:PORT")
+        try:
+            reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+        except OSError as e:
+            raise LinkError(f"{url}: cannot connect: {e.strerror or e}") from None
+        return StreamLink(url, reader, writer)
+    import serial  # pyserial: imported only for serial links
+
+    path = url[len("serial://"):] if url.startswith("serial://") else url
+    if "://" not in path:  # a device node: fd-driven
+        try:
+            port = serial.Serial(path, **_serial_kwargs(baud))
+        except (serial.SerialException, OSError) as e:
+            raise LinkError(f"{path}: cannot open serial device: {e}") from None
+        return FdLink(path, port.fileno(), owner=port)
+    if path.startswith("ftdi://"):
+        try:
+            import pyftdi.serialext  # noqa: F401 - registers the ftdi:// URL handler
+        except ImportError as e:  # pragma: no cover - pyftdi is a declared dependency
+            raise LinkError(f"{path}: pyftdi is not available: {e}") from None
+    try:
+        port = serial.serial_for_url(path, **_serial_kwargs(baud))
+    except (serial.SerialException, OSError, ValueError) as e:
+        raise LinkError(f"{path}: cannot open: {e}") from None
+    ftdi = getattr(port, "udev", None) or getattr(port, "_ftdi", None)
+    if ftdi is not None:  # USB latency: 16 ms by default, 1 ms is what a request/reply link wants
+        with contextlib.suppress(Exception):
+            ftdi.set_latency_timer(1)
+        log.info("ftdi_latency_set", link=path, latency_ms=1)
+    return ThreadLink(path, port)
+
+
+def split_query(url: str, ours: set[str]) -> tuple[str, dict[str, str]]:
+    """Remove our options from a link URL's query, leave the rest for pyserial."""
+    base, _, query = url.partition("?")
+    keep, mine = [], {}
+    for key, value in parse_qsl(query, keep_blank_values=True):
+        if key in ours:
+            mine[key] = value
+        else:
+            keep.append(f"{key}={value}")
+    return base + ("?" + "&".join(keep) if keep else ""), mine

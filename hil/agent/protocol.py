@@ -1,0 +1,537 @@
+"""The agent wire protocol, version 1: framing, messages, and the codec of ``execute()`` programs.
+
+docs/agent-protocol.md is the normative text; this module implements it for both ends. Design
+choices and why:
+
+* **COBS framing with a 0x00 delimiter**: a receiver that sees garbage, a truncated frame or a
+  frame it cannot parse throws bytes away up to the next 0x00 and is in sync again. No escape
+  state can be lost, unlike SLIP after a dropped byte.
+* **CRC-32 over the header and payload**: a corrupted frame is dropped, never executed.
+* **Sequence numbers and a replay cache** make execution exactly-once: the host retries only a
+  frame it has no reply for, and the agent answers a sequence number it has already executed
+  from its cache instead of executing again (8237 writes are not idempotent).
+* **One frame carries a whole program**, validated completely (syntax, allow-list) before the
+  first operation runs, so a refused program has no effect at all.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+from hil.backends.ops import (
+    Delay,
+    DevAppend,
+    DevAttach,
+    DevDreq,
+    DeviceState,
+    DevState,
+    In,
+    MemFill,
+    MemRead,
+    MemWrite,
+    Op,
+    Out,
+    Poll,
+    PowerReset,
+    Settle,
+)
+
+VERSION = 1
+HEADER = struct.Struct("<BBHH")  #: version, type, seq, payload length
+CRC = struct.Struct("<I")
+OVERHEAD = HEADER.size + CRC.size
+DEFAULT_MAX_PAYLOAD = 4096
+MAX_PAYLOAD_LIMIT = 0xFFFF
+
+
+class ProtocolError(ValueError):
+    """A frame or message that does not follow the protocol (carries the status to answer)."""
+
+    def __init__(self, status: Status, message: str, index: int = 0xFFFF) -> None:
+        super().__init__(message)
+        self.status, self.index = status, index
+
+
+class MsgType(enum.IntEnum):
+    HELLO = 0x01
+    EXEC = 0x02
+    PING = 0x03
+    HELLO_REPLY = 0x81
+    EXEC_REPLY = 0x82
+    PONG = 0x83
+    ERROR = 0xFF
+
+
+class Status(enum.IntEnum):
+    """Per-program (per failing op) status codes of EXEC_REPLY and ERROR."""
+
+    OK = 0x00
+    BAD_FRAME = 0x01  #: payload length or structure wrong
+    BAD_OP = 0x02  #: unknown opcode or truncated operands
+    PORT_DENIED = 0x03  #: outside the agent's port allow-list
+    MEM_DENIED = 0x04  #: outside the agent's memory window
+    TOO_LARGE = 0x05  #: program or reply would exceed the advertised sizes
+    IO_ERROR = 0x06  #: the I/O layer failed while executing (ops before `index` ran)
+    NO_SESSION = 0x07  #: EXEC before a successful HELLO (e.g. the agent restarted)
+    AUTH = 0x08  #: HELLO without the token the agent requires
+    VERSION = 0x09  #: protocol version not supported
+    UNSUPPORTED = 0x0A  #: a known op the agent does not offer (feature bit clear)
+    BUSY = 0x0B  #: another client holds the link
+
+
+class Opcode(enum.IntEnum):
+    OUT8 = 0x01  #: port:u16 value:u8
+    OUT16 = 0x02  #: port:u16 value:u16
+    IN8 = 0x03  #: port:u16                           -> u8
+    IN16 = 0x04  #: port:u16                          -> u16
+    MEM_WRITE = 0x05  #: addr:u32 len:u16 data[len]
+    MEM_READ = 0x06  #: addr:u32 len:u16               -> data[len]
+    MEM_FILL = 0x07  #: addr:u32 len:u32 value:u8
+    DELAY = 0x08  #: us:u32
+    POLL = 0x09  #: port:u16 width:u8 mask:u16 expect:u16 timeout_us:u32 interval_us:u32 -> value:u16 met:u8
+    SETTLE = 0x0A  #: timeout_us:u32
+    DEV_ATTACH = 0x10  #: channel:u8 kind:u8 (1 source, 2 sink) dreq:u8 capacity:u32 (0xFFFFFFFF: none) len:u16 data[len]
+    DEV_APPEND = 0x11  #: channel:u8 len:u16 data[len]
+    DEV_DREQ = 0x12  #: channel:u8 level:u8
+    DEV_STATE = 0x13  #: channel:u8 max_bytes:u16 -> kind:u8 tc:u32 moved:u32 under:u32 over:u32 digest[32] n:u16 head[n]
+    POWER_RESET = 0x14  #: (none)
+
+
+class Feature(enum.IntFlag):
+    POLL = 0x01
+    MEM_FILL = 0x02
+    DEVICES = 0x04  #: simulated devices and DREQ lines (DEV_* ops, POWER_RESET): agents on a simulator
+    SETTLE = 0x08
+
+
+DEVICE_KINDS = {"source": 1, "sink": 2}
+NO_CAPACITY = 0xFFFFFFFF
+STATE_FIXED = 1 + 16 + 32 + 2  #: DEV_STATE reply bytes before the head
+
+
+# --- CRC and COBS ---------------------------------------------------------------------------
+
+
+def crc32(data: bytes) -> int:
+    """CRC-32/ISO-HDLC (zlib, Ethernet): poly 0x04C11DB7 reflected, init and xorout 0xFFFFFFFF."""
+    return zlib.crc32(data) & 0xFFFFFFFF
+
+
+def cobs_encode(data: bytes) -> bytes:
+    out = bytearray()
+    block = bytearray()
+    for byte in data:
+        if byte == 0:
+            out.append(len(block) + 1)
+            out += block
+            block.clear()
+        else:
+            block.append(byte)
+            if len(block) == 254:
+                out.append(255)
+                out += block
+                block.clear()
+    out.append(len(block) + 1)
+    out += block
+    return bytes(out)
+
+
+def cobs_decode(data: bytes) -> bytes:
+    out = bytearray()
+    i, n = 0, len(data)
+    while i < n:
+        code = data[i]
+        if code == 0:
+            raise ValueError("zero byte inside a COBS frame")
+        end = i + code
+        if end > n:
+            raise ValueError("COBS block runs past the end of the frame")
+        out += data[i + 1 : end]
+        i = end
+        if code != 0xFF and i < n:
+            out.append(0)
+    return bytes(out)
+
+
+# --- frames ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    type: int
+    seq: int
+    payload: bytes = b""
+
+    def encode(self) -> bytes:
+        """Bytes on the wire: COBS(header + payload + CRC) followed by the 0x00 delimiter."""
+        body = HEADER.pack(VERSION, self.type, self.seq & 0xFFFF, len(self.payload)) + self.payload
+        return cobs_encode(body + CRC.pack(crc32(body))) + b"\x00"
+
+
+def decode_frame(raw: bytes) -> Frame:
+    """Decode the bytes between two delimiters. Raises ValueError for anything malformed."""
+    body = cobs_decode(raw)
+    if len(body) < OVERHEAD:
+        raise ValueError(f"frame of {len(body)} bytes is shorter than the {OVERHEAD}-byte minimum")
+    (crc,) = CRC.unpack_from(body, len(body) - CRC.size)
+    if crc32(body[: -CRC.size]) != crc:
+        raise ValueError("CRC mismatch")
+    version, mtype, seq, length = HEADER.unpack_from(body)
+    if length != len(body) - OVERHEAD:
+        raise ValueError(f"length field {length} does not match the {len(body) - OVERHEAD} payload bytes")
+    if version != VERSION:
+        raise ValueError(f"protocol version {version}, expected {VERSION}")
+    return Frame(mtype, seq, bytes(body[HEADER.size : -CRC.size]))
+
+
+class FrameReader:
+    """Splits a byte stream into frames; counts what it had to throw away."""
+
+    def __init__(self, max_payload: int = MAX_PAYLOAD_LIMIT) -> None:
+        self._buf = bytearray()
+        self.max_wire = 2 * (max_payload + OVERHEAD) + 16  #: COBS worst case, generously
+        self.discarded = 0  #: bytes dropped while resynchronising
+        self.bad_frames = 0
+
+    def feed(self, data: bytes) -> Iterator[Frame]:
+        self._buf += data
+        while True:
+            end = self._buf.find(0)
+            if end < 0:
+                if len(self._buf) > self.max_wire:  # an over-long run: drop it, wait for a delimiter
+                    self.discarded += len(self._buf)
+                    self._buf.clear()
+                return
+            raw = bytes(self._buf[:end])
+            del self._buf[: end + 1]
+            if not raw:
+                continue  # idle delimiters are allowed (and used to flush a partial frame)
+            if len(raw) > self.max_wire:
+                self.discarded += len(raw) + 1
+                self.bad_frames += 1
+                continue
+            try:
+                yield decode_frame(raw)
+            except ValueError:
+                self.discarded += len(raw) + 1
+                self.bad_frames += 1
+
+
+# --- HELLO ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Hello:
+    """Host -> agent. ``token`` is required by an agent listening beyond loopback."""
+
+    host_nonce: int
+    max_payload: int = DEFAULT_MAX_PAYLOAD
+    token: bytes = b""
+    name: str = "hil"
+
+    def encode(self) -> bytes:
+        name = self.name.encode()[:255]
+        return (struct.pack("<BIH", VERSION, self.host_nonce, self.max_payload)
+                + bytes([len(self.token)]) + self.token + bytes([len(name)]) + name)
+
+    @classmethod
+    def decode(cls, p: bytes) -> Hello:
+        r = _Reader(p)
+        version = r.u8()
+        if version != VERSION:
+            raise ProtocolError(Status.VERSION, f"host speaks protocol {version}, agent {VERSION}")
+        nonce, max_payload = r.u32(), r.u16()
+        token = r.take(r.u8())
+        name = r.take(r.u8()).decode(errors="replace")
+        r.end()
+        return cls(nonce, max_payload, token, name)
+
+
+@dataclass(frozen=True)
+class HelloReply:
+    """Agent -> host: who it is, what it can do, and its boot nonce (changes on every start)."""
+
+    boot_nonce: int
+    agent_name: str
+    agent_version: str
+    max_payload: int  #: largest request and reply payload it accepts / sends
+    window: int  #: frames the host may have in flight; the replay cache holds at least 2x this
+    max_ops: int  #: most operations in one program
+    features: Feature
+    ports: tuple[tuple[int, int], ...]  #: inclusive port ranges it allows
+    memory: tuple[tuple[int, int], ...]  #: inclusive memory windows it allows
+
+    def encode(self) -> bytes:
+        name, ver = self.agent_name.encode()[:255], self.agent_version.encode()[:255]
+        out = bytearray(struct.pack("<BI", VERSION, self.boot_nonce))
+        out += bytes([len(name)]) + name + bytes([len(ver)]) + ver
+        out += struct.pack("<HBHI", self.max_payload, self.window, self.max_ops, int(self.features))
+        out += bytes([len(self.ports)])
+        for lo, hi in self.ports:
+            out += struct.pack("<HH", lo, hi)
+        out += bytes([len(self.memory)])
+        for lo, hi in self.memory:
+            out += struct.pack("<II", lo, hi)
+        return bytes(out)
+
+    @classmethod
+    def decode(cls, p: bytes) -> HelloReply:
+        r = _Reader(p)
+        version = r.u8()
+        if version != VERSION:
+            raise ProtocolError(Status.VERSION, f"agent speaks protocol {version}, host {VERSION}")
+        nonce = r.u32()
+        name = r.take(r.u8()).decode(errors="replace")
+        ver = r.take(r.u8()).decode(errors="replace")
+        max_payload, window, max_ops, features = r.u16(), r.u8(), r.u16(), r.u32()
+        ports = tuple((r.u16(), r.u16()) for _ in range(r.u8()))
+        memory = tuple((r.u32(), r.u32()) for _ in range(r.u8()))
+        r.end()
+        return cls(nonce, name, ver, max_payload, window, max_ops, Feature(features), ports, memory)
+
+
+@dataclass(frozen=True)
+class ErrorReply:
+    status: Status
+    message: str
+
+    def encode(self) -> bytes:
+        msg = self.message.encode()[:255]
+        return bytes([self.status, len(msg)]) + msg
+
+    @classmethod
+    def decode(cls, p: bytes) -> ErrorReply:
+        r = _Reader(p)
+        status = _status(r.u8())
+        msg = r.take(r.u8()).decode(errors="replace")
+        return cls(status, msg)
+
+
+# --- programs -------------------------------------------------------------------------------
+
+
+def encode_program(ops: Sequence[Op]) -> bytes:
+    out = bytearray()
+    for op in ops:
+        if isinstance(op, Out):
+            out += struct.pack("<BHB", Opcode.OUT8, op.port, op.value) if op.width == 8 else \
+                struct.pack("<BHH", Opcode.OUT16, op.port, op.value)
+        elif isinstance(op, In):
+            out += struct.pack("<BH", Opcode.IN8 if op.width == 8 else Opcode.IN16, op.port)
+        elif isinstance(op, MemWrite):
+            if len(op.data) > 0xFFFF:
+                raise ValueError("a MEM_WRITE op carries at most 65535 bytes; split it")
+            out += struct.pack("<BIH", Opcode.MEM_WRITE, op.addr, len(op.data)) + bytes(op.data)
+        elif isinstance(op, MemRead):
+            if op.length > 0xFFFF:
+                raise ValueError("a MEM_READ op reads at most 65535 bytes; split it")
+            out += struct.pack("<BIH", Opcode.MEM_READ, op.addr, op.length)
+        elif isinstance(op, MemFill):
+            out += struct.pack("<BIIB", Opcode.MEM_FILL, op.addr, op.length, op.value)
+        elif isinstance(op, Delay):
+            out += struct.pack("<BI", Opcode.DELAY, min(0xFFFFFFFF, round(op.us)))
+        elif isinstance(op, Poll):
+            out += struct.pack("<BHBHHII", Opcode.POLL, op.port, op.width, op.mask, op.expect,
+                               min(0xFFFFFFFF, round(op.timeout_us)), max(1, min(0xFFFFFFFF, round(op.interval_us))))
+        elif isinstance(op, Settle):
+            out += struct.pack("<BI", Opcode.SETTLE, min(0xFFFFFFFF, round(op.timeout_us)))
+        elif isinstance(op, DevAttach):
+            if len(op.data) > 0xFFFF:
+                raise ValueError("DEV_ATTACH carries at most 65535 bytes; send the rest with DEV_APPEND")
+            cap = NO_CAPACITY if op.capacity is None else op.capacity
+            out += struct.pack("<BBBBIH", Opcode.DEV_ATTACH, op.channel, DEVICE_KINDS[op.kind], int(op.dreq), cap,
+                               len(op.data)) + bytes(op.data)
+        elif isinstance(op, DevAppend):
+            out += struct.pack("<BBH", Opcode.DEV_APPEND, op.channel, len(op.data)) + bytes(op.data)
+        elif isinstance(op, DevDreq):
+            out += struct.pack("<BBB", Opcode.DEV_DREQ, op.channel, int(op.level))
+        elif isinstance(op, DevState):
+            out += struct.pack("<BBH", Opcode.DEV_STATE, op.channel, op.max_bytes)
+        elif isinstance(op, PowerReset):
+            out += bytes([Opcode.POWER_RESET])
+        else:
+            raise ValueError(f"{op!r} cannot be sent to an agent")
+    return bytes(out)
+
+
+def decode_program(p: bytes, max_ops: int = 0xFFFF) -> list[Op]:
+    """Parse a whole program; raises ProtocolError (BAD_OP with the op index) if malformed."""
+    r = _Reader(p)
+    ops: list[Op] = []
+    while not r.done():
+        index = len(ops)
+        if index >= max_ops:
+            raise ProtocolError(Status.TOO_LARGE, f"more than {max_ops} operations", index)
+        try:
+            code = r.u8()
+            if code == Opcode.OUT8:
+                ops.append(Out(r.u16(), r.u8(), 8))
+            elif code == Opcode.OUT16:
+                port, value = r.u16(), r.u16()
+                ops.append(Out(port, value, 16))
+            elif code == Opcode.IN8:
+                ops.append(In(r.u16(), 8))
+            elif code == Opcode.IN16:
+                ops.append(In(r.u16(), 16))
+            elif code == Opcode.MEM_WRITE:
+                addr, n = r.u32(), r.u16()
+                ops.append(MemWrite(addr, r.take(n)))
+            elif code == Opcode.MEM_READ:
+                ops.append(MemRead(r.u32(), r.u16()))
+            elif code == Opcode.MEM_FILL:
+                ops.append(MemFill(r.u32(), r.u32(), r.u8()))
+            elif code == Opcode.DELAY:
+                ops.append(Delay(r.u32()))
+            elif code == Opcode.POLL:
+                port, width, mask, expect, timeout, interval = r.u16(), r.u8(), r.u16(), r.u16(), r.u32(), r.u32()
+                ops.append(Poll(port, mask, expect, timeout, max(1, interval), width))
+            elif code == Opcode.SETTLE:
+                ops.append(Settle(r.u32()))
+            elif code == Opcode.DEV_ATTACH:
+                channel, kind, dreq, cap, n = r.u8(), r.u8(), r.u8(), r.u32(), r.u16()
+                names = {v: k for k, v in DEVICE_KINDS.items()}
+                if kind not in names:
+                    raise ProtocolError(Status.BAD_OP, f"unknown device kind {kind}", index)
+                ops.append(DevAttach(channel, names[kind], r.take(n), bool(dreq), None if cap == NO_CAPACITY else cap))
+            elif code == Opcode.DEV_APPEND:
+                channel, n = r.u8(), r.u16()
+                ops.append(DevAppend(channel, r.take(n)))
+            elif code == Opcode.DEV_DREQ:
+                ops.append(DevDreq(r.u8(), bool(r.u8())))
+            elif code == Opcode.DEV_STATE:
+                ops.append(DevState(r.u8(), r.u16()))
+            elif code == Opcode.POWER_RESET:
+                ops.append(PowerReset())
+            else:
+                raise ProtocolError(Status.BAD_OP, f"unknown opcode 0x{code:02X}", index)
+        except ProtocolError as e:
+            raise ProtocolError(e.status, f"op {index}: {e}", index) from None
+        except ValueError as e:  # an op refusing its own operands (width, value range)
+            raise ProtocolError(Status.BAD_OP, f"op {index}: {e}", index) from None
+    return ops
+
+
+def reply_size(ops: Sequence[Op]) -> int:
+    """Payload bytes of the EXEC_REPLY to ``ops`` when everything succeeds."""
+    size = 4  # status, index, reason length
+    for op in ops:
+        if isinstance(op, In):
+            size += op.width // 8
+        elif isinstance(op, MemRead):
+            size += op.length
+        elif isinstance(op, Poll):
+            size += 3
+        elif isinstance(op, DevState):
+            size += STATE_FIXED + op.max_bytes
+    return size
+
+
+@dataclass
+class ExecReply:
+    """``status`` for the program; on failure ``index`` is the failing op (ops before it ran) and
+    ``reason`` says why. ``results`` holds the reading ops' results, in order, for the ops that ran."""
+
+    status: Status = Status.OK
+    index: int = 0xFFFF
+    reason: str = ""
+    results: list[int | bytes | DeviceState] = field(default_factory=list)
+    polls_met: list[bool] = field(default_factory=list)
+
+    def encode(self, ops: Sequence[Op]) -> bytes:
+        reason = self.reason.encode()[:255]
+        out = bytearray(struct.pack("<BHB", self.status, self.index, len(reason)) + reason)
+        it = iter(self.results)
+        met = iter(self.polls_met)
+        for op in ops:
+            if isinstance(op, In):
+                v = next(it, None)
+                if v is None:
+                    break
+                out += struct.pack("<B" if op.width == 8 else "<H", v)
+            elif isinstance(op, MemRead):
+                v = next(it, None)
+                if v is None:
+                    break
+                out += bytes(v)  # type: ignore[arg-type]
+            elif isinstance(op, Poll):
+                v = next(it, None)
+                if v is None:
+                    break
+                out += struct.pack("<HB", v, 1 if next(met, False) else 0)
+            elif isinstance(op, DevState):
+                st = next(it, None)
+                if st is None:
+                    break
+                kind = {"none": 0, **DEVICE_KINDS}.get(st.kind, 0)  # type: ignore[union-attr]
+                digest = bytes.fromhex(st.digest.split(":", 1)[1]) if st.digest else bytes(32)  # type: ignore[union-attr]
+                head = st.head[: op.max_bytes]  # type: ignore[union-attr]
+                out += struct.pack("<BIIII", kind, st.tc_count, st.moved, st.underruns, st.overruns)  # type: ignore[union-attr]
+                out += digest + struct.pack("<H", len(head)) + head
+        return bytes(out)
+
+    @classmethod
+    def decode(cls, p: bytes, ops: Sequence[Op]) -> ExecReply:
+        r = _Reader(p)
+        status, index = _status(r.u8()), r.u16()
+        reason = r.take(r.u8()).decode(errors="replace")
+        reply = cls(status, index, reason)
+        ran = len(ops) if status == Status.OK else min(index, len(ops))
+        for op in ops[:ran]:
+            if isinstance(op, In):
+                reply.results.append(r.u8() if op.width == 8 else r.u16())
+            elif isinstance(op, MemRead):
+                reply.results.append(r.take(op.length))
+            elif isinstance(op, Poll):
+                reply.results.append(r.u16())
+                reply.polls_met.append(bool(r.u8()))
+            elif isinstance(op, DevState):
+                kind = {0: "none", **{v: k for k, v in DEVICE_KINDS.items()}}.get(r.u8(), "none")
+                tc, moved, under, over = r.u32(), r.u32(), r.u32(), r.u32()
+                digest = r.take(32)
+                head = r.take(r.u16())
+                reply.results.append(DeviceState(kind, tc, moved, under, over,
+                                                 "sha256:" + digest.hex() if kind == "sink" else "", head))
+        r.end()
+        return reply
+
+
+# --- helpers --------------------------------------------------------------------------------
+
+
+def _status(value: int) -> Status:
+    try:
+        return Status(value)
+    except ValueError:
+        raise ProtocolError(Status.BAD_FRAME, f"unknown status 0x{value:02X}") from None
+
+
+class _Reader:
+    def __init__(self, data: bytes) -> None:
+        self.data, self.pos = memoryview(data), 0
+
+    def take(self, n: int) -> bytes:
+        if self.pos + n > len(self.data):
+            raise ProtocolError(Status.BAD_FRAME, f"truncated: needs {n} bytes at offset {self.pos}")
+        chunk = bytes(self.data[self.pos : self.pos + n])
+        self.pos += n
+        return chunk
+
+    def u8(self) -> int:
+        return self.take(1)[0]
+
+    def u16(self) -> int:
+        return int.from_bytes(self.take(2), "little")
+
+    def u32(self) -> int:
+        return int.from_bytes(self.take(4), "little")
+
+    def done(self) -> bool:
+        return self.pos >= len(self.data)
+
+    def end(self) -> None:
+        if not self.done():
+            raise ProtocolError(Status.BAD_FRAME, f"{len(self.data) - self.pos} unexpected trailing bytes")

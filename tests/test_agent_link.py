@@ -1,0 +1,245 @@
+"""Host <-> agent over real OS links (pty, loopback TCP, pyserial socket:// through a thread),
+with fault injection between them and agent restarts (docs/agent-protocol.md §6)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hil.agent.server import AgentCore, start
+from hil.allowlist import AllowList
+from hil.backends import open_backend
+from hil.backends.agent import AgentAccessDenied, AgentRefusedError, AgentResetError
+from hil.backends.ops import DevAttach, In, MemRead, MemWrite, Out
+from hil.backends.recording import RecordingBackend
+from hil.dma import DMA_MODE_READ, IsaDma
+from hil.diff import compare
+from hil.errors import BackendError
+from hil.runner import run_script
+from hil.script import load_script
+
+SCRIPTS = sorted((Path(__file__).resolve().parent.parent / "configs" / "scripts").glob("*.toml"))
+PORTABLE = [p for p in SCRIPTS if p.name != "failing-expectation.toml" and not p.name.startswith("qemu-")]
+WHOLE_MEMORY = [range(0, 1 << 24)]
+
+
+@contextlib.asynccontextmanager
+async def agent(listen: str = "tcp://127.0.0.1:0", **kw):
+    async with open_backend("sim") as io:
+        rec = RecordingBackend(io)
+        core = AgentCore(rec, AllowList.default(WHOLE_MEMORY), **kw)
+        listener = await start(core, listen)
+        try:
+            yield listener, core, rec
+        finally:
+            listener.close()
+
+
+def url_for(listener, extra: str = "") -> str:
+    if listener.address.startswith("tcp://"):
+        return f"agent+{listener.address}{extra}"
+    return f"agent+serial://{listener.address}?baud=3000000{extra.replace('?', '&')}"
+
+
+@pytest.mark.parametrize("listen", ["pty", "tcp://127.0.0.1:0"])
+async def test_programs_over_real_links(listen):
+    async with agent(listen) as (listener, core, _), open_backend(url_for(listener)) as be:
+        payload = bytes(range(256)) * 20
+        await be.write_mem(0x40000, payload)  # 5 KiB: split over frames
+        assert await be.read_mem(0x40000, len(payload)) == payload
+        await be.outb(0x81, 0x5A)
+        assert await be.inb(0x81) == 0x5A
+        assert be.stats.round_trips >= 3 and core.stats.executed >= 3
+
+
+async def test_pyserial_url_without_fd_goes_through_an_io_thread():
+    """hil-lessons.md §1.5: socket:// has no usable fd for the loop: ThreadLink services it."""
+    async with agent() as (listener, _, _):
+        host_port = listener.address[len("tcp://"):]
+        async with open_backend(f"agent+socket://{host_port}") as be:
+            assert type(be._link).__name__ == "ThreadLink"
+            await be.outb(0x82, 0x33)
+            assert await be.inb(0x82) == 0x33
+
+
+@pytest.mark.parametrize("script", PORTABLE, ids=[p.stem for p in PORTABLE])
+async def test_example_scripts_identical_over_the_agent(script):
+    """Issue: the example scripts give identical results through the agent and in process."""
+    s = load_script(script)
+    async with open_backend("sim") as be:
+        local = await run_script(s, be)
+    async with agent() as (listener, _, _), open_backend(url_for(listener)) as be:
+        remote = await run_script(s, be)
+    assert remote.status == local.status == "passed", remote.error
+    report = compare([local, remote])
+    assert report.divergences == [], report.format()
+    assert len(remote.observations) == len(local.observations)
+
+
+async def test_allow_list_refusal_is_clear_and_nothing_runs():
+    async with agent() as (listener, _, rec), open_backend(url_for(listener)) as be:
+        rec.clear()
+        with pytest.raises(AgentAccessDenied, match="op 1.*PORT_DENIED.*0x03F0"):
+            await be.execute([Out(0x81, 1), In(0x3F0)])
+        assert rec.trace == []  # validated as a whole before anything ran
+        assert await be.inb(0x81) == 0  # the first op did not run either
+
+
+async def test_token_required_beyond_loopback_and_checked():
+    async with open_backend("sim") as io:
+        core = AgentCore(io, AllowList.default(WHOLE_MEMORY))
+        with pytest.raises(BackendError, match="requires --token"):
+            await start(core, "tcp://0.0.0.0:0")
+    async with agent(token=b"s3cret") as (listener, _, _):
+        with pytest.raises(AgentRefusedError, match="AUTH"):
+            async with open_backend(url_for(listener)):
+                pass
+        async with open_backend(url_for(listener, "?token=s3cret")) as be:
+            assert await be.inb(0x08) == 0
+
+
+async def test_second_tcp_client_is_told_busy():
+    async with agent() as (listener, _, _), open_backend(url_for(listener)):
+        with pytest.raises(AgentRefusedError, match="BUSY"):
+            async with open_backend(url_for(listener, "?timeout=0.3&retries=0")):
+                pass
+
+
+class FaultyProxy:
+    """A loopback TCP relay that drops, corrupts, duplicates and delays what passes through."""
+
+    def __init__(self, target: tuple[str, int], seed: int, rate: float) -> None:
+        self.target, self.rng, self.rate = target, random.Random(seed), rate
+        self.faults = {"drop": 0, "corrupt": 0, "duplicate": 0, "delay": 0}
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._client, "127.0.0.1", 0)
+        return "tcp://127.0.0.1:%d" % self.server.sockets[0].getsockname()[1]
+
+    async def _pipe(self, reader, writer) -> None:
+        with contextlib.suppress(Exception):
+            while data := await reader.read(64):
+                for chunk in [data[i : i + 16] for i in range(0, len(data), 16)]:
+                    r = self.rng.random()
+                    if r < self.rate:
+                        self.faults["drop"] += 1
+                        continue
+                    if r < 2 * self.rate:
+                        self.faults["corrupt"] += 1
+                        b = bytearray(chunk)
+                        b[self.rng.randrange(len(b))] ^= 1 << self.rng.randrange(8)
+                        chunk = bytes(b)
+                    elif r < 3 * self.rate:
+                        self.faults["duplicate"] += 1
+                        chunk = chunk + chunk
+                    elif r < 4 * self.rate:
+                        self.faults["delay"] += 1
+                        await asyncio.sleep(0.01)
+                    writer.write(chunk)
+                    await writer.drain()
+        writer.close()
+
+    async def _client(self, reader, writer) -> None:
+        up_r, up_w = await asyncio.open_connection(*self.target)
+        await asyncio.gather(self._pipe(reader, up_w), self._pipe(up_r, writer))
+
+    def close(self) -> None:
+        self.server.close()
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_fault_injection_never_a_wrong_value_never_twice(seed):
+    """Drop, corrupt, duplicate and delay bytes between host and agent: every read is right,
+    every program runs exactly once, in order (§6)."""
+    async with agent() as (listener, core, rec):
+        host, port = listener.address[len("tcp://"):].rsplit(":", 1)
+        proxy = FaultyProxy((host, int(port)), seed, rate=0.03)
+        address = await proxy.start()
+        try:
+            async with open_backend(f"agent+{address}?timeout=0.04&retries=60") as be:
+                rec.clear()
+                for i in range(40):
+                    value = (i * 37 + seed) & 0xFF
+                    blob = bytes([(value + k) & 0xFF for k in range(40)])
+                    got = await be.execute([Out(0x81, value), In(0x81), MemWrite(0x50000 + i * 64, blob),
+                                            MemRead(0x50000 + i * 64, 40)])
+                    assert got == [value, blob]
+        finally:
+            proxy.close()
+        writes = [e.op.value for e in rec.trace if isinstance(e.op, Out)]
+        assert writes == [(i * 37 + seed) & 0xFF for i in range(40)], "a program ran twice or out of order"
+        assert sum(proxy.faults.values()) > 0
+        assert be.stats.retries > 0 or core.stats.replayed > 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def _spawn_agent(port: int) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen([sys.executable, "-m", "hil", "agent", "--listen", f"tcp://127.0.0.1:{port}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    assert proc.stdout is not None
+    line = await asyncio.to_thread(proc.stdout.readline)
+    assert line.decode().strip() == f"tcp://127.0.0.1:{port}"
+    return proc
+
+
+async def test_agent_killed_and_restarted_is_detected_and_restored():
+    """§6: a new boot nonce -> AgentResetError for the program in flight, then the driver layer's
+    shadow is restored onto the fresh controller before anything else runs."""
+    port = _free_port()
+    proc = await _spawn_agent(port)
+    try:
+        async with open_backend(f"agent+tcp://127.0.0.1:{port}?timeout=0.5&retries=8") as be:
+            dma = IsaDma(be)
+            await dma.request_dma(2, "floppy")
+            await dma.program(2, DMA_MODE_READ, 0x123400, 0x2400)
+            first = be.boot_nonce
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            proc = await _spawn_agent(port)
+            with pytest.raises(AgentResetError, match="restarted"):
+                await be.inb(0x08)
+            assert be.boot_nonce != first and be.stats.resets == 1
+            await be.outb(0x0C, 0)  # the restore has run: ch2 reads back as programmed
+            lo, hi = await be.inb(0x04), await be.inb(0x04)
+            clo, chi = await be.inb(0x05), await be.inb(0x05)
+            assert (lo | hi << 8, clo | chi << 8) == (0x3400, 0x23FF)
+            assert await be.inb(0x81) == 0x12
+            assert await be.inb(0x0F) == 0b1011  # ch2 unmasked again, the rest masked
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+async def test_devices_need_the_feature():
+    """A DEVICES op to an agent whose I/O has no simulated devices is refused as UNSUPPORTED."""
+
+    class NoDevices(RecordingBackend):
+        @property
+        def capabilities(self):
+            caps = self.inner.capabilities
+            return type(caps)(caps.backend, caps.identity, frozenset(), caps.memory_window)
+
+    async with open_backend("sim") as io:
+        core = AgentCore(NoDevices(io), AllowList.default(WHOLE_MEMORY))
+        listener = await start(core, "tcp://127.0.0.1:0")
+        try:
+            async with open_backend(url_for(listener)) as be:
+                assert "devices" not in {c.value for c in be.capabilities.features}
+                with pytest.raises(AgentRefusedError, match="UNSUPPORTED"):
+                    await be.execute([DevAttach(2, "source", b"x")])
+        finally:
+            listener.close()
+
