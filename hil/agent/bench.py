@@ -21,7 +21,10 @@ from hil.backends import open_backend
 from hil.backends.agent import AgentBackend
 from hil.backends.ops import In, MemRead, Out
 from hil.dma import DMA_MODE_READ, IsaDma
+from hil.ports import channel_ports
 from hil.regs import dump_program, read_registers
+
+PAGE = channel_ports(2).page  #: a harmless read/write register for raw timing
 
 
 class _Pipe:
@@ -175,10 +178,10 @@ async def bench_pty(seconds: float = 1.0) -> tuple[float, float]:
             async with open_backend(f"agent+serial://{listener.address}?baud=4000000") as be:
                 n, t0 = 0, time.perf_counter()
                 while time.perf_counter() - t0 < seconds:
-                    await be.inb(0x81)
+                    await be.inb(PAGE)
                     n += 1
                 single = n / (time.perf_counter() - t0)
-                program = [Out(0x81, 0x12), In(0x81)] * 50
+                program = [Out(PAGE, 0x12), In(PAGE)] * 50
                 n, t0 = 0, time.perf_counter()
                 while time.perf_counter() - t0 < seconds:
                     await be.execute(program)

@@ -17,6 +17,7 @@ choices and why:
 from __future__ import annotations
 
 import enum
+import re
 import struct
 import zlib
 from collections.abc import Iterator, Sequence
@@ -121,23 +122,31 @@ def crc32(data: bytes) -> int:
     return zlib.crc32(data) & 0xFFFFFFFF
 
 
+_RUNS = re.compile(b"([^\x00]*)(\x00*)")
+
+
 def cobs_encode(data: bytes) -> bytes:
+    """Per run of non-zero bytes and per run of zeros, not per byte: long frames stay cheap."""
+    data = bytes(data)
     out = bytearray()
-    block = bytearray()
-    for byte in data:
-        if byte == 0:
-            out.append(len(block) + 1)
-            out += block
-            block.clear()
-        else:
-            block.append(byte)
-            if len(block) == 254:
-                out.append(255)
-                out += block
-                block.clear()
-    out.append(len(block) + 1)
-    out += block
+    for m in _RUNS.finditer(data):
+        segment, zeros = m.group(1), len(m.group(2))
+        if not segment and not zeros:
+            continue  # the empty match at the very end
+        while len(segment) >= 254:  # a full block: code 0xFF, no zero implied after it
+            out.append(0xFF)
+            out += segment[:254]
+            segment = segment[254:]
+        out.append(len(segment) + 1)  # this block's code implies the first zero of the run
+        out += segment
+        if zeros > 1:
+            out += b"\x01" * (zeros - 1)  # each further zero is an empty block
+    if not data or data.endswith(b"\x00"):
+        out.append(1)  # the (empty) segment after the last zero
     return bytes(out)
+
+
+_ONES = re.compile(b"\x01+")
 
 
 def cobs_decode(data: bytes) -> bytes:
@@ -145,6 +154,12 @@ def cobs_decode(data: bytes) -> bytes:
     i, n = 0, len(data)
     while i < n:
         code = data[i]
+        if code == 1:  # a run of empty blocks is a run of zeros (zero-filled memory is common)
+            run = _ONES.match(data, i).end() - i  # type: ignore[union-attr]
+            end = i + run
+            out += bytes(run if end < n else run - 1)
+            i = end
+            continue
         if code == 0:
             raise ValueError("zero byte inside a COBS frame")
         end = i + code

@@ -386,10 +386,10 @@ class AgentBackend(Backend):
                     self._link = None
                     await asyncio.sleep(min(wait, 0.2))
                     continue
-                try:
-                    reply = await asyncio.wait_for(asyncio.shield(fut), wait)
-                except asyncio.TimeoutError:
+                done, _ = await asyncio.wait((fut,), timeout=wait)  # the future outlives a timeout
+                if not done:
                     continue
+                reply = fut.result()
                 self.stats.round_trips += 1
                 return reply
             raise AgentTimeoutError(
@@ -468,7 +468,10 @@ class AgentBackend(Backend):
         limit = min(self._max_payload, info.max_payload)
         chunks = plan(ops, limit, limit, info.max_ops)
         self.stats.programs += 1
-        replies = await asyncio.gather(*(self._exec_chunk(c) for c in chunks), return_exceptions=True)
+        if len(chunks) == 1:  # the common case: one frame, no tasks to spawn
+            replies: list[ExecReply | BaseException] = [await self._exec_chunk(chunks[0])]
+        else:  # all frames in flight at once, up to the window
+            replies = await asyncio.gather(*(self._exec_chunk(c) for c in chunks), return_exceptions=True)
         for r in replies:
             if isinstance(r, BaseException):
                 raise r
