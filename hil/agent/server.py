@@ -77,11 +77,9 @@ class AgentCore:
         self._cache_size = max(16, 2 * self.window)
         self._reply_payload = self.max_payload
         self._next = 0  #: the sequence number to execute next (programs run in order, once)
+        self._devices = Capability.DEVICES in self.io.capabilities  #: offer the DEV_* ops
         self._held: dict[int, Frame] = {}  #: frames that arrived ahead of a lost one
 
-    @property
-    def _devices(self) -> bool:
-        return Capability.DEVICES in self.io.capabilities
 
     def hello_reply(self) -> HelloReply:
         features = Feature.POLL | Feature.MEM_FILL | Feature.SETTLE | (Feature.DEVICES if self._devices else 0)

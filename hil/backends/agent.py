@@ -327,14 +327,15 @@ class AgentBackend(Backend):
                 self._route(frame)
             self.stats.discarded_bytes = self._frames.discarded
 
+    #: which waiting request a reply type answers (an ERROR may answer any of them)
+    _REPLY_KINDS = {MsgType.HELLO_REPLY: ("hello",), MsgType.EXEC_REPLY: ("exec",), MsgType.PONG: ("ping",),
+                    MsgType.ERROR: ("exec", "hello", "ping")}
+
     def _route(self, frame: Frame) -> None:
         if frame.type == MsgType.ERROR and frame.payload[:1] and frame.payload[0] in (Status.AUTH, Status.VERSION, Status.BUSY):
             candidates = [k for k in self._pending if k[0] == "hello"]  # refusals of a HELLO, whatever seq
         else:
-            kinds = {MsgType.HELLO_REPLY: ("hello",), MsgType.EXEC_REPLY: ("exec",), MsgType.PONG: ("ping",),
-                     MsgType.ERROR: ("exec", "hello", "ping")}.get(MsgType(frame.type) if frame.type in
-                                                                 MsgType._value2member_map_ else MsgType.ERROR, ())
-            candidates = [(k, frame.seq) for k in kinds]
+            candidates = [(kind, frame.seq) for kind in self._REPLY_KINDS.get(frame.type, ())]  # type: ignore[call-overload]
         for key in candidates:
             fut = self._pending.get(key)
             if fut is not None and not fut.done():
