@@ -686,3 +686,27 @@ def test_capability_checked_before_placement(tmp_path: Path) -> None:
     with pytest.raises(ScriptCapabilityError):
         prepare(load_script(path), PortsOnly(SimBackend("bare")))
     assert Capability.DREQ in SimBackend().capabilities
+
+
+def test_repeat_and_include_pass_their_tolerances_down(tmp_path):
+    """docs/scripts.md: diff_mask / may_differ / note on a repeat or include apply to the steps
+    inside it, unless a step sets its own; they are checked where they were written."""
+    (tmp_path / "frag.toml").write_text('[[step]]\nop = "in"\nport = "dma1.status"\n')
+    (tmp_path / "s.toml").write_text(
+        '[script]\nname = "t"\n'
+        '[[step]]\nop = "repeat"\ncount = 2\nmay_differ = true\nnote = "timing"\n'
+        'steps = [{ op = "in", port = "ch2.count" }, { op = "in", port = "ch2.count", may_differ = false }]\n'
+        '[[step]]\nop = "include"\nfile = "frag.toml"\ndiff_mask = 0x0F\n'
+        '[[step]]\nop = "in"\nport = "dma1.status"\n'
+    )
+    steps = load_script(tmp_path / "s.toml").steps
+    tol = {s.path: s.tolerance for s in steps}
+    assert tol["1[1].1"].may_differ and tol["1[2].1"].note == "timing"
+    assert not tol["1[1].2"].may_differ
+    assert tol["2:frag.toml/1"].diff_mask == 0x0F
+    assert tol["3"].diff_mask is None and not tol["3"].may_differ
+    (tmp_path / "bad.toml").write_text(
+        '[script]\nname = "t"\n[[step]]\nop = "repeat"\ncount = 1\nmay_differ = "yes"\nsteps = [{ op = "delay", us = 1 }]\n')
+    with pytest.raises(ScriptTypeError) as info:
+        load_script(tmp_path / "bad.toml")
+    assert info.value.step == "1" and info.value.key == "may_differ"

@@ -46,7 +46,8 @@ CONSTANTS: dict[str, int] = {
 PORTS = port_names()
 MAX_REPEAT = 1_000_000
 MAX_DATA = 16 << 20
-COMMON_KEYS = {"op", "name", "diff_mask", "may_differ", "note"}
+TOLERANCE_KEYS = ("diff_mask", "may_differ", "note")  #: a repeat or include passes these down
+COMMON_KEYS = {"op", "name", *TOLERANCE_KEYS}
 ADDR_KEYS = {"addr", "buffer", "offset"}
 DATA_KEYS = {"hex", "pattern", "text", "file", "length"}
 
@@ -202,7 +203,10 @@ class _StepLoader:
         self.script = script
         self.env_names = set(_env_names(script.variables)) | set(script.buffers)
 
-    def load_list(self, raw: list[Any], file: Path, prefix: str, stack: tuple[Path, ...]) -> None:
+    def load_list(self, raw: list[Any], file: Path, prefix: str, stack: tuple[Path, ...],
+                  inherited: dict[str, Any] | None = None) -> None:
+        """``inherited``: tolerance keys (diff_mask, may_differ, note) of the enclosing repeat or
+        include, which apply to every step inside unless the step sets its own."""
         for i, table in enumerate(raw, start=1):
             path = f"{prefix}{i}"
             ctx = _Ctx(file, path)
@@ -226,13 +230,21 @@ class _StepLoader:
             for key, (_, required) in spec.items():
                 if required and key not in table:
                     raise ctx.err(ScriptStructureError, key, "missing required key")
+            if isinstance(table, dict) and inherited:
+                table = {**inherited, **table}
+            passed_on = {k: table[k] for k in TOLERANCE_KEYS if k in table}
+            if op in (Op.REPEAT, Op.INCLUDE):  # check them here, where they were written
+                if "may_differ" in passed_on:
+                    self.boolean(passed_on["may_differ"], ctx, "may_differ")
+                if "diff_mask" in passed_on:
+                    self.static(passed_on["diff_mask"], ctx, "diff_mask", 0, 0xFFFF)
             if op is Op.REPEAT:
                 count = self.static(table["count"], ctx, "count", 0, MAX_REPEAT)
                 inner = table["steps"]
                 if not isinstance(inner, list) or not inner:
                     raise ctx.err(ScriptTypeError, "steps", "expected a non-empty list of step tables")
                 for n in range(1, count + 1):
-                    self.load_list(inner, file, f"{path}[{n}].", stack)
+                    self.load_list(inner, file, f"{path}[{n}].", stack, passed_on)
                 continue
             if op is Op.INCLUDE:
                 target = table["file"]
@@ -247,7 +259,7 @@ class _StepLoader:
                 doc = _read_toml(inc, _Ctx(inc))
                 if set(doc) - {"step"} or not isinstance(doc.get("step"), list):
                     raise ctx.err(ScriptIncludeError, "file", f"{target!r}: a fragment holds only [[step]] tables")
-                self.load_list(doc["step"], inc, f"{path}:{Path(target).name}/", (*stack, inc))
+                self.load_list(doc["step"], inc, f"{path}:{Path(target).name}/", (*stack, inc), passed_on)
                 continue
             args = self.load_args(op, table, ctx, file)
             tol = Tolerance(
