@@ -245,6 +245,8 @@ def _meaning(o: Observation, a: Observation, b: Observation, la: str, lb: str, m
             return (f"{n} byte(s) differ, first at offset {first_off} (0x{base + first_off:X}): "
                     f"0x{da[first_off]:02X} on {la}, 0x{db[first_off]:02X} on {lb}" if first_off < min(len(da), len(db))
                     else f"lengths differ: {len(da)} on {la}, {len(db)} on {lb}")
+        if a.length != b.length:
+            return f"lengths differ: {a.length} bytes on {la}, {b.length} on {lb} (digests {a.digest} vs {b.digest})"
         return f"contents differ (digests {a.digest} vs {b.digest})"
     return "values differ"
 

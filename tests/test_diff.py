@@ -433,3 +433,18 @@ def test_empty_compare() -> None:
     report = compare([])
     assert report.exit_code == 0 and report.compared == 0
     ET.fromstring(report.to_junit())
+
+
+def test_long_sink_contents_report_their_lengths():
+    """Without recorded bytes (over 4 KiB) a device divergence still says how many bytes each side got."""
+    from hil.diff import compare
+    from hil.journal import Observation, RunResult
+
+    def run(url: str, length: int, digest: str) -> RunResult:
+        r = RunResult("s", "s.toml", url, status="passed")
+        r.observations.append(Observation("end.device5", "device", channel=5, length=length, digest=digest, value=0, tc=True))
+        return r
+
+    report = compare([run("sim", 6144, "sha256:aa"), run("sim:?profile=qemu", 4096, "sha256:bb")])
+    (d,) = report.divergences
+    assert "lengths differ: 6144 bytes on sim, 4096 on sim:?profile=qemu" in d.meaning
