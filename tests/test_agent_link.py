@@ -243,3 +243,58 @@ async def test_devices_need_the_feature():
         finally:
             listener.close()
 
+
+
+async def test_ftdi_style_port_is_read_through_its_device_and_latency_is_fixed(monkeypatch):
+    """hil-lessons.md §1.4: dynamic latency off, latency timer 1 ms, bulk reads instead of pyftdi's
+    10 ms-sleeping read(). A stand-in for pyftdi's serial port records what the link does to it."""
+    import serial
+
+    from hil.agent import links
+
+    calls: list[tuple] = []
+
+    class FakeFtdi:
+        def __init__(self) -> None:
+            self.chunks = [b"\x01\x02", b"", b"\x03"]
+
+        def set_dynamic_latency(self, *a):
+            calls.append(("dynamic", a))
+
+        def set_latency_timer(self, ms):
+            calls.append(("latency", ms))
+
+        def read_data(self, size):
+            calls.append(("read_data", size))
+            return self.chunks.pop(0) if self.chunks else b""
+
+    class FakePort:
+        def __init__(self) -> None:
+            self.udev = FakeFtdi()
+
+        def read(self, n):  # must not be used: it would sleep 10 ms between polls
+            raise AssertionError("pyftdi read() used")
+
+        def write(self, data):
+            calls.append(("write", bytes(data)))
+
+        def flush(self):
+            pass
+
+        def cancel_read(self):
+            pass
+
+        def close(self):
+            calls.append(("close",))
+
+    monkeypatch.setattr(serial, "serial_for_url", lambda url, **kw: FakePort())
+    link = await links.open_link("ftdi://ftdi:232h/1", baud=3_000_000)
+    assert ("dynamic", (0, 0, 0)) in calls and ("latency", 1) in calls
+    got = b""
+    while len(got) < 3:
+        got += await link.read()
+    assert got == b"\x01\x02\x03"
+    await link.write(b"xy")
+    await link.close()
+    assert ("write", b"xy") in calls and calls[-1] == ("close",)
+    assert any(c[0] == "read_data" and c[1] >= 4096 for c in calls)

@@ -169,10 +169,19 @@ class ThreadLink(Link):
         self._thread = threading.Thread(target=self._pump, name=f"hil-link {name}", daemon=True)
         self._thread.start()
 
+    def _read_some(self) -> bytes:
+        """Whatever has arrived. pyftdi's UART ``read`` sleeps 10 ms between polls and reports
+        nothing waiting (hil-lessons.md §1.4), so its device is asked directly: a bulk read
+        returns within the chip's latency timer, data or not."""
+        udev = getattr(self._port, "udev", None)
+        if udev is not None and hasattr(udev, "read_data"):
+            return bytes(udev.read_data(READ_CHUNK))
+        return bytes(self._port.read(max(1, getattr(self._port, "in_waiting", 0) or 1)))
+
     def _pump(self) -> None:
         while not self._stop.is_set():
             try:
-                data = self._port.read(max(1, getattr(self._port, "in_waiting", 0) or 1))
+                data = self._read_some()
             except Exception as e:  # noqa: BLE001 - any driver failure ends the link
                 log.warning("link_read_failed", link=self.name, error=str(e))
                 data = None
@@ -241,8 +250,12 @@ async def open_link(url: str, *, baud: int = 115200) -> Link:
         port = serial.serial_for_url(path, **_serial_kwargs(baud))
     except (serial.SerialException, OSError, ValueError) as e:
         raise LinkError(f"{path}: cannot open: {e}") from None
-    ftdi = getattr(port, "udev", None) or getattr(port, "_ftdi", None)
-    if ftdi is not None:  # USB latency: 16 ms by default, 1 ms is what a request/reply link wants
+    ftdi = getattr(port, "udev", None)
+    if ftdi is not None and hasattr(ftdi, "set_latency_timer"):
+        # USB latency: 16 ms by default, and pyftdi's UART adds dynamic latency up to 200 ms when
+        # idle; a request/reply link wants a fixed 1 ms (hil-lessons.md §1.4)
+        with contextlib.suppress(Exception):
+            ftdi.set_dynamic_latency(0, 0, 0)  # threshold 0: off
         with contextlib.suppress(Exception):
             ftdi.set_latency_timer(1)
         log.info("ftdi_latency_set", link=path, latency_ms=1)
