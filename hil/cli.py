@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow", metavar="FILE", help="allow-list TOML (default: the DMA controllers and page registers)")
     p.add_argument("--window", action="append", default=[], metavar="START-END",
                    help="physical memory window the host may use, END exclusive, e.g. 0x10000-0x90000 "
-                        "(repeatable; default for sim: all of it)")
+                        "(repeatable; default: the I/O backend's window, for sim all of its memory)")
     p.add_argument("--token", default="", help="token clients must present (required beyond loopback)")
     p.add_argument("--name", default="hil-agent", help="agent name reported in HELLO")
     p.add_argument("--log-format", choices=("console", "json"), default="console", help="structlog output format")
@@ -388,8 +388,8 @@ async def cmd_agent(args: argparse.Namespace) -> int:
         if windows:
             allow = allow.with_memory(windows)
         elif not allow.memory:
-            lo, hi = io.capabilities.memory_window
-            if Capability.VIRTUAL_TIME not in io.capabilities or hi <= lo:
+            lo, hi = io.capabilities.memory_window  # the I/O backend's own window (sim: all of it)
+            if hi <= lo:
                 raise HilError("give --window START-END (or [memory] windows in --allow): the agent needs to know "
                                "which physical memory the host may use")
             allow = allow.with_memory([range(lo, hi)])

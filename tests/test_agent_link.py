@@ -298,3 +298,22 @@ async def test_ftdi_style_port_is_read_through_its_device_and_latency_is_fixed(m
     await link.close()
     assert ("write", b"xy") in calls and calls[-1] == ("close",)
     assert any(c[0] == "read_data" and c[1] >= 4096 for c in calls)
+
+
+async def test_agent_with_devport_io_takes_the_window_from_the_url():
+    """`hil agent --io devport:…` on a target: same backend, same allow-list (dry run here: no
+    /dev/port on a test machine); the memory window comes from the devport URL."""
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "hil", "agent", "--io", "devport:?dry_run=1&window=0x10000-0x90000",
+                             "--listen", f"tcp://127.0.0.1:{port}"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        assert proc.stdout is not None
+        assert (await asyncio.to_thread(proc.stdout.readline)).decode().strip() == f"tcp://127.0.0.1:{port}"
+        async with open_backend(f"agent+tcp://127.0.0.1:{port}") as be:
+            assert be.capabilities.memory_window == (0x10000, 0x90000)
+            assert await be.inb(0x08) == 0xFF  # dry run: reads float
+            with pytest.raises(AgentAccessDenied, match="MEM_DENIED"):
+                await be.read_mem(0x90000, 1)
+    finally:
+        proc.kill()
+        proc.wait()
