@@ -32,3 +32,16 @@ def test_readme_demo_command_runs():
     assert "terminal count: yes; residue 0 bytes" in proc.stdout
     assert "match what the device sent" in proc.stdout
     assert "DMA1: status" in proc.stdout and "page file:" in proc.stdout
+
+
+def test_library_logs_go_to_stderr_at_warning_until_configured(tmp_path: Path):
+    """A script using the library sees only its own output on stdout (structlog unconfigured)."""
+    code = (
+        "import structlog, hil\n"
+        "log = structlog.get_logger('t')\n"
+        "log.debug('quiet'); log.info('quiet'); log.warning('loud')\n"
+        "print('data')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.stdout == "data\n"
+    assert "loud" in proc.stderr and "quiet" not in proc.stderr
