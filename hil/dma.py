@@ -207,14 +207,20 @@ class IsaDma:
 
     # --- checks -------------------------------------------------------------------------
     def _programmable(self, channel: int, unchecked: bool | None) -> bool:
-        """Validate a channel-programming call; return whether checks are off."""
+        """Validate a channel-programming call; return whether checks are off.
+
+        Programming an unclaimed channel is allowed, as in Linux; enabling it is not (the rules
+        are checked before a channel is unmasked), so a warning here points at the cause early.
+        """
         off = self.unchecked if unchecked is None else unchecked
         if off:
             check_channel(channel, allow_cascade=True)
             return True
         check_channel(channel)
-        if channel not in self._state.busy:
-            raise ChannelNotRequestedError(channel, "has not been claimed with request_dma")
+        if channel not in self._state.busy and f"unclaimed{channel}" not in self._state.warned:
+            self._state.warned.add(f"unclaimed{channel}")
+            log.warning("dma_channel_not_requested", channel=channel,
+                        note="enable_dma will refuse it: call request_dma first")
         return False
 
     def _check_ff(self, channel: int, what: str, off: bool) -> None:
@@ -379,6 +385,8 @@ class IsaDma:
         Every rule is checked before any port is touched.
         """
         self._programmable(channel, None)
+        if enable and not self.unchecked and channel not in self._state.busy:
+            raise ChannelNotRequestedError(channel, "has not been claimed with request_dma")
         if type(mode) is not int or not 0 <= mode <= 0xFF or mode & MODE_CHANNEL_MASK:
             raise InvalidModeError(channel, f"mode {mode!r} must be a byte without channel bits")
         if mode >> 6 != ModeSelect.CASCADE and not self.unchecked:

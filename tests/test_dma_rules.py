@@ -84,10 +84,16 @@ async def test_largest_legal_buffers_pass(be, ch):
     assert not masked(be, ch)
 
 
-async def test_unrequested_channel_refused(be):
+async def test_unrequested_channel_can_be_programmed_but_not_enabled(be):
+    """Rules are checked before a channel is enabled: programming an unclaimed channel is what
+    Linux allows; unmasking it is refused and the channel stays masked."""
     dma = IsaDma(be)
+    await programmed(dma, 2, 0x1000, 0x100)
     with pytest.raises(ChannelNotRequestedError, match="request_dma"):
-        await dma.set_dma_mode(2, DMA_MODE_READ)
+        await dma.enable_dma(2)
+    assert masked(be, 2)
+    with pytest.raises(ChannelNotRequestedError):
+        await dma.program(3, DMA_MODE_READ, 0x1000, 0x100)
 
 
 async def test_channel_4_is_never_programmable(be):
