@@ -317,3 +317,25 @@ async def test_agent_with_devport_io_takes_the_window_from_the_url():
     finally:
         proc.kill()
         proc.wait()
+
+
+async def test_capabilities_follow_the_advertised_features():
+    """A sim agent offers devices and virtual time; a devport-like one (no devices, wall time)
+    maps to real_timing, so IsaDma counts its timeouts in wall time."""
+    async with agent() as (listener, _, _), open_backend(url_for(listener)) as be:
+        names = {c.value for c in be.capabilities.features}
+        assert {"devices", "dreq", "virtual_time", "reset_detect"} <= names and "real_timing" not in names
+
+    class WallClock(RecordingBackend):
+        @property
+        def capabilities(self):
+            caps = self.inner.capabilities
+            return type(caps)(caps.backend, caps.identity, frozenset(), caps.memory_window)
+
+    async with open_backend("sim") as io:
+        listener = await start(AgentCore(WallClock(io), AllowList.default(WHOLE_MEMORY)), "tcp://127.0.0.1:0")
+        try:
+            async with open_backend(url_for(listener)) as be:
+                assert {c.value for c in be.capabilities.features} == {"reset_detect", "real_timing"}
+        finally:
+            listener.close()

@@ -107,6 +107,7 @@ class Feature(enum.IntFlag):
     MEM_FILL = 0x02
     DEVICES = 0x04  #: simulated devices and DREQ lines (DEV_* ops, POWER_RESET): agents on a simulator
     SETTLE = 0x08
+    VIRTUAL_TIME = 0x10  #: the agent's I/O runs on virtual time (a simulator): delays are not wall time
 
 
 DEVICE_KINDS = {"source": 1, "sink": 2}

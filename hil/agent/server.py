@@ -82,7 +82,11 @@ class AgentCore:
 
 
     def hello_reply(self) -> HelloReply:
-        features = Feature.POLL | Feature.MEM_FILL | Feature.SETTLE | (Feature.DEVICES if self._devices else 0)
+        features = Feature.POLL | Feature.MEM_FILL | Feature.SETTLE
+        if self._devices:
+            features |= Feature.DEVICES
+        if Capability.VIRTUAL_TIME in self.io.capabilities:
+            features |= Feature.VIRTUAL_TIME
         return HelloReply(
             self.boot_nonce, self.name, __version__, self.max_payload, self.window, self.max_ops, features,
             tuple((r.start, r.stop - 1) for r in self.allow.ports),

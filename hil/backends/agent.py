@@ -449,12 +449,20 @@ class AgentBackend(Backend):
         return Capabilities(
             backend="agent",
             identity=f"agent {info.agent_name} {info.agent_version} via {self.link_url}" if info else f"agent via {self.link_url}",
-            features=frozenset({Capability.RESET_DETECT}
-                               | ({Capability.DEVICES, Capability.DREQ, Capability.VIRTUAL_TIME}
-                                  if info and info.features & Feature.DEVICES else {Capability.REAL_TIMING})),
+            features=self._features(info),
             memory_window=memory,
             details={"boot_nonce": self.boot_nonce, "link": self.link_url} if info else {"link": self.link_url},
         )
+
+    @staticmethod
+    def _features(info: HelloReply | None) -> frozenset[Capability]:
+        """What the agent advertised, in the backend's terms."""
+        caps = {Capability.RESET_DETECT}
+        if info is not None and info.features & Feature.DEVICES:
+            caps |= {Capability.DEVICES, Capability.DREQ}
+        virtual = info is not None and info.features & Feature.VIRTUAL_TIME
+        caps.add(Capability.VIRTUAL_TIME if virtual else Capability.REAL_TIMING)
+        return frozenset(caps)
 
     async def execute(self, ops: Sequence[Op]) -> list[Result]:
         try:
