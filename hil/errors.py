@@ -79,6 +79,10 @@ class BackendOptionError(BackendError):
         self.url = url
 
 
+class UnsupportedOperationError(BackendError):
+    """A program holds an operation this backend cannot perform (refused before anything ran)."""
+
+
 class BackendClosedError(BackendError):
     def __init__(self, name: str) -> None:
         super().__init__(f"backend {name} is closed")

@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from hil.allowlist import AllowList
 from hil.backends import BackendURL, available_backends, open_backend
 from hil.backends.base import Capability
+from hil.backends import open_backend
 from hil.backends.devport import DevPortBackend, Host, MaskTracker, from_url, parse_window
 from hil.backends.ops import Delay, In, MemFill, MemRead, MemWrite, Out, Poll
 from hil.dma import DMA_MODE_READ, IsaDma
@@ -515,3 +516,19 @@ async def test_direct_construction_clips_the_allow_list_to_the_mapped_window(fil
         with pytest.raises(AccessDeniedError):
             await be.read_mem(0x1F000, 1)  # below the mapping: a negative slice offset would wrap
     assert DevPortBackend(allow=wide).allow.memory == ()  # nothing mapped, no memory allowed
+
+
+async def test_operations_it_cannot_do_are_refused_not_skipped(tmp_path):
+    """A simulated-device op on real hardware is an error before anything runs; Settle becomes
+    the backend's own settle(), between the parts of the program, under the one lock."""
+    from hil.backends.ops import DevAttach, In, Out, Settle
+    from hil.errors import UnsupportedOperationError
+
+    port, mem = tmp_path / "port", tmp_path / "mem"
+    port.write_bytes(bytes(0x10000))
+    mem.write_bytes(bytes(0x100000))
+    async with open_backend(f"devport:?port={port}&mem={mem}&window=0x10000-0x90000") as be:
+        with pytest.raises(UnsupportedOperationError, match="DevAttach.*sim"):
+            await be.execute([Out(0x81, 0x12), DevAttach(2, "source", b"x")])
+        assert port.read_bytes()[0x81] == 0  # nothing ran
+        assert await be.execute([Out(0x81, 0x34), Settle(1000), In(0x81)]) == [0x34]

@@ -41,7 +41,7 @@ from hil.agent.protocol import (
 )
 from hil.allowlist import AllowList
 from hil.backends.base import Backend, Capability
-from hil.backends.ops import DEVICE_OPS, DevState, In, MemFill, MemRead, MemWrite, Op, Poll, Result, Settle
+from hil.backends.ops import DEVICE_OPS, DevState, In, MemFill, MemRead, MemWrite, Poll
 from hil.errors import AccessDeniedError, HilError
 
 log = structlog.get_logger("hil.agent")
@@ -152,20 +152,6 @@ class AgentCore:
         self.stats.refused += 1
         return Frame(MsgType.ERROR, seq, ErrorReply(status, message).encode()).encode()
 
-    async def _run_ops(self, ops: list[Op]) -> list[Result]:
-        """Settle is the I/O backend's own business (virtual time, or polling on silicon)."""
-        results: list[Result] = []
-        start = 0
-        for i, op in enumerate(ops):
-            if isinstance(op, Settle):
-                if start < i:
-                    results += await self.io.execute(ops[start:i])
-                await self.io.settle(op.timeout_us / 1e6)
-                start = i + 1
-        if start < len(ops):
-            results += await self.io.execute(ops[start:])
-        return results
-
     async def _execute(self, payload: bytes) -> bytes:
         try:
             ops = decode_program(payload, self.max_ops)
@@ -187,7 +173,7 @@ class AgentCore:
             return ExecReply(Status.TOO_LARGE, 0, f"reply of {reply_size(ops)} bytes exceeds "
                                                   f"{self._reply_payload}").encode(ops)
         try:
-            results = await self._run_ops(ops)
+            results = await self.io.execute(ops)  # Settle runs as the I/O backend's own settle()
         except HilError as e:
             log.error("io_error", error=str(e))
             return ExecReply(Status.IO_ERROR, 0xFFFF, str(e)).encode(ops)

@@ -42,6 +42,7 @@ from hil.agent.protocol import (
 from hil.backends import BackendURL
 from hil.backends.base import Backend, Capabilities, Capability
 from hil.backends.ops import (
+    ALL_OPS,
     Delay,
     DevAppend,
     DevAttach,
@@ -257,6 +258,7 @@ def from_url(url: BackendURL) -> AgentBackend:
 
 class AgentBackend(Backend):
     scheme = "agent"
+    OPS = ALL_OPS  #: everything travels; the agent refuses what its I/O cannot do
 
     def __init__(self, url: str, link_url: str, *, baud: int = 115200, timeout: float = 1.0, retries: int = 5,
                  window: int | None = None, max_payload: int = DEFAULT_MAX_PAYLOAD, token: bytes = b"",

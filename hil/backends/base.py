@@ -17,8 +17,21 @@ from typing import Any, ClassVar
 
 import structlog
 
-from hil.backends.ops import Delay, In, MemFill, MemRead, MemWrite, Op, Out, Result, check_program
-from hil.errors import BackendClosedError
+from hil.backends.ops import (
+    DEVICE_OPS,
+    Delay,
+    In,
+    MemFill,
+    MemRead,
+    MemWrite,
+    Op,
+    Out,
+    Poll,
+    Result,
+    Settle,
+    check_program,
+)
+from hil.errors import BackendClosedError, UnsupportedOperationError
 
 log = structlog.get_logger("hil.backend")
 
@@ -111,13 +124,35 @@ class Backend(abc.ABC):
 
     # --- the primitive ------------------------------------------------------------------
 
+    #: operations ``_execute`` understands; a ``Settle`` outside this set runs as ``_settle``
+    OPS: ClassVar[tuple[type, ...]] = (Out, In, MemWrite, MemRead, MemFill, Delay, Poll)
+
     async def execute(self, ops: Sequence[Op]) -> list[Result]:
         """Run ``ops`` in order, atomically; return the results of the reading operations."""
         if self._closed:
             raise BackendClosedError(self.url)
         check_program(ops)
+        for op in ops:  # refuse before anything runs, rather than skip what cannot be done
+            if not isinstance(op, self.OPS) and not isinstance(op, Settle):
+                raise UnsupportedOperationError(
+                    f"backend {self.url} cannot run {type(op).__name__}"
+                    + (": simulated devices need a sim: backend (or an agent serving one)"
+                       if isinstance(op, DEVICE_OPS) else "")
+                )
         async with self._lock:
-            return await self._execute(ops)
+            if Settle in self.OPS or not any(isinstance(op, Settle) for op in ops):
+                return await self._execute(ops)
+            results: list[Result] = []  # settle between the parts, all under the one lock
+            start = 0
+            for i, op in enumerate(ops):
+                if isinstance(op, Settle):
+                    if start < i:
+                        results += await self._execute(ops[start:i])
+                    await self._settle(op.timeout_us / 1e6)
+                    start = i + 1
+            if start < len(ops):
+                results += await self._execute(ops[start:])
+            return results
 
     @abc.abstractmethod
     async def _execute(self, ops: Sequence[Op]) -> list[Result]: ...

@@ -401,6 +401,7 @@ class QemuBackend(Backend):
     """A QEMU PC this backend starts, owns and stops. ``.pid``, ``.floppy_path``, IRQ tracking."""
 
     scheme = "qemu"
+    OPS = _RUNNABLE_OPS + _SIM_DEVICE_OPS  #: Settle natively; device ops reach its own, clearer refusal
 
     def __init__(self, url: str = "qemu:", config: QemuConfig | None = None) -> None:
         super().__init__(url)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hil.backends.base import Backend, Capabilities
-from hil.backends.ops import In, Op, Out, Poll, READING_OPS, Result
+from hil.backends.ops import ALL_OPS, In, Op, Out, Poll, READING_OPS, Result
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +27,7 @@ class RecordingBackend(Backend):
     """Forward to ``inner`` and keep ``trace``; ``programs`` counts round trips."""
 
     scheme = "recording"
+    OPS = ALL_OPS  #: forwarded: the inner backend decides
 
     def __init__(self, inner: Backend) -> None:
         super().__init__(f"recording+{inner.url}")

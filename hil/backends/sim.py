@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from hil.backends import BackendURL
 from hil.backends.base import Backend, Capabilities, Capability
 from hil.backends.ops import (
+    ALL_OPS,
     Delay,
     DevAppend,
     DevAttach,
@@ -83,6 +84,7 @@ class SimBackend(Backend):
     """Runs programs against :class:`hil.sim.machine.Machine`; ``.machine`` is public."""
 
     scheme = "sim"
+    OPS = ALL_OPS  #: the model runs every operation itself
 
     def __init__(
         self,
