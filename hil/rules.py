@@ -95,10 +95,3 @@ def check_buffer(channel: int, phys: int, length: int, *, decrement: bool = Fals
         )
     return r
 
-
-def buffer_ok(channel: int, phys: int, length: int, *, decrement: bool = False) -> bool:
-    try:
-        check_buffer(channel, phys, length, decrement=decrement)
-    except Exception:
-        return False
-    return True

@@ -65,13 +65,20 @@ def test_program_refused_as_a_whole_before_it_runs():
         al.check([Out(0x0A, 6), MemWrite(0x20000, b"x")])
 
 
-@given(st.integers(0, 0xFFFF), st.sampled_from([8, 16]))
-def test_allowed_means_every_byte_inside_a_range(port, width):
-    al = AllowList.default()
+@given(st.integers(0, 0xFFFF), st.sampled_from([8, 16]), st.booleans())
+def test_default_allows_exactly_the_at_dma_ports(port, width, write):
+    """hil-lessons.md §3.21 / 8237.md §1: DMA1 with its mirror 0x00-0x1F, the page file 0x80-0x8F,
+    DMA2 0xC0-0xDF; every byte of the access must be inside, and check_port agrees with it."""
+    spec = [(0x00, 0x1F), (0x80, 0x8F), (0xC0, 0xDF)]
     last = port + width // 8 - 1
-    expected = any(port in r and last in r for r in al.ports)
+    expected = any(lo <= port and last <= hi for lo, hi in spec)
+    al = AllowList.default()
     assert al.port_allowed(port, width) == expected
-
+    if expected:
+        al.check_port(port, width, write=write)
+    else:
+        with pytest.raises(AccessDeniedError):
+            al.check_port(port, width, write=write)
 
 def test_window_notation_end_exclusive_or_size():
     """Memory windows are END-exclusive everywhere (URL window=, --window, [memory] windows)."""

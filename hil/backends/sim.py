@@ -211,4 +211,4 @@ def device_state(device: Device, max_bytes: int = 4096) -> DeviceState:
     return DeviceState(type(device).__name__.lower(), device.tc_count)
 
 
-__all__ = ["SimBackend", "device_state", "from_url", "parse_size", "check_program"]
+__all__ = ["SimBackend", "device_state", "from_url", "parse_size"]

@@ -73,11 +73,6 @@ class ChannelState:
     request: bool
     phys: int  #: physical address of the next unit
 
-    @property
-    def residue_bytes(self) -> int:
-        units = (self.cur_count + 1) & 0xFFFF
-        return units << (1 if self.channel >= 4 else 0)
-
 
 class Machine:
     """Two cascaded 8237A, page registers and memory, as on a PC/AT motherboard."""
