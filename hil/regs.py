@@ -165,15 +165,15 @@ class RegisterDump:
         for c in self.controllers:
             lines += c.lines()
         by_channel = sorted((ch, port) for port, ch in PAGE_CHANNEL.items() if port in self.pages)
-        lines.append("page registers: " + "  ".join(f"ch{ch} {hex_port(port)}={hex_value(self.pages[port])}"
+        lines.append("page file: " + "  ".join(f"ch{ch} {hex_port(port)}={hex_value(self.pages[port])}"
                                                   for ch, port in by_channel))
         others = [p for p in PAGE_FILE if p not in PAGE_CHANNEL]
         read = [p for p in others if p in self.pages]
         if read:
-            lines.append("other page-file latches: " + "  ".join(f"{hex_port(p)}={hex_value(self.pages[p])}" for p in read))
+            lines.append("page file, no channel: " + "  ".join(f"{hex_port(p)}={hex_value(self.pages[p])}" for p in read))
         if len(read) < len(others):
             where = self.profile.value if self.profile else "this backend"
-            lines.append(f"other page-file ports: not decoded on {where}, not read "
+            lines.append(f"page file, no channel: not decoded on {where}, not read "
                          f"({' '.join(hex_port(p) for p in others if p not in self.pages)})")
         if self.tc_cleared:
             lines.append("(the status read cleared the TC bits shown above)")
