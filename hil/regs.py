@@ -4,12 +4,12 @@ The dump clears the flip-flop before the address/count reads and reads each regi
 low/high pair, so it leaves the flip-flop clear (hil-lessons.md §1.1). Reading the status
 register clears its TC bits: that is the hardware's rule, and the dump says so when it did.
 
-What is readable depends on the controller implementation (docs/reference/8237.md §2.9, §2.11,
-§2.12, §5): Intel chipsets read the mask back at 0x0F / 0xDE and keep all 16 page-file latches,
-while QEMU's i8257 reads the mask at 0x09 / 0xD2, has no temporary register and decodes only
-the eight channel page registers. The dump reads only what the backend's
-:class:`Profile` defines, so a read of a write-only port is never decoded as a register and
-the tool's own sweep never touches a port the backend does not decode (which the simulator
+What is readable depends on the controller implementation (docs/reference/8237.md §2.9,
+§2.11, §2.12, §5; docs/reference/qemu-qtest.md §8): Intel chipsets read the mask back at
+0x0F / 0xDE and keep all 16 page-file latches, while QEMU's i8257 reads the mask at 0x09 / 0xD2,
+has no temporary register and decodes only the eight channel page registers. The dump reads
+only what the backend's :class:`Profile` defines, so a read of a write-only port is never
+decoded as a register and the tool's own sweep never touches a port the backend does not decode (which the simulator
 would rightly warn about). A backend whose profile is unknown gets both mask read-backs,
 labelled with where each one means the mask.
 
@@ -65,11 +65,13 @@ class ReadMap:
     temp: bool  #: the temporary register is readable
     pages: tuple[int, ...]  #: page-file ports the backend decodes
     note: str  #: what the other mask port is
+    no_temp: str = ""  #: what the dump says instead of a temporary register that does not read
 
 
 READ_MAPS = {
     Profile.INTEL: ReadMap(Reg.ALL_MASK, True, tuple(PAGE_FILE), "write-only"),
-    Profile.QEMU: ReadMap(Reg.REQUEST, False, tuple(sorted(PAGE_CHANNEL)), "write-only (QEMU reads 0)"),
+    Profile.QEMU: ReadMap(Reg.REQUEST, False, tuple(sorted(PAGE_CHANNEL)), "write-only (QEMU reads 0)",
+                          "temp none (QEMU reads 0)"),
 }
 #: the mask read-back candidates for a backend of unknown profile, with where each is the mask
 CANDIDATES = ((Reg.ALL_MASK, "the mask on Intel chipsets"), (Reg.REQUEST, "the mask on QEMU"))
@@ -136,7 +138,7 @@ class ControllerDump:
                       for (port, value), (_, label) in zip(self.masks, CANDIDATES)]
         else:
             rmap = READ_MAPS[self.profile]
-            parts.append(f"temp {hex_value(self.temp)}" if self.temp is not None else "temp none (QEMU reads 0)")
+            parts.append(f"temp {hex_value(self.temp)}" if self.temp is not None else rmap.no_temp)
             (port, value), = self.masks
             parts.append(f"mask@{hex_port(port)} {hex_value(value)} (masked {_bits(value & 0x0F, first, 'none')})")
             other = next(r for r, _ in CANDIDATES if r != rmap.mask)
