@@ -9,9 +9,9 @@ What is readable depends on the controller implementation (docs/reference/8237.m
 0x0F / 0xDE and keep all 16 page-file latches, while QEMU's i8257 reads the mask at 0x09 / 0xD2,
 has no temporary register and decodes only the eight channel page registers. The dump reads
 only what the backend's :class:`Profile` defines, so a read of a write-only port is never
-decoded as a register and the tool's own sweep never touches a port the backend does not decode (which the simulator
-would rightly warn about). A backend whose profile is unknown gets both mask read-backs,
-labelled with where each one means the mask.
+decoded as a register and the tool's own sweep never touches a port the backend does not
+decode (which the simulator would rightly warn about). A backend whose profile is unknown gets
+both mask read-backs, labelled with where each one means the mask.
 
 Counts are decoded as Linux's ``get_dma_residue`` does (docs/reference/linux-isa-dma.md §1.3):
 ``count + 1`` in ``unsigned short`` arithmetic, so 0xFFFF (terminal count passed) is 0 bytes
