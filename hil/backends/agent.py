@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 
 import structlog
 
-from hil.agent.links import Link, LinkError, open_link, split_query
+from hil.agent.links import Link, LinkError, open_link, parse_ftdi_url, split_query
 from hil.agent.protocol import (
     DEFAULT_MAX_PAYLOAD,
     ErrorReply,
@@ -240,6 +240,11 @@ def from_url(url: BackendURL) -> AgentBackend:
     else:
         raise BackendOptionError(raw, "use agent+serial://, agent+tcp://, agent+ftdi:// or agent+<pyserial URL>")
     link_url, opts = split_query(link_url, set(OPTIONS))
+    if link_url.startswith("ftdi:"):
+        try:
+            parse_ftdi_url(link_url)  # pyftdi's grammar, checked here: no USB device needed
+        except LinkError as e:
+            raise BackendOptionError(raw, str(e)) from None
     try:
         baud = int(opts.get("baud", 115200))
         timeout = float(opts.get("timeout", 1.0))
