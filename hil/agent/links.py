@@ -231,7 +231,7 @@ class LinkKind(enum.Enum):
 
 
 def link_kind(url: str) -> LinkKind:
-    path = url[len("serial://"):] if url.startswith("serial://") else url
+    path = url.removeprefix("serial://")
     scheme = path.split("://", 1)[0] if "://" in path else ""
     match scheme:
         case "":

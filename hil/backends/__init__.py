@@ -20,10 +20,10 @@ from hil.backends.base import Backend, Capabilities, Capability
 from hil.errors import BackendOptionError, UnknownBackendError
 
 __all__ = [
+    "HOST_PORT_SCHEMES",
     "Backend",
     "BackendURL",
     "Capabilities",
-    "HOST_PORT_SCHEMES",
     "Capability",
     "available_backends",
     "open_backend",
