@@ -8,11 +8,20 @@ import json
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
-from hil.agent.bench import EchoFloor, Figure, NoFloor, SerialFloor, bench_backend, floor_for
+from hil.agent.bench import (
+    EchoFloor,
+    Figure,
+    NoFloor,
+    SerialFloor,
+    bench_backend,
+    floor_for,
+)
 from hil.agent.doctor import Env
 from hil.agent.server import AgentCore, start
 from hil.allowlist import AllowList
@@ -22,11 +31,19 @@ from hil.doctor import run_doctor
 from hil.errors import BackendError
 
 ROOT = Path(__file__).resolve().parent.parent
-WHOLE_MEMORY = [range(0, 1 << 24)]
+WHOLE_MEMORY = [range(1 << 24)]
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """main() configures structlog for the captured stderr; leave no trace for other tests."""
+    yield
+    structlog.reset_defaults()
 
 
 def hil(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "hil", *args], capture_output=True, text=True, timeout=30, cwd=ROOT)
+    return subprocess.run([sys.executable, "-m", "hil", *args], capture_output=True, text=True, timeout=30, cwd=ROOT,
+                          check=False)
 
 
 # --- item 4: listen failures ---------------------------------------------------------------------
@@ -39,8 +56,8 @@ def test_listen_on_a_port_in_use_is_one_line_exit_2():
         port = busy.getsockname()[1]
         r = hil("agent", "--listen", f"tcp://127.0.0.1:{port}")
     assert r.returncode == 2
-    assert r.stderr.splitlines() == [f"hil agent: error: tcp://127.0.0.1:{port}: cannot listen: address already in use; "
-                                     f"is another agent running? give another port, or 0 for any free one"]
+    assert r.stderr.splitlines() == [(f"hil agent: error: tcp://127.0.0.1:{port}: cannot listen: address already in use; "
+                                      f"is another agent running? give another port, or 0 for any free one")]
 
 
 @pytest.mark.parametrize(("listen", "words"), [

@@ -24,7 +24,7 @@ from hil.runner import run_script
 from hil.script import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
-WHOLE_MEMORY = [range(0, 1 << 24)]
+WHOLE_MEMORY = [range(1 << 24)]
 
 #: a script that expects the power-on state and leaves something else behind
 FRESH = """
@@ -69,15 +69,16 @@ def _free_port() -> int:
 async def cli_agent(*args: str):
     """``hil agent`` as a user starts it; yields its address."""
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "hil", "agent", *args, "--listen", f"tcp://127.0.0.1:{port}"],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=ROOT)
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "hil", "agent", *args, "--listen",
+                                                f"tcp://127.0.0.1:{port}", stdout=subprocess.PIPE,
+                                                stderr=subprocess.DEVNULL, cwd=ROOT)
     try:
         assert proc.stdout is not None
-        assert (await asyncio.to_thread(proc.stdout.readline)).decode().strip() == f"tcp://127.0.0.1:{port}"
+        assert (await proc.stdout.readline()).decode().strip() == f"tcp://127.0.0.1:{port}"
         yield f"tcp://127.0.0.1:{port}"
     finally:
         proc.kill()
-        proc.wait()
+        await proc.wait()
 
 
 async def test_two_consecutive_clients_run_the_same_script_and_both_pass(tmp_path):
@@ -125,7 +126,7 @@ async def test_new_session_starts_on_fresh_io_devices_detached():
 
 
 async def test_keep_flag_keeps_devices_and_registers():
-    async with fresh_agent() as (core, url):
+    async with fresh_agent() as (_, url):
         async with open_backend(url) as be:
             await be.execute([DevAttach(2, "source", b"abc", dreq=False), Out(0x0E, 0), MemWrite(0x30000, b"\x55")])
         async with open_backend(url + "?keep=1") as be:

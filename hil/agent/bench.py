@@ -109,8 +109,8 @@ class Floor(abc.ABC):
         """Seconds for ``trips`` pipelined request/reply frames moving ``out`` and ``back`` bytes
         in all, or None when no minimum applies to this link."""
 
-    async def close(self) -> None:  # noqa: B027 - only the measured floor holds resources
-        pass
+    async def close(self) -> None:
+        """Only the measured floor holds resources."""
 
 
 @dataclass

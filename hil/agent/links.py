@@ -275,8 +275,8 @@ class FtdiURL:
 
 def parse_ftdi_url(url: str) -> FtdiURL:
     """Check ``url`` against pyftdi's URL grammar and name tables; :class:`LinkError` says what is wrong."""
-    from pyftdi.ftdi import Ftdi  # pyftdi's vendor and product names (no USB access)
-    from pyftdi.misc import to_int
+    from pyftdi.ftdi import Ftdi  # type: ignore[import-untyped]  # its vendor and product names, no USB access
+    from pyftdi.misc import to_int  # type: ignore[import-untyped]
 
     parts = urlsplit(url)
     if parts.scheme != "ftdi":

@@ -256,7 +256,7 @@ class Hello:
     max_payload: int = DEFAULT_MAX_PAYLOAD
     token: bytes = b""
     name: str = "hil"
-    flags: HelloFlag = HelloFlag(0)
+    flags: HelloFlag = HelloFlag(0)  # noqa: RUF009 - an immutable flag value
 
     def encode(self) -> bytes:
         """The ``flags`` byte is sent only when a flag is set, so a plain HELLO is the same bytes
