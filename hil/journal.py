@@ -75,12 +75,18 @@ class RunResult:
 
     @property
     def tags(self) -> set[str]:
-        """Labels known-deviation lists match against: URL, scheme, profile."""
+        """Labels known-deviation lists match against: URL, scheme, profile, and for an agent run
+        the agent's own I/O backend (``details.io``), so an agent serving ``sim:?profile=qemu``
+        matches what ``sim:?profile=qemu`` matches."""
         scheme = self.capabilities.get("backend", "")
+        details = self.capabilities.get("details", {})
+        profile, io = details.get("profile"), details.get("io")
         tags = {self.backend, scheme}
-        profile = self.capabilities.get("details", {}).get("profile")
-        if profile:
-            tags |= {profile, f"{scheme}:{profile}"}
+        for kind in (scheme, io):
+            if kind:
+                tags.add(kind)
+                if profile:
+                    tags |= {profile, f"{kind}:{profile}"}
         return {t for t in tags if t}
 
 

@@ -17,6 +17,7 @@ from hil.agent.protocol import (
     Frame,
     FrameReader,
     Hello,
+    HelloFlag,
     HelloReply,
     MsgType,
     ProtocolError,
@@ -42,9 +43,14 @@ READ = [In(0x08), MemRead(0x12340, 4)]
 REPLY_INFO = HelloReply(0xCAFEF00D, "hil-agent", "0.1.0", 4096, 8, 4096, Feature.POLL | Feature.MEM_FILL | Feature.SETTLE,
                         ((0x00, 0x1F), (0x80, 0x8F), (0xC0, 0xDF)), ((0x10000, 0x8FFFF),))
 
+REPLY_WITH_INFO = HelloReply(0xCAFEF00D, "hil-agent", "0.1.0", 4096, 8, 4096, Feature(0x7F), REPLY_INFO.ports,
+                             REPLY_INFO.memory, (("io", "sim"), ("profile", "qemu")))
+
 EXPECTED = {
     "hello": Frame(MsgType.HELLO, 0, Hello(0x11223344, 4096, b"", "hil").encode()),
+    "hello_keep": Frame(MsgType.HELLO, 0, Hello(0x11223344, 4096, b"", "hil", HelloFlag.KEEP).encode()),
     "hello_reply": Frame(MsgType.HELLO_REPLY, 0, REPLY_INFO.encode()),
+    "hello_reply_info": Frame(MsgType.HELLO_REPLY, 0, REPLY_WITH_INFO.encode()),
     "exec_floppy": Frame(MsgType.EXEC, 0, encode_program(FLOPPY)),
     "exec_floppy_reply": Frame(MsgType.EXEC_REPLY, 0, ExecReply().encode(FLOPPY)),
     "exec_read": Frame(MsgType.EXEC, 1, encode_program(READ)),
@@ -68,6 +74,9 @@ def test_documented_example_bytes(name):
 
 def test_documented_messages_decode_to_their_meaning():
     assert Hello.decode(decode_frame(EXAMPLES["hello"][:-1]).payload) == Hello(0x11223344, 4096, b"", "hil")
+    assert Hello.decode(decode_frame(EXAMPLES["hello_keep"][:-1]).payload).flags == HelloFlag.KEEP
+    info = HelloReply.decode(decode_frame(EXAMPLES["hello_reply_info"][:-1]).payload)
+    assert info == REPLY_WITH_INFO and Feature.SESSION_RESET in info.features and info.info_value("io") == "sim"
     assert HelloReply.decode(decode_frame(EXAMPLES["hello_reply"][:-1]).payload) == REPLY_INFO
     assert decode_program(decode_frame(EXAMPLES["exec_floppy"][:-1]).payload) == FLOPPY
     reply = ExecReply.decode(decode_frame(EXAMPLES["exec_read_reply"][:-1]).payload, READ)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hil.agent.links import LinkKind, link_kind, parse_ftdi_url
 from hil.doctor import CheckResult, Status, fail, ok
 from hil.errors import HilError
 
@@ -57,7 +58,7 @@ async def agent_checks(url: Any, env: Any = None) -> list[CheckResult]:
         backend = from_url(url)
     except HilError as err:
         return [fail("url", str(err))]
-    results = [ok("url", f"link {backend.link_url}, {backend.baud} baud")]
+    results = [ok("url", describe_link(backend.link_url, backend.baud))]
     link = backend.link_url
     if "://" not in link:
         results += _serial_node_checks(link, e)
@@ -81,8 +82,27 @@ async def agent_checks(url: Any, env: Any = None) -> list[CheckResult]:
         results.append(fail("agent", str(err), "start `hil agent` on the target (same baud rate), "
                                                "check the cable (TX/RX crossed, common ground)"))
     except HilError as err:
-        results.append(fail("agent", str(err)))
+        fix = ("plug the adapter in, or name the one you mean (pyftdi's ftdi_urls.py lists attached adapters)"
+               if "No USB device" in str(err) else "")
+        results.append(fail("agent", str(err), fix))
     return results
+
+
+def describe_link(link: str, baud: int) -> str:
+    """The link and, only where one applies, its baud rate (a TCP link has none)."""
+    match link_kind(link):
+        case LinkKind.TCP:
+            return f"link {link} (TCP: no baud rate)"
+        case LinkKind.PTY:
+            return f"link {link} (a pty: no wire, the baud rate is not used)"
+        case LinkKind.FTDI:
+            return f"link {link}: {parse_ftdi_url(link.partition('?')[0]).describe()}, {baud} baud"
+        case LinkKind.RFC2217:
+            return f"link {link}, {baud} baud at the port server"
+        case LinkKind.SERIAL:
+            return f"link {link}, {baud} baud"
+        case LinkKind.OTHER:
+            return f"link {link} (no physical line)"
 
 
 def _serial_node_checks(path: str, e: Env) -> list[CheckResult]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import enum
 import errno
 import os
 import termios
@@ -217,6 +218,116 @@ class ThreadLink(Link):
             self._port.close()
 
 
+class LinkKind(enum.Enum):
+    """What carries the bytes of a link URL: decides whether a baud rate means anything (doctor)
+    and what the physical minimum of an exchange is (bench)."""
+
+    TCP = "tcp"  #: tcp://, socket:// (pyserial's raw TCP): no baud rate
+    SERIAL = "serial"  #: a tty device node (USB-serial adapter, on-board UART)
+    PTY = "pty"  #: a pseudo-terminal: a tty without a wire
+    FTDI = "ftdi"  #: pyftdi's ftdi:// (the host side's latency timer is set to 1 ms)
+    RFC2217 = "rfc2217"  #: a serial port behind a TCP port server (the baud applies at the far end)
+    OTHER = "other"  #: loop://, spy://, ...: a pyserial URL without a physical line
+
+
+def link_kind(url: str) -> LinkKind:
+    path = url.removeprefix("serial://")
+    scheme = path.split("://", 1)[0] if "://" in path else ""
+    match scheme:
+        case "":
+            real = os.path.realpath(path.partition("?")[0])
+            return LinkKind.PTY if real.startswith("/dev/pts/") else LinkKind.SERIAL
+        case "tcp" | "socket":
+            return LinkKind.TCP
+        case "ftdi":
+            return LinkKind.FTDI
+        case "rfc2217":
+            return LinkKind.RFC2217
+        case _:
+            return LinkKind.OTHER
+
+
+@dataclass(frozen=True)
+class FtdiURL:
+    """A pyftdi device URL, ``ftdi://[vendor][:[product][:serial|:index|:bus:address]]/interface``,
+    checked without a USB device present (pyftdi's own parser enumerates the bus).
+
+    ``None`` means "any": ``ftdi:///1`` is the one FTDI adapter attached, interface 1. Names
+    (``ftdi``, ``232h``) are pyftdi's own tables; numbers are decimal or ``0x`` hex.
+    """
+
+    url: str
+    vendor: int | None
+    product: int | None
+    interface: int
+    serial: str | None = None
+    index: int | None = None  #: 0-based, from pyftdi's 1-based ``:index``
+    bus: int | None = None
+    address: int | None = None
+
+    def describe(self) -> str:
+        """``FTDI 0x0403:0x6014 serial FT1234, interface 1`` (what doctor and bench print)."""
+        ids = ":".join("any" if v is None else f"0x{v:04X}" for v in (self.vendor, self.product))
+        where = (f" serial {self.serial}" if self.serial else f" #{self.index + 1}" if self.index is not None
+                 else f" bus {self.bus:X} address {self.address:X}" if self.bus is not None else "")
+        return f"FTDI {ids}{where}, interface {self.interface}"
+
+
+def parse_ftdi_url(url: str) -> FtdiURL:
+    """Check ``url`` against pyftdi's URL grammar and name tables; :class:`LinkError` says what is wrong."""
+    from pyftdi.ftdi import Ftdi  # type: ignore[import-untyped]  # its vendor and product names, no USB access
+    from pyftdi.misc import to_int  # type: ignore[import-untyped]
+
+    parts = urlsplit(url)
+    if parts.scheme != "ftdi":
+        raise LinkError(f"{url}: not an ftdi:// URL")
+    path = parts.path.strip("/")
+    if not path:
+        raise LinkError(f"{url}: needs the FTDI interface after the device, e.g. ftdi://ftdi:232h/1 "
+                        f"(pyftdi's ftdi_urls.py lists attached adapters)")
+    try:
+        interface = to_int(path)
+    except ValueError:
+        raise LinkError(f"{url}: interface {path!r} is not a number (1 for the first UART)") from None
+    if not 0 <= interface <= 4:
+        raise LinkError(f"{url}: interface {interface}: FTDI parts have interfaces 1 to 4")
+    fields = parts.netloc.split(":")
+    vendor_text, product_text, locators = fields[0], (fields[1] if len(fields) > 1 else ""), fields[2:]
+
+    def number(text: str, names: dict[str, int], what: str) -> int | None:
+        if not text:
+            return None
+        if text in names:
+            return names[text]
+        try:
+            value = to_int(text)
+        except ValueError:
+            known = ", ".join(sorted(n for n in names if not n.startswith("ft") or n == "ft-x"))
+            raise LinkError(f"{url}: unknown {what} {text!r}; pyftdi knows {known} or a number like 0x6014") from None
+        if not 0 <= value <= 0xFFFF:
+            raise LinkError(f"{url}: {what} {text!r} is not a 16-bit USB id")
+        return value
+
+    vendor = number(vendor_text, Ftdi.VENDOR_IDS, "vendor")
+    product = number(product_text, Ftdi.PRODUCT_IDS.get(vendor or Ftdi.DEFAULT_VENDOR, {}), "product")
+    result = FtdiURL(url, vendor, product, interface)
+    if len(locators) >= 2:  # bus:address, in hex as lsusb prints them
+        try:
+            bus, address = int(locators[0], 16), int(locators[1], 16)
+        except ValueError:
+            raise LinkError(f"{url}: bus:address {':'.join(locators)!r} must be hex numbers") from None
+        return FtdiURL(url, vendor, product, interface, bus=bus, address=address)
+    if locators and locators[0]:
+        try:
+            index = to_int(locators[0])
+        except ValueError:
+            index = -1
+        if 0 <= index <= 255:  # a small number is pyftdi's 1-based device index, anything else a serial
+            return FtdiURL(url, vendor, product, interface, index=max(0, index - 1))
+        return FtdiURL(url, vendor, product, interface, serial=locators[0])
+    return result
+
+
 def _serial_kwargs(baud: int) -> dict[str, Any]:
     return {"baudrate": baud, "timeout": 0.05, "write_timeout": 5}
 
@@ -242,6 +353,7 @@ async def open_link(url: str, *, baud: int = 115200) -> Link:
             raise LinkError(f"{path}: cannot open serial device: {e}") from None
         return FdLink(path, port.fileno(), owner=port)
     if path.startswith("ftdi://"):
+        parse_ftdi_url(path.partition("?")[0])  # a malformed URL is named before any USB access
         try:
             import pyftdi.serialext  # noqa: F401 - registers the ftdi:// URL handler
         except ImportError as e:  # pragma: no cover - pyftdi is a declared dependency

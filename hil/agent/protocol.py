@@ -108,6 +108,14 @@ class Feature(enum.IntFlag):
     DEVICES = 0x04  #: simulated devices and DREQ lines (DEV_* ops, POWER_RESET): agents on a simulator
     SETTLE = 0x08
     VIRTUAL_TIME = 0x10  #: the agent's I/O runs on virtual time (a simulator): delays are not wall time
+    SESSION_RESET = 0x20  #: a new session starts on freshly opened I/O unless HELLO sets KEEP
+    INFO = 0x40  #: HELLO_REPLY ends with the info block (key=value pairs: io, profile)
+
+
+class HelloFlag(enum.IntFlag):
+    """HELLO's optional ``flags`` byte (absent: 0)."""
+
+    KEEP = 0x01  #: a new session keeps the I/O state earlier sessions left (no SESSION_RESET)
 
 
 DEVICE_KINDS = {"source": 1, "sink": 2}
@@ -248,11 +256,15 @@ class Hello:
     max_payload: int = DEFAULT_MAX_PAYLOAD
     token: bytes = b""
     name: str = "hil"
+    flags: HelloFlag = HelloFlag(0)  # noqa: RUF009 - an immutable flag value
 
     def encode(self) -> bytes:
+        """The ``flags`` byte is sent only when a flag is set, so a plain HELLO is the same bytes
+        for every version-1 agent."""
         name = self.name.encode()[:255]
-        return (struct.pack("<BIH", VERSION, self.host_nonce, self.max_payload)
-                + bytes([len(self.token)]) + self.token + bytes([len(name)]) + name)
+        out = (struct.pack("<BIH", VERSION, self.host_nonce, self.max_payload)
+               + bytes([len(self.token)]) + self.token + bytes([len(name)]) + name)
+        return out + bytes([int(self.flags)]) if self.flags else out
 
     @classmethod
     def decode(cls, p: bytes) -> Hello:
@@ -263,8 +275,8 @@ class Hello:
         nonce, max_payload = r.u32(), r.u16()
         token = r.take(r.u8())
         name = r.take(r.u8()).decode(errors="replace")
-        r.end()
-        return cls(nonce, max_payload, token, name)
+        flags = HelloFlag(r.u8() & 0xFF) if not r.done() else HelloFlag(0)
+        return cls(nonce, max_payload, token, name, flags)  # later fields are appended: ignore them
 
 
 @dataclass(frozen=True)
@@ -280,6 +292,8 @@ class HelloReply:
     features: Feature
     ports: tuple[tuple[int, int], ...]  #: inclusive port ranges it allows
     memory: tuple[tuple[int, int], ...]  #: inclusive memory windows it allows
+    #: feature INFO: what serves the programs, e.g. (("io", "sim"), ("profile", "qemu"))
+    info: tuple[tuple[str, str], ...] = ()
 
     def encode(self) -> bytes:
         name, ver = self.agent_name.encode()[:255], self.agent_version.encode()[:255]
@@ -292,7 +306,15 @@ class HelloReply:
         out += bytes([len(self.memory)])
         for lo, hi in self.memory:
             out += struct.pack("<II", lo, hi)
+        if self.features & Feature.INFO:
+            out += bytes([len(self.info)])
+            for key, value in self.info:
+                k, v = key.encode()[:255], value.encode()[:255]
+                out += bytes([len(k)]) + k + bytes([len(v)]) + v
         return bytes(out)
+
+    def info_value(self, key: str) -> str | None:
+        return next((v for k, v in self.info if k == key), None)
 
     @classmethod
     def decode(cls, p: bytes) -> HelloReply:
@@ -306,8 +328,12 @@ class HelloReply:
         max_payload, window, max_ops, features = r.u16(), r.u8(), r.u16(), r.u32()
         ports = tuple((r.u16(), r.u16()) for _ in range(r.u8()))
         memory = tuple((r.u32(), r.u32()) for _ in range(r.u8()))
-        r.end()
-        return cls(nonce, name, ver, max_payload, window, max_ops, Feature(features), ports, memory)
+        info: tuple[tuple[str, str], ...] = ()
+        if features & Feature.INFO:
+            info = tuple((r.take(r.u8()).decode(errors="replace"), r.take(r.u8()).decode(errors="replace"))
+                         for _ in range(r.u8()))
+        # later fields are appended behind a feature bit: bytes after the known ones are ignored
+        return cls(nonce, name, ver, max_payload, window, max_ops, Feature(features), ports, memory, info)
 
 
 @dataclass(frozen=True)
@@ -495,7 +521,8 @@ class ExecReply:
         status, index = _status(r.u8()), r.u16()
         reason = r.take(r.u8()).decode(errors="replace")
         reply = cls(status, index, reason)
-        ran = len(ops) if status == Status.OK else min(index, len(ops))
+        # a refusal names the op it stopped at; 0xFFFF on a failure blames none, and none reported results
+        ran = len(ops) if status == Status.OK else 0 if index == 0xFFFF else min(index, len(ops))
         for op in ops[:ran]:
             if isinstance(op, In):
                 reply.results.append(r.u8() if op.width == 8 else r.u16())

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import ipaddress
 import os
 import secrets
@@ -32,6 +33,7 @@ from hil.agent.protocol import (
     Frame,
     FrameReader,
     Hello,
+    HelloFlag,
     HelloReply,
     MsgType,
     ProtocolError,
@@ -70,6 +72,10 @@ class AgentCore:
     max_ops: int = 4096
     boot_nonce: int = field(default_factory=lambda: secrets.randbits(32))
     stats: AgentStats = field(default_factory=AgentStats)
+    #: builds the I/O backend afresh (unopened), for a new session to start from a defined state:
+    #: ``hil agent`` passes ``open_backend(--io)`` for a simulated machine. None: sessions share
+    #: whatever the I/O holds (real hardware, whose state the agent does not own)
+    fresh_io: Callable[[], Backend] | None = None
 
     def __post_init__(self) -> None:
         self._session: int | None = None  #: host nonce of the current session
@@ -79,7 +85,7 @@ class AgentCore:
         self._next = 0  #: the sequence number to execute next (programs run in order, once)
         self._devices = Capability.DEVICES in self.io.capabilities  #: offer the DEV_* ops
         self._held: dict[int, Frame] = {}  #: frames that arrived ahead of a lost one
-
+        self._used = False  #: a program ran on the current I/O since it was opened
 
     def hello_reply(self) -> HelloReply:
         features = Feature.POLL | Feature.MEM_FILL | Feature.SETTLE
@@ -87,17 +93,30 @@ class AgentCore:
             features |= Feature.DEVICES
         if Capability.VIRTUAL_TIME in self.io.capabilities:
             features |= Feature.VIRTUAL_TIME
+        if self.fresh_io is not None:
+            features |= Feature.SESSION_RESET
         return HelloReply(
-            self.boot_nonce, self.name, __version__, self.max_payload, self.window, self.max_ops, features,
+            self.boot_nonce, self.name, __version__, self.max_payload, self.window, self.max_ops,
+            features | Feature.INFO,
             tuple((r.start, r.stop - 1) for r in self.allow.ports),
             tuple((r.start, r.stop - 1) for r in self.allow.memory),
+            self.io_info(),
         )
+
+    def io_info(self) -> tuple[tuple[str, str], ...]:
+        """What the host's journal names as this agent's I/O: its scheme and, if any, its profile."""
+        caps = self.io.capabilities
+        info = [("io", caps.backend)]
+        profile = caps.details.get("profile")
+        if profile:
+            info.append(("profile", str(profile)))
+        return tuple(info)
 
     async def handle(self, frame: Frame) -> bytes | None:
         """Answer one frame; ``None`` means nothing to send (a reply-type frame from the host)."""
         self.stats.frames_in += 1
         if frame.type == MsgType.HELLO:
-            return self._hello(frame)
+            return await self._hello(frame)
         if frame.type == MsgType.PING:
             return Frame(MsgType.PONG, frame.seq, frame.payload[:64]).encode()
         if frame.type != MsgType.EXEC:
@@ -130,7 +149,7 @@ class AgentCore:
         self._next = (frame.seq + 1) & 0xFFFF
         return wire
 
-    def _hello(self, frame: Frame) -> bytes:
+    async def _hello(self, frame: Frame) -> bytes:
         self.stats.hellos += 1
         try:
             hello = Hello.decode(frame.payload)
@@ -140,6 +159,13 @@ class AgentCore:
             log.warning("hello_refused", reason="token", host=hello.name)
             return self._error(frame.seq, Status.AUTH, "this agent requires the token given with --token")
         if hello.host_nonce != self._session:  # a new host session: forget the old replies
+            if self.fresh_io is not None and self._used and not hello.flags & HelloFlag.KEEP:
+                try:
+                    await self._reset_io()
+                except HilError as e:
+                    log.error("session_reset_failed", error=str(e))
+                    self._session = None
+                    return self._error(frame.seq, Status.IO_ERROR, f"could not reset the I/O for a new session: {e}")
             self._cache.clear()
             self._held.clear()
             self._next = frame.seq  # HELLO carries the sequence number of the host's next EXEC
@@ -147,6 +173,21 @@ class AgentCore:
         self._reply_payload = max(64, min(self.max_payload, hello.max_payload))
         log.info("session", host=hello.name, host_nonce=hello.host_nonce)
         return Frame(MsgType.HELLO_REPLY, frame.seq, self.hello_reply().encode()).encode()
+
+    async def _reset_io(self) -> None:
+        """A new session starts where a freshly started agent would: the I/O backend opened again
+        (a simulator: power-on state, no devices, memory cleared). Open the new one first, so a
+        failure leaves the old one in place."""
+        assert self.fresh_io is not None
+        fresh = self.fresh_io()
+        await fresh.open()
+        old, self.io, self._used = self.io, fresh, False
+        await old.close()
+        log.info("session_reset", io=fresh.url)
+
+    async def aclose(self) -> None:
+        """Close the I/O backend in use (after a session reset it is not the one passed in)."""
+        await self.io.close()
 
     def _error(self, seq: int, status: Status, message: str) -> bytes:
         self.stats.refused += 1
@@ -172,6 +213,7 @@ class AgentCore:
             self.stats.refused += 1
             return ExecReply(Status.TOO_LARGE, 0, f"reply of {reply_size(ops)} bytes exceeds "
                                                   f"{self._reply_payload}").encode(ops)
+        self._used = True
         try:
             results = await self.io.execute(ops)  # Settle runs as the I/O backend's own settle()
         except HilError as e:
@@ -242,9 +284,12 @@ async def start(core: AgentCore, listen: str, *, token_required_beyond_loopback:
         return Listener(path, task, close_pty)
     if listen.startswith("tcp://"):
         parts = urlsplit(listen)
-        host, port = parts.hostname or "127.0.0.1", parts.port
+        try:
+            host, port = parts.hostname or "127.0.0.1", parts.port
+        except ValueError:
+            port = None
         if port is None:
-            raise LinkError(f"{listen}: expected tcp://HOST:PORT")
+            raise LinkError(f"{listen}: expected tcp://HOST:PORT with a port number (0: any free port)")
         if not _loopback(host) and token_required_beyond_loopback and not core.token:
             raise LinkError(f"{listen}: listening beyond loopback requires --token (clients must present it in HELLO)")
         busy = asyncio.Lock()
@@ -266,7 +311,13 @@ async def start(core: AgentCore, listen: str, *, token_required_beyond_loopback:
                     await link.close()
                     log.info("client_gone", peer=str(peer))
 
-        server = await asyncio.start_server(client, host, port)
+        try:
+            server = await asyncio.start_server(client, host, port)
+        except OSError as e:  # port in use, address not on this machine, privileged port
+            why = os.strerror(e.errno).lower() if e.errno else str(e)
+            hint = "; is another agent running? give another port, or 0 for any free one" \
+                if e.errno == errno.EADDRINUSE else ""
+            raise LinkError(f"{listen}: cannot listen: {why}{hint}") from None
         sock = server.sockets[0].getsockname()
         address = f"tcp://{sock[0]}:{sock[1]}"
         log.info("agent_listening", link=address, boot_nonce=core.boot_nonce)
@@ -279,7 +330,13 @@ async def start(core: AgentCore, listen: str, *, token_required_beyond_loopback:
         path, _, query = path.partition("?")
         opts = dict(parse_qsl(query))
         try:
-            port = serial.Serial(path, baudrate=int(opts.get("baud", 115200)), timeout=0)
+            baud = int(opts.get("baud", 115200))
+        except ValueError:
+            raise LinkError(f"{listen}: baud={opts['baud']!r} is not a number") from None
+        if not os.path.exists(path):
+            raise LinkError(f"{listen}: cannot open: {path} does not exist")
+        try:
+            port = serial.Serial(path, baudrate=baud, timeout=0)
         except (serial.SerialException, OSError, ValueError) as e:
             raise LinkError(f"{listen}: cannot open: {e}") from None
         link = FdLink(path, port.fileno(), owner=port)

@@ -20,6 +20,7 @@ from hil.backends.base import Backend, Capabilities, Capability
 from hil.errors import BackendOptionError, UnknownBackendError
 
 __all__ = [
+    "HOST_PORT_SCHEMES",
     "Backend",
     "BackendURL",
     "Capabilities",
@@ -30,9 +31,21 @@ __all__ = [
 ]
 
 
+#: Schemes whose ``//authority`` is ``host[:port]``. Every other scheme's authority is opaque to
+#: the registry and goes to its factory as written: pyftdi's ``ftdi://ftdi:232h:SERIAL/1`` names a
+#: vendor, product and serial number, not a host and a port, and QEMU or the simulator take none.
+HOST_PORT_SCHEMES: set[str] = {"tcp", "agent+tcp", "agent+socket", "agent+rfc2217"}
+
+
 @dataclass(frozen=True)
 class BackendURL:
-    """A parsed backend URL: ``scheme:[//host[:port]][path][?opt=val&...]``."""
+    """A parsed backend URL: ``scheme:[//authority][path][?opt=val&...]``.
+
+    ``authority`` is always the text between ``//`` and the path. For the schemes in
+    :data:`HOST_PORT_SCHEMES` it is split into ``host`` and ``port`` (a bad port is an error);
+    for any other scheme ``host`` is the authority unsplit and ``port`` is None, so a factory
+    that takes no authority refuses any ``host`` and one that does (``agent+ftdi``) reads it.
+    """
 
     raw: str
     scheme: str
@@ -40,24 +53,30 @@ class BackendURL:
     port: int | None = None
     path: str = ""
     options: dict[str, str] = field(default_factory=dict)
+    authority: str = ""
 
     @classmethod
     def parse(cls, url: str) -> BackendURL:
         text = url.strip()
         if ":" not in text:
             text += ":"
-        parts = urlsplit(text)
-        scheme = parts.scheme or text.split(":", 1)[0]
+        try:
+            parts = urlsplit(text)
+        except ValueError as e:  # e.g. an unbalanced '[' in the authority
+            raise BackendOptionError(url, str(e)) from None
+        scheme = (parts.scheme or text.split(":", 1)[0]).lower()
         options: dict[str, str] = {}
         for key, value in parse_qsl(parts.query, keep_blank_values=True, strict_parsing=False):
             if key in options:
                 raise BackendOptionError(url, f"option {key!r} given twice")
             options[key] = value
+        if scheme not in HOST_PORT_SCHEMES:
+            return cls(url, scheme, parts.netloc, None, parts.path, options, parts.netloc)
         try:
             port = parts.port
         except ValueError as e:
             raise BackendOptionError(url, f"bad port number: {e}") from None
-        return cls(url, scheme.lower(), parts.hostname or "", port, parts.path, options)
+        return cls(url, scheme, parts.hostname or "", port, parts.path, options, parts.netloc)
 
     def flag(self, name: str, default: bool = False) -> bool:
         """A boolean option: ``1/true/yes/on`` (or bare ``?name``) or ``0/false/no/off``."""
@@ -101,10 +120,13 @@ _DESCRIPTIONS: dict[str, str] = {
 _PREFIXES: dict[str, str] = {"agent+": "hil.backends.agent:from_url"}
 
 
-def register_backend(scheme: str, factory: str | Factory, description: str = "") -> None:
-    """Register ``factory`` (a callable or a ``"module:attr"`` string) for ``scheme``."""
+def register_backend(scheme: str, factory: str | Factory, description: str = "", *, host_port: bool = False) -> None:
+    """Register ``factory`` (a callable or a ``"module:attr"`` string) for ``scheme``;
+    ``host_port`` when its URLs' authority is ``host:port`` (see :data:`HOST_PORT_SCHEMES`)."""
     _REGISTRY[scheme.lower()] = factory
     _DESCRIPTIONS[scheme.lower()] = description
+    if host_port:
+        HOST_PORT_SCHEMES.add(scheme.lower())
 
 
 def available_backends() -> dict[str, str]:

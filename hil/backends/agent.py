@@ -23,17 +23,18 @@ from dataclasses import asdict, dataclass
 
 import structlog
 
-from hil.agent.links import Link, LinkError, open_link, split_query
+from hil.agent.links import Link, LinkError, open_link, parse_ftdi_url, split_query
 from hil.agent.protocol import (
     DEFAULT_MAX_PAYLOAD,
+    STATE_FIXED,
     ErrorReply,
     ExecReply,
+    Feature,
     Frame,
     FrameReader,
     Hello,
+    HelloFlag,
     HelloReply,
-    STATE_FIXED,
-    Feature,
     MsgType,
     ProtocolError,
     Status,
@@ -70,6 +71,7 @@ OPTIONS = {
     "window": "frames in flight (default: the agent's window)",
     "max_payload": "largest frame payload to use (default 4096)",
     "token": "token for an agent listening beyond loopback",
+    "keep": "1: keep the I/O state earlier clients left on a simulated agent (default 0: start afresh)",
 }
 
 
@@ -240,6 +242,11 @@ def from_url(url: BackendURL) -> AgentBackend:
     else:
         raise BackendOptionError(raw, "use agent+serial://, agent+tcp://, agent+ftdi:// or agent+<pyserial URL>")
     link_url, opts = split_query(link_url, set(OPTIONS))
+    if link_url.startswith("ftdi:"):
+        try:
+            parse_ftdi_url(link_url)  # pyftdi's grammar, checked here: no USB device needed
+        except LinkError as e:
+            raise BackendOptionError(raw, str(e)) from None
     try:
         baud = int(opts.get("baud", 115200))
         timeout = float(opts.get("timeout", 1.0))
@@ -252,8 +259,9 @@ def from_url(url: BackendURL) -> AgentBackend:
         raise BackendOptionError(raw, "baud and timeout must be > 0, retries >= 0, window >= 1, max_payload 64..65535")
     if link_url.startswith("tcp:") and "?" not in link_url and not link_url.startswith("tcp://"):
         raise BackendOptionError(raw, "expected agent+tcp://HOST:PORT")
+    keep = url.flag("keep")
     return AgentBackend(raw, link_url, baud=baud, timeout=timeout, retries=retries, window=window,
-                        max_payload=max_payload, token=opts.get("token", "").encode())
+                        max_payload=max_payload, token=opts.get("token", "").encode(), keep=keep)
 
 
 class AgentBackend(Backend):
@@ -262,8 +270,9 @@ class AgentBackend(Backend):
 
     def __init__(self, url: str, link_url: str, *, baud: int = 115200, timeout: float = 1.0, retries: int = 5,
                  window: int | None = None, max_payload: int = DEFAULT_MAX_PAYLOAD, token: bytes = b"",
-                 link_factory: Callable[[], Awaitable[Link]] | None = None) -> None:
+                 keep: bool = False, link_factory: Callable[[], Awaitable[Link]] | None = None) -> None:
         super().__init__(url)
+        self.keep = keep  #: HELLO flag KEEP: a new session keeps what earlier clients left
         #: how to (re)open the link; benchmarks and tests hand in shaped or in-memory links
         self._link_factory = link_factory or (lambda: open_link(self.link_url, baud=self.baud))
         self.link_url, self.baud, self.timeout, self.retries = link_url, baud, timeout, retries
@@ -414,7 +423,8 @@ class AgentBackend(Backend):
         return max(seqs, key=lambda s: (self._seq - s) & 0xFFFF) if seqs else self._seq
 
     async def _hello_exchange(self, seq: int) -> HelloReply:
-        hello = Hello(self._host_nonce, self._max_payload, self._token, "hil")
+        hello = Hello(self._host_nonce, self._max_payload, self._token, "hil",
+                      HelloFlag.KEEP if self.keep else HelloFlag(0))
         reply = await self._round_trip("hello", Frame(MsgType.HELLO, seq, hello.encode()))
         if reply.type == MsgType.ERROR:
             err = ErrorReply.decode(reply.payload)
@@ -448,12 +458,22 @@ class AgentBackend(Backend):
     def capabilities(self) -> Capabilities:
         info = self.agent
         memory = (info.memory[0][0], info.memory[0][1] + 1) if info and info.memory else (0, 0)
+        if info is None:
+            return Capabilities("agent", f"agent via {self.link_url}", self._features(None), memory,
+                                {"link": self.link_url})
+        # the agent's I/O backend and profile, from its HELLO_REPLY info block: a journal of an agent
+        # run says what the programs really ran on, and known-deviation lists match on the profile
+        io, profile = info.info_value("io"), info.info_value("profile")
+        serving = "".join(f" {k}={v}" for k, v in (("io", io), ("profile", profile)) if v)
+        details: dict[str, object] = {"boot_nonce": self.boot_nonce, "link": self.link_url}
+        details |= {k: v for k, v in (("io", io), ("profile", profile)) if v}
+        details["session"] = ("kept" if self.keep else "fresh") if info.features & Feature.SESSION_RESET else "shared"
         return Capabilities(
             backend="agent",
-            identity=f"agent {info.agent_name} {info.agent_version} via {self.link_url}" if info else f"agent via {self.link_url}",
+            identity=f"agent {info.agent_name} {info.agent_version}{serving} via {self.link_url}",
             features=self._features(info),
             memory_window=memory,
-            details={"boot_nonce": self.boot_nonce, "link": self.link_url} if info else {"link": self.link_url},
+            details=details,
         )
 
     @staticmethod

@@ -12,23 +12,30 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("agent", help="serve port I/O and memory to a host over a link (the far end of agent+...)",
                        description="Run the reference agent: execute programs sent by an agent+... backend on an "
                                    "I/O backend (sim for tests, devport on a Linux target), within an allow-list.")
-    p.add_argument("--io", default="sim", metavar="URL", help="I/O backend: sim, sim:?profile=qemu, devport:?... (default sim)")
+    p.add_argument("--io", default="sim", metavar="URL",
+                   help="I/O backend the programs run on: sim, sim:?profile=qemu, qemu:, devport:?... (default sim). "
+                        "A simulated one (sim, qemu) starts afresh for every new client session unless the client "
+                        "asks to keep it (agent+...?keep=1)")
     p.add_argument("--listen", required=True, metavar="WHERE",
-                   help="tcp://127.0.0.1:PORT, serial:///dev/ttyS0?baud=N, or pty (prints the slave path)")
+                   help="tcp://127.0.0.1:PORT (0: any free port), serial:///dev/ttyS0?baud=N, or pty; the address "
+                        "to connect to is printed on stdout once listening")
     p.add_argument("--allow", metavar="FILE", help="allow-list TOML (default: the DMA controllers and page registers)")
     p.add_argument("--window", action="append", default=[], metavar="START-END",
                    help="physical memory window the host may use, END exclusive, e.g. 0x10000-0x90000 "
                         "(repeatable; default: the I/O backend's window, for sim all of its memory)")
-    p.add_argument("--token", default="", help="token clients must present (required beyond loopback)")
-    p.add_argument("--name", default="hil-agent", help="agent name reported in HELLO")
-    p.add_argument("--log-format", choices=("console", "json"), default="console", help="structlog output format")
-    p.add_argument("-v", "--verbose", action="count", default=0)
+    p.add_argument("--token", default="", metavar="TEXT",
+                   help="token clients must present in HELLO (required to listen beyond loopback)")
+    p.add_argument("--name", default="hil-agent", help="agent name reported in HELLO_REPLY (default hil-agent)")
+    p.add_argument("--log-format", choices=("console", "json"), default="console",
+                   help="structlog output format on stderr")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     p.set_defaults(func=cmd_agent)
 
 
 async def cmd_agent(args: argparse.Namespace) -> int:
     from hil.agent.server import AgentCore, serve
     from hil.allowlist import AllowList, parse_window
+    from hil.backends.base import Capability
 
     allow = AllowList.from_toml(args.allow) if args.allow else AllowList.default()
     windows = [parse_window(w) for w in args.window]
@@ -41,10 +48,17 @@ async def cmd_agent(args: argparse.Namespace) -> int:
                 raise HilError("give --window START-END (or [memory] windows in --allow): the agent needs to know "
                                "which physical memory the host may use")
             allow = allow.with_memory([range(lo, hi)])
-        core = AgentCore(io, allow, name=args.name, token=args.token.encode())
+        # a simulated machine belongs to the agent: every new session starts on a fresh one; real
+        # hardware (devport) is the target's own, and what it holds is shared (docs/agent-protocol.md §3)
+        owned = Capability.REAL_TIMING not in io.capabilities
+        core = AgentCore(io, allow, name=args.name, token=args.token.encode(),
+                         fresh_io=(lambda: open_backend(args.io)) if owned else None)
 
         def ready(address: str) -> None:
             print(address, flush=True)
 
-        await serve(core, args.listen, ready=ready)
+        try:
+            await serve(core, args.listen, ready=ready)
+        finally:
+            await core.aclose()
     return 0

@@ -1,4 +1,4 @@
-"""``hil bench link``: agent link figures against the link's physical minimum."""
+"""``hil bench link``: agent link figures against the physical minimum of the link in use."""
 
 from __future__ import annotations
 
@@ -6,40 +6,65 @@ import argparse
 import json
 
 from hil.backends import open_backend
+from hil.errors import HilError
+
+SIM_BAUD, SIM_LATENCY_MS = 3_000_000, 1.0
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmarks: 'hil bench link' measures the agent link",
                        description="Measure channel programming, a register dump and a 64 KiB read through an "
-                                   "agent link, as ratios to the physical minimum of the link, and raw ops/s over "
-                                   "a pty. Without --backend the link is simulated (--baud, --latency-ms).")
-    p.add_argument("what", choices=("link",))
-    p.add_argument("--backend", "-b", metavar="URL", help="a real agent+... link to measure instead")
-    p.add_argument("--baud", type=int, default=3_000_000, help="simulated (or real) link baud rate")
-    p.add_argument("--latency-ms", type=float, default=1.0, help="simulated one-way latency (FT232H, latency timer 1)")
-    p.add_argument("--log-format", choices=("console", "json"), default="console")
-    p.add_argument("-v", "--verbose", action="count", default=0)
-    p.add_argument("--json", action="store_true")
+                                   "agent link, as ratios to the physical minimum of the link in use: a serial "
+                                   "line's baud rate and latency timer, TCP's loopback echo measured in the same "
+                                   "run, none for a pty. Without --backend the link is simulated (--baud, "
+                                   "--latency-ms) and raw ops/s over a pty are measured too.")
+    p.add_argument("what", choices=("link",), help="what to measure: link (the agent link)")
+    p.add_argument("--backend", "-b", metavar="URL",
+                   help="a real agent+... link to measure instead of the simulated one; its baud rate is the URL's "
+                        "?baud=")
+    p.add_argument("--baud", type=int, metavar="N",
+                   help=f"baud rate of the simulated link (default {SIM_BAUD}; not with --backend)")
+    p.add_argument("--latency-ms", type=float, metavar="MS",
+                   help=f"one-way latency of the simulated link (default {SIM_LATENCY_MS:g}: an FT232H with its "
+                        f"latency timer at 1 ms; not with --backend)")
+    p.add_argument("--log-format", choices=("console", "json"), default="console",
+                   help="structlog output format on stderr")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
     p.set_defaults(func=cmd_bench)
 
 
 async def cmd_bench(args: argparse.Namespace) -> int:
-    from hil.agent.bench import bench_backend, bench_pty, bench_shaped
+    from hil.agent.bench import bench_backend, bench_pty, bench_shaped, floor_for
+    from hil.backends.agent import AgentBackend
 
     if args.backend:
+        if args.baud is not None or args.latency_ms is not None:
+            raise HilError("--baud and --latency-ms shape the simulated link; a real link's baud rate is its "
+                           "URL's ?baud=, its latency is measured")
         async with open_backend(args.backend) as be:
-            figures = await bench_backend(be, args.baud, args.latency_ms / 1e3)  # type: ignore[arg-type]
+            if not isinstance(be, AgentBackend):
+                raise HilError(f"{args.backend}: not an agent+... link (hil bench link measures agent links)")
+            floor = floor_for(be)
+            description = floor.description
+            figures = await bench_backend(be, floor)
         single = batched = None
+        link = args.backend
     else:
-        figures = await bench_shaped(args.baud, args.latency_ms / 1e3)
+        baud = SIM_BAUD if args.baud is None else args.baud
+        latency_ms = SIM_LATENCY_MS if args.latency_ms is None else args.latency_ms
+        if baud <= 0 or latency_ms < 0:
+            raise HilError("--baud must be > 0 and --latency-ms >= 0")
+        floor, figures = await bench_shaped(baud, latency_ms / 1e3)
+        description = floor.description
         single, batched = await bench_pty()
+        link = "simulated"
     if args.json:
-        print(json.dumps({"figures": [{"name": f.name, "seconds": f.seconds, "minimum": f.minimum,
-                                       "ratio": f.ratio, "round_trips": f.round_trips} for f in figures],
+        print(json.dumps({"link": link, "minimum": description, "figures": [f.to_json() for f in figures],
                           "pty_programs_per_s": single, "pty_ops_per_s": batched}))
         return 0
-    link = args.backend or f"simulated {args.baud} baud, {args.latency_ms:g} ms latency each way"
     print(f"link: {link}")
+    print(f"minimum: {description}")
     for f in figures:
         print("  " + f.line())
     if single is not None:
