@@ -10,6 +10,7 @@ and on QEMU (docs/reference/8237.md §2.9, §2.11, §2.12, §5; docs/reference/q
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import subprocess
@@ -187,9 +188,27 @@ async def test_dump_reads_only_the_ports_the_profile_defines() -> None:
         assert read and not read & unread, (profile, sorted(read & unread))
 
 
-def test_regs_over_an_agent_of_unknown_profile_says_where_each_mask_is(capsys: pytest.CaptureFixture[str],
-                                                                        agent_url: str) -> None:
+def test_regs_over_an_agent_decodes_as_the_profile_it_serves(capsys: pytest.CaptureFixture[str],
+                                                               agent_url: str) -> None:
+    """The agent names its I/O backend's profile in HELLO, so the dump decodes the intel way."""
     code, out, _ = hil(capsys, "regs", "-b", agent_url)
+    assert code == 0
+    assert "mask@0x0F 0x0F" in out and "0x09 write-only" in out and "(the mask on" not in out
+
+
+class NoProfile(Opaque):
+    """A backend that does not say which read-back map it has (an agent of another make)."""
+
+    @property
+    def capabilities(self) -> Capabilities:
+        caps = self._inner.capabilities
+        return dataclasses.replace(caps, details={k: v for k, v in caps.details.items() if k != "profile"})
+
+
+def test_regs_of_unknown_profile_says_where_each_mask_is(capsys: pytest.CaptureFixture[str],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(_REGISTRY, "noprofile", lambda url: NoProfile(url.raw))
+    code, out, _ = hil(capsys, "regs", "-b", "noprofile:")
     assert code == 0
     assert "0x0F 0x0F (the mask on Intel chipsets)" in out and "0x09 0xFF (the mask on QEMU)" in out
 
@@ -212,14 +231,18 @@ def test_peek_and_poke_take_register_names(capsys: pytest.CaptureFixture[str]) -
     assert code == 0 and json.loads(out) == {"port": port_names()["ch2.count"], "value": 0, "name": "ch2.count"}
 
 
-def test_peek_unknown_name_and_unknown_mask_port(capsys: pytest.CaptureFixture[str], agent_url: str) -> None:
+def test_peek_unknown_name_and_unknown_mask_port(capsys: pytest.CaptureFixture[str], agent_url: str,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(SystemExit) as info:
         main(["peek", "dma3.status"])
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert "'dma3.status' is neither a port number" in err and "did you mean" in err
-    code, out, err = hil(capsys, "peek", "dma1.mask", "-b", agent_url)
+    monkeypatch.setitem(_REGISTRY, "noprofile", lambda url: NoProfile(url.raw))
+    code, out, err = hil(capsys, "peek", "dma1.mask", "-b", "noprofile:")
     assert code == 2 and out == "" and err.startswith("hil peek: error: dma1.mask: where") and err.count("\n") == 1
+    code, out, err = hil(capsys, "peek", "dma1.mask", "-b", agent_url)  # the agent names its profile: intel
+    assert code == 0 and out == "0x0F (dma1.mask) -> 0x0F\n", (out, err)
 
 
 def test_peek_and_poke_say_the_machine_is_fresh(capsys: pytest.CaptureFixture[str], agent_url: str) -> None:
