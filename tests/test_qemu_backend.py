@@ -401,6 +401,9 @@ async def main():
     be = open_backend(sys.argv[2] if len(sys.argv) > 2 else "qemu:")
     await be.open()
     print("QEMU-PID", be.pid, be.workdir, flush=True)
+    if sys.argv[1] == "exit-on-input":
+        sys.stdin.readline()  # once the test has seen the QEMU processes
+        return
     if sys.argv[1] == "exit":
         return  # leaves without closing: the atexit handler must stop QEMU
     if sys.argv[1] == "raise":
@@ -520,8 +523,9 @@ def test_no_orphan_from_a_wrapper_when_the_python_process_goes(tmp_path: Path, h
     script = tmp_path / "child.py"
     script.write_text(CHILD)
     url = f"qemu:?binary={no_exec_wrapper(tmp_path)}"
-    proc = subprocess.Popen([sys.executable, str(script), "sleep" if how == "SIGKILL" else how, url],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
+    proc = subprocess.Popen([sys.executable, str(script), "sleep" if how == "SIGKILL" else "exit-on-input", url],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            cwd=ROOT)
     try:
         for raw in proc.stdout:  # type: ignore[union-attr]
             if raw.startswith("QEMU-PID "):
@@ -532,6 +536,9 @@ def test_no_orphan_from_a_wrapper_when_the_python_process_goes(tmp_path: Path, h
         (qemu,) = qemu_children(wrapper)
         if how == "SIGKILL":
             proc.send_signal(signal.SIGKILL)
+        else:
+            proc.stdin.write("go\n")  # type: ignore[union-attr]
+            proc.stdin.flush()  # type: ignore[union-attr]
         proc.wait(timeout=10)
         if how == "SIGKILL":
             assert wait_gone(wrapper)

@@ -410,9 +410,16 @@ def test_multiline_description_is_fine(tmp_path: Path) -> None:
 def test_error_messages_escape_control_characters(tmp_path: Path) -> None:
     err = refused(tmp_path / f"a{ESC}b.toml", ScriptIncludeError)  # a file name from the command line
     assert "\x1b" not in str(err) and "\\x1b[2J" in str(err)
-    err = refused(write(tmp_path / "s.toml", '[[step]]\nop = "include"\nfile = "x\\u001b[2J.toml"\n'),
-                  ScriptIncludeError)
-    assert "\x1b" not in str(err)
+    # a fragment's or data file's name becomes part of labels and messages: control characters
+    # in it are refused, even when the file exists
+    (tmp_path / f"x{ESC}.toml").write_text('[[step]]\nop = "settle"\n')
+    (tmp_path / f"x{ESC}.bin").write_bytes(b"1")
+    toml_name = "x\\u001b[2J\\u001b[31m"
+    for n, step in enumerate((f'op = "include"\nfile = "{toml_name}.toml"',
+                              f'op = "write"\naddr = 0\nfile = "{toml_name}.bin"')):
+        err = refused(write(tmp_path / f"s{n}.toml", f"[[step]]\n{step}\n"), ScriptFileError)
+        assert err.rule == "path" and "control characters" in str(err), str(err)  # type: ignore[attr-defined]
+        assert "\x1b" not in str(err) and err.key == "file"
 
 
 def test_overlapping_fixed_buffers_are_refused(tmp_path: Path) -> None:

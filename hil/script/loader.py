@@ -132,6 +132,8 @@ class _Files:
 
         if "\0" in name:
             raise fail("path", f"{name!r}: a file name cannot contain a NUL byte")
+        if CONTROL_CHARS.search(name):  # a fragment's name becomes part of its steps' path labels
+            raise fail("path", f"{name!r}: a file name in a script may not contain control characters")
         try:
             resolved = (base / name).resolve(strict=True)
         except FileNotFoundError:
@@ -496,8 +498,9 @@ class _StepLoader:
 
     def include(self, target: str, ctx: _Ctx, file: Path, path: str, stack: tuple[Path, ...], depth: int,
                 passed_on: dict[str, Any]) -> _Body:
-        if "\0" in target:
-            raise ScriptFileError(ctx.file, ctx.path, "file", f"{target!r}: a file name cannot contain a NUL byte",
+        if CONTROL_CHARS.search(target):  # NUL included; the name becomes part of path labels
+            what = "cannot contain a NUL byte" if "\0" in target else "may not contain control characters"
+            raise ScriptFileError(ctx.file, ctx.path, "file", f"{target!r}: a file name in a script {what}",
                                   ctx.op, rule="path")
         try:
             inc = (file.parent / target).resolve()
