@@ -21,7 +21,7 @@ from hil.dma import DmaSnapshot, IsaDma
 from hil.errors import HilError
 from hil.journal import Journal, Observation, RunResult
 from hil.rules import check_buffer
-from hil.script.loader import bind, digest
+from hil.script.loader import bind_all, digest
 from hil.script.model import OP_CAPABILITY, Op, Script, ScriptCapabilityError, ScriptError, ScriptRangeError, Step
 from hil.backends.ops import DevAttach, DevDreq, DeviceState, DevState, PowerReset
 
@@ -96,7 +96,7 @@ def prepare(script: Script, backend: Backend) -> list[dict[str, Any]]:
     Returns each step's bound arguments; raises :class:`ScriptError`."""
     check_capabilities(script, backend)
     buffers = place_buffers(script, backend)
-    return [bind(step, buffers, script) for step in script.steps]
+    return bind_all(script, buffers)
 
 
 async def run_script(

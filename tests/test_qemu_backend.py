@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
 import textwrap
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -30,6 +32,7 @@ from hil.backends.qemu import (
     QemuNotFoundError,
     QemuStartError,
     QemuVersionError,
+    find_binary,
     floppy_image,
     floppy_sector,
     halt_firmware,
@@ -126,6 +129,45 @@ def test_options_parse():
 def test_bad_options_are_refused(url: str, message: str):
     with pytest.raises(BackendOptionError, match=message):
         open_backend(url)
+
+
+@pytest.mark.parametrize("args, message", [
+    # QEMU reads --opt as -opt (softmmu/vl.c lookup_opt): the double-dash forms passed before
+    ("--daemonize", "-daemonize would detach QEMU"),
+    ("-daemonize", "would detach QEMU"),
+    ("--machine q35", "-machine is set by the backend"),
+    ("-M q35", "-M is set by the backend"),
+    ("--bios /tmp/x.bin", "-bios is set by the backend"),
+    ("--S", "use cpu=stopped"),
+    ("-m 64M", "use mem="),
+    ("--qtest unix:/x", "-qtest is set by the backend"),
+    ("-qtest-log /tmp/log", "set by the backend"),
+    ("-machine=q35", "-machine is set by the backend"),  # QEMU has no -opt=value form
+    ("-icount=shift=0", "not after '='"),
+    ("-runas nobody", "changes the user"),
+    ("-chroot /", "changes the user or root"),
+    ("-qmp tcp::4444,server=on,wait=off", "second control channel"),
+    ("--monitor tcp::4444,server=on,wait=off", "set by the backend"),
+    ("-s", "second control channel"),
+    ("-gdb tcp::1234", "second control channel"),
+    ("-mon chardev=c0", "second control channel"),
+    ("-pflash /tmp/fw.bin", "replace the firmware"),
+    ("-drive if=pflash,format=raw,file=/tmp/fw.bin", "if=pflash would replace the firmware"),
+    ("-readconfig /tmp/x.cfg", "replace the firmware or machine"),
+    ("-icount shift=0 --daemonize", "-daemonize"),
+])
+def test_qemu_args_are_checked_by_canonical_name(args: str, message: str):
+    with pytest.raises(BackendOptionError, match=re.escape(message)) as info:
+        open_backend("qemu:?args=" + quote(args))
+    assert str(info.value).count("\n") == 0
+
+
+@pytest.mark.parametrize("args", [
+    "-icount shift=0,sleep=off", "--icount shift=auto", "-global isa-fdc.dma=5", "-d unimp",
+    "-trace i8257*", "-drive if=none,id=d0,file=/tmp/x.img,format=raw", "-name hil", "-pidfile /tmp/q.pid",
+])
+def test_useful_qemu_args_pass(args: str):
+    assert open_backend("qemu:?args=" + quote(args)).config.args == tuple(args.split())
 
 
 def test_capabilities_follow_the_options_without_starting():
@@ -356,9 +398,12 @@ import asyncio, sys
 from hil.backends import open_backend
 
 async def main():
-    be = open_backend("qemu:")
+    be = open_backend(sys.argv[2] if len(sys.argv) > 2 else "qemu:")
     await be.open()
     print("QEMU-PID", be.pid, be.workdir, flush=True)
+    if sys.argv[1] == "exit-on-input":
+        sys.stdin.readline()  # once the test has seen the QEMU processes
+        return
     if sys.argv[1] == "exit":
         return  # leaves without closing: the atexit handler must stop QEMU
     if sys.argv[1] == "raise":
@@ -402,6 +447,108 @@ def test_no_orphan_when_the_python_process_goes(tmp_path: Path, how: str):
 
             asyncio.run(start_one())
             assert not workdir.exists(), "a dead interpreter's private directory was not swept"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def running_in_group(pgid: int) -> list[int]:
+    """Processes of group ``pgid`` that still run (zombies excluded)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+                out.append(int(entry))
+    return out
+
+
+def qemu_children(pid: int) -> list[int]:
+    """The real QEMU processes whose parent is ``pid`` (a wrapper's child)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+                cmd = Path(f"/proc/{entry}/cmdline").read_bytes()
+            except (OSError, IndexError):
+                continue
+            if int(fields[1]) == pid and b"-qtest" in cmd:
+                out.append(int(entry))
+    return out
+
+
+def no_exec_wrapper(tmp_path: Path) -> str:
+    """A binary= wrapper that runs the real QEMU as its child instead of exec-ing it."""
+    real = find_binary()
+    assert real is not None
+    path = tmp_path / "qemu-wrapper"
+    path.write_text(textwrap.dedent(f"""\
+        #!/bin/sh
+        if [ "$1" = "--version" ]; then exec {real} --version; fi
+        {real} "$@"
+        echo "wrapper: qemu exited with $?"
+        """))
+    path.chmod(0o755)
+    return str(path)
+
+
+async def test_a_wrapper_that_does_not_exec_leaves_no_qemu(tmp_path: Path):
+    """close() stops the whole process group, not only the wrapper the backend started."""
+    need_qemu()
+    be = open_backend(f"qemu:?binary={no_exec_wrapper(tmp_path)}")
+    await be.open()
+    try:
+        assert await be.execute([In(0x09)]) == [0xFF]
+        wrapper = be.pid
+        assert wrapper is not None
+        (qemu,) = qemu_children(wrapper)
+        assert os.getpgid(qemu) == wrapper  # QEMU shares the wrapper's group
+    finally:
+        await be.close()
+    assert wait_gone(qemu), "the wrapper's QEMU was left running"
+    assert running_in_group(wrapper) == []
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "exit"])
+def test_no_orphan_from_a_wrapper_when_the_python_process_goes(tmp_path: Path, how: str):
+    """exit: the atexit handler stops the group. SIGKILL: the wrapper dies with the interpreter
+    (PR_SET_PDEATHSIG) but its QEMU child cannot; the next backend to start finds the dead
+    interpreter's private directory and stops the QEMU still using its socket."""
+    need_qemu()
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    url = f"qemu:?binary={no_exec_wrapper(tmp_path)}"
+    proc = subprocess.Popen([sys.executable, str(script), "sleep" if how == "SIGKILL" else "exit-on-input", url],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            cwd=ROOT)
+    try:
+        for raw in proc.stdout:  # type: ignore[union-attr]
+            if raw.startswith("QEMU-PID "):
+                break
+        else:
+            pytest.fail("the child did not start QEMU")
+        wrapper = int(raw.split()[1])
+        (qemu,) = qemu_children(wrapper)
+        if how == "SIGKILL":
+            proc.send_signal(signal.SIGKILL)
+        else:
+            proc.stdin.write("go\n")  # type: ignore[union-attr]
+            proc.stdin.flush()  # type: ignore[union-attr]
+        proc.wait(timeout=10)
+        if how == "SIGKILL":
+            assert wait_gone(wrapper)
+
+            async def start_one() -> None:
+                async with open_backend("qemu:"):
+                    pass
+
+            asyncio.run(start_one())
+        assert wait_gone(qemu), f"the wrapper's QEMU {qemu} outlived the interpreter ({how})"
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -413,9 +413,9 @@ SLOW = """
     count = 5000
     steps = [
         {op = "in", port = "dma1.status"},
-        {op = "fill", addr = 0x100000, length = 0xE00000, pattern = "5a"},
-        {op = "read", addr = 0x100000, length = 0xE00000},
-        {op = "delay", us = 100},
+        {op = "fill", addr = 0x100000, length = 0x10000, pattern = "5a"},
+        {op = "read", addr = 0x100000, length = 0x10000},
+        {op = "delay", us = 2000},
     ]
 """
 
@@ -451,6 +451,6 @@ def test_killed_run_keeps_its_observations(tmp_path: Path) -> None:
     expected = ["1"] + [f"2[{k}].{j}" for k in range(1, 5001) for j in (1, 3)]
     assert [o.step for o in back.observations] == expected[:n]
     reads = [o for o in back.observations if o.op == "read"]
-    digest = "sha256:" + hashlib.sha256(b"\x5a" * 0xE00000).hexdigest()
+    digest = "sha256:" + hashlib.sha256(b"\x5a" * 0x10000).hexdigest()
     assert reads and all(o.digest == digest and o.data is None for o in reads)
     assert not journal.read_text().rstrip().endswith('"type":"end"}')

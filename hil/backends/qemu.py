@@ -5,7 +5,9 @@ and already move real bytes by DMA, which makes QEMU an independent reference to
 transfer scripts against (qemu-qtest.md). The backend starts ``qemu-system-x86_64`` itself,
 listening first on a unix socket in a private directory that QEMU then connects to; it speaks
 qtest over it, and stops the process it started on close, on error and when the interpreter
-exits, even by a signal (the child gets ``PR_SET_PDEATHSIG``).
+exits, even by a signal (the child gets ``PR_SET_PDEATHSIG``). QEMU runs in a session and
+process group of its own, and the whole group is stopped, so that a ``binary=`` wrapper that
+runs QEMU as its child instead of ``exec``-ing it does not leave QEMU behind.
 
 Debian's QEMU 7.2 has no qtest accelerator (qemu-qtest.md §1), so a real vCPU exists. It is
 kept away from the hardware by a 64 KiB firmware this module writes itself (``cli; hlt; jmp``
@@ -24,7 +26,7 @@ URL options (``qemu:?floppy=generate&sb16=1``):
            in the private directory) or the path of a raw image (attached read-write)
 ``sb16``   ``1``: add a Sound Blaster 16 (220h, IRQ 5, DMA 1 and 5, silent audio backend)
 ``allow``  more ports for the allow-list, e.g. ``0x3F0-0x3F7,0x220-0x22F``
-``args``   more QEMU arguments, shell-quoted (``-icount shift=0,sleep=off``)
+``args``   more QEMU arguments, shell-quoted (``-icount shift=0,sleep=off``); see :data:`REFUSED_ARGS`
 ``timeout`` seconds to wait for QEMU to connect (default 10)
 ``log``    file for QEMU's stdout and stderr (default: in the private directory)
 ``wide``   ``refuse`` (default) or ``pass``: 16-bit accesses to the DMA and page ports
@@ -251,30 +253,65 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-_LIVE: dict[int, str] = {}  #: pid -> private directory, of every QEMU this interpreter started
+_LIVE: dict[int, str] = {}  #: pid (= process group) -> private directory, of every QEMU started here
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether process group ``pgid`` still has a member that runs. Zombies do not count: a
+    wrapper's QEMU is reparented to init, which may be slow to reap it (or, in a container,
+    never), and a zombie holds no socket, file or CPU."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        entries = [e for e in os.listdir("/proc") if e.isdigit()]
+    except OSError:
+        return True
+    for entry in entries:
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            return True
+    return False
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _stop_group_now(pgid: int, timeout: float = 1.0) -> None:
+    """Blocking: SIGTERM the group, SIGKILL whatever still runs after ``timeout``, and reap
+    the leader if it is our child and nobody else has."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        if not _group_alive(pgid):
+            break
+        _signal_group(pgid, sig)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                os.waitpid(pgid, os.WNOHANG)
+            except ChildProcessError:  # not ours, or reaped already (asyncio's child watcher)
+                pass
+            if not _group_alive(pgid):
+                break
+            time.sleep(0.005)
 
 
 @atexit.register
 def _kill_leftovers() -> None:
-    """At interpreter exit, stop any QEMU a backend that was never closed left running: SIGTERM,
-    then SIGKILL if it has not gone within a second (QEMU needs about 4 ms)."""
+    """At interpreter exit, stop any QEMU a backend that was never closed left running, with
+    every process in its group: SIGTERM, then SIGKILL if it has not gone within a second (QEMU
+    needs about 4 ms)."""
     for pid, workdir in list(_LIVE.items()):
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                break
-            deadline = time.monotonic() + 1.0
-            while time.monotonic() < deadline:
-                try:
-                    if os.waitpid(pid, os.WNOHANG)[0]:
-                        break
-                except ChildProcessError:  # reaped already (asyncio's child watcher)
-                    break
-                time.sleep(0.005)
-            else:
-                continue
-            break
+        _stop_group_now(pid)
         shutil.rmtree(workdir, ignore_errors=True)
         _LIVE.pop(pid, None)
 
@@ -283,10 +320,29 @@ WORKDIR_PREFIX = "hil-qemu-"
 OWNER_FILE = "owner.pid"
 
 
+def _kill_strays(workdir: Path) -> None:
+    """SIGKILL every process of ours whose command line holds ``workdir``'s qtest socket: a QEMU
+    whose interpreter was killed while a ``binary=`` wrapper that did not ``exec`` ran it (the
+    wrapper died with the interpreter, ``PR_SET_PDEATHSIG`` does not reach its child)."""
+    marker = f"unix:{workdir}/qtest.sock".encode()
+    try:
+        entries = [e for e in os.listdir("/proc") if e.isdigit()]
+    except OSError:
+        return
+    for entry in entries:
+        try:
+            if marker in Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0"):
+                os.kill(int(entry), signal.SIGKILL)
+                log.info("qemu_stray_killed", pid=int(entry), workdir=str(workdir))
+        except OSError:
+            continue
+
+
 def _sweep_stale_workdirs() -> None:
     """Remove private directories left by interpreters that died without cleaning up (killed by
-    SIGKILL or SIGTERM: their QEMU died with them, but a directory cannot). Only directories whose
-    owner PID no longer exists, and that this user can read, are removed."""
+    SIGKILL or SIGTERM: their QEMU died with them, but a directory cannot), stopping any QEMU
+    still using one. Only directories whose owner PID no longer exists, and that this user can
+    read, are removed."""
     try:
         entries = list(Path(tempfile.gettempdir()).glob(WORKDIR_PREFIX + "*"))
     except OSError:
@@ -296,6 +352,7 @@ def _sweep_stale_workdirs() -> None:
             owner = int((workdir / OWNER_FILE).read_text())
             os.kill(owner, 0)
         except ProcessLookupError:
+            _kill_strays(workdir)
             shutil.rmtree(workdir, ignore_errors=True)
             log.debug("qemu_stale_workdir_removed", workdir=str(workdir), owner=owner)
         except (OSError, ValueError):
@@ -303,6 +360,44 @@ def _sweep_stale_workdirs() -> None:
 
 
 # --- options -------------------------------------------------------------------------------------
+
+_SET_HERE = "is set by the backend itself"
+#: QEMU options refused in ``args=``, by canonical name, with the reason. QEMU reads ``--opt``
+#: as ``-opt`` and has no ``-opt=value`` form (``lookup_opt`` in softmmu/vl.c compares the
+#: whole word after one or two dashes with its option table), so a token is checked by the
+#: name after its dashes, and ``-opt=value`` is refused as QEMU would refuse it.
+REFUSED_ARGS: dict[str, str] = {
+    **dict.fromkeys(("machine", "M", "qtest", "qtest-log", "nodefaults", "display", "serial", "monitor",
+                     "parallel"), _SET_HERE),
+    "bios": _SET_HERE + " (the halt firmware of cpu=halt)",
+    "S": _SET_HERE + "; use cpu=stopped",
+    "m": _SET_HERE + "; use mem=",
+    "daemonize": "would detach QEMU from the backend, which must own it to stop it",
+    **dict.fromkeys(("runas", "chroot", "run-with"), "changes the user or root of the process the backend "
+                                                    "must be able to stop"),
+    **dict.fromkeys(("qmp", "qmp-pretty", "mon", "gdb", "s"), "opens a second control channel to the machine, "
+                                                             "past the backend's allow-list"),
+    **dict.fromkeys(("pflash", "readconfig"), "would replace the firmware or machine the backend sets up"),
+}
+_PFLASH_DRIVE = re.compile(r"(?:^|,)if=pflash(?:,|$)")
+
+
+def check_args(args: Sequence[str]) -> str | None:
+    """Why ``args`` may not be given to QEMU, or None. Every token that starts with a dash is
+    checked as an option, also where QEMU would take it as the previous option's value: a
+    refusal too many is safe, a missed ``--daemonize`` is not."""
+    for i, token in enumerate(args):
+        if len(token) < 2 or not token.startswith("-"):
+            continue
+        name = token[2:] if token.startswith("--") else token[1:]
+        base, eq, _ = name.partition("=")
+        if base in REFUSED_ARGS:
+            return f"{token}: -{base} {REFUSED_ARGS[base]}"
+        if eq:
+            return f"{token}: QEMU takes an option's value as the next argument (-{base} VALUE), not after '='"
+        if base == "drive" and i + 1 < len(args) and _PFLASH_DRIVE.search(args[i + 1]):
+            return f"{token} {args[i + 1]}: if=pflash {REFUSED_ARGS['pflash']}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -375,9 +470,9 @@ def from_url(url: BackendURL) -> QemuBackend:
             cfg["args"] = tuple(shlex.split(opts["args"]))
         except ValueError as e:
             raise BackendOptionError(url.raw, f"option args: {e}") from None
-        bad = [a for a in cfg["args"] if a in ("-qtest", "-bios", "-S", "-machine", "-M", "-daemonize")]  # type: ignore[union-attr]
-        if bad:
-            raise BackendOptionError(url.raw, f"option args: {bad[0]} is set by the backend itself")
+        why = check_args(cfg["args"])  # type: ignore[arg-type]
+        if why:
+            raise BackendOptionError(url.raw, f"option args: {why}")
     if "timeout" in opts:
         try:
             cfg["timeout"] = float(opts["timeout"])
@@ -545,15 +640,15 @@ class QemuBackend(Backend):
             self._server = None
         proc = self._proc
         if proc is not None:
+            pgid = proc.pid  # start_new_session: the process we started leads its own group
             if proc.returncode is None:
+                _signal_group(pgid, signal.SIGTERM)
                 try:
-                    proc.terminate()
                     await asyncio.wait_for(proc.wait(), 2.0)
-                except ProcessLookupError:
-                    pass
                 except TimeoutError:
-                    proc.kill()
+                    _signal_group(pgid, signal.SIGKILL)
                     await proc.wait()
+            await self._stop_group(pgid)
             _LIVE.pop(proc.pid, None)
             log.debug("qemu_stopped", pid=proc.pid, status=proc.returncode)
         if self._log_file is not None:
@@ -564,6 +659,20 @@ class QemuBackend(Backend):
             self.workdir = None
             if self.config.floppy == "generate":
                 self.floppy_path = None
+
+    @staticmethod
+    async def _stop_group(pgid: int) -> None:
+        """Stop what is left of the group once its leader is gone: the QEMU of a ``binary=``
+        wrapper that did not ``exec`` it, which no longer has a parent we could wait on."""
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            if not _group_alive(pgid):
+                return
+            _signal_group(pgid, sig)
+            deadline = time.monotonic() + 1.0
+            while time.monotonic() < deadline and _group_alive(pgid):
+                await asyncio.sleep(0.01)
+        if _group_alive(pgid):
+            log.warning("qemu_group_survived", pgid=pgid)
 
     # --- capabilities -------------------------------------------------------------------
     @property

@@ -1,17 +1,19 @@
 """Integer expressions in transfer scripts: ``"buf + 0x100"``, ``"DMA_MODE_READ | DMA_AUTOINIT"``,
 ``"ch2.count"``. Parsed with :mod:`ast` and evaluated over a whitelist of integer operators, so a
-script can compute addresses without being able to run code.
+script can compute addresses without being able to run code, nor make the loader spend
+unbounded time or memory: the text is at most :data:`MAX_EXPR_CHARS` long and every value,
+intermediate ones included, stays within :data:`MAX_MAGNITUDE` (a squaring chain stops there).
 """
 
 from __future__ import annotations
 
 import ast
 import operator
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Union
 
-_BINOPS = {
+_BINOPS: dict[type[ast.operator], Callable[[int, int], int]] = {
     ast.Add: operator.add,
     ast.Sub: operator.sub,
     ast.Mult: operator.mul,
@@ -23,11 +25,18 @@ _BINOPS = {
     ast.BitOr: operator.or_,
     ast.BitXor: operator.xor,
 }
-_UNOPS = {ast.USub: operator.neg, ast.UAdd: operator.pos, ast.Invert: operator.invert}
+_UNOPS: dict[type[ast.unaryop], Callable[[int], int]] = {ast.USub: operator.neg, ast.UAdd: operator.pos, ast.Invert: operator.invert}
+
+MAX_EXPR_CHARS = 256  #: longer texts are refused before parsing (5,000 '-' overflow the parser)
+MAX_MAGNITUDE = 1 << 64  #: no value in a script needs more; an address is at most 32 bits
 
 
 class ExprError(ValueError):
     pass
+
+
+class ExprLimitError(ExprError):
+    """An expression is over a size limit: text length or value magnitude."""
 
 
 def _dotted(node: ast.AST) -> str | None:
@@ -65,17 +74,28 @@ def _eval(node: ast.AST, env: Mapping[str, int], text: str) -> int:
             raise ExprError(f"shift by {right} in {text!r}")
         if isinstance(node.op, (ast.FloorDiv, ast.Mod)) and right == 0:
             raise ExprError(f"division by zero in {text!r}")
-        return _BINOPS[type(node.op)](left, right)  # type: ignore[no-any-return]
+        return _bounded(_BINOPS[type(node.op)](left, right), text)
     if isinstance(node, ast.UnaryOp) and type(node.op) in _UNOPS:
-        return _UNOPS[type(node.op)](_eval(node.operand, env, text))  # type: ignore[no-any-return]
+        return _bounded(_UNOPS[type(node.op)](_eval(node.operand, env, text)), text)
     raise ExprError(f"{text!r}: only integers, names and + - * // % << >> & | ^ ~ are allowed")
 
 
+def _bounded(value: int, text: str) -> int:
+    if not -MAX_MAGNITUDE <= value <= MAX_MAGNITUDE:
+        raise ExprLimitError(f"{text!r}: a value exceeds 64 bits (limit: magnitude 2**64)")
+    return value
+
+
 def parse(text: str) -> Expr:
+    if len(text) > MAX_EXPR_CHARS:
+        raise ExprLimitError(f"{text[:40]!r}...: {len(text)} characters, more than the "
+                             f"{MAX_EXPR_CHARS} an expression may have")
     try:
         tree = ast.parse(text.strip(), mode="eval").body
     except SyntaxError:
         raise ExprError(f"{text!r} is not an integer expression") from None
+    except (RecursionError, MemoryError):  # nesting the parser cannot hold, within the length limit
+        raise ExprLimitError(f"{text[:40]!r}: nested too deeply to parse") from None
     names: set[str] = set()
     _names(tree, names)
     expr = Expr(text, tree, frozenset(names))

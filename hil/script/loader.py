@@ -1,29 +1,45 @@
-"""Load and validate transfer scripts (TOML, read with :mod:`tomllib`). Format: docs/scripts.md."""
+"""Load and validate transfer scripts (TOML, read with :mod:`tomllib`). Format: docs/scripts.md.
+
+A script is input from whoever wrote it, so loading it must not reach beyond it or cost without
+bound: data and include files are regular files of bounded size under the script's directory
+(or an allowed one), and the expanded step count, the bytes the steps hold and move, the
+nesting and the size of every expression and name are limited (docs/scripts.md "Limits").
+Every refusal is a :class:`ScriptError` naming file, step, key and rule.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import stat
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hil import dma as _dma
 from hil.ports import CASCADE_CHANNEL, port_names
-from hil.script.expr import Expr, ExprError, parse
+from hil.script.expr import MAX_MAGNITUDE, Expr, ExprError, ExprLimitError, parse
 from hil.script.model import (
+    CONTROL_CHARS,
     BufferSpec,
+    Node,
     Op,
     Script,
     ScriptError,
+    ScriptFileError,
     ScriptIncludeError,
+    ScriptLimitError,
     ScriptNameError,
     ScriptRangeError,
     ScriptStructureError,
     ScriptSyntaxError,
     ScriptTypeError,
     Step,
+    StepGroup,
+    StepList,
     Tolerance,
 )
 
@@ -45,7 +61,17 @@ CONSTANTS: dict[str, int] = {
 }
 PORTS = port_names()
 MAX_REPEAT = 1_000_000
-MAX_DATA = 16 << 20
+MAX_DATA = 16 << 20  #: bytes of one step's data, and of one data file
+# --- limits (docs/scripts.md "Limits"): what a script may cost before anything runs -------------
+MAX_STEPS = 2_000_000  #: flat steps after expanding every repeat and include (a full repeat and more)
+MAX_HELD_BYTES = 64 << 20  #: data bytes the loaded steps hold in memory (each written step once)
+MAX_MOVED_BYTES = 1 << 30  #: bytes all expanded write, fill, read and device steps move
+MAX_NESTING = 16  #: repeats and includes inside each other
+MAX_TOML_DEPTH = 32  #: arrays and tables inside each other in one file
+MAX_SCRIPT_BYTES = 8 << 20  #: size of a script or fragment file
+MAX_NAME = 200  #: characters of a script or step name
+MAX_IDENT = 64  #: characters of a variable or buffer name
+MAX_TEXT = 4096  #: characters of a description or note
 TOLERANCE_KEYS = ("diff_mask", "may_differ", "note")  #: a repeat or include passes these down
 COMMON_KEYS = {"op", "name", *TOLERANCE_KEYS}
 ADDR_KEYS = {"addr", "buffer", "offset"}
@@ -87,9 +113,90 @@ class _Ctx:
         return cls(self.file, self.path, key, message, self.op)
 
 
-def load_script(path: str | Path, *, variables: Mapping[str, int] | None = None) -> Script:
-    """Read ``path``; ``variables`` override the script's ``[vars]`` (``hil run --var``)."""
+class _Files:
+    """Where data and include files may come from, and how they are read: a resolved path (no
+    symlink left) under one of ``roots``, a regular file (never a device, FIFO or socket, which
+    read forever or block), at most ``limit`` bytes, read through a descriptor checked again
+    after opening so that a file swapped in between cannot slip past."""
+
+    def __init__(self, roots: Iterable[Path]) -> None:
+        self.roots = tuple(dict.fromkeys(roots))
+
+    def _roots_text(self) -> str:
+        return ", ".join(str(r) for r in self.roots)
+
+    def read(self, ctx: _Ctx, key: str, name: str, base: Path, limit: int, what: str) -> tuple[Path, bytes]:
+        """``name`` (relative to ``base``) as (resolved path, bytes); ScriptError on any rule."""
+        def fail(rule: str, message: str) -> ScriptFileError:
+            return ScriptFileError(ctx.file, ctx.path, key, message, ctx.op, rule=rule)
+
+        if "\0" in name:
+            raise fail("path", f"{name!r}: a file name cannot contain a NUL byte")
+        if CONTROL_CHARS.search(name):  # a fragment's name becomes part of its steps' path labels
+            raise fail("path", f"{name!r}: a file name in a script may not contain control characters")
+        try:
+            resolved = (base / name).resolve(strict=True)
+        except FileNotFoundError:
+            raise ctx.err(ScriptIncludeError, key, f"cannot read {name!r}: {what} not found (expected a file "
+                                                   f"at {(base / name).resolve()})") from None
+        except RuntimeError:  # Python 3.11 reports a symlink loop this way
+            raise fail("path", f"{name!r}: symlink loop") from None
+        except OSError as e:
+            if e.errno == 40:  # ELOOP
+                raise fail("path", f"{name!r}: symlink loop") from None
+            raise ctx.err(ScriptIncludeError, key, f"cannot read {name!r}: {e.strerror}") from None
+        if not any(resolved.is_relative_to(root) for root in self.roots):
+            raise fail("directory", f"{name!r} is {resolved}, outside the script's directory tree "
+                                    f"({self._roots_text()}); a {what} must lie under it "
+                                    f"(widen with allow_paths, hil run --allow-path DIR)")
+        return resolved, self.read_regular(resolved, limit, what, lambda rule, m: fail(rule, f"{name!r}: {m}"))
+
+    @staticmethod
+    def read_regular(path: Path, limit: int, what: str, fail: Any) -> bytes:
+        """The bytes of ``path`` if it is a regular file of at most ``limit`` bytes."""
+        def check(st: os.stat_result) -> None:
+            if not stat.S_ISREG(st.st_mode):
+                kind = ("a directory" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode)
+                        else "a character device" if stat.S_ISCHR(st.st_mode)
+                        else "a block device" if stat.S_ISBLK(st.st_mode)
+                        else "a socket" if stat.S_ISSOCK(st.st_mode) else "not a file")
+                raise fail("regular", f"{path} is {kind}; a {what} must be a regular file")
+            if st.st_size > limit:
+                raise fail("size", f"{path} is {st.st_size} bytes, more than the {limit} a {what} may have")
+
+        try:
+            check(os.stat(path))  # before opening: opening a device can act on it
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+                         | getattr(os, "O_NOFOLLOW", 0))
+        except FileNotFoundError:
+            raise fail("exists", f"{what} not found") from None
+        except OSError as e:
+            raise fail("readable", f"cannot read: {e.strerror}") from None
+        with os.fdopen(fd, "rb") as f:
+            check(os.fstat(fd))
+            data = f.read(limit + 1)
+        if len(data) > limit:
+            raise fail("size", f"{path} grew past the {limit} bytes a {what} may have while being read")
+        return data
+
+
+def load_script(path: str | Path, *, variables: Mapping[str, int] | None = None,
+                allow_paths: Iterable[str | Path] = ()) -> Script:
+    """Read ``path``; ``variables`` override the script's ``[vars]`` (``hil run --var``).
+
+    Data and include files must lie under the script's own directory, or under one of
+    ``allow_paths`` (``hil run --allow-path DIR``); symlinks are followed first, so a link out
+    of the tree is refused too."""
     file = Path(path)
+    if "\0" in str(file):
+        raise ScriptFileError(str(file).replace("\0", "\\0"), None, None, "a file name cannot contain a NUL byte",
+                              rule="path")
+    try:
+        roots = [file.resolve().parent, *(Path(p).resolve() for p in allow_paths)]
+    except (OSError, RuntimeError, ValueError) as e:
+        raise ScriptFileError(file, None, None, f"cannot resolve the script or an allowed path: {e}",
+                              rule="path") from None
+    files = _Files(roots)
     doc = _read_toml(file, _Ctx(file))
     ctx = _Ctx(file)
     unknown = set(doc) - {"script", "vars", "buffers", "step"}
@@ -105,36 +212,92 @@ def load_script(path: str | Path, *, variables: Mapping[str, int] | None = None)
     name = header.get("name")
     if not isinstance(name, str) or not name:
         raise ctx.err(ScriptTypeError, "script.name", "expected a non-empty string")
+    _check_text(name, ctx, "script.name", MAX_NAME)
+    description = header.get("description", "")
+    if not isinstance(description, str):
+        raise ctx.err(ScriptTypeError, "script.description", "expected a string")
+    _check_text(description, ctx, "script.description", MAX_TEXT, allow="\n\t")
     requires = header.get("requires", [])
     if not isinstance(requires, list) or not all(isinstance(r, str) for r in requires):
         raise ctx.err(ScriptTypeError, "script.requires", "expected a list of capability names, e.g. [\"devices\"]")
-    script = Script(name=name, file=str(file), description=str(header.get("description", "")),
-                    requires=tuple(requires))
+    script = Script(name=name, file=str(file), description=description, requires=tuple(requires))
     script.variables = _load_vars(doc.get("vars", {}), ctx, variables or {})
     script.buffers = _load_buffers(doc.get("buffers", {}), ctx, script.variables)
     raw_steps = doc.get("step", [])
     if not isinstance(raw_steps, list) or not raw_steps:
         raise ctx.err(ScriptStructureError, "step", "a script needs at least one [[step]]")
-    loader = _StepLoader(script)
-    loader.load_list(raw_steps, file, prefix="", stack=(file.resolve(),))
+    loader = _StepLoader(script, files)
+    body = loader.load_list(raw_steps, file, prefix="", stack=(file.resolve(),), depth=0)
+    script.steps = StepList(body.nodes)
     return script
 
 
+def _check_text(text: str, ctx: _Ctx, key: str, limit: int, allow: str = "") -> None:
+    """Names and notes reach terminals and reports: bounded, and no control characters (an ANSI
+    escape in a name would drive the terminal that prints it)."""
+    if len(text) > limit:
+        raise ScriptLimitError(ctx.file, ctx.path, key, f"{len(text)} characters, more than the {limit} allowed",
+                               ctx.op, limit="name length", maximum=limit)
+    bad = next((c for c in CONTROL_CHARS.findall(text) if c not in allow), None)
+    if bad is not None:
+        raise ctx.err(ScriptTypeError, key, f"contains the control character {bad!r} "
+                                            f"at position {text.index(bad)}; names and notes must be printable")
+
+
 def _read_toml(file: Path, ctx: _Ctx) -> dict[str, Any]:
+    """The script named on the command line: a regular file of bounded size (any directory)."""
+    def fail(rule: str, message: str) -> ScriptFileError:
+        return ScriptFileError(ctx.file, ctx.path, None, message, ctx.op, rule=rule)
+
     try:
-        text = file.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ctx.err(ScriptIncludeError, None, "file not found") from None
+        exists = file.exists() or file.is_symlink()
     except OSError as e:
-        raise ctx.err(ScriptIncludeError, None, f"cannot read: {e.strerror}") from None
+        raise fail("path", f"cannot read: {e.strerror}") from None
+    if not exists:
+        raise ctx.err(ScriptIncludeError, None, "file not found")
+    return _parse_toml(_Files.read_regular(file, MAX_SCRIPT_BYTES, "script file", fail), ctx)
+
+
+def _parse_toml(raw: bytes, ctx: _Ctx) -> dict[str, Any]:
     try:
-        return tomllib.loads(text)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ctx.err(ScriptSyntaxError, None, f"not valid TOML: not UTF-8 ({e.reason} at byte {e.start})") from None
+    try:
+        doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ctx.err(ScriptSyntaxError, None, f"not valid TOML: {e}") from None
+    except RecursionError:
+        raise ScriptLimitError(ctx.file, None, None, f"arrays or tables nested more than {MAX_TOML_DEPTH} deep",
+                               limit="TOML nesting", maximum=MAX_TOML_DEPTH) from None
+    _check_depth(doc, ctx)
+    return doc
+
+
+def _check_depth(doc: dict[str, Any], ctx: _Ctx) -> None:
+    """Refuse values nested deeper than MAX_TOML_DEPTH, iteratively: nothing later recurses on
+    a document deeper than that."""
+    todo: list[tuple[object, int]] = [(doc, 0)]
+    while todo:
+        value, depth = todo.pop()
+        if depth > MAX_TOML_DEPTH:
+            raise ScriptLimitError(ctx.file, None, None, f"arrays or tables nested more than {MAX_TOML_DEPTH} deep",
+                                   limit="TOML nesting", maximum=MAX_TOML_DEPTH)
+        if isinstance(value, dict):
+            todo.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            todo.extend((v, depth + 1) for v in value)
 
 
 def _env_names(variables: Mapping[str, int]) -> dict[str, int]:
     return {**CONSTANTS, **PORTS, **variables}
+
+
+def _check_ident(name: str, ctx: _Ctx, key: str) -> None:
+    if len(name) > MAX_IDENT:
+        raise ScriptLimitError(ctx.file, ctx.path, f"{key[:key.index('.') + 1]}{name[:20]}...",
+                               f"a {len(name)}-character name, more than the {MAX_IDENT} allowed", ctx.op,
+                               limit="name length", maximum=MAX_IDENT)
 
 
 def _load_vars(table: object, ctx: _Ctx, overrides: Mapping[str, int]) -> dict[str, int]:
@@ -145,9 +308,12 @@ def _load_vars(table: object, ctx: _Ctx, overrides: Mapping[str, int]) -> dict[s
         if key not in table:
             raise ctx.err(ScriptNameError, f"vars.{key}", "overridden variable is not declared in [vars]")
     for key, value in table.items():
+        _check_ident(key, ctx, f"vars.{key}")
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key) or key in CONSTANTS:
             raise ctx.err(ScriptNameError, f"vars.{key}", "variable names are identifiers and may not shadow a constant")
         if key in overrides:
+            if not -MAX_MAGNITUDE <= overrides[key] <= MAX_MAGNITUDE:
+                raise ctx.err(ScriptRangeError, f"vars.{key}", "the override exceeds 64 bits")
             out[key] = overrides[key]
             continue
         out[key] = _static_int(value, ctx, f"vars.{key}", _env_names(out))
@@ -161,12 +327,18 @@ def _static_int(value: object, ctx: _Ctx, key: str, env: Mapping[str, int]) -> i
         try:
             expr = parse(value)
             return expr.evaluate(env)
+        except ExprLimitError as e:
+            raise _expr_limit(ctx, key, e) from None
         except ExprError as e:
             text = str(e)
             cls = (ScriptNameError if "unknown name" in text
                    else ScriptRangeError if "division by zero" in text or "shift by" in text else ScriptTypeError)
             raise ctx.err(cls, key, text) from None
     raise ctx.err(ScriptTypeError, key, f"expected an integer or an expression string, got {type(value).__name__}")
+
+
+def _expr_limit(ctx: _Ctx, key: str, e: ExprLimitError) -> ScriptLimitError:
+    return ScriptLimitError(ctx.file, ctx.path, key, str(e), ctx.op, limit="expression size")
 
 
 def _load_buffers(table: object, ctx: _Ctx, variables: dict[str, int]) -> dict[str, BufferSpec]:
@@ -176,6 +348,7 @@ def _load_buffers(table: object, ctx: _Ctx, variables: dict[str, int]) -> dict[s
     env = _env_names(variables)
     for name, spec in table.items():
         key = f"buffers.{name}"
+        _check_ident(name, ctx, key)
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) or name in env:
             raise ctx.err(ScriptNameError, key, "buffer names are identifiers and may not shadow a variable, constant or register")
         if not isinstance(spec, dict):
@@ -194,19 +367,57 @@ def _load_buffers(table: object, ctx: _Ctx, variables: dict[str, int]) -> dict[s
         if not 1 <= size <= limit:
             raise ctx.err(ScriptRangeError, f"{key}.size", f"size {size} is outside 1..{limit} for channel {channel}")
         at = _static_int(spec["at"], ctx, f"{key}.at", env) if "at" in spec else None
+        if at is not None:
+            for other in out.values():
+                if other.at is not None and other.at < at + size and at < other.at + other.size:
+                    raise ctx.err(ScriptRangeError, f"{key}.at",
+                                  f"buffer {name!r} at 0x{at:X}..0x{at + size - 1:X} overlaps buffer {other.name!r} "
+                                  f"at 0x{other.at:X}..0x{other.at + other.size - 1:X}; fixed buffers may not overlap")
         out[name] = BufferSpec(name, size, channel, at)
     return out
 
 
-class _StepLoader:
-    def __init__(self, script: Script) -> None:
-        self.script = script
-        self.env_names = set(_env_names(script.variables)) | set(script.buffers)
+@dataclass(frozen=True, eq=False)
+class _Body:
+    """A loaded list of steps: its nodes, and what one pass of it costs."""
 
-    def load_list(self, raw: list[Any], file: Path, prefix: str, stack: tuple[Path, ...],
-                  inherited: dict[str, Any] | None = None) -> None:
-        """``inherited``: tolerance keys (diff_mask, may_differ, note) of the enclosing repeat or
+    nodes: tuple[Node, ...]
+    steps: int  #: flat steps
+    moved: int  #: bytes its write, fill, read and device steps move
+    depth: int  #: repeats and includes nested inside it
+
+
+def _moved(op: Op, args: dict[str, Any]) -> int:
+    match op:
+        case Op.WRITE | Op.DEVICE:
+            return len(args.get("data", b""))
+        case Op.FILL | Op.READ:
+            return int(args["length"])
+        case _:
+            return 0
+
+
+class _StepLoader:
+    def __init__(self, script: Script, files: _Files) -> None:
+        self.script = script
+        self.files = files
+        self.env_names = set(_env_names(script.variables)) | set(script.buffers)
+        self.held = 0  #: data bytes held by the templates made so far
+        #: a fragment included again (with the same inherited tolerances) is the same body:
+        #: loaded and checked once, so fan-out costs nothing until the step limit refuses it
+        self.fragments: dict[tuple[Path, str], _Body] = {}
+
+    def limit(self, ctx: _Ctx, key: str | None, message: str, limit: str, maximum: int) -> ScriptLimitError:
+        return ScriptLimitError(ctx.file, ctx.path, key, message, ctx.op, limit=limit, maximum=maximum)
+
+    def load_list(self, raw: list[Any], file: Path, prefix: str, stack: tuple[Path, ...], depth: int,
+                  inherited: dict[str, Any] | None = None) -> _Body:
+        """Load one list of steps into nodes (repeats and includes stay one node each).
+        ``prefix`` labels errors with the path of the first place the list runs at;
+        ``inherited``: tolerance keys (diff_mask, may_differ, note) of the enclosing repeat or
         include, which apply to every step inside unless the step sets its own."""
+        nodes: list[Node] = []
+        steps = moved = inner_depth = 0
         for i, table in enumerate(raw, start=1):
             path = f"{prefix}{i}"
             ctx = _Ctx(file, path)
@@ -238,40 +449,92 @@ class _StepLoader:
                     self.boolean(passed_on["may_differ"], ctx, "may_differ")
                 if "diff_mask" in passed_on:
                     self.static(passed_on["diff_mask"], ctx, "diff_mask", 0, 0xFFFF)
+                if "note" in passed_on:
+                    self.text(passed_on["note"], ctx, "note", MAX_TEXT)
+                if depth >= MAX_NESTING:
+                    raise self.limit(ctx, "steps" if op is Op.REPEAT else "file",
+                                     f"repeats and includes nested more than {MAX_NESTING} deep",
+                                     "nesting", MAX_NESTING)
+            node: Node
+            limit_key: str | None
             if op is Op.REPEAT:
                 count = self.static(table["count"], ctx, "count", 0, MAX_REPEAT)
                 inner = table["steps"]
                 if not isinstance(inner, list) or not inner:
                     raise ctx.err(ScriptTypeError, "steps", "expected a non-empty list of step tables")
-                for n in range(1, count + 1):
-                    self.load_list(inner, file, f"{path}[{n}].", stack, passed_on)
-                continue
-            if op is Op.INCLUDE:
+                body = self.load_list(inner, file, f"{path}[1].", stack, depth + 1, passed_on)
+                node = StepGroup(str(i), count, body.nodes, body.steps)
+                node_steps, node_moved, node_depth = count * body.steps, count * body.moved, body.depth + 1
+                limit_key = "count"
+            elif op is Op.INCLUDE:
                 target = table["file"]
                 if not isinstance(target, str):
                     raise ctx.err(ScriptTypeError, "file", "expected a path string")
-                inc = (file.parent / target).resolve()
-                if inc in stack:
-                    raise ctx.err(ScriptIncludeError, "file", f"{target!r} includes itself (cycle)")
-                if not inc.is_file():
-                    raise ctx.err(ScriptIncludeError, "file", f"{target!r}: included file not found "
-                                                              f"(expected a fragment at {inc})")
-                doc = _read_toml(inc, _Ctx(inc))
-                if set(doc) - {"step"} or not isinstance(doc.get("step"), list):
-                    raise ctx.err(ScriptIncludeError, "file", f"{target!r}: a fragment holds only [[step]] tables")
-                self.load_list(doc["step"], inc, f"{path}:{Path(target).name}/", (*stack, inc), passed_on)
-                continue
-            args = self.load_args(op, table, ctx, file)
-            tol = Tolerance(
-                diff_mask=self.static(table["diff_mask"], ctx, "diff_mask", 0, 0xFFFF) if "diff_mask" in table else None,
-                may_differ=self.boolean(table.get("may_differ", False), ctx, "may_differ"),
-                note=str(table.get("note", "")),
-            )
-            name = table.get("name", "")
-            if not isinstance(name, str):
-                raise ctx.err(ScriptTypeError, "name", "expected a string")
-            steps = self.script.steps
-            steps.append(Step(len(steps), path, op, args, tol, str(file), name))
+                body = self.include(target, ctx, file, path, stack, depth, passed_on)
+                node = StepGroup(f"{i}:{Path(target).name}/", None, body.nodes, body.steps)
+                node_steps, node_moved, node_depth = body.steps, body.moved, body.depth + 1
+                limit_key = "file"
+            else:
+                args = self.load_args(op, table, ctx, file)
+                tol = Tolerance(
+                    diff_mask=self.static(table["diff_mask"], ctx, "diff_mask", 0, 0xFFFF) if "diff_mask" in table else None,
+                    may_differ=self.boolean(table.get("may_differ", False), ctx, "may_differ"),
+                    note=self.text(table.get("note", ""), ctx, "note", MAX_TEXT),
+                )
+                name = self.text(table.get("name", ""), ctx, "name", MAX_NAME)
+                node = Step(-1, str(i), op, args, tol, str(file), name)
+                node_steps, node_moved, node_depth, limit_key = 1, _moved(op, args), 0, None
+            steps += node_steps
+            moved += node_moved
+            inner_depth = max(inner_depth, node_depth)
+            if steps > MAX_STEPS:
+                raise self.limit(ctx, limit_key, f"the script expands to more than {MAX_STEPS:,} steps "
+                                           f"({steps:,} so far)", "expanded steps", MAX_STEPS)
+            if moved > MAX_MOVED_BYTES:
+                raise self.limit(ctx, limit_key, f"the expanded steps move more than {MAX_MOVED_BYTES:,} bytes "
+                                           f"({moved:,} so far)", "moved bytes", MAX_MOVED_BYTES)
+            nodes.append(node)
+        return _Body(tuple(nodes), steps, moved, inner_depth)
+
+    def include(self, target: str, ctx: _Ctx, file: Path, path: str, stack: tuple[Path, ...], depth: int,
+                passed_on: dict[str, Any]) -> _Body:
+        if CONTROL_CHARS.search(target):  # NUL included; the name becomes part of path labels
+            what = "cannot contain a NUL byte" if "\0" in target else "may not contain control characters"
+            raise ScriptFileError(ctx.file, ctx.path, "file", f"{target!r}: a file name in a script {what}",
+                                  ctx.op, rule="path")
+        try:
+            inc = (file.parent / target).resolve()
+        except (OSError, RuntimeError):
+            inc = file.parent / target  # a loop: _Files.read below says so
+        if inc in stack:
+            raise ctx.err(ScriptIncludeError, "file", f"{target!r} includes itself (cycle)")
+        cache_key = (inc, repr(sorted(passed_on.items())))
+        cached = self.fragments.get(cache_key)
+        if cached is not None:
+            if depth + 1 + cached.depth > MAX_NESTING:
+                raise self.limit(ctx, "file", f"repeats and includes nested more than {MAX_NESTING} deep",
+                                 "nesting", MAX_NESTING)
+            return cached
+        inc, raw = self.files.read(ctx, "file", target, file.parent, MAX_SCRIPT_BYTES, "fragment")
+        doc = _parse_toml(raw, _Ctx(inc))
+        if set(doc) - {"step"} or not isinstance(doc.get("step"), list):
+            raise ctx.err(ScriptIncludeError, "file", f"{target!r}: a fragment holds only [[step]] tables")
+        body = self.load_list(doc["step"], inc, f"{path}:{Path(target).name}/", (*stack, inc), depth + 1, passed_on)
+        self.fragments[cache_key] = body
+        return body
+
+    def text(self, value: object, ctx: _Ctx, key: str, limit: int) -> str:
+        if not isinstance(value, str):
+            raise ctx.err(ScriptTypeError, key, "expected a string")
+        _check_text(value, ctx, key, limit)
+        return value
+
+    def hold(self, data: bytes, ctx: _Ctx, key: str) -> bytes:
+        self.held += len(data)
+        if self.held > MAX_HELD_BYTES:
+            raise self.limit(ctx, key, f"the script's data comes to more than {MAX_HELD_BYTES:,} bytes "
+                                       f"({self.held:,} so far)", "held bytes", MAX_HELD_BYTES)
+        return data
 
     # --- value kinds ----------------------------------------------------------------------
     def static(self, value: object, ctx: _Ctx, key: str, lo: int, hi: int) -> int:
@@ -304,6 +567,8 @@ class _StepLoader:
             return PORTS[value.strip()]
         try:
             expr = parse(value)
+        except ExprLimitError as e:
+            raise _expr_limit(ctx, key, e) from None
         except ExprError as e:
             raise ctx.err(ScriptTypeError, key, str(e)) from None
         missing = expr.names - self.env_names
@@ -314,6 +579,8 @@ class _StepLoader:
             return expr
         try:
             v = expr.evaluate(_env_names(self.script.variables))
+        except ExprLimitError as e:
+            raise _expr_limit(ctx, key, e) from None
         except ExprError as e:
             raise ctx.err(ScriptRangeError, key, str(e)) from None
         if not lo <= v <= hi:
@@ -345,10 +612,7 @@ class _StepLoader:
             name = table["file"]
             if not isinstance(name, str):
                 raise ctx.err(ScriptTypeError, "file", "expected a path string")
-            try:
-                data = (file.parent / name).read_bytes()
-            except OSError as e:
-                raise ctx.err(ScriptIncludeError, "file", f"cannot read {name!r}: {e.strerror}") from None
+            _, data = self.files.read(ctx, "file", name, file.parent, MAX_DATA, "data file")
         else:
             pattern = self.hexbytes(table["pattern"], ctx, "pattern")
             if not pattern:
@@ -360,7 +624,7 @@ class _StepLoader:
             raise ctx.err(ScriptRangeError, "length", f"length {length} does not match the {len(data)} data bytes")
         if len(data) > MAX_DATA:
             raise ctx.err(ScriptRangeError, kind, f"{len(data)} bytes is more than {MAX_DATA}")
-        return data
+        return self.hold(data, ctx, kind)
 
     def address(self, table: dict[str, Any], ctx: _Ctx, args: dict[str, Any], need_length: bool) -> None:
         if ("addr" in table) == ("buffer" in table):
@@ -425,7 +689,7 @@ class _StepLoader:
                 self.within_buffer(ctx, t, a["length"], next(k for k in ("hex", "pattern", "text", "file") if k in t))
         if op is Op.READ:
             if "expect_hex" in t:
-                a["expect_hex"] = self.hexbytes(t["expect_hex"], ctx, "expect_hex")
+                a["expect_hex"] = self.hold(self.hexbytes(t["expect_hex"], ctx, "expect_hex"), ctx, "expect_hex")
                 if len(a["expect_hex"]) != a["length"]:
                     raise ctx.err(ScriptRangeError, "expect_hex", f"{len(a['expect_hex'])} bytes expected but length is {a['length']}")
             if "expect_digest" in t:
@@ -521,6 +785,8 @@ def bind(step: Step, buffers: Mapping[str, int], script: Script) -> dict[str, An
         if isinstance(value, Expr):
             try:
                 v = value.evaluate(env)
+            except ExprLimitError as e:
+                raise _expr_limit(ctx, key, e) from None
             except ExprError as e:
                 cls = ScriptNameError if "unknown name" in str(e) else ScriptRangeError
                 raise ctx.err(cls, key, str(e)) from None
@@ -531,3 +797,30 @@ def bind(step: Step, buffers: Mapping[str, int], script: Script) -> dict[str, An
     return out
 
 
+
+
+def bind_all(script: Script, buffers: Mapping[str, int]) -> list[dict[str, Any]]:
+    """:func:`bind` for every step of ``script``, in order. Every pass of a repeat has the same
+    arguments, so a repeat's body is bound once (errors name its first pass, as a flat bind
+    would find them) and its dicts are shared by all passes, which must not mutate them: a
+    million-step repeat binds one step, not a million."""
+    steps = script.steps
+    if not isinstance(steps, StepList):
+        return [bind(step, buffers, script) for step in steps]
+    done: dict[int, dict[str, Any]] = {}  # id(template.args) -> bound; shared fragments too
+
+    def walk(nodes: tuple[Node, ...], prefix: str) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for node in nodes:
+            if isinstance(node, Step):
+                args = done.get(id(node.args))
+                if args is None:
+                    args = done[id(node.args)] = bind(node.placed(-1, prefix + node.path), buffers, script)
+                out.append(args)
+            elif node.count is None:
+                out += walk(node.body, prefix + node.label)
+            elif node.count:
+                out += walk(node.body, f"{prefix}{node.label}[1].") * node.count
+        return out
+
+    return walk(steps.nodes, "")

@@ -5,20 +5,38 @@ TOML structure, keys, types and every value that does not depend on where buffer
 binding (after the DMA zone has placed the named buffers, which needs no I/O) evaluates the
 remaining expressions and checks their ranges. Every error names the file, the step, the key
 and what was expected.
+
+A loaded script keeps a repeat as one node (:class:`StepList`): its body is validated once and
+the flat steps, with their indices and path labels, are made as they are iterated, so a
+million-step repeat costs what one step costs at load.
 """
 
 from __future__ import annotations
 
 import enum
+import itertools
+import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from hil.errors import HilError
 
+#: C0 and C1 control characters and DEL: a terminal acts on them (ANSI escapes start with ESC),
+#: plus the Unicode bidi embeddings, overrides and isolates, which reorder what is shown
+CONTROL_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with every control character written as a Python escape (``\\x1b``), so that a
+    message quoting a hostile name or path cannot drive the terminal it is printed on."""
+    return CONTROL_CHARS.sub(lambda m: repr(m.group())[1:-1], text)
+
 
 class ScriptError(HilError):
-    """A transfer script is wrong. ``file``, ``step`` (path label), ``key`` say where."""
+    """A transfer script is wrong. ``file``, ``step`` (path label), ``key`` say where. The
+    message has its control characters escaped: it quotes names and paths from the script."""
 
     def __init__(self, file: str | Path, step: str | None, key: str | None, message: str, op: str | None = None):
         where = str(file)
@@ -26,7 +44,7 @@ class ScriptError(HilError):
             where += f": step {step}" + (f" ({op})" if op else "")
         if key is not None:
             where += f": key {key!r}"
-        super().__init__(f"{where}: {message}")
+        super().__init__(escape_controls(f"{where}: {message}"))
         self.file, self.step, self.key, self.detail = str(file), step, key, message
 
 
@@ -52,6 +70,26 @@ class ScriptNameError(ScriptError):
 
 class ScriptIncludeError(ScriptError):
     """An included fragment is missing or includes itself."""
+
+
+class ScriptFileError(ScriptIncludeError):
+    """A data or include file breaks a file rule: outside the allowed directories, not a regular
+    file, too big, or a path that cannot name a file (NUL byte, symlink loop). ``rule`` says which."""
+
+    def __init__(self, file: str | Path, step: str | None, key: str | None, message: str, op: str | None = None,
+                 *, rule: str = ""):
+        super().__init__(file, step, key, message, op)
+        self.rule = rule
+
+
+class ScriptLimitError(ScriptRangeError):
+    """The script is over one of the loader's size limits (expanded steps, bytes, nesting,
+    expression or name size). ``limit`` names the limit, ``maximum`` is its value."""
+
+    def __init__(self, file: str | Path, step: str | None, key: str | None, message: str, op: str | None = None,
+                 *, limit: str = "", maximum: int = 0):
+        super().__init__(file, step, key, message, op)
+        self.limit, self.maximum = limit, maximum
 
 
 class ScriptCapabilityError(ScriptError):
@@ -94,7 +132,8 @@ class Tolerance:
 
 @dataclass(frozen=True)
 class Step:
-    """One flat step (repeats and includes are expanded at load)."""
+    """One flat step. The loader keeps one template per written step (path relative to its
+    repeat or include body); :class:`StepList` places a copy at each position it runs at."""
 
     index: int  #: position in the flat list, 0-based
     path: str  #: stable label for reports and alignment: "3", "5[2].1", "4:reset.toml/2"
@@ -106,6 +145,126 @@ class Step:
 
     def describe(self) -> str:
         return f"step {self.path} ({self.op.value}{': ' + self.name if self.name else ''})"
+
+    def placed(self, index: int, path: str) -> Step:
+        """This template at flat position ``index`` with label ``path``. Shares ``args`` and
+        ``tolerance`` (nothing mutates them); skips the frozen ``__init__``, which costs twice as
+        much, because a million-step repeat makes a million of these per pass."""
+        step = object.__new__(Step)
+        fields = step.__dict__
+        fields.update(self.__dict__)
+        fields["index"], fields["path"] = index, path
+        return step
+
+
+@dataclass(frozen=True, eq=False)
+class StepGroup:
+    """A repeat (``count`` times its body) or an include (``count`` None: its body once) as one
+    node. ``label`` is the group's own label in its body: ``"3"`` for a repeat, whose iterations
+    are labelled ``3[1].``, ``3[2].``; ``"3:frag.toml/"`` for an include."""
+
+    label: str
+    count: int | None
+    body: tuple[Step | StepGroup, ...]
+    body_len: int  #: flat steps in one pass of the body
+
+    @property
+    def size(self) -> int:
+        return self.body_len * (1 if self.count is None else self.count)
+
+
+Node = Step | StepGroup
+
+
+def _walk(nodes: Sequence[Node], prefix: str, index: int) -> Iterator[Step]:
+    for node in nodes:
+        if type(node) is Step:
+            yield node.placed(index, prefix + node.path)
+            index += 1
+            continue
+        assert isinstance(node, StepGroup)
+        if node.count is None:
+            yield from _walk(node.body, prefix + node.label, index)
+        else:
+            for n in range(1, node.count + 1):
+                yield from _walk(node.body, f"{prefix}{node.label}[{n}].", index + (n - 1) * node.body_len)
+        index += node.size
+
+
+class StepList(Sequence[Step]):
+    """The flat steps of a script, made on demand from the loaded tree: iteration, ``len`` and
+    indexing behave as for the list of every expanded step, in memory that grows with the
+    script's text, not with its repeat counts."""
+
+    def __init__(self, nodes: Sequence[Node] = ()) -> None:
+        self.nodes: tuple[Node, ...] = tuple(nodes)
+        self._len = sum(n.size if isinstance(n, StepGroup) else 1 for n in self.nodes)
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __iter__(self) -> Iterator[Step]:
+        return _walk(self.nodes, "", 0)
+
+    @overload
+    def __getitem__(self, i: int) -> Step: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[Step]: ...
+    def __getitem__(self, i: int | slice) -> Step | list[Step]:
+        if isinstance(i, slice):
+            start, stop, stride = i.indices(self._len)
+            if stride == 1:
+                return list(itertools.islice(self, start, stop))
+            return [self[k] for k in range(start, stop, stride)]
+        if i < 0:
+            i += self._len
+        if not 0 <= i < self._len:
+            raise IndexError("step index out of range")
+        nodes, prefix, left = self.nodes, "", i
+        while True:
+            for node in nodes:
+                if type(node) is Step:
+                    if left == 0:
+                        return node.placed(i, prefix + node.path)
+                    left -= 1
+                    continue
+                assert isinstance(node, StepGroup)
+                if left >= node.size:
+                    left -= node.size
+                    continue
+                if node.count is None:
+                    prefix += node.label
+                else:
+                    n, left = divmod(left, node.body_len)
+                    prefix = f"{prefix}{node.label}[{n + 1}]."
+                nodes = node.body
+                break
+
+    def templates(self) -> Iterator[Step]:
+        """Each written step once (a repeated body's steps are not repeated), for checks whose
+        answer cannot differ between iterations."""
+        stack = [iter(self.nodes)]
+        seen: set[int] = set()
+        while stack:
+            for node in stack[-1]:
+                if type(node) is Step:
+                    yield node
+                elif id(node.body) not in seen:  # type: ignore[union-attr]
+                    seen.add(id(node.body))  # type: ignore[union-attr]
+                    stack.append(iter(node.body))  # type: ignore[union-attr]
+                    break
+            else:
+                stack.pop()
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (StepList, list, tuple)):
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other))
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"StepList({self._len} steps, {len(self.nodes)} top-level nodes)"
 
 
 @dataclass(frozen=True)
@@ -124,4 +283,4 @@ class Script:
     requires: tuple[str, ...] = ()
     variables: dict[str, int] = field(default_factory=dict)
     buffers: dict[str, BufferSpec] = field(default_factory=dict)
-    steps: list[Step] = field(default_factory=list)
+    steps: Sequence[Step] = field(default_factory=list)  #: a :class:`StepList` once loaded
