@@ -122,7 +122,7 @@ class DiffReport:
     scripts: list[str] = field(default_factory=list)
     divergences: list[Divergence] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)  #: "SCRIPT on BACKEND: needs fdc": not compared
+    skipped: list[str] = field(default_factory=list)  #: "SCRIPT on BACKEND, ...: needs fdc": not compared
     compared: int = 0  #: observations compared
 
     @property
@@ -159,7 +159,7 @@ class DiffReport:
         by_script: dict[str, list[Divergence]] = {s: [] for s in self.scripts}
         for d in self.divergences:
             by_script.setdefault(d.script, []).append(d)
-        skipped = {s.partition(" on ")[0]: s for s in self.skipped}
+        skipped = {script: s for script in by_script for s in self.skipped if s.startswith(f"{script} on ")}
         for script, divs in by_script.items():
             counted = [d for d in divs if d.tolerated is None]
             suite = ET.SubElement(suites, "testsuite", name=script, tests=str(max(1, len(divs))),
@@ -295,9 +295,12 @@ def compare(results: list[RunResult], deviations: list[Deviation] | None = None,
     script = results[0].script
     if script not in report.scripts:
         report.scripts.append(script)
-    skips = [f"{script} on {label}: {r.error or 'skipped'}" for r, label in zip(results, labels) if r.status == "skipped"]
-    if skips:  # not applicable on some backend: nothing to compare
-        report.skipped += skips
+    why = {label: r.error or "skipped" for r, label in zip(results, labels) if r.status == "skipped"}
+    if why:  # not applicable on some backend: nothing to compare
+        if len(set(why.values())) == 1:
+            report.skipped.append(f"{script} on {', '.join(why)}: {next(iter(why.values()))}")
+        else:
+            report.skipped.append(f"{script} on {', '.join(f'{label} ({e})' for label, e in why.items())}")
         return report
     for r, label in zip(results, labels):
         if r.status in ("error", "interrupted") and r.error:

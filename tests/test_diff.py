@@ -492,6 +492,11 @@ def test_a_script_skipped_on_a_backend_is_not_compared() -> None:
     assert report.to_json()["skipped"] == ["fdc on sim: needs fdc"]
     suite = ET.fromstring(report.to_junit()).find("testsuite")
     assert suite.get("skipped") == "1" and suite.find("testcase/skipped").get("message") == "fdc on sim: needs fdc"
+    # one line per script, however many backends skipped it
+    both = compare([skipped, RunResult("fdc", "fdc.toml", QEMU, status="skipped", error="needs fdc")])
+    assert both.skipped == [f"fdc on sim, {QEMU}: needs fdc"]
+    odd = compare([skipped, RunResult("fdc", "fdc.toml", "qemu:", status="skipped", error="needs fdc, sb16")])
+    assert odd.skipped == ["fdc on sim (needs fdc), qemu: (needs fdc, sb16)"]
 
 
 def test_an_interrupted_run_is_an_error_naming_where() -> None:

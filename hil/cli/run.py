@@ -149,10 +149,8 @@ async def cmd_run(args: argparse.Namespace) -> int:
                     progress.phase(f"checking {k + 1}/{total}: {script.name} on {checker.url}")
                     needs.append(missing_capabilities(script, checker))
                     plans.append(None if needs[-1] else prepare(script, checker))
-        progress.clear()
-    except (asyncio.CancelledError, KeyboardInterrupt):
-        progress.clear()
-        raise
+    finally:
+        progress.clear()  # before the error, or the results, is printed
     worst = 0
     results: list[RunResult] = []
     summaries = []
@@ -197,6 +195,8 @@ async def cmd_run(args: argparse.Namespace) -> int:
                                      error=f"interrupted {where}"))
             Path(args.junit).write_text(junit(results), encoding="utf-8")
         raise
+    finally:
+        progress.clear()
     if args.junit:
         Path(args.junit).write_text(junit(results), encoding="utf-8")
     if args.json:
