@@ -98,12 +98,22 @@ class Divergence:
     step: str
     op: str
     what: str  #: what was observed, e.g. "in 0x08 (DMA1 status)"
-    values: dict[str, str]  #: backend -> shown value
+    values: dict[str, str]  #: backend -> value, digests in full
     meaning: str
     tolerated: str | None = None  #: why it does not count (known deviation / may_differ)
+    name: str = ""  #: the step's name, as ``hil run`` shows it
+
+    @property
+    def label(self) -> str:
+        return f"step {self.step}" + (f" ({self.name})" if self.name else "")
 
     def to_json(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if v is not None}
+        return {k: v for k, v in self.__dict__.items() if v is not None and not (k == "name" and v == "")}
+
+
+def _short(value: str) -> str:
+    """Digests cut for a line of text (``sha256:`` and 12 hex digits); JSON and JUnit keep them whole."""
+    return value[:19] + "…" if value.startswith("sha256:") and len(value) > 19 else value
 
 
 @dataclass
@@ -112,6 +122,7 @@ class DiffReport:
     scripts: list[str] = field(default_factory=list)
     divergences: list[Divergence] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  #: "SCRIPT on BACKEND, ...: needs fdc": not compared
     compared: int = 0  #: observations compared
 
     @property
@@ -126,19 +137,21 @@ class DiffReport:
         lines = []
         for d in self.divergences:
             tag = f"  (tolerated: {d.tolerated})" if d.tolerated else ""
-            vals = ", ".join(f"{b}={v}" for b, v in d.values.items())
-            lines.append(f"{d.script}: step {d.step} {d.what}: {vals}\n    {d.meaning}{tag}")
+            vals = ", ".join(f"{b}={_short(v)}" for b, v in d.values.items())
+            lines.append(f"{d.script}: {d.label} {d.what}: {vals}\n    {d.meaning}{tag}")
+        lines += [f"skipped: {s}" for s in self.skipped]
         lines += [f"error: {e}" for e in self.errors]
         counted, tolerated = len(self.counted), len(self.divergences) - len(self.counted)
         verdict = "ERROR" if self.errors else "DIVERGED" if counted else "EQUAL"
         lines.append(f"{verdict}: {len(self.scripts)} script(s) on {len(self.backends)} backends "
                      f"({', '.join(self.backends)}), {self.compared} observations compared, "
-                     f"{counted} divergence(s), {tolerated} tolerated")
+                     f"{counted} divergence(s), {tolerated} tolerated"
+                     + (f", {len(self.skipped)} skipped" if self.skipped else ""))
         return "\n".join(lines)
 
     def to_json(self) -> dict[str, Any]:
         return {"backends": self.backends, "scripts": self.scripts, "compared": self.compared,
-                "exit_code": self.exit_code, "errors": self.errors,
+                "exit_code": self.exit_code, "errors": self.errors, "skipped": self.skipped,
                 "divergences": [d.to_json() for d in self.divergences]}
 
     def to_junit(self) -> str:
@@ -146,16 +159,21 @@ class DiffReport:
         by_script: dict[str, list[Divergence]] = {s: [] for s in self.scripts}
         for d in self.divergences:
             by_script.setdefault(d.script, []).append(d)
+        skipped = {script: s for script in by_script for s in self.skipped if s.startswith(f"{script} on ")}
         for script, divs in by_script.items():
             counted = [d for d in divs if d.tolerated is None]
             suite = ET.SubElement(suites, "testsuite", name=script, tests=str(max(1, len(divs))),
                                   failures=str(len(counted)), errors="0")
             ET.SubElement(ET.SubElement(suite, "properties"), "property", name="backends",
                           value=" ".join(self.backends))
-            if not divs:
+            if script in skipped and not divs:
+                suite.set("skipped", "1")
+                ET.SubElement(ET.SubElement(suite, "testcase", classname=script, name="not compared"), "skipped",
+                              message=skipped[script])
+            elif not divs:
                 ET.SubElement(suite, "testcase", classname=script, name="all steps equal")
             for d in divs:
-                case = ET.SubElement(suite, "testcase", classname=script, name=f"step {d.step} {d.what}")
+                case = ET.SubElement(suite, "testcase", classname=script, name=f"{d.label} {d.what}")
                 text = f"{', '.join(f'{b}={v}' for b, v in d.values.items())}: {d.meaning}"
                 if d.tolerated:
                     ET.SubElement(case, "skipped", message=f"tolerated: {d.tolerated}")
@@ -189,7 +207,7 @@ def _show(o: Observation | None) -> str:
     if o.error:
         return f"error: {o.error}"
     if o.op == "read" or (o.op == "device" and o.digest):
-        return o.digest[:19] + "…" if o.digest else "?"
+        return o.digest or "?"
     if o.op == "wait_tc":
         return f"tc={'yes' if o.tc else 'no'} residue={o.value}"
     if o.value is None:
@@ -277,10 +295,17 @@ def compare(results: list[RunResult], deviations: list[Deviation] | None = None,
     script = results[0].script
     if script not in report.scripts:
         report.scripts.append(script)
+    why = {label: r.error or "skipped" for r, label in zip(results, labels) if r.status == "skipped"}
+    if why:  # not applicable on some backend: nothing to compare
+        if len(set(why.values())) == 1:
+            report.skipped.append(f"{script} on {', '.join(why)}: {next(iter(why.values()))}")
+        else:
+            report.skipped.append(f"{script} on {', '.join(f'{label} ({e})' for label, e in why.items())}")
+        return report
     for r, label in zip(results, labels):
-        if r.status == "error" and r.error:
+        if r.status in ("error", "interrupted") and r.error:
             report.errors.append(f"{script} on {label}: {r.error}")
-        elif r.status == "running":
+        elif r.status in ("running", "interrupted"):
             report.errors.append(f"{script} on {label}: journal ends before the run did (interrupted)")
     ref, ref_label = results[0], labels[0]
     ref_map = {(o.step, o.op): o for o in ref.observations}
@@ -293,11 +318,11 @@ def compare(results: list[RunResult], deviations: list[Deviation] | None = None,
             assert o is not None
             report.compared += 1
             if a is None or b is None:
-                if ref.status in ("error", "running") or other.status in ("error", "running"):
+                if {ref.status, other.status} & {"error", "interrupted", "running"}:
                     continue  # one run stopped early: reported as an error already
                 report.divergences.append(Divergence(script, o.step, o.op, _what(o),
                                                      {ref_label: _show(a), label: _show(b)},
-                                                     f"observed on {ref_label if a else label} only"))
+                                                     f"observed on {ref_label if a else label} only", name=o.name))
                 continue
             mask = o.diff_mask if o.diff_mask is not None else 0xFFFF
             dev = next((d for d in deviations or [] if d.matches(script, o, ref.tags, other.tags)), None)
@@ -312,7 +337,7 @@ def compare(results: list[RunResult], deviations: list[Deviation] | None = None,
                 tolerated = f"known deviation {dev.name}: {dev.reason}" + (f" [{dev.reference}]" if dev.reference else "")
             report.divergences.append(Divergence(script, o.step, o.op, _what(o),
                                                  {ref_label: _show(a), label: _show(b)},
-                                                 _meaning(o, a, b, ref_label, label, mask), tolerated))
+                                                 _meaning(o, a, b, ref_label, label, mask), tolerated, o.name))
     return report
 
 

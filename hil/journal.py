@@ -8,13 +8,23 @@ whether it just wrote them or they were saved from a bench weeks ago.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import os
+import xml.etree.ElementTree as ET
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 JOURNAL_VERSION = 1
+SHOWN_BYTES = 32  #: hex bytes of data shown in a one-line description
+
+
+def clip(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, with an ellipsis when something was cut."""
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 @dataclass
@@ -55,6 +65,36 @@ class Observation:
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in d.items() if k in known})
 
+    @property
+    def label(self) -> str:
+        """How reports name the step: ``step 7 (its name)``, the same in ``hil run`` and ``hil diff``."""
+        return f"step {self.step}" + (f" ({self.name})" if self.name else "")
+
+    def describe(self) -> str:
+        """One line: what the step saw and, when it did not hold, what was expected."""
+        if self.error:
+            return f"error: {self.error}"
+        match self.op:
+            case "in":
+                shown = f"read 0x{self.value:02X}" if self.value is not None else "no value"
+                if self.expect is not None:
+                    shown += f", expected 0x{self.expect:02X}" + (
+                        f" under mask 0x{self.mask:02X}" if self.mask not in (None, 0xFF, 0xFFFF) else "")
+                return f"in 0x{self.port:02X}: {shown}"
+            case "read":
+                head = clip(self.data or "", 2 * SHOWN_BYTES)
+                text = f"read 0x{self.addr:X}+{self.length}: " + (f"{head} " if head else "") + f"{self.digest}"
+                return text + (f", expected {clip(str(self.expect), 2 * SHOWN_BYTES)}" if self.ok is False else "")
+            case "wait_tc":
+                return f"wait_tc ch{self.channel}: tc={'yes' if self.tc else 'no'} residue {self.value} of {self.length}"
+            case "residue":
+                return f"residue ch{self.channel}: {self.value}" + (
+                    f", expected {self.expect}" if self.expect is not None else "")
+            case "device":
+                return f"device ch{self.channel}: {self.length} bytes moved, {'TC seen' if self.tc else 'no TC'}" + (
+                    f", digest {self.digest}" if self.digest else "")
+        return self.op
+
 
 @dataclass
 class RunResult:
@@ -64,14 +104,17 @@ class RunResult:
     identity: str = ""
     capabilities: dict[str, Any] = field(default_factory=dict)
     observations: list[Observation] = field(default_factory=list)
-    status: str = "running"  #: passed | failed | error | running (journal cut short)
+    #: passed | failed | error | interrupted (Ctrl-C, cancelled) | skipped (backend lacks a
+    #: required capability; ``error`` says which) | running (journal cut short: killed)
+    status: str = "running"
     error: str | None = None
     elapsed: float = 0.0
     steps_total: int = 0
 
     @property
     def failures(self) -> list[Observation]:
-        return [o for o in self.observations if o.ok is False]
+        """Failed expectations; a step that could not run is the run's error, not one of these."""
+        return [o for o in self.observations if o.ok is False and not o.error]
 
     @property
     def tags(self) -> set[str]:
@@ -129,6 +172,48 @@ class Journal:
         if self._fh is not None:
             self._fh.close()
             self._fh = None
+
+
+def journal_names(files: Sequence[str | Path]) -> list[str]:
+    """Journal file names for scripts run together: the script file's stem (``floppy-read.jsonl``),
+    so a name does not depend on which other scripts a glob matched or in what order. Stems
+    that collide get a short hash of the resolved path, which is order-independent too."""
+    stems = ["".join(c if c.isalnum() or c in "-_." else "_" for c in Path(f).stem) for f in files]
+    seen = Counter(stems)
+    names = []
+    for file, stem in zip(files, stems):
+        if seen[stem] > 1:
+            stem += "-" + hashlib.sha256(str(Path(file).resolve()).encode()).hexdigest()[:8]
+        names.append(f"{stem}.jsonl")
+    return names
+
+
+def junit(results: Sequence[RunResult], name: str = "hil run") -> str:
+    """A JUnit XML report of runs: one test case per script, in the style of ``hil diff --junit``.
+    Failed expectations are a failure, a run that stopped (error, interrupted) an error, a skipped
+    script a skipped case; each message is the line ``hil run`` prints."""
+    suites = ET.Element("testsuites", name=name)
+    by_backend: dict[str, list[RunResult]] = {}
+    for r in results:
+        by_backend.setdefault(r.backend, []).append(r)
+    for backend, runs in by_backend.items():
+        count = Counter(r.status for r in runs)
+        suite = ET.SubElement(suites, "testsuite", name=f"{name} on {backend}", tests=str(len(runs)),
+                              failures=str(count["failed"]), errors=str(count["error"] + count["interrupted"]),
+                              skipped=str(count["skipped"]), time=f"{sum(r.elapsed for r in runs):.6f}")
+        ET.SubElement(ET.SubElement(suite, "properties"), "property", name="backend", value=backend)
+        for r in runs:
+            case = ET.SubElement(suite, "testcase", classname=Path(r.file).stem or r.script, name=r.script,
+                                 file=r.file, time=f"{r.elapsed:.6f}")
+            fails = [f"FAIL {o.label}: {o.describe()}" for o in r.failures]
+            match r.status:
+                case "skipped":
+                    ET.SubElement(case, "skipped", message=r.error or "skipped")
+                case "failed":
+                    ET.SubElement(case, "failure", message=f"{len(fails)} failed expectation(s)").text = "\n".join(fails)
+                case "error" | "interrupted" | "running":
+                    ET.SubElement(case, "error", message=r.error or r.status).text = "\n".join(fails) or None
+    return ET.tostring(suites, encoding="unicode")
 
 
 class JournalError(ValueError):

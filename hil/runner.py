@@ -7,6 +7,7 @@ run, in order, each observation going to the journal the moment it exists.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from typing import Any
 import structlog
 
 from hil.backends.base import Backend, Capability
+from hil.backends.ops import DevAttach, DevDreq, DeviceState, DevState, PowerReset
 from hil.buffers import DmaZone
 from hil.dma import DmaSnapshot, IsaDma
 from hil.errors import HilError
@@ -23,12 +25,14 @@ from hil.journal import Journal, Observation, RunResult
 from hil.rules import check_buffer
 from hil.script.loader import bind_all, digest
 from hil.script.model import OP_CAPABILITY, Op, Script, ScriptCapabilityError, ScriptError, ScriptRangeError, Step
-from hil.backends.ops import DevAttach, DevDreq, DeviceState, DevState, PowerReset
 
 log = structlog.get_logger("hil.runner")
 
 ZONE_START = 0x10000  #: leave the low 64 KiB (IVT, BDA, boot code on a real target) alone
 RECORD_LIMIT = 4096  #: reads longer than this are recorded as a digest unless asked otherwise
+#: Longest stretch of steps between yields to the event loop. On the simulator no await ever
+#: suspends, so without a yield a Ctrl-C (asyncio cancels the main task) would wait for the end.
+YIELD_EVERY_S = 0.01
 
 Progress = Callable[[int, int, Step], None]
 
@@ -42,15 +46,25 @@ class _State:
     requested: set[int] = field(default_factory=set)
 
 
-def check_capabilities(script: Script, backend: Backend) -> None:
-    have = {c.value for c in backend.capabilities.features}
+def missing_capabilities(script: Script, backend: Backend) -> list[str]:
+    """The capabilities in the script's ``requires`` that the backend lacks: the script is not
+    applicable there (``hil run`` skips it). An unknown capability name is an error."""
+    known = {c.value for c in Capability}
     for need in script.requires:
-        if need not in {c.value for c in Capability}:
+        if need not in known:
             raise ScriptCapabilityError(script.file, None, "script.requires",
                                         f"unknown capability {need!r}; known: {', '.join(c.value for c in Capability)}")
-        if need not in have:
-            raise ScriptCapabilityError(script.file, None, "script.requires",
-                                        f"backend {backend.url} lacks capability {need!r} (it has: {', '.join(sorted(have)) or 'none'})")
+    have = {c.value for c in backend.capabilities.features}
+    return [need for need in script.requires if need not in have]
+
+
+def check_capabilities(script: Script, backend: Backend) -> None:
+    have = {c.value for c in backend.capabilities.features}
+    missing = missing_capabilities(script, backend)
+    if missing:
+        raise ScriptCapabilityError(script.file, None, "script.requires",
+                                    f"backend {backend.url} lacks capability {missing[0]!r} "
+                                    f"(it has: {', '.join(sorted(have)) or 'none'})")
     for step in script.steps:
         need = OP_CAPABILITY.get(step.op)
         if step.op is Op.RESUME and step.args.get("lose_state"):
@@ -99,26 +113,55 @@ def prepare(script: Script, backend: Backend) -> list[dict[str, Any]]:
     return bind_all(script, buffers)
 
 
+def _start(script: Script, backend: Backend, journal: Journal | str | Path | None) -> tuple[RunResult, Journal | None, bool]:
+    caps = backend.capabilities
+    result = RunResult(script.name, script.file, backend.url, caps.identity, caps.to_json(),
+                       steps_total=len(script.steps))
+    match journal:
+        case None | Journal():
+            jr, own_journal = journal, False
+        case _:
+            jr, own_journal = Journal(journal), True
+    if jr is not None:
+        jr.header(result)
+    return result, jr, own_journal
+
+
+def record_skip(script: Script, backend: Backend, needs: list[str], *,
+                journal: Journal | str | Path | None = None) -> RunResult:
+    """A script the backend cannot run (it lacks ``needs``): a ``skipped`` result, journaled
+    like a run (header and end record), so ``hil diff`` can tell "not applicable" from "lost"."""
+    result, jr, own_journal = _start(script, backend, journal)
+    result.status, result.error = "skipped", f"needs {', '.join(needs)}"
+    if jr is not None:
+        jr.end(result)
+        if own_journal:
+            jr.close()
+    log.info("run_skipped", script=script.name, backend=backend.url, needs=needs)
+    return result
+
+
 async def run_script(
     script: Script,
     backend: Backend,
     *,
     journal: Journal | str | Path | None = None,
     progress: Progress | None = None,
+    prepared: list[dict[str, Any]] | None = None,
 ) -> RunResult:
     """Run ``script`` on an opened ``backend``; never raises for what the run finds (the
-    result's ``status`` says), only for a script that cannot run at all (:class:`ScriptError`)."""
-    bound = prepare(script, backend)
-    caps = backend.capabilities
-    result = RunResult(script.name, script.file, backend.url, caps.identity, caps.to_json(),
-                       steps_total=len(script.steps))
-    own_journal = journal is not None and not isinstance(journal, Journal)
-    jr = Journal(journal) if own_journal else journal  # type: ignore[arg-type]
-    if jr is not None:
-        jr.header(result)
+    result's ``status`` says), only for a script that cannot run at all (:class:`ScriptError`).
+
+    ``prepared`` is what :func:`prepare` returned for this script on this kind of backend, to
+    skip binding it again. Cancelled (or interrupted by KeyboardInterrupt), the run ends its
+    journal with status ``interrupted`` naming the step, then re-raises.
+    """
+    bound = prepare(script, backend) if prepared is None else prepared
+    result, jr, own_journal = _start(script, backend, journal)
     state = _State(IsaDma(backend), IsaDma(backend, unchecked=True))
-    virtual = Capability.VIRTUAL_TIME in caps.features and hasattr(backend, "machine")
-    t0 = time.perf_counter()
+    virtual = Capability.VIRTUAL_TIME in backend.capabilities.features and hasattr(backend, "machine")
+    t0 = last_yield = time.perf_counter()
+    current: Step | None = None
 
     def emit(obs: Observation) -> None:
         obs.t = round(time.perf_counter() - t0, 6)
@@ -131,20 +174,26 @@ async def run_script(
     log.info("run_start", script=script.name, backend=backend.url, steps=len(script.steps))
     try:
         for step, args in zip(script.steps, bound):
+            current = step
             if progress is not None:
                 progress(step.index, len(script.steps), step)
+            now = time.perf_counter()
+            if now - last_yield >= YIELD_EVERY_S:
+                await asyncio.sleep(0)  # a pending cancellation (Ctrl-C) is delivered here
+                last_yield = now
             try:
                 obs = await _run_step(step, args, backend, state, script)
             except HilError as e:
                 emit(Observation(step.path, step.op.value, step.index, step.name, error=str(e), ok=False))
                 result.status, result.error = "error", f"{step.describe()}: {e}"
-                log.error("step_failed", step=step.path, op=step.op.value, error=str(e))
+                log.info("step_failed", step=step.path, op=step.op.value, error=str(e))  # the result reports it
                 break
             if obs is not None:
                 obs.diff_mask = step.tolerance.diff_mask
                 obs.may_differ = step.tolerance.may_differ
                 emit(obs)
         else:
+            current = None
             if state.devices:
                 channels = sorted(state.devices)
                 states = await backend.execute([DevState(ch, RECORD_LIMIT) for ch in channels])
@@ -153,16 +202,22 @@ async def run_script(
             result.status = "failed" if result.failures else "passed"
         for ch in sorted(state.requested):
             await state.dma.free_dma(ch)
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        result.status = "interrupted"
+        result.error = "interrupted" + (f" at {current.describe()}" if current is not None else " at the end")
+        raise
+    except Exception as e:  # not something a run finds: a bug, or an error outside HilError
+        result.status = "error"
+        result.error = (f"{current.describe()}: " if current is not None else "") + f"{type(e).__name__}: {e}"
+        raise
     finally:
         result.elapsed = time.perf_counter() - t0
-        if result.status == "running":
-            result.status, result.error = "error", result.error or "interrupted"
         if jr is not None:
             jr.end(result)
             if own_journal:
                 jr.close()
-    log.info("run_end", script=script.name, backend=backend.url, status=result.status,
-             failures=len(result.failures), elapsed=round(result.elapsed, 4))
+        log.info("run_end", script=script.name, backend=backend.url, status=result.status,
+                 failures=len(result.failures), elapsed=round(result.elapsed, 4))
     return result
 
 

@@ -10,6 +10,7 @@ Scripts run one after another within a backend (a link or a board is one resourc
 from __future__ import annotations
 
 import asyncio
+import signal
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -17,15 +18,12 @@ from pathlib import Path
 
 import structlog
 
-from hil.journal import RunResult, read_journal
+from hil.journal import RunResult, journal_names, read_journal
 from hil.script.model import Script
 
 log = structlog.get_logger("hil.workers")
 
-
-def journal_name(i: int, script: Script) -> str:
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in script.name)
-    return f"{i:02d}-{safe}.jsonl"
+STOP_GRACE_S = 2.0  #: an interrupted worker gets this long to end its journal before it is killed
 
 
 async def run_on_backends(
@@ -40,17 +38,22 @@ async def run_on_backends(
     """``result[b][s]``: script ``s`` on backend ``b`` (None if its journal never appeared).
     ``errors``, if given, receives backend index -> the worker's error line when it exited 2."""
     base = Path(journal_dir) if journal_dir else Path(tempfile.mkdtemp(prefix="hil-diff-"))
+    names = journal_names([s.file for s in scripts])  # what each ``hil run`` worker names them
 
     async def worker(b: int, url: str) -> int:
         out = base / f"backend{b + 1}"
         out.mkdir(parents=True, exist_ok=True)
-        for i, script in enumerate(scripts):  # a reused --journal-dir must not yield a stale run
-            (out / journal_name(i, script)).unlink(missing_ok=True)
+        for name in names:  # a reused --journal-dir must not yield a stale run
+            (out / name).unlink(missing_ok=True)
         cmd = [sys.executable, "-m", "hil", "run", "--backend", url, "--journal-dir", str(out), "-q",
                "--log-format", "json", *(f"--var={v}" for v in variables), *(s.file for s in scripts)]
         proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE,
                                                     stderr=asyncio.subprocess.PIPE)
-        stdout, stderr = await proc.communicate()
+        try:
+            _, stderr = await proc.communicate()
+        except asyncio.CancelledError:
+            await _stop(proc, url)
+            raise
         rc = proc.returncode or 0
         log.info("worker_done", backend=url, rc=rc)
         if rc == 2:
@@ -63,12 +66,29 @@ async def run_on_backends(
             on_done(url, rc)
         return rc
 
-    await asyncio.gather(*(worker(b, url) for b, url in enumerate(urls)))
+    async with asyncio.TaskGroup() as group:  # interrupted, it waits until every worker is stopped
+        for b, url in enumerate(urls):
+            group.create_task(worker(b, url))
     results: list[list[RunResult | None]] = []
     for b in range(len(urls)):
         row: list[RunResult | None] = []
-        for i, script in enumerate(scripts):
-            path = base / f"backend{b + 1}" / journal_name(i, script)
+        for name in names:
+            path = base / f"backend{b + 1}" / name
             row.append(read_journal(path) if path.exists() else None)
         results.append(row)
     return results
+
+
+async def _stop(proc: asyncio.subprocess.Process, url: str) -> None:
+    """The diff was interrupted: interrupt the worker as Ctrl-C would (it ends its journal as
+    ``interrupted``), and kill it if it does not exit in time. A worker outlives its diff never."""
+    try:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGINT)
+        await asyncio.wait_for(proc.communicate(), STOP_GRACE_S)  # to the end of its output: closes the pipes
+    except ProcessLookupError:
+        pass
+    except TimeoutError:
+        proc.kill()
+        await proc.communicate()
+    log.info("worker_stopped", backend=url, rc=proc.returncode)

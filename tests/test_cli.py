@@ -230,8 +230,8 @@ def test_run_journals(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> Non
     assert read_journal(journal).status == "passed"
     code, _, _ = hil(capsys, "run", str(one), str(two), "--journal-dir", str(tmp_path / "jd"))
     assert code == 0
-    assert sorted(p.name for p in (tmp_path / "jd").iterdir()) == ["00-one.jsonl", "01-two_words.jsonl"]
-    assert len(read_journal(tmp_path / "jd" / "01-two_words.jsonl").observations) == 2
+    assert sorted(p.name for p in (tmp_path / "jd").iterdir()) == ["one.jsonl", "two_words.jsonl"]
+    assert len(read_journal(tmp_path / "jd" / "two_words.jsonl").observations) == 2
     code, _, err = hil(capsys, "run", str(one), str(two), "--journal", str(journal))
     assert code == 2 and "--journal takes one script" in err
 
@@ -270,14 +270,14 @@ def test_diff_two_sim_workers_equal(capsys: pytest.CaptureFixture[str], tmp_path
     assert code == 0, err
     assert out.splitlines()[-1].startswith("EQUAL: 2 script(s) on 2 backends (sim, sim)")
     # each worker process wrote its own journals; they compare equal
-    for name in ("00-masks.jsonl", "01-floppy-read.jsonl"):
+    for name in ("masks.jsonl", "floppy-read.jsonl"):
         a, b = read_journal(jd / "backend1" / name), read_journal(jd / "backend2" / name)
         assert a.status == b.status == "passed"
         assert [o.step for o in a.observations] == [o.step for o in b.observations] != []
         assert compare([a, b]).divergences == []
-    assert read_journal(jd / "backend1" / "00-masks.jsonl").observations[1].value == 0x0F
+    assert read_journal(jd / "backend1" / "masks.jsonl").observations[1].value == 0x0F
     # one worker process per backend, neither of them this one
-    pids = {json.loads((jd / f"backend{i}" / "00-masks.jsonl").read_text().splitlines()[0])["pid"] for i in (1, 2)}
+    pids = {json.loads((jd / f"backend{i}" / "masks.jsonl").read_text().splitlines()[0])["pid"] for i in (1, 2)}
     assert len(pids) == 2 and os.getpid() not in pids
 
 
@@ -296,7 +296,7 @@ def test_diff_sim_and_qemu_diverge(capsys: pytest.CaptureFixture[str], tmp_path:
     assert suite.get("name") == "masks" and suite.get("failures") == "1"
 
     # the saved journals give the same answer without running anything
-    journals = [str(jd / f"backend{i}" / "00-masks.jsonl") for i in (1, 2)]
+    journals = [str(jd / f"backend{i}" / "masks.jsonl") for i in (1, 2)]
     code, out, _ = hil(capsys, "diff", "--journal", journals[0], "--journal", journals[1])
     assert code == 1
     assert "masks: step 2 in 0x0F (DMA1 mask): sim=0x0F, sim:?profile=qemu=0x00" in out
@@ -313,7 +313,7 @@ def test_diff_worker_that_cannot_run(capsys: pytest.CaptureFixture[str], tmp_pat
                            '[[step]]\nop = "read"\nbuffer = "b"\n', name="high")
     jd = tmp_path / "journals"
     # a journal left from an earlier diff in the same directory must not stand in for this run
-    stale = jd / "backend2" / "00-high.jsonl"
+    stale = jd / "backend2" / "high.jsonl"
     stale.parent.mkdir(parents=True)
     stale.write_text('{"type":"header","script":"high","backend":"old"}\n{"type":"end","status":"passed"}\n')
     code, out, err = hil(capsys, "diff", str(path), "-b", SIM, "-b", "sim:?mem=640K", "--journal-dir", str(jd), "--json")
@@ -322,7 +322,7 @@ def test_diff_worker_that_cannot_run(capsys: pytest.CaptureFixture[str], tmp_pat
     (error,) = report["errors"]
     assert error.startswith("high: no journal (sim:?mem=640K: ")
     assert "key 'buffers.b'" in error and "outside the memory" in error
-    assert not stale.exists() and (jd / "backend1" / "00-high.jsonl").exists()
+    assert not stale.exists() and (jd / "backend1" / "high.jsonl").exists()
 
 
 # --- hil diff: argument errors -----------------------------------------------------------------------
@@ -364,3 +364,29 @@ def test_diff_journals_of_an_interrupted_and_a_lone_run(capsys: pytest.CaptureFi
     errors = json.loads(out)["errors"]
     assert "masks: only one journal, nothing to compare with" in errors
     assert "floppy-read: only one journal, nothing to compare with" in errors
+
+
+# --- errors under --json -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv", [
+    ["run", "absent.toml"], ["diff", "absent.toml", "-b", SIM], ["regs", "-b", "nosuch:"], ["peek", "8", "-b", "nosuch:"],
+    ["poke", "8", "1", "-b", "nosuch:"], ["demo", "-b", "nosuch:"], ["bench", "link", "-b", "nosuch:"],
+])
+def test_errors_under_json_are_json_on_stdout(capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
+    code, out, err = hil(capsys, *argv, "--json")
+    assert code == 2
+    (line,) = err.splitlines()  # the usual one line on stderr too
+    assert line.startswith(f"hil {argv[0]}: error: ")
+    assert json.loads(out) == {"error": line.split(": error: ", 1)[1], "command": argv[0]}
+
+
+@pytest.mark.parametrize("argv", [["run", "--json"], ["backends", "--json", "--bogus"]])
+def test_usage_errors_under_json_are_json_on_stdout(capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    out, err = capsys.readouterr()
+    assert "usage: hil" in err
+    data = json.loads(out)
+    assert data["command"] == argv[0] and data["error"] in err

@@ -448,3 +448,61 @@ def test_long_sink_contents_report_their_lengths():
     report = compare([run("sim", 6144, "sha256:aa"), run("sim:?profile=qemu", 4096, "sha256:bb")])
     (d,) = report.divergences
     assert "lengths differ: 6144 bytes on sim, 4096 on sim:?profile=qemu" in d.meaning
+
+
+# --- issue 10: step names, whole digests, skipped and interrupted runs ----------------------------
+
+
+def test_divergences_name_the_step_as_hil_run_does() -> None:
+    a = Observation("7", "in", 6, "mask readback", port=0x0F, value=0x0F)
+    b = Observation("7", "in", 6, "mask readback", port=0x0F, value=0x00)
+    report = pair(a, b)
+    (d,) = report.divergences
+    assert d.name == "mask readback" and d.label == "step 7 (mask readback)" == a.label
+    assert report.format().splitlines()[0] == "s: step 7 (mask readback) in 0x0F (DMA1 mask): sim=0x0F, qemu=0x00"
+    assert report.to_json()["divergences"][0]["name"] == "mask readback"
+    case = ET.fromstring(report.to_junit()).find("testsuite/testcase")
+    assert case.get("name") == "step 7 (mask readback) in 0x0F (DMA1 mask)"
+    # an unnamed step keeps the short form, and no empty name in the JSON
+    unnamed = pair(Observation("2", "in", port=8, value=1), Observation("2", "in", port=8, value=0))
+    assert unnamed.format().startswith("s: step 2 in 0x08") and "name" not in unnamed.to_json()["divergences"][0]
+
+
+def test_json_keeps_whole_digests_text_shortens_them() -> None:
+    da, db = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+    report = pair(Observation("5", "read", addr=0x10000, length=8192, digest=da),
+                  Observation("5", "read", addr=0x10000, length=8192, digest=db))
+    (d,) = report.to_json()["divergences"]
+    assert d["values"] == {"sim": da, "qemu": db}
+    assert "sim=sha256:aaaaaaaaaaaa…, qemu=sha256:bbbbbbbbbbbb…" in report.format()
+    assert da in ET.fromstring(report.to_junit()).find("testsuite/testcase/failure").text
+
+
+def test_a_script_skipped_on_a_backend_is_not_compared() -> None:
+    ran = RunResult("fdc", "fdc.toml", "qemu:?floppy=generate", observations=[Observation("1", "in", port=8, value=0)],
+                    status="passed")
+    skipped = RunResult("fdc", "fdc.toml", "sim", status="skipped", error="needs fdc")
+    report = compare([skipped, ran])
+    assert report.exit_code == 0 and report.divergences == [] and report.errors == []
+    assert report.skipped == ["fdc on sim: needs fdc"]
+    assert report.format().splitlines() == [
+        "skipped: fdc on sim: needs fdc",
+        ("EQUAL: 1 script(s) on 2 backends (sim, qemu:?floppy=generate), 0 observations compared, "
+         "0 divergence(s), 0 tolerated, 1 skipped")]
+    assert report.to_json()["skipped"] == ["fdc on sim: needs fdc"]
+    suite = ET.fromstring(report.to_junit()).find("testsuite")
+    assert suite.get("skipped") == "1" and suite.find("testcase/skipped").get("message") == "fdc on sim: needs fdc"
+    # one line per script, however many backends skipped it
+    both = compare([skipped, RunResult("fdc", "fdc.toml", QEMU, status="skipped", error="needs fdc")])
+    assert both.skipped == [f"fdc on sim, {QEMU}: needs fdc"]
+    odd = compare([skipped, RunResult("fdc", "fdc.toml", "qemu:", status="skipped", error="needs fdc, sb16")])
+    assert odd.skipped == ["fdc on sim (needs fdc), qemu: (needs fdc, sb16)"]
+
+
+def test_an_interrupted_run_is_an_error_naming_where() -> None:
+    good, _ = _runs_with_error()
+    cut = RunResult("s", "s.toml", "qemu", observations=good.observations[:1], status="interrupted",
+                    error="interrupted at step 2 (read)")
+    report = compare([good, cut])
+    assert report.exit_code == 2 and report.errors == ["s on qemu: interrupted at step 2 (read)"]
+    assert report.divergences == []  # the steps it never reached are not divergences

@@ -211,5 +211,5 @@ def test_hil_diff_on_the_command_line(tmp_path: Path):
     assert code == 0 and junit.exists()
     code = main(["diff", *scripts, "-b", "sim:?profile=qemu", "-b", "qemu:", "--journal-dir", str(tmp_path / "j2")])
     assert code == 0
-    header = json.loads((tmp_path / "j2" / "backend2" / "00-mem-to-mem.jsonl").read_text().splitlines()[0])
+    header = json.loads((tmp_path / "j2" / "backend2" / "mem-to-mem.jsonl").read_text().splitlines()[0])
     assert header["capabilities"]["backend"] == "qemu" and header["identity"].startswith("qemu 7.")

@@ -259,6 +259,7 @@ async def test_error_step_stops_the_run(tmp_path: Path) -> None:
     err = result.observations[-1]
     assert err.op == "program" and err.index == 2 and err.name == "crosses 64K"
     assert err.ok is False and "crosses the 64 KiB boundary" in (err.error or "")
+    assert result.failures == []  # the run's error, not a failed expectation
     assert 0x04 not in ports and 0x05 not in ports  # the rule was checked before any channel-2 register
     back = read_journal(journal)
     assert back.status == "error" and back.error == result.error
@@ -396,8 +397,28 @@ async def test_cancelled_run_ends_its_journal_as_interrupted(tmp_path: Path) -> 
         with pytest.raises(asyncio.CancelledError):
             await task
     back = read_journal(journal)
-    assert back.status == "error" and back.error == "interrupted"
+    assert back.status == "interrupted" and back.error == "interrupted at step 2 (delay)"
     assert [o.step for o in back.observations] == ["1"]
+
+
+async def test_a_run_that_never_suspends_can_still_be_cancelled(tmp_path: Path) -> None:
+    """On the simulator no await suspends; the runner yields to the loop now and then, so a
+    cancellation scheduled on the loop (what Ctrl-C does) lands within a few milliseconds."""
+    path = write(tmp_path, '[[step]]\nop = "repeat"\ncount = 200000\nsteps = [{op = "in", port = 8}]\n')
+    script, journal = load_script(path), tmp_path / "cancel.jsonl"
+    async with SimBackend() as be:
+        task = asyncio.create_task(run_script(script, be, journal=journal))
+        loop = asyncio.get_running_loop()
+        asked = []
+        loop.call_later(0.05, lambda: (asked.append(time.perf_counter()), task.cancel()))
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        stopped = time.perf_counter()
+    assert asked and stopped - asked[0] < 0.05
+    back = read_journal(journal)
+    assert back.status == "interrupted" and back.error is not None
+    assert 0 < len(back.observations) < 200_000
+    assert back.error == f"interrupted at step {script.steps[len(back.observations)].path} (in)"
 
 
 # --- a real run, killed -----------------------------------------------------------------------------

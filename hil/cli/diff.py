@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 from pathlib import Path
@@ -68,8 +69,13 @@ async def cmd_diff(args: argparse.Namespace) -> int:
                 sys.stderr.write(f"{url}: finished ({'ok' if rc == 0 else 'expectations failed' if rc == 1 else 'error'})\n")
 
         worker_errors: dict[int, str] = {}
-        grid = await run_on_backends(scripts, args.backend, journal_dir=args.journal_dir, variables=args.var,
-                                     on_done=done, errors=worker_errors)
+        try:
+            grid = await run_on_backends(scripts, args.backend, journal_dir=args.journal_dir, variables=args.var,
+                                         on_done=done, errors=worker_errors)
+        except asyncio.CancelledError:
+            kept = f"; journals kept in {args.journal_dir}" if args.journal_dir else ""
+            args.interrupt_note = f"(workers stopped{kept})"
+            raise
         report = DiffReport(backends=list(args.backend))
         for s, script in enumerate(scripts):
             runs = [grid[b][s] for b in range(len(args.backend))]

@@ -3,99 +3,204 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import signal
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from hil.backends import open_backend
 from hil.cli.common import add_common, parse_variables
 from hil.errors import HilError
-from hil.journal import Observation
+from hil.journal import RunResult
+
+REDRAW_HZ = 10  #: a terminal's progress line is redrawn at most this often
+PLAIN_EVERY_S = 5.0  #: without a terminal (CI logs), one plain progress line this often, if the run lasts
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run transfer scripts on a backend",
                        description="Validate every script, then run each on the backend (a fresh connection "
-                                   "per script), journaling every observation as it happens. Exit status: "
-                                   "0 all expectations met, 1 an expectation failed, 2 error.")
+                                   "per script), journaling every observation as it happens. A script whose "
+                                   "`requires` the backend lacks is skipped. Exit status: 0 nothing failed "
+                                   "(passed or skipped), 1 an expectation failed, 2 error, 130 interrupted.")
     add_common(p)
     p.add_argument("scripts", nargs="+", metavar="SCRIPT", help="transfer script (.toml)")
     p.add_argument("--journal", metavar="FILE", help="JSONL journal (one script only)")
-    p.add_argument("--journal-dir", metavar="DIR", help="one JSONL journal per script in DIR")
+    p.add_argument("--journal-dir", metavar="DIR",
+                   help="one JSONL journal per script in DIR, named after the script file (floppy-read.jsonl)")
+    p.add_argument("--junit", metavar="FILE", help="also write a JUnit XML report (one test case per script)")
     p.add_argument("--var", action="append", default=[], metavar="NAME=VALUE", help="override a script variable")
-    p.add_argument("-q", "--quiet", action="store_true", help="print only the summary line per script")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the summary lines; no progress")
     p.set_defaults(func=cmd_run)
 
 
-def _describe_obs(o: Observation) -> str:
-    if o.error:
-        return f"error: {o.error}"
-    if o.op == "in":
-        shown = f"read 0x{o.value:02X}" if o.value is not None else "no value"
-        if o.expect is not None:
-            shown += f", expected 0x{o.expect:02X}" + (f" under mask 0x{o.mask:02X}" if o.mask not in (None, 0xFF, 0xFFFF) else "")
-        return f"in 0x{o.port:02X}: {shown}"
-    if o.op == "read":
-        head = (o.data or "")[:32]
-        return f"read 0x{o.addr:X}+{o.length}: {head}{'…' if o.data and len(o.data) > 32 else ''} {o.digest}" + (
-            f", expected {str(o.expect)[:32]}" if o.ok is False else "")
-    if o.op == "wait_tc":
-        return f"wait_tc ch{o.channel}: tc={'yes' if o.tc else 'no'} residue {o.value} of {o.length}"
-    if o.op == "residue":
-        return f"residue ch{o.channel}: {o.value}" + (f", expected {o.expect}" if o.expect is not None else "")
-    if o.op == "device":
-        return f"device ch{o.channel}: {o.length} bytes moved, {'TC seen' if o.tc else 'no TC'}" + (
-            f", digest {o.digest}" if o.digest else "")
-    return o.op
+class Progress:
+    """Progress on stderr, cheap enough to be called before every step.
+
+    On a terminal: one line, redrawn at most :data:`REDRAW_HZ` times a second (a redraw per step
+    wrote megabytes and made a long simulator run several times slower). Without one (CI logs):
+    a plain line every :data:`PLAIN_EVERY_S` seconds, so a short run prints none. It also
+    remembers where the run is, for the line an interrupted run prints.
+    """
+
+    def __init__(self, enabled: bool = True, stream: IO[str] | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.enabled = enabled
+        self.tty = self.stream.isatty()
+        self.t0 = time.monotonic()
+        self._due = self.t0 if self.tty else self.t0 + PLAIN_EVERY_S
+        self._width = 0  #: characters of the progress line on the terminal
+        self.label = ""
+        self.at: tuple[int, int, Any] | None = None  #: (index, total, step) about to run
+
+    def phase(self, label: str, text: str = "") -> None:
+        self.label, self.at = label, None
+        if self.enabled and time.monotonic() >= self._due:
+            self._draw(text or label)
+
+    def __call__(self, i: int, n: int, step: Any) -> None:
+        self.at = (i, n, step)
+        if self.enabled and time.monotonic() >= self._due:
+            self._draw(f"{self.label}: step {i + 1}/{n} ({step.op.value})")
+
+    def _draw(self, text: str) -> None:
+        now = time.monotonic()
+        if self.tty:
+            self.stream.write("\r" + text + " " * max(0, self._width - len(text)))
+            self._width = len(text)
+            self._due = now + 1 / REDRAW_HZ
+        else:
+            self.stream.write(f"hil run: {text} ({now - self.t0:.0f} s)\n")
+            self._due = now + PLAIN_EVERY_S
+        self.stream.flush()
+
+    def clear(self) -> None:
+        """Remove the terminal line before anything else is printed."""
+        if self._width:
+            self.stream.write("\r" + " " * self._width + "\r")
+            self.stream.flush()
+            self._width = 0
 
 
-def _progress(label: str) -> Callable[[int, int, Any], None] | None:
-    if not sys.stderr.isatty():
-        return None
+@contextmanager
+def _sigint_raises() -> Iterator[None]:
+    """Loading and binding are pure computation that never yields to the event loop, so
+    asyncio's Ctrl-C handler (it cancels the main task) could not stop them; while they run,
+    Ctrl-C raises KeyboardInterrupt on the spot, as in any Python program."""
+    if signal.getsignal(signal.SIGINT) in (signal.SIG_IGN, None):  # ignored (nohup, a background job)
+        yield
+        return
+    try:
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    except ValueError:  # not the main thread: signals are not ours
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
-    def show(i: int, n: int, step: Any) -> None:
-        sys.stderr.write(f"\r{label}: step {i + 1}/{n} ({step.op.value})   ")
-        sys.stderr.flush()
-        if i + 1 == n:
-            sys.stderr.write("\r" + " " * (len(label) + 40) + "\r")
 
-    return show
+def _summary_line(result: RunResult, steps: int) -> str:
+    head = f"{result.script} on {result.backend}: {result.status.upper()}"
+    if result.status == "skipped":
+        return f"{head} ({result.error})"
+    return (f"{head} — {steps} steps, {len(result.observations)} observations, "
+            f"{len(result.failures)} failed expectation(s), {result.elapsed * 1e3:.1f} ms")
+
+
+def _totals(results: list[RunResult]) -> str:
+    count = {s: sum(r.status == s for r in results) for s in ("passed", "failed", "error", "skipped")}
+    parts = [f"{count['passed']} passed", f"{count['failed']} failed"]
+    if count["error"]:
+        parts.append(f"{count['error']} error" + ("s" if count["error"] > 1 else ""))
+    return ", ".join(parts + [f"{count['skipped']} skipped"])
 
 
 async def cmd_run(args: argparse.Namespace) -> int:
-    from hil.runner import prepare, run_script
+    from hil.journal import journal_names, junit
+    from hil.runner import missing_capabilities, prepare, record_skip, run_script
     from hil.script import load_script
-    from hil.workers import journal_name
 
     if args.journal and len(args.scripts) > 1:
         raise HilError("--journal takes one script; use --journal-dir for several")
     variables = parse_variables(args.var)
-    scripts = [load_script(path, variables=variables) for path in args.scripts]  # validate all first
-    async with open_backend(args.backend) as be:  # ... and bind all against the backend: no I/O yet
-        for script in scripts:
-            prepare(script, be)
+    progress = Progress(enabled=not args.quiet)
+    total = len(args.scripts)
+    args.interrupt_note = "while loading the scripts"
+    try:
+        with _sigint_raises():  # validate all first ...
+            scripts = []
+            for k, path in enumerate(args.scripts):
+                progress.phase(f"loading {k + 1}/{total}: {path}")
+                scripts.append(load_script(path, variables=variables))
+        names = journal_names([s.file for s in scripts])
+        args.interrupt_note = f"while checking the scripts against {args.backend}"
+        plans: list[list[dict[str, Any]] | None] = []  # bound steps, or None: skip
+        needs: list[list[str]] = []
+        async with open_backend(args.backend) as checker:  # ... and bind all against the backend: no I/O yet
+            with _sigint_raises():
+                for k, script in enumerate(scripts):
+                    progress.phase(f"checking {k + 1}/{total}: {script.name} on {checker.url}")
+                    needs.append(missing_capabilities(script, checker))
+                    plans.append(None if needs[-1] else prepare(script, checker))
+    finally:
+        progress.clear()  # before the error, or the results, is printed
     worst = 0
+    results: list[RunResult] = []
     summaries = []
-    for i, script in enumerate(scripts):
-        journal = args.journal or (str(Path(args.journal_dir) / journal_name(i, script)) if args.journal_dir else None)
-        async with open_backend(args.backend) as be:
-            result = await run_script(script, be, journal=journal, progress=_progress(script.name))
-        code = {"passed": 0, "failed": 1}.get(result.status, 2)
-        worst = max(worst, code)
-        summaries.append({"script": script.name, "file": script.file, "backend": result.backend,
-                          "status": result.status, "error": result.error, "failures": len(result.failures),
-                          "observations": [o.to_json() for o in result.observations], "journal": journal})
-        if not args.json:
-            print(f"{script.name} on {result.backend}: {result.status.upper()} — {len(script.steps)} steps, "
-                  f"{len(result.observations)} observations, {len(result.failures)} failed expectation(s), "
-                  f"{result.elapsed * 1e3:.1f} ms" + (f"\n  {result.error}" if result.error else ""))
-            for o in result.observations:
-                if o.ok is False or (args.verbose and not args.quiet):
-                    mark = "FAIL" if o.ok is False else "ok  " if o.ok else "    "
-                    label = f"step {o.step}" + (f" ({o.name})" if o.name else "")
-                    print(f"  {mark} {label}: {_describe_obs(o)}")
+    journal: str | None = None
+    script = scripts[0]
+    try:
+        for script, name, plan, need in zip(scripts, names, plans, needs):
+            journal = args.journal or (str(Path(args.journal_dir) / name) if args.journal_dir else None)
+            if plan is None:
+                result = record_skip(script, checker, need, journal=journal)
+            else:
+                progress.phase(script.name)
+                async with open_backend(args.backend) as be:
+                    result = await run_script(script, be, journal=journal, progress=progress, prepared=plan)
+                progress.clear()
+            results.append(result)
+            worst = max(worst, {"passed": 0, "skipped": 0, "failed": 1}.get(result.status, 2))
+            summaries.append({"script": script.name, "file": script.file, "backend": result.backend,
+                              "status": result.status, "error": result.error, "failures": len(result.failures),
+                              "observations": [o.to_json() for o in result.observations], "journal": journal})
+            if not args.json:
+                print(_summary_line(result, len(script.steps)))
+                if result.status == "error" and result.error:
+                    print(f"  ERROR {result.error}")
+                for o in result.observations:
+                    if o.error:
+                        continue  # the run's error, printed above
+                    if o.ok is False or (args.verbose and not args.quiet):
+                        mark = "FAIL" if o.ok is False else "ok  " if o.ok else "    "
+                        print(f"  {mark} {o.label}: {o.describe()}")
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        progress.clear()
+        if progress.at is not None:
+            i, n, step = progress.at
+            where = f"at step {step.path} ({i + 1} of {n}) of {script.name}"
+        else:
+            where = f"before {script.name} ran"
+        kept = f"journal kept in {journal}" if journal else "no journal (--journal or --journal-dir keeps one)"
+        args.interrupt_note = f"{where}; {kept}"
+        if args.junit:
+            results.append(RunResult(script.name, script.file, args.backend, status="interrupted",
+                                     error=f"interrupted {where}"))
+            Path(args.junit).write_text(junit(results), encoding="utf-8")
+        raise
+    finally:
+        progress.clear()
+    if args.junit:
+        Path(args.junit).write_text(junit(results), encoding="utf-8")
     if args.json:
         print(json.dumps(summaries))
+    elif len(results) > 1:
+        print(_totals(results))
     return worst

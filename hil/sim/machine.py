@@ -327,7 +327,7 @@ class Machine:
                 raise SettleTimeout(
                     f"DMA still active after {limit_ns / 1e9:g} s of virtual time on channel(s) "
                     f"{', '.join(map(str, waiting))}: an autoinit channel with a device that never "
-                    f"drops DREQ does not settle; use delay() instead"
+                    f"drops DREQ does not settle; use delay instead of settle"
                 )
             self.now_ns += self._service(waiting[0], 1 << 62, alone=len(waiting) == 1)
         return self.now_ns - start
