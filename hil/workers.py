@@ -32,6 +32,7 @@ async def run_on_backends(
     *,
     journal_dir: str | Path | None = None,
     variables: Sequence[str] = (),
+    allow_paths: Sequence[str] = (),
     on_done: Callable[[str, int], None] | None = None,
     errors: dict[int, str] | None = None,
 ) -> list[list[RunResult | None]]:
@@ -46,7 +47,8 @@ async def run_on_backends(
         for name in names:  # a reused --journal-dir must not yield a stale run
             (out / name).unlink(missing_ok=True)
         cmd = [sys.executable, "-m", "hil", "run", "--backend", url, "--journal-dir", str(out), "-q",
-               "--log-format", "json", *(f"--var={v}" for v in variables), *(s.file for s in scripts)]
+               "--log-format", "json", *(f"--var={v}" for v in variables),
+               *(f"--allow-path={d}" for d in allow_paths), *(s.file for s in scripts)]
         proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE,
                                                     stderr=asyncio.subprocess.PIPE)
         try:

@@ -10,9 +10,10 @@ LSB/MSB to the same port); every expected value stays in the tests.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
+import structlog
 
 from hil.backends import open_backend
 from hil.backends.ops import In, Out
@@ -20,6 +21,14 @@ from hil.backends.sim import SimBackend
 from hil.ports import ControllerPorts, channel_ports, controller_of
 
 URLS = {"intel": "sim", "qemu": "sim:?profile=qemu"}
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """A test that calls ``hil.cli.main`` configures structlog for its captured stderr, which is
+    closed once the test ends: leave no trace for the tests after it."""
+    yield
+    structlog.reset_defaults()
 
 
 class DmaRegs:

@@ -8,11 +8,9 @@ import json
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import structlog
 
 from hil.agent.bench import (
     EchoFloor,
@@ -32,13 +30,6 @@ from hil.errors import BackendError
 
 ROOT = Path(__file__).resolve().parent.parent
 WHOLE_MEMORY = [range(1 << 24)]
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    """main() configures structlog for the captured stderr; leave no trace for other tests."""
-    yield
-    structlog.reset_defaults()
 
 
 def hil(*args: str) -> subprocess.CompletedProcess[str]:

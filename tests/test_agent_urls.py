@@ -3,11 +3,9 @@ not host:port), through the same path ``hil regs -b URL`` and ``hil doctor URL``
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 
 import pytest
 import serial
-import structlog
 
 from hil.agent.links import FtdiURL, LinkKind, link_kind, parse_ftdi_url
 from hil.backends import BackendURL, open_backend
@@ -17,12 +15,6 @@ from hil.errors import BackendOptionError
 
 FT232H = 0x6014
 
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    """main() configures structlog for the captured stderr; leave no trace for other tests."""
-    yield
-    structlog.reset_defaults()
 
 FORMS = [
     ("agent+ftdi://ftdi:232h/1?baud=3000000", FtdiURL("ftdi://ftdi:232h/1", 0x0403, FT232H, 1), 3_000_000),

@@ -12,11 +12,9 @@ import json
 import os
 import textwrap
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import structlog
 
 from hil.cli import build_parser, main
 from hil.diff import compare
@@ -32,13 +30,6 @@ def all_subcommands() -> list[str]:
     parser = build_parser()
     action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     return sorted(action.choices)
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    """main() configures structlog for the captured stderr; leave no trace for other tests."""
-    yield
-    structlog.reset_defaults()
 
 
 def write(tmp_path: Path, body: str, name: str = "t") -> Path:

@@ -40,13 +40,6 @@ SCRIPTS = ROOT / "configs" / "scripts"
 QEMU_PROFILE = "sim:?profile=qemu"
 
 
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    """main() configures structlog for the captured stderr; leave no trace for other tests."""
-    yield
-    structlog.reset_defaults()
-
-
 def hil(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     code = main(list(argv))
     out, err = capsys.readouterr()

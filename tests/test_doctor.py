@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 
 from hil import doctor
 from hil.backends import BackendURL
@@ -51,13 +50,6 @@ IOMEM = """\
 01000000-0100ffff : reserved
 fed00000-fed003ff : HPET 0
 """
-
-
-@pytest.fixture(autouse=True)
-def _structlog_defaults():
-    """main() configures structlog for the captured stderr; leave no trace for other tests."""
-    yield
-    structlog.reset_defaults()
 
 
 def _os_error(code: int) -> OSError:

@@ -440,3 +440,21 @@ def test_overlapping_fixed_buffers_are_refused(tmp_path: Path) -> None:
     # touching is not overlapping
     path.write_text(path.read_text().replace("at = 0x20800", "at = 0x21000"))
     assert set(load_script(path).buffers) == {"a", "b"}
+
+
+def test_cli_allow_path_widens_the_rule_for_run_and_diff(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`hil run --allow-path DIR` and `hil diff --allow-path DIR` (passed on to its workers)."""
+    from hil.cli import main
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "x.bin").write_bytes(b"\x5a" * 8)
+    path = write(tmp_path / "scripts" / "s.toml",
+                 data_step("../data/x.bin") + '[[step]]\nop = "read"\naddr = 0x1000\nlength = 8\nexpect_hex = "5a5a5a5a5a5a5a5a"\n')
+    assert main(["run", str(path), "-q"]) == 2
+    assert "outside the script's directory tree" in capsys.readouterr().err
+    assert main(["run", str(path), "-q", "--allow-path", str(tmp_path / "data")]) == 0
+    capsys.readouterr()
+    assert main(["diff", str(path), "-b", "sim", "-b", "sim:?profile=qemu", "--json"]) == 2
+    capsys.readouterr()
+    assert main(["diff", str(path), "-b", "sim", "-b", "sim:?profile=qemu", "--allow-path", str(tmp_path / "data"),
+                 "--json"]) == 0

@@ -37,6 +37,12 @@ def out(args: argparse.Namespace, text: str, data: object) -> None:
     print(json.dumps(data) if args.json else text)
 
 
+def add_allow_path(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-path", action="append", default=[], metavar="DIR",
+                   help="a directory data and include files may also come from (repeatable; by default only "
+                        "the script's own directory tree)")
+
+
 def parse_variables(items: list[str]) -> dict[str, int]:
     values = {}
     for item in items:

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from hil.backends import open_backend
-from hil.cli.common import add_common, parse_variables
+from hil.cli.common import add_allow_path, add_common, parse_variables
 from hil.errors import HilError
 
 
@@ -26,6 +26,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--journal-dir", metavar="DIR", help="keep the workers' journals in DIR")
     p.add_argument("--junit", metavar="FILE", help="also write a JUnit XML report")
     p.add_argument("--var", action="append", default=[], metavar="NAME=VALUE", help="override a script variable")
+    add_allow_path(p)
     add_common(p, backend=False)
     p.set_defaults(func=cmd_diff)
 
@@ -60,7 +61,7 @@ async def cmd_diff(args: argparse.Namespace) -> int:
         if not args.scripts:
             raise HilError("diff needs at least one SCRIPT")
         variables = parse_variables(args.var)
-        scripts = [load_script(path, variables=variables) for path in args.scripts]
+        scripts = [load_script(path, variables=variables, allow_paths=args.allow_path) for path in args.scripts]
         for url in args.backend:
             open_backend(url)  # a bad URL fails here, before any worker starts
 
@@ -70,7 +71,7 @@ async def cmd_diff(args: argparse.Namespace) -> int:
 
         worker_errors: dict[int, str] = {}
         try:
-            grid = await run_on_backends(scripts, args.backend, journal_dir=args.journal_dir, variables=args.var,
+            grid = await run_on_backends(scripts, args.backend, journal_dir=args.journal_dir, variables=args.var, allow_paths=args.allow_path,
                                          on_done=done, errors=worker_errors)
         except asyncio.CancelledError:
             kept = f"; journals kept in {args.journal_dir}" if args.journal_dir else ""

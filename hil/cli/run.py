@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from hil.backends import open_backend
-from hil.cli.common import add_common, parse_variables
+from hil.cli.common import add_allow_path, add_common, parse_variables
 from hil.errors import HilError
 from hil.journal import RunResult
 
@@ -35,6 +35,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="one JSONL journal per script in DIR, named after the script file (floppy-read.jsonl)")
     p.add_argument("--junit", metavar="FILE", help="also write a JUnit XML report (one test case per script)")
     p.add_argument("--var", action="append", default=[], metavar="NAME=VALUE", help="override a script variable")
+    add_allow_path(p)
     p.add_argument("-q", "--quiet", action="store_true", help="print only the summary lines; no progress")
     p.set_defaults(func=cmd_run)
 
@@ -138,7 +139,7 @@ async def cmd_run(args: argparse.Namespace) -> int:
             scripts = []
             for k, path in enumerate(args.scripts):
                 progress.phase(f"loading {k + 1}/{total}: {path}")
-                scripts.append(load_script(path, variables=variables))
+                scripts.append(load_script(path, variables=variables, allow_paths=args.allow_path))
         names = journal_names([s.file for s in scripts])
         args.interrupt_note = f"while checking the scripts against {args.backend}"
         plans: list[list[dict[str, Any]] | None] = []  # bound steps, or None: skip
