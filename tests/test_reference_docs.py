@@ -148,8 +148,11 @@ def normalise(s: str) -> str:
 
 
 def all_citations() -> list[Citation]:
+    """Citations in every tracked file but this one, whose parser cases cite on purpose."""
     cites = []
     for p in tracked_files():
+        if p.resolve() == Path(__file__).resolve():
+            continue
         cites += parse_citations(p.read_text(encoding="utf-8"), p.relative_to(ROOT).as_posix())
     return cites
 
@@ -194,9 +197,9 @@ def test_cited_sections_exist():
             if s in doc.anchors and not re.search(rf"(?m)^\s*{n}\.\s", doc.span(s)):
                 problems.append(f"{c.where()} §{s} item {n}: no such numbered item")
         for s, label in c.labels:
-            if s in doc.anchors and set(label) - {".", "…", " "}:
-                if normalise(label) not in normalise(doc.span(s)):
-                    problems.append(f"{c.where()} §{s} '{label}': not in that section")
+            placeholder = not set(label) - {".", "…", " "}  # ``row '...'`` in prose
+            if s in doc.anchors and not placeholder and normalise(label) not in normalise(doc.span(s)):
+                problems.append(f"{c.where()} §{s} '{label}': not in that section")
     assert not problems, "\n".join(problems)
 
 
