@@ -141,7 +141,7 @@ def register_body(path: Path):  # type: ignore[no-untyped-def]
 
 async def fdc_read(be: Backend, cylinder: int) -> None:
     """SEEK to ``cylinder``, SENSE INTERRUPT, then READ DATA with MT from head 0 sector 1 to the
-    end of head 1 (EOT 18): the DMA count ends it at TC after fewer sectors (qemu-qtest.md §6.3)."""
+    end of head 1 (EOT 18): the DMA count ends it at TC after fewer sectors (docs/reference/qemu-qtest.md §6.3)."""
     await be.execute([Out(0x3F5, b) for b in (0x0F, 0x00, cylinder, 0x08)] + [In(0x3F5), In(0x3F5)])
     results = await be.execute([Out(0x3F5, b) for b in (0xE6, 0x00, cylinder, 0, 1, 2, 18, 0x1B, 0xFF)]
                                + [In(0x3F5) for _ in range(7)])

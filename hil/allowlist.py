@@ -1,6 +1,6 @@
 """What a hardware-facing backend or agent may touch: I/O port ranges and physical memory windows.
 
-Anything else is refused *before* it reaches the kernel or the wire (hil-lessons.md §3.21):
+Anything else is refused *before* it reaches the kernel or the wire (docs/reference/hil-lessons.md §3.21):
 a stray write to the wrong port on a live board can hang it. The default allows the DMA
 subsystem of an AT only (both controllers with DMA1's mirror, the page file); extra devices such
 as a floppy controller are opt-in through a TOML file (see configs/allowlist.example.toml).

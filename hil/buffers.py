@@ -1,6 +1,6 @@
 """A DMA zone: the scarce ISA-DMA-able memory, handed out by the rules and with patience.
 
-Why this exists. DMA-ISA-LPC (linux-isa-dma.md §3, rules 4-8) says the memory an ISA DMA
+Why this exists. DMA-ISA-LPC (docs/reference/linux-isa-dma.md §3, rules 4-8) says the memory an ISA DMA
 channel can reach is the low 16 MiB, that a buffer must not cross a 64 KiB (channels 0-3) or
 128 KiB (channels 5-7) boundary, that 16-bit channels need an even address and length, and that
 this memory is scarce, so an allocator should "try a bit harder" instead of failing at once.
@@ -10,7 +10,7 @@ accepts by construction: the placement and the driver layer ask the same module,
 never disagree.
 
 How it tries harder: the policy of the Xen balloon driver after "try harder to balloon up under
-memory pressure" (linux-isa-dma.md §4). A shortfall is transient pressure, never a ceiling: no
+memory pressure" (docs/reference/linux-isa-dma.md §4). A shortfall is transient pressure, never a ceiling: no
 "hard limit" is remembered from a failure (the only immediate refusals are requests that break a
 rule or that could not fit even in the empty zone, which is geometry, not history). A waiting
 request is retried at once whenever memory is freed, and also on a timer with exponential
@@ -146,7 +146,7 @@ class DmaBuffer:
 
 @dataclass
 class Backoff:
-    """Exponential retry delays as in the Xen balloon worker (linux-isa-dma.md §4.3).
+    """Exponential retry delays as in the Xen balloon worker (docs/reference/linux-isa-dma.md §4.3).
 
     Doubling keeps a long shortage from costing a retry per second forever, the cap keeps a
     recovered zone from being noticed only minutes later, and :meth:`reset` on progress makes
@@ -422,7 +422,7 @@ class DmaZone:
         return buf
 
     def alloc_many_nowait(self, sizes: Iterable[int], channel: int) -> list[DmaBuffer]:
-        """All buffers now or none (like ``alloc_xenballooned_pages``, linux-isa-dma.md §4.3)."""
+        """All buffers now or none (like ``alloc_xenballooned_pages``, docs/reference/linux-isa-dma.md §4.3)."""
         return self._now(_sizes(sizes), channel)
 
     def free(self, buf: DmaBuffer) -> None:

@@ -1,6 +1,6 @@
 """Linux's ISA DMA API (``asm/dma.h``, ``kernel/dma.c``), asynchronous, over any backend.
 
-Each method emits exactly the port accesses Linux emits (linux-isa-dma.md §1.3), as one
+Each method emits exactly the port accesses Linux emits (docs/reference/linux-isa-dma.md §1.3), as one
 ``execute()`` program, so one programming step is one round trip on a link. Unlike the kernel,
 which trusts the driver, :class:`IsaDma` checks the rules of Documentation/DMA-ISA-LPC before it
 unmasks a channel (buffer below 16 MiB, no 64/128 KiB crossing, 16-bit alignment, length,
@@ -499,7 +499,7 @@ class IsaDma:
     def _restore_ops(self, snap: DmaSnapshot) -> list[Op]:
         ops: list[Op] = []
         for ports in CONTROLLERS:
-            ops.append(Out(ports.master_clear, 0))  # FF cleared, all masked (8237.md §2.10)
+            ops.append(Out(ports.master_clear, 0))  # FF cleared, all masked (docs/reference/8237.md §2.10)
         for ctrl, ports in enumerate(CONTROLLERS):
             ops.append(Out(ports.command, snap.command[ctrl]))
         ops.append(Out(DMA2.mode, DMA_MODE_CASCADE))  # the BIOS's job, lost on a real reset

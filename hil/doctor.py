@@ -1,6 +1,6 @@
 """``hil doctor URL``: why a backend cannot reach its target, and what to change.
 
-Hardware access fails in a handful of ways that look alike from user space (hil-lessons.md
+Hardware access fails in a handful of ways that look alike from user space (docs/reference/hil-lessons.md
 §1.2, §2.5, §3.20): a missing node (kernel option off), EACCES (the node's mode), EPERM for a
 missing capability, EPERM from a locked-down kernel (Secure Boot, even as root), EPERM from
 /dev/mem's STRICT_DEVMEM rules on the memory window. Each gets its own explanation and fix

@@ -96,7 +96,7 @@ class DeviceError(HilError):
     """A simulated device was attached or used against the rules of the model."""
 
 
-# --- driver layer: the DMA-ISA-LPC rules (linux-isa-dma.md §3) ------------------------------
+# --- driver layer: the DMA-ISA-LPC rules (docs/reference/linux-isa-dma.md §3) ------------------------------
 
 
 class DmaRuleError(HilError):

@@ -1,8 +1,8 @@
 """The PC/AT DMA register map: the one place that spells a DMA port number or register bit.
 
 Everything else (the simulator's decoder, the Linux-style driver layer, the register dump,
-the diff decoder) asks this module. Sources: 8237.md §1 (port map), §2.3-§2.10 (bit fields),
-linux-isa-dma.md §1.1 (Linux's names for the same ports).
+the diff decoder) asks this module. Sources: docs/reference/8237.md §1 (port map), §2.3-§2.10 (bit fields),
+docs/reference/linux-isa-dma.md §1.1 (Linux's names for the same ports).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import enum
 from dataclasses import dataclass
 
 CHANNELS = range(8)
-CASCADE_CHANNEL = 4  #: DMA2 local channel 0 receives DMA1's HRQ (8237.md §3.6)
+CASCADE_CHANNEL = 4  #: DMA2 local channel 0 receives DMA1's HRQ (docs/reference/8237.md §3.6)
 DMA_LIMIT = 1 << 24  #: page (8 bits) + 16-bit address: ISA DMA reaches the low 16 MiB (§3.7)
 
 
@@ -26,7 +26,7 @@ class Reg(enum.IntEnum):
     """Register index inside one controller (the 8237's A3..A0). Port = base + index * stride.
 
     Indices 0-7 are the channel address/count pairs (``2*local`` address, ``2*local+1`` count).
-    Index 8-15 have different meanings on read and write (8237.md §1.1).
+    Index 8-15 have different meanings on read and write (docs/reference/8237.md §1.1).
     """
 
     STATUS_COMMAND = 0x8  #: R status / W command
@@ -101,15 +101,15 @@ class ControllerPorts:
 DMA1 = ControllerPorts(Ctrl.DMA1, base=0x00, stride=1)
 DMA2 = ControllerPorts(Ctrl.DMA2, base=0xC0, stride=2)
 CONTROLLERS = (DMA1, DMA2)
-DMA1_MIRROR = range(0x10, 0x20)  #: AT decode block 0x00-0x1F mirrors DMA1 (8237.md §1.1)
+DMA1_MIRROR = range(0x10, 0x20)  #: AT decode block 0x00-0x1F mirrors DMA1 (docs/reference/8237.md §1.1)
 
 PAGE_BASE = 0x80
-PAGE_FILE = range(0x80, 0x90)  #: 16 latches, A16-A23 (8237.md §1.3)
+PAGE_FILE = range(0x80, 0x90)  #: 16 latches, A16-A23 (docs/reference/8237.md §1.3)
 #: channel -> page register port; 0x8F is the channel-4 ("refresh") page
 PAGE_PORT = {0: 0x87, 1: 0x83, 2: 0x81, 3: 0x82, 4: 0x8F, 5: 0x8B, 6: 0x89, 7: 0x8A}
 PAGE_CHANNEL = {port: ch for ch, port in PAGE_PORT.items()}
 POST_PORT = 0x80  #: POST code / delay port; a storage byte in the page file, never a DMA page
-HIGH_PAGE_FILE = range(0x480, 0x490)  #: EISA A24-A31 pages: not part of the AT (8237.md §1.4)
+HIGH_PAGE_FILE = range(0x480, 0x490)  #: EISA A24-A31 pages: not part of the AT (docs/reference/8237.md §1.4)
 
 #: The ports the DMA subsystem of an AT owns: default allow-list for hardware backends.
 DMA_PORT_RANGES: tuple[range, ...] = (range(0x00, 0x20), PAGE_FILE, range(0xC0, 0xE0))
@@ -140,7 +140,7 @@ def channel_ports(channel: int) -> ChannelPorts:
 
 
 # ---------------------------------------------------------------------------------------
-# Register bit fields (8237.md §2.3-§2.9)
+# Register bit fields (docs/reference/8237.md §2.3-§2.9)
 
 
 class Command(enum.IntFlag):

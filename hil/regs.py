@@ -1,7 +1,7 @@
 """Read and decode every readable DMA register of both controllers and the page file.
 
 The dump clears the flip-flop before the address/count reads and reads each register as a
-low/high pair, so it leaves the flip-flop clear (hil-lessons.md §1.1). Reading the status
+low/high pair, so it leaves the flip-flop clear (docs/reference/hil-lessons.md §1.1). Reading the status
 register clears its TC bits: that is the hardware's rule, and the dump says so when it did.
 
 What is readable depends on the controller implementation (docs/reference/8237.md §2.9,

@@ -1,4 +1,4 @@
-"""The DMA-ISA-LPC buffer rules, stated once (linux-isa-dma.md §3, 8237.md §3.3, §3.6, §3.7).
+"""The DMA-ISA-LPC buffer rules, stated once (docs/reference/linux-isa-dma.md §3, docs/reference/8237.md §3.3, §3.6, §3.7).
 
 Both the driver layer (:mod:`hil.dma`, before a channel is enabled) and the DMA zone allocator
 (:mod:`hil.buffers`, when it places a buffer) ask this module, so the two can never disagree.
@@ -51,7 +51,7 @@ def rules_for(channel: int) -> ChannelRules:
 
 def transfer_span(channel: int, phys: int, length: int, *, decrement: bool = False) -> tuple[int, int]:
     """The bytes ``[low, high)`` a transfer touches. In decrement mode ``phys`` is the first
-    (highest) unit and the transfer runs downwards from it (8237.md §3.3)."""
+    (highest) unit and the transfer runs downwards from it (docs/reference/8237.md §3.3)."""
     if not decrement:
         return phys, phys + length
     unit = 2 if channel >= 4 else 1

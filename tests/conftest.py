@@ -1,10 +1,10 @@
 """Shared fixtures for the simulator and backend tests.
 
 Profiles: ``intel`` is the datasheet / Intel-chipset PC/AT model (URL ``sim``), ``qemu`` is
-QEMU 7.2's i8257 (URL ``sim:?profile=qemu``) — 8237.md §5 and qemu-qtest.md §8.
+QEMU 7.2's i8257 (URL ``sim:?profile=qemu``) — docs/reference/8237.md §5 and docs/reference/qemu-qtest.md §8.
 
 The ``dma`` fixture hands out a small register helper bound to the backend under test. It only
-emits the port traffic a Linux driver would (linux-isa-dma.md §1.3: clear the flip-flop, then
+emits the port traffic a Linux driver would (docs/reference/linux-isa-dma.md §1.3: clear the flip-flop, then
 LSB/MSB to the same port); every expected value stays in the tests.
 """
 
@@ -49,7 +49,7 @@ class DmaRegs:
         *,
         unmask: bool = True,
     ) -> None:
-        """Linux canonical order (linux-isa-dma.md §2 variant 1): mask, clear FF, mode, page,
+        """Linux canonical order (docs/reference/linux-isa-dma.md §2 variant 1): mask, clear FF, mode, page,
         address LSB/MSB, count LSB/MSB, unmask. ``addr``/``count`` are raw register values
         (word address and words-1 on channels 5-7); ``mode`` has its channel bits clear."""
         p = channel_ports(ch)
@@ -87,7 +87,7 @@ class DmaRegs:
 
     async def mask(self, ch_or_ctrl: int | ControllerPorts) -> int:
         """The mask register where the profile makes it readable: 0x0F/0xDE on Intel chipsets
-        (8237.md §2.9), 0x09/0xD2 on QEMU (qemu-qtest.md §8)."""
+        (docs/reference/8237.md §2.9), 0x09/0xD2 on QEMU (docs/reference/qemu-qtest.md §8)."""
         ctrl = ch_or_ctrl if isinstance(ch_or_ctrl, ControllerPorts) else controller_of(ch_or_ctrl)
         return await self.be.inb(ctrl.all_mask if self.profile == "intel" else ctrl.request)
 

@@ -61,7 +61,7 @@ async def test_programs_over_real_links(listen):
 
 
 async def test_pyserial_url_without_fd_goes_through_an_io_thread():
-    """hil-lessons.md §1.5: socket:// has no usable fd for the loop: ThreadLink services it."""
+    """docs/reference/hil-lessons.md §1.5: socket:// has no usable fd for the loop: ThreadLink services it."""
     async with agent() as (listener, _, _):
         host_port = listener.address[len("tcp://"):]
         async with open_backend(f"agent+socket://{host_port}") as be:
@@ -246,7 +246,7 @@ async def test_devices_need_the_feature():
 
 
 async def test_ftdi_style_port_is_read_through_its_device_and_latency_is_fixed(monkeypatch):
-    """hil-lessons.md §1.4: dynamic latency off, latency timer 1 ms, bulk reads instead of pyftdi's
+    """docs/reference/hil-lessons.md §1.4: dynamic latency off, latency timer 1 ms, bulk reads instead of pyftdi's
     10 ms-sleeping read(). A stand-in for pyftdi's serial port records what the link does to it."""
     import serial
 

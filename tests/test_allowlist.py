@@ -1,4 +1,4 @@
-"""Allow-lists refuse anything outside their ports and memory windows (hil-lessons.md §3.21)."""
+"""Allow-lists refuse anything outside their ports and memory windows (docs/reference/hil-lessons.md §3.21)."""
 
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ def test_program_refused_as_a_whole_before_it_runs():
 
 @given(st.integers(0, 0xFFFF), st.sampled_from([8, 16]), st.booleans())
 def test_default_allows_exactly_the_at_dma_ports(port, width, write):
-    """hil-lessons.md §3.21 / 8237.md §1: DMA1 with its mirror 0x00-0x1F, the page file 0x80-0x8F,
+    """docs/reference/hil-lessons.md §3.21 / docs/reference/8237.md §1: DMA1 with its mirror 0x00-0x1F, the page file 0x80-0x8F,
     DMA2 0xC0-0xDF; every byte of the access must be inside, and check_port agrees with it."""
     spec = [(0x00, 0x1F), (0x80, 0x8F), (0xC0, 0xDF)]
     last = port + width // 8 - 1

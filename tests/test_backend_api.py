@@ -4,8 +4,8 @@ execute() is atomic and returns the reading ops' results in order; settle() refu
 forever.
 
 References: hil/backends/base.py and ops.py (the interface contract), hil/backends/sim.py (URL
-options), hil-lessons.md §1.1 (why programs must not interleave: the shared flip-flop),
-8237.md §2.12 (undriven bus reads 0xFF) and §1.4 (what an AT decodes).
+options), docs/reference/hil-lessons.md §1.1 (why programs must not interleave: the shared flip-flop),
+docs/reference/8237.md §2.12 (undriven bus reads 0xFF) and §1.4 (what an AT decodes).
 """
 
 from __future__ import annotations
@@ -232,7 +232,7 @@ async def test_registry_lists_sim():
 
 @pytest.mark.parametrize("port", [0x3F8, 0x0020, 0x00BF, 0x00E0, 0x0480, 0xFFFF])
 async def test_undecoded_port_floats(be, port):
-    """8237.md §2.12 / §1.4: a port nothing decodes reads the floating bus 0xFF and writes to it are
+    """docs/reference/8237.md §2.12 / §1.4: a port nothing decodes reads the floating bus 0xFF and writes to it are
     lost (they change no DMA state)."""
     before = be.machine.dma1.snapshot(), be.machine.dma2.snapshot(), bytes(be.machine.pages)
     await be.outb(port, 0x00)
@@ -257,7 +257,7 @@ async def test_strict_mode_raises_on_undecoded_ports(profile_url):
 
 
 async def test_strict_mode_follows_the_profile_decode():
-    """8237.md §1.3 / qemu-qtest.md §8: 0x80 and the DMA1 mirror are decoded on the AT model, not
+    """docs/reference/8237.md §1.3 / docs/reference/qemu-qtest.md §8: 0x80 and the DMA1 mirror are decoded on the AT model, not
     by QEMU — so in strict mode only the qemu profile refuses them."""
     async with open_backend("sim:?strict=1") as be:
         await be.outb(0x80, 0x12)
@@ -303,7 +303,7 @@ async def test_closed_backend_refuses_everything():
 
 async def test_connect_opens():
     """hil.backends.connect returns an opened backend (qemu profile: mask reads 0xFF at 0x09 after
-    reset, qemu-qtest.md §8)."""
+    reset, docs/reference/qemu-qtest.md §8)."""
     be = await connect("sim:?profile=qemu")
     try:
         assert await be.inb(0x09) == 0xFF
@@ -345,7 +345,7 @@ async def test_execute_returns_reading_results_in_order(be):
 async def test_poll_waits_for_tc_and_times_out(intel):
     """ops.Poll: read until value & mask == expect or the timeout passes; the result is the last
     value read (a timeout is not an error). A single-mode transfer needs virtual time to reach TC
-    (8237.md §3.5), which the poll's waiting provides."""
+    (docs/reference/8237.md §3.5), which the poll's waiting provides."""
     p = channel_ports(1)
     await intel.execute(
         [Out(p.ctrl.single_mask, 5), Out(p.ctrl.clear_ff, 0), Out(p.ctrl.mode, 0x45), Out(p.page, 2),
@@ -361,7 +361,7 @@ async def test_poll_waits_for_tc_and_times_out(intel):
 
 async def test_concurrent_programs_never_interleave(be):
     """base.Backend: execute() is atomic per backend, so concurrent tasks' programs never
-    interleave — the flip-flop hazard of hil-lessons.md §1.1. Fifty tasks each write their own
+    interleave — the flip-flop hazard of docs/reference/hil-lessons.md §1.1. Fifty tasks each write their own
     ch5 address and read it back within one program; every task must see its own value."""
     p = channel_ports(5)
 
@@ -439,7 +439,7 @@ async def test_settle_returns_when_idle(be):
 
 
 async def test_settle_completes_a_transfer(be):
-    """settle() runs virtual time until the transfer has finished (8237.md §3.1: count+1 = 100
+    """settle() runs virtual time until the transfer has finished (docs/reference/8237.md §3.1: count+1 = 100
     bytes of a single-mode channel, one per bus grant, §3.5)."""
     data = bytes(range(100))
     p = channel_ports(3)
@@ -454,7 +454,7 @@ async def test_settle_completes_a_transfer(be):
 
 @pytest.mark.parametrize("ch", [1, 6])
 async def test_settle_times_out_on_endless_autoinit(intel, ch):
-    """An autoinit channel (8237.md §3.2) feeding a Sink that never fills never goes idle, so
+    """An autoinit channel (docs/reference/8237.md §3.2) feeding a Sink that never fills never goes idle, so
     settle() raises SettleTimeout (naming the channel) instead of spinning forever."""
     p = channel_ports(ch)
     await intel.execute(
@@ -473,7 +473,7 @@ async def test_settle_times_out_on_endless_autoinit(intel, ch):
 
 
 async def test_settle_on_qemu_autoinit_terminates(qemu):
-    """QEMU's i8257 has no autoinit reload (8237.md §5, qemu-qtest.md §8), so the same endless Sink
+    """QEMU's i8257 has no autoinit reload (docs/reference/8237.md §5, docs/reference/qemu-qtest.md §8), so the same endless Sink
     is served once and settle() returns."""
     p = channel_ports(1)
     await qemu.execute(

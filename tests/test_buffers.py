@@ -1,6 +1,6 @@
 """The DMA zone allocator (hil.buffers).
 
-The placement rules come from DMA-ISA-LPC (linux-isa-dma.md §3, rules 4, 5, 11, 17): below
+The placement rules come from DMA-ISA-LPC (docs/reference/linux-isa-dma.md §3, rules 4, 5, 11, 17): below
 16 MiB, no 64 KiB (channels 0-3) or 128 KiB (channels 5-7) boundary crossed, 16-bit channels
 even, channel 4 never. The waiting policy is the Xen balloon's "try harder" (§4): no remembered
 hard limit, partial grants kept, timer retry with backoff 1 s doubling to a 32 s cap and reset on

@@ -1,4 +1,4 @@
-"""``devport:`` over ordinary files standing in for /dev/port and /dev/mem (hil-lessons.md §1.2, §3.21).
+"""``devport:`` over ordinary files standing in for /dev/port and /dev/mem (docs/reference/hil-lessons.md §1.2, §3.21).
 
 No test touches this machine's ports: the backend's syscalls go through an injectable
 :class:`hil.backends.devport.Host`, and the files have the same offset semantics as the
@@ -46,7 +46,7 @@ PORT_SIZE = 0x10000
 MEM_SIZE = 0x100000
 WINDOW = "0x10000-0x90000"
 
-# The Linux floppy driver's programming of channel 2 (linux-isa-dma.md §1.3): disable, clear FF,
+# The Linux floppy driver's programming of channel 2 (docs/reference/linux-isa-dma.md §1.3): disable, clear FF,
 # mode 0x44|2, page 0x12 + address 0x3400, count 0x2400-1, enable.
 FLOPPY = [(0x0A, 0x06), (0x0C, 0x00), (0x0B, 0x46), (0x81, 0x12), (0x04, 0x00), (0x04, 0x34),
           (0x05, 0xFF), (0x05, 0x23), (0x0A, 0x02)]

@@ -2,7 +2,7 @@
 known-deviation lists, reports (human, JSON, JUnit XML) and exit codes.
 
 Real runs use two simulator profiles: reading the DMA mask register (``dma1.all_mask``) gives the
-mask on ``sim`` (Intel chipsets make it readable, 8237.md §2.9) and 0 on ``sim:?profile=qemu``.
+mask on ``sim`` (Intel chipsets make it readable, docs/reference/8237.md §2.9) and 0 on ``sim:?profile=qemu``.
 Other cases are built from observations directly.
 """
 
@@ -130,7 +130,7 @@ async def test_known_deviations_match_by_profile_tags(tmp_path: Path) -> None:
         op = "in"
         port = "dma1.all_mask"
         reason = "QEMU reads 0 at the write-all-mask port"
-        reference = "8237.md §2.9"
+        reference = "docs/reference/8237.md §2.9"
 
         [[deviation]]
         name = "other-pair"
@@ -140,7 +140,7 @@ async def test_known_deviations_match_by_profile_tags(tmp_path: Path) -> None:
     report = compare(runs, known)
     tolerated = {d.step: d.tolerated for d in report.divergences}
     assert tolerated == {
-        "2": "known deviation qemu-mask-unreadable: QEMU reads 0 at the write-all-mask port [8237.md §2.9]",
+        "2": "known deviation qemu-mask-unreadable: QEMU reads 0 at the write-all-mask port [docs/reference/8237.md §2.9]",
         "3": None,  # the DMA2 mask is another port: still counted
     }
     assert report.exit_code == 1

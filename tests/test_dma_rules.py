@@ -1,4 +1,4 @@
-"""The DMA-ISA-LPC rules are checked before a channel is unmasked (linux-isa-dma.md §3)."""
+"""The DMA-ISA-LPC rules are checked before a channel is unmasked (docs/reference/linux-isa-dma.md §3)."""
 
 from __future__ import annotations
 
@@ -138,7 +138,7 @@ async def test_program_checks_before_touching_ports():
 
 
 async def test_unchecked_escape_hatch_does_what_linux_would(be):
-    """Probing hardware: the 64K wrap happens (8237.md §3.3) because nothing refused it."""
+    """Probing hardware: the 64K wrap happens (docs/reference/8237.md §3.3) because nothing refused it."""
     dma = IsaDma(be, unchecked=True)
     be.machine.attach(1, Source(bytes(range(0x20))))
     await programmed(dma, 1, 0x2FFF0, 0x20)
@@ -169,7 +169,7 @@ async def test_mode_with_channel_bits_or_illegal_type_refused(be):
 
 
 async def test_flip_flop_set_is_refused(be):
-    """hil-lessons.md §1.1 / 8237.md §4: the functions assume the FF is clear."""
+    """docs/reference/hil-lessons.md §1.1 / docs/reference/8237.md §4: the functions assume the FF is clear."""
     dma = IsaDma(be)
     await dma.request_dma(2, "t")
     await dma.clear_dma_ff(2)
@@ -207,7 +207,7 @@ async def test_wait_dma_done_reports_incomplete_transfer_with_residue(be):
 
 
 async def test_tc_bits_of_other_channels_are_not_lost(be):
-    """A status read clears every TC bit of the controller (8237.md §2.3); waiters share them."""
+    """A status read clears every TC bit of the controller (docs/reference/8237.md §2.3); waiters share them."""
     dma = IsaDma(be)
     for ch in (1, 2):
         await dma.request_dma(ch, "t")
@@ -260,7 +260,7 @@ async def test_sink_takes_memory_to_device(be):
     assert result.complete and bytes(sink.received) == bytes(range(256)) * 4
 
 
-DECREMENT_READ = DMA_MODE_READ | 0x20  # 8237.md §3.3: address decrement
+DECREMENT_READ = DMA_MODE_READ | 0x20  # docs/reference/8237.md §3.3: address decrement
 
 
 async def test_decrement_mode_checks_the_bytes_walked_downwards(be):

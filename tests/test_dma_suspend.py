@@ -1,4 +1,4 @@
-"""Suspend/resume from the shadow (linux-isa-dma.md §3 rule 20, §5; 8237.md §2.10)."""
+"""Suspend/resume from the shadow (docs/reference/linux-isa-dma.md §3 rule 20, §5; docs/reference/8237.md §2.10)."""
 
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ async def assert_as_programmed(be) -> None:
         else:
             assert (addr, count) == (phys & 0xFFFF, n - 1)
             assert await be.inb(channel_ports(ch).page) == phys >> 16
-    # masks read back at 0x0F / 0xDE on the intel profile (8237.md §2.9): 1 = masked
+    # masks read back at 0x0F / 0xDE on the intel profile (docs/reference/8237.md §2.9): 1 = masked
     assert await be.inb(DMA1.all_mask) == 0b1011  # ch2 enabled
     assert await be.inb(DMA2.all_mask) == 0b1000  # ch4 cascade, ch5, ch6 enabled; ch7 masked
     m = be.machine

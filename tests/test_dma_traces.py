@@ -1,4 +1,4 @@
-"""IsaDma emits exactly Linux's port traffic (linux-isa-dma.md §1.3, §1.4, §2), one program per call."""
+"""IsaDma emits exactly Linux's port traffic (docs/reference/linux-isa-dma.md §1.3, §1.4, §2), one program per call."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hil.dma import DMA_AUTOINIT, DMA_MODE_CASCADE, DMA_MODE_READ, DMA_MODE_WRIT
 from hil.errors import ChannelBusyError, HilError, InvalidChannelError
 
 DATA_CHANNELS = [0, 1, 2, 3, 5, 6, 7]
-# linux-isa-dma.md §1.1 per-channel ports, written out as the reference table gives them
+# docs/reference/linux-isa-dma.md §1.1 per-channel ports, written out as the reference table gives them
 ADDR = {0: 0x00, 1: 0x02, 2: 0x04, 3: 0x06, 4: 0xC0, 5: 0xC4, 6: 0xC8, 7: 0xCC}
 CNT = {0: 0x01, 1: 0x03, 2: 0x05, 3: 0x07, 4: 0xC2, 5: 0xC6, 6: 0xCA, 7: 0xCE}
 PAGE = {0: 0x87, 1: 0x83, 2: 0x81, 3: 0x82, 5: 0x8B, 6: 0x89, 7: 0x8A}
@@ -84,7 +84,7 @@ async def test_set_dma_count_per_channel(rec, dma, ch, nbytes):
 
 
 async def test_worked_examples_from_8237_md_section_4(rec, dma):
-    """8237.md §4 worked examples, byte for byte."""
+    """docs/reference/8237.md §4 worked examples, byte for byte."""
     await dma.clear_dma_ff(5)
     assert (await one_call(rec, dma.set_dma_addr(5, 0x123456)))[0] == [W(0x8B, 0x12), W(0xC4, 0x2B), W(0xC4, 0x1A)]
     assert (await one_call(rec, dma.set_dma_count(5, 0x200)))[0] == [W(0xC6, 0xFF), W(0xC6, 0x00)]
@@ -94,7 +94,7 @@ async def test_worked_examples_from_8237_md_section_4(rec, dma):
 
 
 async def test_worked_expansions_linux_isa_dma_1_3(rec, dma):
-    """linux-isa-dma.md §1.3 'Worked expansions'."""
+    """docs/reference/linux-isa-dma.md §1.3 'Worked expansions'."""
     await dma.clear_dma_ff(2)
     assert (await one_call(rec, dma.set_dma_addr(2, 0x00123400)))[0] == [W(0x81, 0x12), W(0x04, 0x00), W(0x04, 0x34)]
     assert (await one_call(rec, dma.set_dma_count(2, 0x2400)))[0] == [W(0x05, 0xFF), W(0x05, 0x23)]

@@ -1,4 +1,4 @@
-"""``hil doctor`` and the diagnoses behind it (hil-lessons.md §1.2, §2.5, §3.20).
+"""``hil doctor`` and the diagnoses behind it (docs/reference/hil-lessons.md §1.2, §2.5, §3.20).
 
 Every failure is simulated: errno values are injected through :class:`hil.backends.devport.Host`,
 and the kernel's status files (lockdown, /proc/self/status, /proc/iomem) are fixtures.

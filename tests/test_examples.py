@@ -4,7 +4,7 @@ Every example runs green on the default ``sim`` backend (the datasheet / Intel-c
 except failing-expectation.toml, which fails on purpose at one identified step. Run on both
 simulator profiles and compared in-process with :func:`hil.diff.compare`, the examples may only
 differ where configs/deviations/intel-vs-qemu.toml (or a step's may_differ) explains it; each
-example that demonstrates a QEMU deviation (8237.md §5, qemu-qtest.md §8) must actually show one,
+example that demonstrates a QEMU deviation (docs/reference/8237.md §5, docs/reference/qemu-qtest.md §8) must actually show one,
 and every entry of the deviation list must be needed by some example.
 """
 
@@ -32,7 +32,7 @@ EXAMPLES = sorted(p.name for p in SCRIPTS.glob("*.toml") if not p.name.startswit
 FAILING = "failing-expectation.toml"
 PASSING = [name for name in EXAMPLES if name != FAILING]
 
-#: examples that demonstrate a behaviour QEMU's i8257 does not share (8237.md §5)
+#: examples that demonstrate a behaviour QEMU's i8257 does not share (docs/reference/8237.md §5)
 DIFFERS_ON_QEMU = {
     "audio-ring-autoinit.toml",  # no autoinit reload; mask not readable at 0xDE
     "cascade-gating.toml",  # channel 4 / DMA2 disable do not gate channels 0-3
@@ -117,7 +117,7 @@ def test_failing_expectation_fails_at_the_documented_step():
 
 
 def test_audio_ring_wraps_on_sim():
-    """The sink saw 1.5 rings, i.e. the ring wrapped once (8237.md §3.2), and memory -> I/O left
+    """The sink saw 1.5 rings, i.e. the ring wrapped once (docs/reference/8237.md §3.2), and memory -> I/O left
     the ring as it was; the pointer samples went down and came back up after the wrap."""
     result = run("audio-ring-autoinit.toml", "intel")
     [sink] = [o for o in result.observations if o.step == "end.device5"]
@@ -163,7 +163,7 @@ def test_every_deviation_entry_is_needed():
         if d.script.startswith("qemu-"):
             continue  # needed by the runs on real QEMU: tests/test_qemu_scripts.py checks those
         assert d.between == ("intel", "qemu")
-        assert d.reason and ("8237.md" in d.reference or "qemu-qtest.md" in d.reference), d.name
+        assert d.reason and ("docs/reference/8237.md" in d.reference or "docs/reference/qemu-qtest.md" in d.reference), d.name
         others = [x for x in deviations if x is not d]
         report = diff(PASSING, others)
         assert report.counted, f"deviation {d.name} tolerates nothing the examples show"

@@ -3,7 +3,7 @@ operation, pipelining, refusals before anything is sent, and no orphan QEMU proc
 
 Tests that need QEMU call :func:`need_qemu` (hil.testing.require): locally they skip with the
 install hint when qemu-system-x86_64 7.2+ is missing; in CI (HIL_REQUIRE_ALL=1) that is a failure.
-The option, error and fake-binary tests need no QEMU. References: qemu-qtest.md §1-§5, §8.
+The option, error and fake-binary tests need no QEMU. References: docs/reference/qemu-qtest.md §1-§5, §8.
 """
 
 from __future__ import annotations
@@ -253,7 +253,7 @@ async def test_start_identity_and_stop():
 
 
 async def test_reset_state(qemu_be):
-    """qemu-qtest.md §8 'Reset state (halt mode)'."""
+    """docs/reference/qemu-qtest.md §8 'Reset state (halt mode)'."""
     got = await qemu_be.execute([In(p) for p in (0x08, 0x09, 0x0A, 0x0B, 0x0C, 0x0D, 0x0E, 0x0F)])
     assert got == [0x00, 0xFF, 0, 0, 0, 0, 0, 0]
     got = await qemu_be.execute([In(p) for p in (0xD0, 0xD2, 0xD3, 0xDA, 0xDE, 0x10, 0x1F)])
@@ -261,7 +261,7 @@ async def test_reset_state(qemu_be):
 
 
 async def test_flip_flop_shared_by_reads_and_writes(qemu_be):
-    """qemu-qtest.md §8 'flip-flop' and 'read then write'."""
+    """docs/reference/qemu-qtest.md §8 'flip-flop' and 'read then write'."""
     seq = [Out(0x0C, 0), Out(0x02, 0x34), Out(0x02, 0x12), Out(0x03, 0x78), Out(0x03, 0x56), Out(0x0C, 0),
            In(0x02), In(0x02), In(0x03), In(0x03)]
     assert await qemu_be.execute(seq) == [0x34, 0x12, 0x78, 0x56]
@@ -270,7 +270,7 @@ async def test_flip_flop_shared_by_reads_and_writes(qemu_be):
 
 
 async def test_a_big_program_is_pipelined_without_deadlock(qemu_be):
-    """50,000 reads in one program: far more than both socket buffers hold (qemu-qtest.md §3.4)."""
+    """50,000 reads in one program: far more than both socket buffers hold (docs/reference/qemu-qtest.md §3.4)."""
     n = 50_000
     t0 = time.perf_counter()
     got = await qemu_be.execute([In(0x09)] * n)
@@ -312,7 +312,7 @@ async def test_memory_by_base64(qemu_be):
 async def test_refused_before_anything_is_sent(qemu_be):
     client = qemu_be._client
     before = client.sent
-    with pytest.raises(InvalidAccessError, match=r"byte-wide only .*qemu-qtest.md §3.5"):
+    with pytest.raises(InvalidAccessError, match=r"byte-wide only .*docs/reference/qemu-qtest.md §3.5"):
         await qemu_be.execute([Out(0x0C, 0), In(0x82, 16)])
     with pytest.raises(InvalidAccessError, match="byte-wide only"):
         await qemu_be.outw(0xC4, 0x1234)
@@ -352,7 +352,7 @@ async def test_machine_reset_ports_are_refused_even_when_allowed():
 
 
 async def test_wide_pass_hands_word_accesses_to_qemu():
-    """qemu-qtest.md §3.5: `outw 0x82` writes 0x82 and 0x83; `inw 0x80` reads 0xFFFF."""
+    """docs/reference/qemu-qtest.md §3.5: `outw 0x82` writes 0x82 and 0x83; `inw 0x80` reads 0xFFFF."""
     need_qemu()
     async with open_backend("qemu:?wide=pass") as be:
         await be.outw(0x82, 0x1234)
@@ -382,7 +382,7 @@ async def test_qemu_dying_is_a_backend_error(qemu_be):
 
 
 async def test_cpu_stopped_mode():
-    """qemu-qtest.md §1.2: under -S register semantics are identical."""
+    """docs/reference/qemu-qtest.md §1.2: under -S register semantics are identical."""
     need_qemu()
     async with open_backend("qemu:?cpu=stopped") as be:
         assert be.capabilities.details["cpu"] == "stopped"

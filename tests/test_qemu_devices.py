@@ -1,5 +1,5 @@
 """QEMU's own DMA devices through the ``qemu:`` backend: the floppy controller (READ DATA / WRITE
-DATA on channel 2, qemu-qtest.md §6) and the Sound Blaster 16 (8-bit playback on channel 1 in
+DATA on channel 2, docs/reference/qemu-qtest.md §6) and the Sound Blaster 16 (8-bit playback on channel 1 in
 single-cycle and auto-init mode, §7), run as the example scripts configs/scripts/qemu-*.toml and
 checked beyond what a script can say: the disk image on the host, IRQ 6 / IRQ 5 as QEMU reports
 them, the residue samples falling as the SB16 plays.
@@ -46,7 +46,7 @@ def samples(result: RunResult, name: str) -> list[int]:
 
 @pytest.mark.parametrize("cpu", ["halt", "stopped"])
 async def test_fdc_read_script(cpu: str):
-    """qemu-qtest.md §6.1; identical under -S (§1.2): the FDC moves the data synchronously."""
+    """docs/reference/qemu-qtest.md §6.1; identical under -S (§1.2): the FDC moves the data synchronously."""
     need_qemu()
     async with open_backend(f"qemu:?floppy=generate&cpu={cpu}") as be:
         result = await run_script(load_script(SCRIPTS / "qemu-fdc-read.toml"), be)
@@ -60,7 +60,7 @@ async def test_fdc_read_script(cpu: str):
 
 
 async def test_fdc_write_script_changes_the_image_on_the_host():
-    """qemu-qtest.md §6.2: LBA 4 of the image file holds the payload, LBA 5 is untouched."""
+    """docs/reference/qemu-qtest.md §6.2: LBA 4 of the image file holds the payload, LBA 5 is untouched."""
     need_qemu()
     async with open_backend("qemu:?floppy=generate") as be:
         assert be.floppy_path is not None and be.floppy_path.read_bytes() == floppy_image()
@@ -85,7 +85,7 @@ async def test_fdc_with_an_image_given_by_path(tmp_path: Path):
 
 
 async def test_fdc_transfer_waits_for_the_unmask():
-    """qemu-qtest.md §6.3 'DREQ while masked': the FDC requests (status 0x40), nothing moves until
+    """docs/reference/qemu-qtest.md §6.3 'DREQ while masked': the FDC requests (status 0x40), nothing moves until
     the unmask, and then the whole sector moves inside that one port write."""
     need_qemu()
     async with open_backend("qemu:?floppy=generate") as be:
@@ -108,7 +108,7 @@ async def test_fdc_transfer_waits_for_the_unmask():
 
 class FdcStandIn(Source):
     """The simulator's stand-in for QEMU's FDC in a one-sector READ without MT: it requests while
-    it has bytes and ends its data phase at T/C (qemu-qtest.md §6.3 'the FDC ends normally on TC')."""
+    it has bytes and ends its data phase at T/C (docs/reference/qemu-qtest.md §6.3 'the FDC ends normally on TC')."""
 
     def terminal_count(self, channel: int) -> None:
         super().terminal_count(channel)
@@ -182,7 +182,7 @@ async def test_fdc_verify_with_a_count_larger_than_the_sector():
 
 
 async def test_sb16_single_cycle_script():
-    """qemu-qtest.md §7: the count falls at the sample rate; one IRQ 5 at the end; the channel then
+    """docs/reference/qemu-qtest.md §7: the count falls at the sample rate; one IRQ 5 at the end; the channel then
     reads its base values, no TC."""
     need_qemu()
     async with open_backend("qemu:?sb16=1") as be:
@@ -197,7 +197,7 @@ async def test_sb16_single_cycle_script():
 
 
 async def test_sb16_autoinit_script():
-    """qemu-qtest.md §7: the ring wraps by itself (the residue jumps up), IRQ 5 once per block."""
+    """docs/reference/qemu-qtest.md §7: the ring wraps by itself (the residue jumps up), IRQ 5 once per block."""
     need_qemu()
     async with open_backend("qemu:?sb16=1") as be:
         result = await run_script(load_script(SCRIPTS / "qemu-sb16-autoinit.toml"), be)
@@ -245,6 +245,6 @@ async def test_autoinit_never_settles_and_wait_irq():
 
 
 def test_image_helpers_agree_with_the_reference():
-    """qemu-qtest.md §6: byte i of LBA n is (13 * n + i) & 0xFF."""
+    """docs/reference/qemu-qtest.md §6: byte i of LBA n is (13 * n + i) & 0xFF."""
     assert floppy_sector(0)[:4] == b"\x00\x01\x02\x03"
     assert floppy_sector(1)[255:258] == bytes([(13 + 255) & 0xFF, (13 + 256) & 0xFF, (13 + 257) & 0xFF])

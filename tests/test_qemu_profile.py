@@ -8,7 +8,7 @@ readable register (so the reset state is compared too), and a fresh QEMU every
 ``HIL_QEMU_BATCH`` programs whose untouched power-on state is compared as well.
 
 A difference is a bug in the profile (hil/sim/i8237.py, hil/sim/machine.py): fix the model, never
-the comparison. The failure message gives the program in qemu-qtest.md notation and how to replay
+the comparison. The failure message gives the program in docs/reference/qemu-qtest.md notation and how to replay
 it. Knobs (environment): ``HIL_QEMU_PROGRAMS`` (default 2000; CI runs at least that),
 ``HIL_QEMU_SEED`` (default 8237), ``HIL_QEMU_BATCH`` (programs per QEMU process, default 500),
 ``HIL_QEMU_WIDE_PROGRAMS`` (programs with 16-bit accesses mixed in, default 500).
@@ -82,7 +82,7 @@ async def test_random_register_programs_are_bit_exact():
 
 
 async def test_random_programs_with_word_accesses_are_bit_exact():
-    """16-bit accesses dispatched by QEMU's memory core (qemu-qtest.md §3.5), which the profile
+    """16-bit accesses dispatched by QEMU's memory core (docs/reference/qemu-qtest.md §3.5), which the profile
     models: whole at an even port, split at an odd one (the bug this check found: `outw 0xBF`)."""
     need_qemu()
     programs = random_programs(SEED, WIDE_PROGRAMS, wide=0.15)
@@ -104,7 +104,7 @@ async def test_the_reset_sequence_reaches_the_same_state_from_anywhere():
             assert await qemu.execute([*RESET_OPS, *STATE_READS]) == fresh
             assert await sim.execute([*RESET_OPS, *STATE_READS]) == fresh
     reads = [op for op in STATE_READS if isinstance(op, In)]
-    assert fresh[next(i for i, op in enumerate(reads) if op.port == 0x09)] == 0xFF  # qemu-qtest.md §8
+    assert fresh[next(i for i, op in enumerate(reads) if op.port == 0x09)] == 0xFF  # docs/reference/qemu-qtest.md §8
 
 
 def test_generator_is_reproducible_and_covers_the_ports():

@@ -131,7 +131,7 @@ def test_a_qemu_device_example_needs_the_device_option():
 
 
 #: examples whose expectations are the datasheet's and which QEMU therefore fails (on purpose)
-FAILS_ON_QEMU = {"mem-to-mem.toml"}  # no memory-to-memory in QEMU's i8257 (8237.md §5)
+FAILS_ON_QEMU = {"mem-to-mem.toml"}  # no memory-to-memory in QEMU's i8257 (docs/reference/8237.md §5)
 
 
 @pytest.mark.parametrize("name", BOTH)

@@ -1,4 +1,4 @@
-"""Replays of the Linux driver port traces in linux-isa-dma.md §2 and §5, with data checks.
+"""Replays of the Linux driver port traces in docs/reference/linux-isa-dma.md §2 and §5, with data checks.
 
 The traces are taken literally from the reference (`W pp vv` = outb(vv, 0xpp), `R pp` = inb),
 so the ports are spelled as numbers here on purpose. Devices stand in for the card's side of
@@ -14,7 +14,7 @@ from hil.sim.devices import Sink, Source
 
 
 def replay(text: str) -> list[Out | In]:
-    """``"W 0A 06, R 05"`` → [Out(0x0A, 0x06), In(0x05)] (linux-isa-dma.md trace notation)."""
+    """``"W 0A 06, R 05"`` → [Out(0x0A, 0x06), In(0x05)] (docs/reference/linux-isa-dma.md trace notation)."""
     ops: list[Out | In] = []
     for item in text.replace("\n", ",").split(","):
         parts = item.split()
@@ -30,7 +30,7 @@ def replay(text: str) -> list[Out | In]:
 
 
 def residue(lsb: int, msb: int, channel: int) -> int:
-    """linux-isa-dma.md §1.3 get_dma_residue: unsigned short count = 1 + R; count += R << 8;
+    """docs/reference/linux-isa-dma.md §1.3 get_dma_residue: unsigned short count = 1 + R; count += R << 8;
     returned as is on ch0-3, << 1 on ch5-7."""
     count = (1 + lsb + (msb << 8)) & 0xFFFF
     return count if channel <= 3 else count << 1
@@ -48,10 +48,10 @@ FLOPPY_READ = "W 0A 06, W 0C 00, W 0B 46, W 81 12, W 04 00, W 04 34, W 05 FF, W 
 
 
 async def test_floppy_read(be, profile):
-    """linux-isa-dma.md §2(a): floppy READ of 0x2400 bytes into 0x00123400 (`W 0A 06, W 0C 00,
+    """docs/reference/linux-isa-dma.md §2(a): floppy READ of 0x2400 bytes into 0x00123400 (`W 0A 06, W 0C 00,
     W 0B 46, W 81 12, W 04 00, W 04 34, W 05 FF, W 05 23, W 0A 02`); the FDC supplies the bytes;
     the raw-command residue read `R 05 ; R 05` (no clear-FF: the even number of accesses left it
-    low) gives 0. 8237.md §3.1: TC after 0x2400 transfers, count 0xFFFF; ch2 masked at TC on a
+    low) gives 0. docs/reference/8237.md §3.1: TC after 0x2400 transfers, count 0xFFFF; ch2 masked at TC on a
     datasheet part, not on QEMU (§5)."""
     data = ring(0x2400)
     await be.fill_mem(0x123400 - 0x10, 0x2420, 0xEE)
@@ -71,9 +71,9 @@ async def test_floppy_read(be, profile):
 
 
 async def test_floppy_write_and_a_second_command_without_reprogramming(intel):
-    """linux-isa-dma.md §2(a) write path (mode 0x4A, memory → FDC); 8237.md §2.9 [SIO]: a one-shot
+    """docs/reference/linux-isa-dma.md §2(a) write path (mode 0x4A, memory → FDC); docs/reference/8237.md §2.9 [SIO]: a one-shot
     channel is masked at TC, so a second FDC request without reprogramming gets no DMA
-    (qemu-qtest.md §6.3: 'On real hardware the non-autoinit channel would be masked')."""
+    (docs/reference/qemu-qtest.md §6.3: 'On real hardware the non-autoinit channel would be masked')."""
     data = ring(0x200)
     await intel.write_mem(0x123400, data)
     await intel.execute(
@@ -91,7 +91,7 @@ async def test_floppy_write_and_a_second_command_without_reprogramming(intel):
 
 
 async def test_floppy_historical_order_with_mode_written_to_0x0c(be):
-    """linux-isa-dma.md §2(a) 'Historical variant (Linux 0.11)': mask, mode byte to 0x0C (doubles
+    """docs/reference/linux-isa-dma.md §2(a) 'Historical variant (Linux 0.11)': mask, mode byte to 0x0C (doubles
     as the FF clear) then 0x0B, address LSB/MSB, *then* the page, count 0x03FF, unmask."""
     data = ring(0x400)
     await be.execute(
@@ -114,7 +114,7 @@ RING_BASE, RING_SIZE = 0x243000, 0x8000
 
 
 def snd_dma_pointer(reads: list[int], size: int) -> tuple[int, int, int]:
-    """linux-isa-dma.md §2(b) snd_dma_pointer: two residues, keep the larger, then
+    """docs/reference/linux-isa-dma.md §2(b) snd_dma_pointer: two residues, keep the larger, then
     `(r >= size || r == 0) ? 0 : size - r`."""
     r = residue(reads[0], reads[1], 5)
     r1 = residue(reads[2], reads[3], 5)
@@ -123,9 +123,9 @@ def snd_dma_pointer(reads: list[int], size: int) -> tuple[int, int, int]:
 
 
 async def test_alsa_sb16_playback_ring_intel(intel):
-    """linux-isa-dma.md §2(b): SB16 playback, ch5, 32 KiB at 0x00243000, mode 0x59 (single,
+    """docs/reference/linux-isa-dma.md §2(b): SB16 playback, ch5, 32 KiB at 0x00243000, mode 0x59 (single,
     autoinit, memory → I/O); pointer queries mask the channel around a double residue read. On a
-    datasheet part (8237.md §3.2) autoinit reloads at TC, so the ring wraps: the DSP receives the
+    datasheet part (docs/reference/8237.md §3.2) autoinit reloads at TC, so the ring wraps: the DSP receives the
     buffer over and over, the channel stays unmasked, and the pointer always equals the bytes
     consumed modulo the ring size."""
     data = ring(RING_SIZE)
@@ -153,7 +153,7 @@ async def test_alsa_sb16_playback_ring_intel(intel):
 
 
 async def test_alsa_sb16_pointer_on_buggy_bridge(intel):
-    """linux-isa-dma.md §2(b): on an isa_dma_bridge_buggy system the pointer reads the residue
+    """docs/reference/linux-isa-dma.md §2(b): on an isa_dma_bridge_buggy system the pointer reads the residue
     twice *without* masking, and keeps the larger one; the result stays inside the ring and
     within a few words of the true position."""
     await intel.write_mem(RING_BASE, ring(RING_SIZE))
@@ -172,7 +172,7 @@ async def test_alsa_sb16_pointer_on_buggy_bridge(intel):
 
 
 async def test_alsa_sb16_qemu_has_no_autoinit(qemu):
-    """qemu-qtest.md §8 'autoinit: not implemented in the i8257' (8237.md §5): the same program
+    """docs/reference/qemu-qtest.md §8 'autoinit: not implemented in the i8257' (docs/reference/8237.md §5): the same program
     plays the buffer once, then TC with count 0xFFFF (residue 0), no reload and no mask; the
     DMA2 mask reads 0xFD at 0xD2 (ch4 masked by the halt firmware, ch5 enabled)."""
     data = ring(RING_SIZE)
@@ -189,7 +189,7 @@ async def test_alsa_sb16_qemu_has_no_autoinit(qemu):
 
 
 async def test_sb8_one_byte_oneshot_then_autoinit_reprogram(be, profile):
-    """linux-isa-dma.md §2(b) SB8: a 1-byte one-shot (count register 0x0000, mode 0x48|ch) then the
+    """docs/reference/linux-isa-dma.md §2(b) SB8: a 1-byte one-shot (count register 0x0000, mode 0x48|ch) then the
     full autoinit program on the same channel (variant 7). The first moves exactly one byte; the
     second restarts from the buffer start (both profiles: the MSB writes re-initialise QEMU's
     channel, and the datasheet part was simply reprogrammed)."""
@@ -220,9 +220,9 @@ PARPORT_RESIDUE = "W 0A 07, W 0C 00, R 07, R 07"
 
 
 async def test_parport_ecp_chunk(be):
-    """linux-isa-dma.md §2(c): ch3, bounce page at 0x00012000, 4096 bytes, mode 0x4B; after the
+    """docs/reference/linux-isa-dma.md §2(c): ch3, bounce page at 0x00012000, 4096 bytes, mode 0x4B; after the
     chunk `disable; clear_ff; R 07; R 07` gives residue 0, and the unconditional teardown reads it
-    *again* and expects 0 again — the count register keeps reading 0xFFFF after TC (8237.md §3.1)."""
+    *again* and expects 0 again — the count register keeps reading 0xFFFF after TC (docs/reference/8237.md §3.1)."""
     data = ring(4096)
     await be.write_mem(0x012000, data)
     await be.execute(replay(PARPORT_CHUNK))
@@ -237,7 +237,7 @@ async def test_parport_ecp_chunk(be):
 
 
 async def test_parport_ecp_short_chunk_is_retried(be):
-    """linux-isa-dma.md §2(c): `count = get_dma_residue(); buf -= count; left += count` — when the
+    """docs/reference/linux-isa-dma.md §2(c): `count = get_dma_residue(); buf -= count; left += count` — when the
     peripheral stops early the residue is exactly the bytes not sent, and the next chunk
     (reprogrammed at the first unsent byte) sends the rest."""
     data = ring(4096)
@@ -279,8 +279,8 @@ async def test_parport_ecp_short_chunk_is_retried(be):
     ],
 )
 async def test_bus_master_cascade_moves_no_data(intel, trace, ch):
-    """linux-isa-dma.md §2(d): bus-master cards get the channel in cascade mode with no address or
-    count; 8237.md §3.5: a cascade channel only relays DREQ/DACK and generates no addresses — the
+    """docs/reference/linux-isa-dma.md §2(d): bus-master cards get the channel in cascade mode with no address or
+    count; docs/reference/8237.md §3.5: a cascade channel only relays DREQ/DACK and generates no addresses — the
     8237 itself moves nothing, whatever the card's DREQ does. Its DREQ still shows in status
     (§2.3), which is what lance's probe reads."""
     before = await intel.read_mem(0, 0x20000)
@@ -298,7 +298,7 @@ async def test_bus_master_cascade_moves_no_data(intel, trace, ch):
 
 
 async def test_3c505_demand_mode_rx(be):
-    """linux-isa-dma.md §2(d) 3c505 receive: mode 0x04 (demand, device → memory, no autoinit) on an
+    """docs/reference/linux-isa-dma.md §2(d) 3c505 receive: mode 0x04 (demand, device → memory, no autoinit) on an
     8-bit channel; the board delivers a frame in bursts and the transfer completes at TC."""
     frame = ring(1514 + 1)[1:]
     await be.execute(replay("W 0A 05, W 0C 00, W 0B 05, W 83 07, W 02 00, W 02 40, W 03 E9, W 03 05, W 0A 01"))
@@ -331,7 +331,7 @@ W D4 00
 
 
 async def test_i8237_resume_trace(be, profile):
-    """linux-isa-dma.md §5 i8237A_resume: master clear both controllers, set_dma_addr(ch, 0) and
+    """docs/reference/linux-isa-dma.md §5 i8237A_resume: master clear both controllers, set_dma_addr(ch, 0) and
     set_dma_count(ch, 1) for ch0-7 (no page for ch4), enable_dma(4) — 42 writes. Afterwards every
     channel but 4 is masked, all address/count registers read 0, 0x87 reads 0 (not 0xFF), and
     channel 4 works as cascade without its mode having been written: a DMA1 channel transfers as
@@ -363,7 +363,7 @@ async def test_i8237_resume_trace(be, profile):
 
 
 async def test_resume_then_alsa_prepare(intel):
-    """linux-isa-dma.md §5: after a suspend during playback the order is i8237 resume trace → DSP
+    """docs/reference/linux-isa-dma.md §5: after a suspend during playback the order is i8237 resume trace → DSP
     reset → prepare (a full snd_dma_program with autoinit) → trigger start; the ring then runs."""
     await intel.write_mem(RING_BASE, ring(RING_SIZE))
     await intel.execute(replay(RESUME))

@@ -1,7 +1,7 @@
 """Property tests (hypothesis) of the simulated 8237 pair.
 
 Each example opens a fresh backend (function-scoped fixtures would leak state between examples).
-References: 8237.md §2.1 (flip-flop), §2.2/§3.1 (count+1 transfers, TC, 0xFFFF after TC), §3.3
+References: docs/reference/8237.md §2.1 (flip-flop), §2.2/§3.1 (count+1 transfers, TC, 0xFFFF after TC), §3.3
 and §3.6 (wrap inside the 64 KiB / 128 KiB page), §6 (reference model); §5 for the QEMU column.
 """
 
@@ -74,9 +74,9 @@ async def read16(be, ch: int, port: int) -> int:
     data=st.data(),
 )
 async def test_exactly_count_plus_one_units_move_before_tc(profile, ch, select, count, addr, seed, data):
-    """8237.md §3.1: TC comes after exactly count+1 transfers (count 0 → 0xFFFF), not before; a
+    """docs/reference/8237.md §3.1: TC comes after exactly count+1 transfers (count 0 → 0xFFFF), not before; a
     device-paced channel moves what the device offers up to that; block mode (datasheet) runs to
-    TC once started (§3.5), QEMU does not distinguish modes (qemu-qtest.md §8). The count register
+    TC once started (§3.5), QEMU does not distinguish modes (docs/reference/qemu-qtest.md §8). The count register
     always reads count - moved (mod 2^16), i.e. 0xFFFF after TC."""
     u = unit(ch)
     needed = count + 1
@@ -103,7 +103,7 @@ async def test_exactly_count_plus_one_units_move_before_tc(profile, ch, select, 
 
 
 def expected_page_image(addr: int, n: int, u: int, decrement: bool, data: bytes) -> bytes:
-    """8237.md §3.3/§6: unit i goes to word (addr ± i) mod 2^16 of the page block."""
+    """docs/reference/8237.md §3.3/§6: unit i goes to word (addr ± i) mod 2^16 of the page block."""
     image = bytearray(0x10000 * u)
     if not decrement:
         first = min(n, 0x10000 - addr)  # units addr .. 0xFFFF, then 0, 1, ...
@@ -133,7 +133,7 @@ def expected_page_image(addr: int, n: int, u: int, decrement: bool, data: bytes)
     seed=st.integers(0, 254),
 )
 async def test_no_byte_outside_the_page_intel(ch, select, page, addr, count, decrement, seed):
-    """8237.md §3.3/§3.6: the address counter wraps inside the 64 KiB page (ch0-3) or the 128 KiB
+    """docs/reference/8237.md §3.3/§3.6: the address counter wraps inside the 64 KiB page (ch0-3) or the 128 KiB
     block (ch5-7, page bit 0 ignored); the page latch never changes. Every unit lands at
     (page block) + ((addr ± i) mod 2^16) * unit, and no byte of memory outside that block is
     touched."""
@@ -164,10 +164,10 @@ async def test_no_byte_outside_the_page_intel(ch, select, page, addr, count, dec
     rereads=st.integers(1, 3),
 )
 async def test_registers_after_tc(profile, ch, select, addr, count, decrement, rereads):
-    """8237.md §3.1: after TC without autoinit the current count reads 0xFFFF and the current
-    address base ± (count+1) mod 2^16 — QEMU too (§5 'Count reads after TC', qemu-qtest.md §8
+    """docs/reference/8237.md §3.1: after TC without autoinit the current count reads 0xFFFF and the current
+    address base ± (count+1) mod 2^16 — QEMU too (§5 'Count reads after TC', docs/reference/qemu-qtest.md §8
     'current address / count'); reading them changes nothing, and Linux's get_dma_residue
-    (linux-isa-dma.md §1.3: (1 + LSB + MSB<<8) & 0xFFFF) is 0; the TC status bit is reported once."""
+    (docs/reference/linux-isa-dma.md §1.3: (1 + LSB + MSB<<8) & 0xFFFF) is 0; the TC status bit is reported once."""
     u = unit(ch)
     async with open_backend(URLS[profile]) as be:
         mode = SELECTS[select] | WRITE | (DECREMENT if decrement else 0)
@@ -261,7 +261,7 @@ def _ff_ops(profile: str):
 @PROPS
 @given(data=st.data(), profile=st.sampled_from(["intel", "qemu"]))
 async def test_flip_flop_parity(data, profile):
-    """8237.md §2.1: one FF per controller, toggled by every read or write of an address/count
+    """docs/reference/8237.md §2.1: one FF per controller, toggled by every read or write of an address/count
     port (including the DMA1 mirror 0x10-0x17 on the AT and DMA2's odd aliases, §1.1/§1.2; a
     16-bit access is two byte accesses), cleared by 0x0C/0xD8 and master clear, untouched by any
     other register. After any sequence, each controller's FF equals the parity predicted."""

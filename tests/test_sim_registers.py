@@ -1,7 +1,7 @@
 """Register-level behaviour of the simulated PC/AT DMA subsystem, for both profiles.
 
-References: 8237.md §1 (port map), §2 (registers), §5 (emulator differences, QEMU column),
-§6 (reference model); qemu-qtest.md §8 (QEMU 7.2 observations). Every expected value below is
+References: docs/reference/8237.md §1 (port map), §2 (registers), §5 (emulator differences, QEMU column),
+§6 (reference model); docs/reference/qemu-qtest.md §8 (QEMU 7.2 observations). Every expected value below is
 derived from those sections, never read back from the model first.
 """
 
@@ -37,12 +37,12 @@ def unit(ch: int) -> int:
 
 
 def phys_intel(ch: int, page: int, addr: int) -> int:
-    """8237.md §6: ch0-3 page<<16|addr; ch5-7 (page & 0xFE)<<16 | addr<<1."""
+    """docs/reference/8237.md §6: ch0-3 page<<16|addr; ch5-7 (page & 0xFE)<<16 | addr<<1."""
     return ((page & 0xFE) << 16) | (addr << 1) if ch >= 4 else (page << 16) | addr
 
 
 def phys_qemu(ch: int, page: int, addr: int) -> int:
-    """qemu-qtest.md §8 '16-bit addressing': page<<16 | word<<1 (page bit 0 OR-ed in)."""
+    """docs/reference/qemu-qtest.md §8 '16-bit addressing': page<<16 | word<<1 (page bit 0 OR-ed in)."""
     return (page << 16) | (addr << (1 if ch >= 4 else 0))
 
 
@@ -61,8 +61,8 @@ def other_channel(ch: int) -> int:
 
 @pytest.mark.parametrize("ch", ALL_CHANNELS)
 async def test_ff_shared_by_address_and_count_reads_and_writes(be, ch):
-    """8237.md §2.1 (one FF per controller, toggled by reads and writes of every address/count
-    register); qemu-qtest.md §8 'flip-flop': `0c←0; A←34; A←12; C←78; C←56; 0c←0` then
+    """docs/reference/8237.md §2.1 (one FF per controller, toggled by reads and writes of every address/count
+    register); docs/reference/qemu-qtest.md §8 'flip-flop': `0c←0; A←34; A←12; C←78; C←56; 0c←0` then
     `in A, A, C, C` → 34 12 78 56."""
     p = channel_ports(ch)
     c = p.ctrl
@@ -85,7 +85,7 @@ async def test_ff_shared_by_address_and_count_reads_and_writes(be, ch):
 
 @pytest.mark.parametrize("ch", ALL_CHANNELS)
 async def test_ff_read_toggles_so_next_write_hits_msb(be, dma, ch):
-    """8237.md §2.1: reads toggle the FF too; qemu-qtest.md §8 'read then write':
+    """docs/reference/8237.md §2.1: reads toggle the FF too; docs/reference/qemu-qtest.md §8 'read then write':
     `0c←0; in A; A←AB` → address 0xAB34."""
     p = channel_ports(ch)
     await be.execute([Out(p.ctrl.clear_ff, 0), Out(p.addr, 0x34), Out(p.addr, 0x12)])
@@ -96,7 +96,7 @@ async def test_ff_read_toggles_so_next_write_hits_msb(be, dma, ch):
 
 @pytest.mark.parametrize("ch", ALL_CHANNELS)
 async def test_ff_shared_by_all_channels_of_a_controller(be, dma, ch):
-    """8237.md §2.1: one FF shared by *all* address and count registers of the four channels."""
+    """docs/reference/8237.md §2.1: one FF shared by *all* address and count registers of the four channels."""
     other = other_channel(ch)
     po, p = channel_ports(other), channel_ports(ch)
     await be.execute([Out(po.ctrl.clear_ff, 0), Out(po.addr, 0x00), Out(po.addr, 0x00)])
@@ -108,7 +108,7 @@ async def test_ff_shared_by_all_channels_of_a_controller(be, dma, ch):
 @pytest.mark.parametrize("ch", ALL_CHANNELS)
 @pytest.mark.parametrize("how", ["clear_ff", "master_clear"])
 async def test_ff_cleared_by_clear_ff_write_and_master_clear(be, dma, ch, how):
-    """8237.md §2.1: cleared by a write of any value to 0x0C/0xD8 and by master clear
+    """docs/reference/8237.md §2.1: cleared by a write of any value to 0x0C/0xD8 and by master clear
     (0x0D/0xDA); §2.10 master clear clears the byte-pointer FF."""
     p = channel_ports(ch)
     clear_port = p.ctrl.clear_ff if how == "clear_ff" else p.ctrl.master_clear
@@ -126,7 +126,7 @@ async def test_ff_cleared_by_clear_ff_write_and_master_clear(be, dma, ch, how):
 
 @pytest.mark.parametrize(("a", "b"), [(1, 5), (5, 1), (3, 7), (6, 0)])
 async def test_ff_independent_between_controllers(be, dma, a, b):
-    """8237.md §2.1 [ICH4]: two byte-pointer flip-flops, one per controller, acting
+    """docs/reference/8237.md §2.1 [ICH4]: two byte-pointer flip-flops, one per controller, acting
     independently; clearing one (clear-FF or master clear) leaves the other alone."""
     pa, pb = channel_ports(a), channel_ports(b)
     await be.execute(
@@ -147,7 +147,7 @@ async def test_ff_independent_between_controllers(be, dma, a, b):
 
 @pytest.mark.parametrize("ch", ALL_CHANNELS)
 async def test_ff_not_toggled_by_other_registers(be, dma, ch):
-    """8237.md §2.1: accesses to non-address/count registers do not toggle the FF (status read,
+    """docs/reference/8237.md §2.1: accesses to non-address/count registers do not toggle the FF (status read,
     mode, mask, request, command, temporary, page and POST-port accesses)."""
     p = channel_ports(ch)
     c = p.ctrl
@@ -177,9 +177,9 @@ async def test_ff_not_toggled_by_other_registers(be, dma, ch):
 
 @pytest.mark.parametrize("ch", ALL_CHANNELS)
 async def test_lone_lsb_write(be, dma, profile, ch):
-    """8237.md §2.2 and §5 'Lone LSB write then read current': DS = new LSB, old MSB (base and
+    """docs/reference/8237.md §2.2 and §5 'Lone LSB write then read current': DS = new LSB, old MSB (base and
     current written together per byte); QEMU = the current address is unchanged until the MSB is
-    written, only base changes (qemu-qtest.md §8 'low-byte-only write')."""
+    written, only base changes (docs/reference/qemu-qtest.md §8 'low-byte-only write')."""
     p = channel_ports(ch)
     c = p.ctrl
     await be.execute(
@@ -189,7 +189,7 @@ async def test_lone_lsb_write(be, dma, profile, ch):
     await be.execute([Out(c.clear_ff, 0), Out(p.count, 0xAB)])
     assert await dma.addr(ch) == (0x1299 if profile == "intel" else 0x1234)
     # The count reads back the new LSB in both: DS writes base and current together; QEMU
-    # computes the current count as base - transferred (linux-isa-dma.md §1.5), so the new base
+    # computes the current count as base - transferred (docs/reference/linux-isa-dma.md §1.5), so the new base
     # LSB shows at once.
     assert await dma.count(ch) == 0x56AB
     # the base register took the byte in both profiles (it is what the channel restarts from)
@@ -202,8 +202,8 @@ async def test_lone_lsb_write(be, dma, profile, ch):
 
 @pytest.mark.parametrize("ch", DATA_CHANNELS)
 async def test_rewriting_one_register_msb_and_the_other_register(be, dma, profile, ch):
-    """8237.md §5 'Writing MSB of count also rewinds current address': DS no (address and count
-    are independent registers), QEMU yes; qemu-qtest.md §6.3 'Re-init on rewrite' (address
+    """docs/reference/8237.md §5 'Writing MSB of count also rewinds current address': DS no (address and count
+    are independent registers), QEMU yes; docs/reference/qemu-qtest.md §6.3 'Re-init on rewrite' (address
     0x3000, count 1023, a 512-unit partial transfer, then rewrite only the count / only the
     address)."""
     u = unit(ch)
@@ -234,8 +234,8 @@ async def test_rewriting_one_register_msb_and_the_other_register(be, dma, profil
 
 @pytest.mark.parametrize("ch", DATA_CHANNELS)
 async def test_status_request_bit_is_live_dreq_even_while_masked(be, dma, ch):
-    """8237.md §2.3: bits 4-7 reflect the DREQ input regardless of the mask and are not cleared
-    by a status read; qemu-qtest.md §6.3 'DREQ while masked' (status 0x40 stays)."""
+    """docs/reference/8237.md §2.3: bits 4-7 reflect the DREQ input regardless of the mask and are not cleared
+    by a status read; docs/reference/qemu-qtest.md §6.3 'DREQ while masked' (status 0x40 stays)."""
     assert await dma.masked(ch)  # every data channel is masked after reset in both profiles
     src = Source(b"\x5a" * 8)
     dma.machine.attach(ch, src)
@@ -249,8 +249,8 @@ async def test_status_request_bit_is_live_dreq_even_while_masked(be, dma, ch):
 
 @pytest.mark.parametrize("ch", ALL_CHANNELS)
 async def test_status_shows_software_request(be, dma, ch):
-    """8237.md §2.3/§2.6 [SIO]: a request-register bit shows in status bits 4-7 (and is not
-    cleared by reading status); request write with bit 2 clear resets it. qemu-qtest.md §8:
+    """docs/reference/8237.md §2.3/§2.6 [SIO]: a request-register bit shows in status bits 4-7 (and is not
+    cleared by reading status); request write with bit 2 clear resets it. docs/reference/qemu-qtest.md §8:
     `09←05` → status 0x20 on repeated reads, `09←01` clears it. Mode is left at its reset value
     (not block), so nothing is serviced."""
     p = channel_ports(ch)
@@ -263,7 +263,7 @@ async def test_status_shows_software_request(be, dma, ch):
 
 
 async def test_status_two_software_requests(be):
-    """qemu-qtest.md §8 request row: `09←07; 09←04` → status 0x90 (channels 3 and 0)."""
+    """docs/reference/qemu-qtest.md §8 request row: `09←07; 09←04` → status 0x90 (channels 3 and 0)."""
     await be.outb(DMA1.request, 0x07)
     await be.outb(DMA1.request, 0x04)
     assert await be.inb(DMA1.status) == 0x90
@@ -271,7 +271,7 @@ async def test_status_two_software_requests(be):
 
 @pytest.mark.parametrize("ch", DATA_CHANNELS)
 async def test_status_tc_bit_set_at_tc_and_cleared_by_read(be, dma, ch):
-    """8237.md §2.3: bits 0-3 = reached TC since last status read; reading clears them only;
+    """docs/reference/8237.md §2.3: bits 0-3 = reached TC since last status read; reading clears them only;
     §3.1 TC after count+1 transfers."""
     await dma.program(ch, SINGLE_WRITE, 0x0100, 3, page=1)
     dma.machine.attach(ch, Source(bytes(4 * unit(ch))))  # exactly count+1 units
@@ -282,7 +282,7 @@ async def test_status_tc_bit_set_at_tc_and_cleared_by_read(be, dma, ch):
 
 @pytest.mark.parametrize("ch", DATA_CHANNELS)
 async def test_request_write_and_tc_bit(be, dma, profile, ch):
-    """8237.md §5 'Request-register write clears TC bit': DS no, QEMU yes (qemu-qtest.md §8:
+    """docs/reference/8237.md §5 'Request-register write clears TC bit': DS no, QEMU yes (docs/reference/qemu-qtest.md §8:
     `09←05` ... 'according to the source, clears TC bit 1')."""
     await dma.program(ch, SINGLE_WRITE, 0x0100, 0, page=1)
     dma.machine.attach(ch, Source(bytes(unit(ch))))
@@ -298,8 +298,8 @@ async def test_request_write_and_tc_bit(be, dma, profile, ch):
 
 @pytest.mark.parametrize("ch", DATA_CHANNELS)
 async def test_command_controller_disable(be, dma, profile, ch):
-    """8237.md §2.4 bit 2 = controller disabled; §5 'Command reg honoured': QEMU accepts 0x04
-    but never consults it (qemu-qtest.md §8 command row)."""
+    """docs/reference/8237.md §2.4 bit 2 = controller disabled; §5 'Command reg honoured': QEMU accepts 0x04
+    but never consults it (docs/reference/qemu-qtest.md §8 command row)."""
     ctrl = controller_of(ch)
     await be.outb(ctrl.command, 0x04)
     await dma.program(ch, SINGLE_WRITE, 0x0000, 7, page=3)
@@ -317,7 +317,7 @@ async def test_command_controller_disable(be, dma, profile, ch):
 
 @pytest.mark.parametrize("hold", [False, True], ids=["copy", "fill"])
 async def test_command_memory_to_memory(intel, intel_dma, hold):
-    """8237.md §3.8: command bit 0 enables ch0 → ch1 memory-to-memory, started by a software
+    """docs/reference/8237.md §3.8: command bit 0 enables ch0 → ch1 memory-to-memory, started by a software
     request on ch0; ch1's count ends it and TC is set for both; bit 1 holds the ch0 address
     (block fill); §2.11 the temporary register holds the last byte moved. Both page registers
     are set to the same value (which page a mem-to-mem cycle uses on an AT is not established)."""
@@ -344,7 +344,7 @@ async def test_command_memory_to_memory(intel, intel_dma, hold):
 
 @pytest.mark.parametrize("ch", DATA_CHANNELS)
 async def test_command_dreq_active_low(intel, intel_dma, ch):
-    """8237.md §2.4 bit 6: DREQ sense active low. A device holding its line high is then *not*
+    """docs/reference/8237.md §2.4 bit 6: DREQ sense active low. A device holding its line high is then *not*
     requesting; one holding it low is."""
     ctrl = controller_of(ch)
     local = ch & 3
@@ -364,7 +364,7 @@ async def test_command_dreq_active_low(intel, intel_dma, ch):
 
 @pytest.mark.parametrize("ch", DATA_CHANNELS)
 async def test_command_dack_active_high_hides_dack_from_at_devices(intel, intel_dma, ch):
-    """8237.md §2.4 bit 7 (DACK sense active high): on the AT the bus polarity is fixed, so a
+    """docs/reference/8237.md §2.4 bit 7 (DACK sense active high): on the AT the bus polarity is fixed, so a
     card never sees its DACK — it supplies no data and sees no T/C; the undriven bus reads 0xFF
     (§2.12). The channel still runs its cycles to TC."""
     ctrl = controller_of(ch)
@@ -382,8 +382,8 @@ async def test_command_dack_active_high_hides_dack_from_at_devices(intel, intel_
 
 @pytest.mark.parametrize("value", [0x01, 0x02, 0x08, 0x10, 0x20, 0x40, 0x80, 0x14, 0xFF])
 async def test_command_qemu_ignores_unsupported_values(qemu, qemu_dma, value):
-    """8237.md §2.4 / §5: QEMU ignores the whole command write if any bit other than 0x04 is set
-    (qemu-qtest.md §8 command row), so e.g. DREQ active-low (0x40) or DACK active-high (0x80)
+    """docs/reference/8237.md §2.4 / §5: QEMU ignores the whole command write if any bit other than 0x04 is set
+    (docs/reference/qemu-qtest.md §8 command row), so e.g. DREQ active-low (0x40) or DACK active-high (0x80)
     change nothing: the device is serviced and sees its DACK as usual."""
     await qemu.outb(DMA1.command, value)
     await qemu_dma.program(1, SINGLE_WRITE, 0x0000, 7, page=2)
@@ -401,8 +401,8 @@ async def test_command_qemu_ignores_unsupported_values(qemu, qemu_dma, value):
 
 @pytest.mark.parametrize("ch", DATA_CHANNELS)
 async def test_mode_verify_no_memory_effect_but_registers_advance(be, dma, profile, ch):
-    """8237.md §3.4: verify transfers have no memory or I/O strobes, but address, count and TC
-    advance as for a real transfer; qemu-qtest.md §6.3 'Verify' (QEMU honours it too)."""
+    """docs/reference/8237.md §3.4: verify transfers have no memory or I/O strobes, but address, count and TC
+    advance as for a real transfer; docs/reference/qemu-qtest.md §6.3 'Verify' (QEMU honours it too)."""
     n = 16 * unit(ch)
     start = phys(profile, ch, 8, 0x0010)
     await be.fill_mem(start - 0x20, 0x80, 0xEE)
@@ -419,7 +419,7 @@ async def test_mode_verify_no_memory_effect_but_registers_advance(be, dma, profi
 
 @pytest.mark.parametrize("ch", DATA_CHANNELS)
 async def test_mode_write_moves_io_to_memory(be, dma, profile, ch):
-    """8237.md §2.5 type 01 'write' = I/O → memory (Linux DMA_MODE_READ 0x44)."""
+    """docs/reference/8237.md §2.5 type 01 'write' = I/O → memory (Linux DMA_MODE_READ 0x44)."""
     n = 32 * unit(ch)
     data = bytes((i * 5 + 1) & 0xFF for i in range(n))
     await dma.program(ch, SINGLE_WRITE, 0x0200, 31, page=8)
@@ -432,7 +432,7 @@ async def test_mode_write_moves_io_to_memory(be, dma, profile, ch):
 
 @pytest.mark.parametrize("ch", DATA_CHANNELS)
 async def test_mode_read_moves_memory_to_io(be, dma, profile, ch):
-    """8237.md §2.5 type 10 'read' = memory → I/O (Linux DMA_MODE_WRITE 0x48)."""
+    """docs/reference/8237.md §2.5 type 10 'read' = memory → I/O (Linux DMA_MODE_WRITE 0x48)."""
     n = 32 * unit(ch)
     data = bytes((i * 11 + 7) & 0xFF for i in range(n + 8))
     start = phys(profile, ch, 8, 0x0200)
@@ -446,7 +446,7 @@ async def test_mode_read_moves_memory_to_io(be, dma, profile, ch):
 
 @pytest.mark.parametrize("ch", DATA_CHANNELS)
 async def test_mode_decrement_intel(intel, intel_dma, ch):
-    """8237.md §3.3: mode bit 5 = address decrement, one unit at a time downward; qemu-qtest.md
+    """docs/reference/8237.md §3.3: mode bit 5 = address decrement, one unit at a time downward; docs/reference/qemu-qtest.md
     §6.3 'Address decrement': real hardware puts byte 0 at the start address and byte 511 at
     start-511. On 16-bit channels the unit is a word (§3.6)."""
     u = unit(ch)
@@ -473,7 +473,7 @@ async def test_mode_decrement_intel(intel, intel_dma, ch):
 
 @pytest.mark.parametrize("ch", DATA_CHANNELS)
 async def test_software_request_block_mode_ignores_mask_intel(intel, intel_dma, ch):
-    """8237.md §2.6: software requests are honoured in block mode, are not affected by the mask,
+    """docs/reference/8237.md §2.6: software requests are honoured in block mode, are not affected by the mask,
     and are cleared by TC; §6 service condition 'Software: request[c] and block mode (mask
     ignored)'. Sink(dreq=False) never requests by itself."""
     u = unit(ch)
@@ -495,7 +495,7 @@ async def test_software_request_block_mode_ignores_mask_intel(intel, intel_dma, 
 @pytest.mark.parametrize("ch", DATA_CHANNELS)
 @pytest.mark.parametrize("mode", [SINGLE_READ, 0x08], ids=["single", "demand"])
 async def test_software_request_ignored_outside_block_mode_intel(intel, intel_dma, ch, mode):
-    """8237.md §2.6 / §5 'Software request honoured in: block mode only' (DS); the request
+    """docs/reference/8237.md §2.6 / §5 'Software request honoured in: block mode only' (DS); the request
     stays visible in status (§2.3)."""
     await intel_dma.program(ch, mode, 0x0100, 23, page=0x0A)
     sink = Sink(dreq=False)
@@ -514,8 +514,8 @@ async def test_software_request_ignored_outside_block_mode_intel(intel, intel_dm
 
 @pytest.mark.parametrize("ch", ALL_CHANNELS)
 async def test_single_mask_and_clear_mask(be, dma, ch):
-    """8237.md §2.7 (bits 1:0 channel, bit 2 set/clear, bits 7:3 ignored), §2.8 (clear mask
-    clears all), §2.9 readback (Intel 0x0F/0xDE; QEMU 0x09/0xD2, qemu-qtest.md §8)."""
+    """docs/reference/8237.md §2.7 (bits 1:0 channel, bit 2 set/clear, bits 7:3 ignored), §2.8 (clear mask
+    clears all), §2.9 readback (Intel 0x0F/0xDE; QEMU 0x09/0xD2, docs/reference/qemu-qtest.md §8)."""
     p = channel_ports(ch)
     c = p.ctrl
     bit = 1 << p.local
@@ -532,8 +532,8 @@ async def test_single_mask_and_clear_mask(be, dma, ch):
 
 @pytest.mark.parametrize("ctrl", [DMA1, DMA2], ids=["DMA1", "DMA2"])
 async def test_write_all_mask_width(be, dma, profile, ctrl):
-    """8237.md §2.9: write-all-mask takes bits 3:0 (DS, readback bits 7:4 = 0 [SIO]); QEMU keeps
-    all 8 bits (§5 'Write-all-mask width'; qemu-qtest.md §8: `0f←F0` → `in 09`=F0)."""
+    """docs/reference/8237.md §2.9: write-all-mask takes bits 3:0 (DS, readback bits 7:4 = 0 [SIO]); QEMU keeps
+    all 8 bits (§5 'Write-all-mask width'; docs/reference/qemu-qtest.md §8: `0f←F0` → `in 09`=F0)."""
     await be.outb(ctrl.all_mask, 0xF5)
     assert await dma.mask(ctrl) == (0x05 if profile == "intel" else 0xF5)
     await be.outb(ctrl.all_mask, 0xF0)
@@ -545,8 +545,8 @@ async def test_write_all_mask_width(be, dma, profile, ctrl):
 
 
 async def test_mask_readback_port_per_profile(be, profile):
-    """8237.md §2.9 table: Intel chipsets read the mask at 0x0F/0xDE; QEMU reads 0x00 there and
-    returns the mask at 0x09/0xD2 (qemu-qtest.md §8: `0f←05` → `in 0f`=00, `in 09`=05)."""
+    """docs/reference/8237.md §2.9 table: Intel chipsets read the mask at 0x0F/0xDE; QEMU reads 0x00 there and
+    returns the mask at 0x09/0xD2 (docs/reference/qemu-qtest.md §8: `0f←05` → `in 0f`=00, `in 09`=05)."""
     await be.outb(DMA1.all_mask, 0x05)
     await be.outb(DMA2.all_mask, 0x03)
     if profile == "intel":
@@ -557,7 +557,7 @@ async def test_mask_readback_port_per_profile(be, profile):
 
 
 async def test_reset_state_intel():
-    """8237.md §6 reset: mask = 0xF, command/status/temp/FF = 0; §3.6 the AT BIOS programs ch4 as
+    """docs/reference/8237.md §6 reset: mask = 0xF, command/status/temp/FF = 0; §3.6 the AT BIOS programs ch4 as
     cascade and unmasks it (`post=bios`, the intel default), so DMA2 reads 0x0E; with
     `post=none` DMA2 keeps all four masked."""
     from hil.backends import open_backend
@@ -578,9 +578,9 @@ async def test_reset_state_intel():
 
 @pytest.mark.parametrize("ch", ALL_CHANNELS)
 async def test_master_clear(be, dma, profile, ch):
-    """8237.md §2.10: master clear clears command, status (TC and request), request register,
+    """docs/reference/8237.md §2.10: master clear clears command, status (TC and request), request register,
     temporary register and FF and masks all channels — 0x0F on Intel, 0xFF on QEMU (§5) — but
-    keeps mode, address/count and page registers; qemu-qtest.md §8 master clear row (ch3 address
+    keeps mode, address/count and page registers; docs/reference/qemu-qtest.md §8 master clear row (ch3 address
     0x4321 / count 0x0123 / page 7 survive; the first read after the clear is the low byte)."""
     p = channel_ports(ch)
     c = p.ctrl
@@ -626,8 +626,8 @@ async def test_master_clear(be, dma, profile, ch):
 
 
 async def test_temporary_register_reads_zero_without_mem_to_mem(be):
-    """8237.md §2.11 / §5 'Temporary register read': DS = last memory-to-memory byte (0 after
-    reset); QEMU = 0 always (qemu-qtest.md §8)."""
+    """docs/reference/8237.md §2.11 / §5 'Temporary register read': DS = last memory-to-memory byte (0 after
+    reset); QEMU = 0 always (docs/reference/qemu-qtest.md §8)."""
     assert await be.inb(DMA1.temp) == 0
     assert await be.inb(DMA2.temp) == 0
 
@@ -637,9 +637,9 @@ async def test_temporary_register_reads_zero_without_mem_to_mem(be):
 
 
 async def test_page_register_file(be, profile):
-    """8237.md §1.3: on AT-compatible models 0x80-0x8F are one read/write register file (also
+    """docs/reference/8237.md §1.3: on AT-compatible models 0x80-0x8F are one read/write register file (also
     the unused slots and the POST port); QEMU registers only the channel pages 0x81-0x83, 0x87,
-    0x89-0x8B, 0x8F and the others read 0xFF, writes lost (qemu-qtest.md §8 page row)."""
+    0x89-0x8B, 0x8F and the others read 0xFF, writes lost (docs/reference/qemu-qtest.md §8 page row)."""
     for port in PAGE_FILE:
         await be.outb(port, 0x10 + (port - 0x80))
     for port in PAGE_FILE:
@@ -652,7 +652,7 @@ async def test_page_register_file(be, profile):
 
 @pytest.mark.parametrize("ch", DATA_CHANNELS)
 async def test_page_register_selects_channel(be, dma, profile, ch):
-    """8237.md §1.3 mapping (0x87 ch0, 0x83 ch1, 0x81 ch2, 0x82 ch3, 0x8B ch5, 0x89 ch6, 0x8A ch7):
+    """docs/reference/8237.md §1.3 mapping (0x87 ch0, 0x83 ch1, 0x81 ch2, 0x82 ch3, 0x8B ch5, 0x89 ch6, 0x8A ch7):
     a transfer on channel n uses only its own page register."""
     for c, port in PAGE_PORT.items():
         if c != ch:
@@ -664,16 +664,16 @@ async def test_page_register_selects_channel(be, dma, profile, ch):
 
 
 async def test_high_page_registers_not_decoded(be):
-    """8237.md §1.4: 0x480-0x48F are EISA only; an AT model leaves them unmapped (reads 0xFF);
-    qemu-qtest.md §8: 0x481-0x48F read 0xFF after writing 0x55 on `-machine pc`."""
+    """docs/reference/8237.md §1.4: 0x480-0x48F are EISA only; an AT model leaves them unmapped (reads 0xFF);
+    docs/reference/qemu-qtest.md §8: 0x481-0x48F read 0xFF after writing 0x55 on `-machine pc`."""
     for port in range(0x480, 0x490):
         await be.outb(port, 0x55)
         assert await be.inb(port) == 0xFF
 
 
 async def test_dma1_mirror_at_0x10(be, dma, profile):
-    """8237.md §1.1: the AT decodes DMA1 in 0x00-0x1F, so 0x10-0x1F mirror 0x00-0x0F (§5 'DMA1
-    mirror': DS yes, QEMU no — qemu-qtest.md §8: ports 0x10 and 0x1F read 0xFF)."""
+    """docs/reference/8237.md §1.1: the AT decodes DMA1 in 0x00-0x1F, so 0x10-0x1F mirror 0x00-0x0F (§5 'DMA1
+    mirror': DS yes, QEMU no — docs/reference/qemu-qtest.md §8: ports 0x10 and 0x1F read 0xFF)."""
     if profile == "intel":
         # address via the mirror, read via the real port, FF shared
         await be.execute([Out(0x1C, 0), Out(0x12, 0x34), Out(0x02, 0x12)])
@@ -692,8 +692,8 @@ async def test_dma1_mirror_at_0x10(be, dma, profile):
 
 
 async def test_dma2_odd_ports_alias_even_ports(be, dma, profile):
-    """8237.md §1.2: DMA2 registers at 0xC0 + 2r; SA0 not decoded so odd ports alias (QEMU too:
-    qemu-qtest.md §8 '0xC5 / 0xC7 read the ch5 address / count', '0xD3 = mask')."""
+    """docs/reference/8237.md §1.2: DMA2 registers at 0xC0 + 2r; SA0 not decoded so odd ports alias (QEMU too:
+    docs/reference/qemu-qtest.md §8 '0xC5 / 0xC7 read the ch5 address / count', '0xD3 = mask')."""
     await be.execute(
         [Out(0xD9, 0), Out(0xC5, 0x34), Out(0xC5, 0x12), Out(0xC7, 0x78), Out(0xC6, 0x56)]
     )
@@ -708,9 +708,9 @@ async def test_dma2_odd_ports_alias_even_ports(be, dma, profile):
 
 
 async def test_word_access_is_split_into_two_byte_accesses(be, dma):
-    """hil-lessons.md §1.3 / qemu-qtest.md §8 'word/dword port access': a 16-bit access to 8-bit
+    """docs/reference/hil-lessons.md §1.3 / docs/reference/qemu-qtest.md §8 'word/dword port access': a 16-bit access to 8-bit
     registers is two byte accesses, low byte to port p, high byte to p+1. On DMA2 p+1 is the odd
-    alias of the same register, so a word write fills LSB then MSB (qemu-qtest.md §8: word address
+    alias of the same register, so a word write fills LSB then MSB (docs/reference/qemu-qtest.md §8: word address
     0x1234 reads back as a word); on DMA1 it lands on the next register."""
     await be.outb(DMA2.clear_ff, 0)
     await be.outw(0xC4, 0x1234)
@@ -727,5 +727,5 @@ async def test_word_access_is_split_into_two_byte_accesses(be, dma):
     assert await dma.count(1) == 0x5600
     assert dma.machine.channel(1).base_addr == 0x0034
     # DS: the LSB went to base and current; QEMU: the count-MSB write re-initialised the channel
-    # from base (qemu-qtest.md §8 'writing the high byte of address or count')
+    # from base (docs/reference/qemu-qtest.md §8 'writing the high byte of address or count')
     assert await dma.addr(1) == 0x0034

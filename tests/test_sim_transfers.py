@@ -1,7 +1,7 @@
 """Transfer semantics of the simulated PC/AT DMA subsystem, for both profiles.
 
-References: 8237.md §3 (count/TC, autoinit, wrap, modes, 16-bit channels, priority, cascade),
-§5 (QEMU column), §6 (reference model); qemu-qtest.md §8. Expected memory contents and register
+References: docs/reference/8237.md §3 (count/TC, autoinit, wrap, modes, 16-bit channels, priority, cascade),
+§5 (QEMU column), §6 (reference model); docs/reference/qemu-qtest.md §8. Expected memory contents and register
 values are computed from those rules in the tests.
 """
 
@@ -37,12 +37,12 @@ def pattern(n: int, seed: int = 0) -> bytes:
 
 
 def phys_intel(ch: int, page: int, addr: int) -> int:
-    """8237.md §6: ch0-3 page<<16|addr; ch5-7 (page & 0xFE)<<16 | addr<<1."""
+    """docs/reference/8237.md §6: ch0-3 page<<16|addr; ch5-7 (page & 0xFE)<<16 | addr<<1."""
     return ((page & 0xFE) << 16) | (addr << 1) if ch >= 4 else (page << 16) | addr
 
 
 def phys_qemu(ch: int, page: int, addr: int) -> int:
-    """8237.md §3.6 'Differences' [QEMU]: page<<16 | addr<<dshift, then linear."""
+    """docs/reference/8237.md §3.6 'Differences' [QEMU]: page<<16 | addr<<dshift, then linear."""
     return (page << 16) | (addr << (1 if ch >= 4 else 0))
 
 
@@ -102,9 +102,9 @@ class WordDevice(Device):
 @pytest.mark.parametrize("ch", DATA_CHANNELS)
 @pytest.mark.parametrize("count", [0, 1, 0xFF, 0x1234])
 async def test_count_plus_one_units_then_tc(be, dma, ch, count):
-    """8237.md §3.1/§2.2: a channel performs count+1 transfers (units: bytes on ch0-3, words on
+    """docs/reference/8237.md §3.1/§2.2: a channel performs count+1 transfers (units: bytes on ch0-3, words on
     ch5-7), TC when the count goes 0 → 0xFFFF; afterwards the count reads 0xFFFF and the
-    address base + count + 1 (mod 2^16). QEMU agrees after TC (§5, qemu-qtest.md §8)."""
+    address base + count + 1 (mod 2^16). QEMU agrees after TC (§5, docs/reference/qemu-qtest.md §8)."""
     u = unit(ch)
     data = pattern((count + 1 + 5) * u)  # more than needed: exactly count+1 units may move
     await dma.program(ch, SINGLE_WRITE, 0x0000, count, page=0x20)
@@ -121,7 +121,7 @@ async def test_count_plus_one_units_then_tc(be, dma, ch, count):
 
 @pytest.mark.parametrize("ch", DATA_CHANNELS)
 async def test_no_tc_one_unit_short(be, dma, ch):
-    """8237.md §3.1: TC only after count+1 transfers: with one unit missing the count reads 0
+    """docs/reference/8237.md §3.1: TC only after count+1 transfers: with one unit missing the count reads 0
     and no TC bit is set."""
     u = unit(ch)
     await dma.program(ch, SINGLE_WRITE, 0x0000, 9, page=0x20)
@@ -137,8 +137,8 @@ async def test_no_tc_one_unit_short(be, dma, ch):
 
 @pytest.mark.parametrize("ch", DATA_CHANNELS)
 async def test_mask_at_tc(be, dma, profile, ch):
-    """8237.md §2.9 [SIO]: a channel's mask bit is set at TC unless it is in autoinit mode; §5
-    'Mask set at TC (no autoinit)': QEMU no (qemu-qtest.md §6.1: mask stays 0xFB after ch2 TC)."""
+    """docs/reference/8237.md §2.9 [SIO]: a channel's mask bit is set at TC unless it is in autoinit mode; §5
+    'Mask set at TC (no autoinit)': QEMU no (docs/reference/qemu-qtest.md §6.1: mask stays 0xFB after ch2 TC)."""
     await dma.program(ch, SINGLE_WRITE, 0x0000, 3, page=0x20)
     assert not await dma.masked(ch)
     dma.machine.attach(ch, Source(pattern(4 * unit(ch))))
@@ -148,7 +148,7 @@ async def test_mask_at_tc(be, dma, profile, ch):
 
 @pytest.mark.parametrize("ch", DATA_CHANNELS)
 async def test_autoinit_reload(be, dma, profile, ch):
-    """8237.md §3.2: with autoinit, at TC current address and count are reloaded from base and the
+    """docs/reference/8237.md §3.2: with autoinit, at TC current address and count are reloaded from base and the
     mask is not set, so the channel keeps running; the page register is not changed (§1.3).
     §5 'Autoinit reload done by controller': QEMU no — it neither reloads nor masks."""
     u = unit(ch)
@@ -182,7 +182,7 @@ async def test_autoinit_reload(be, dma, profile, ch):
 
 @pytest.mark.parametrize("ch", DATA_CHANNELS)
 async def test_address_wraps_inside_page(be, dma, profile, ch):
-    """8237.md §3.3: the 16-bit address counter wraps inside the 64 KiB page (ch0-3), 128 KiB
+    """docs/reference/8237.md §3.3: the 16-bit address counter wraps inside the 64 KiB page (ch0-3), 128 KiB
     block (ch5-7, §3.6); the page latch is not incremented. §5 '64K/128K wrap within page':
     QEMU accesses memory linearly and crosses into the next page."""
     u = unit(ch)
@@ -204,7 +204,7 @@ async def test_address_wraps_inside_page(be, dma, profile, ch):
 
 @pytest.mark.parametrize("ch", DATA_CHANNELS)
 async def test_decrement_wraps_inside_page_intel(intel, intel_dma, ch):
-    """8237.md §3.3: decrement wraps 0x0000 → 0xFFFF within the same page."""
+    """docs/reference/8237.md §3.3: decrement wraps 0x0000 → 0xFFFF within the same page."""
     u = unit(ch)
     data = pattern(8 * u)
     await intel_dma.program(ch, SINGLE_WRITE | DECREMENT, 0x0003, 7, page=0x30)
@@ -219,8 +219,8 @@ async def test_decrement_wraps_inside_page_intel(intel, intel_dma, ch):
 
 @pytest.mark.parametrize("ch", HIGH)
 async def test_16bit_page_bit0(be, dma, profile, ch):
-    """8237.md §3.6: on ch5-7 page bit 0 is ignored — physical = (page & 0xFE)<<16 | word<<1;
-    QEMU ORs it in (qemu-qtest.md §6.3: page 3, word 0x1000 → 0x32000 in QEMU, 0x22000 on an
+    """docs/reference/8237.md §3.6: on ch5-7 page bit 0 is ignored — physical = (page & 0xFE)<<16 | word<<1;
+    QEMU ORs it in (docs/reference/qemu-qtest.md §6.3: page 3, word 0x1000 → 0x32000 in QEMU, 0x22000 on an
     AT)."""
     await dma.program(ch, SINGLE_WRITE, 0x1000, 3, page=0x03)
     data = pattern(8)
@@ -234,7 +234,7 @@ async def test_16bit_page_bit0(be, dma, profile, ch):
 
 @pytest.mark.parametrize("ch", HIGH)
 async def test_16bit_channels_move_little_endian_words(be, dma, ch):
-    """8237.md §2.2/§3.6: ch5-7 move 16-bit words; the ISA bus is little-endian (devices.py: a
+    """docs/reference/8237.md §2.2/§3.6: ch5-7 move 16-bit words; the ISA bus is little-endian (devices.py: a
     unit is one little-endian word), so word 0x1234 lands as 34 12, and a word read from memory
     reaches the device as one 16-bit value."""
     dev = WordDevice([0x1234, 0xABCD, 0x00FF])
@@ -256,7 +256,7 @@ async def test_16bit_channels_move_little_endian_words(be, dma, ch):
 
 @pytest.mark.parametrize("ch", DATA_CHANNELS)
 async def test_demand_mode_pauses_and_resumes(be, dma, ch):
-    """8237.md §3.5: demand mode — transfers continue while DREQ is active; when it goes inactive
+    """docs/reference/8237.md §3.5: demand mode — transfers continue while DREQ is active; when it goes inactive
     the transfer is suspended with the registers holding the progress and resumes when DREQ
     returns. (QEMU: the device moves what it has while its request is up, same outcome.)"""
     u = unit(ch)
@@ -283,7 +283,7 @@ async def test_demand_mode_pauses_and_resumes(be, dma, ch):
     ids=["block", "demand", "single"],
 )
 async def test_bus_hold_block_demand_vs_single(intel, intel_dma, ch, mode, done_at_once):
-    """8237.md §3.5: block and demand hold the bus until TC (or DREQ drops), so the CPU's next
+    """docs/reference/8237.md §3.5: block and demand hold the bus until TC (or DREQ drops), so the CPU's next
     port access only happens after the whole run; single mode releases the bus after every
     transfer, so CPU accesses interleave with a long transfer."""
     u = unit(ch)
@@ -306,7 +306,7 @@ async def test_bus_hold_block_demand_vs_single(intel, intel_dma, ch, mode, done_
 
 @pytest.mark.parametrize("ch", DATA_CHANNELS)
 async def test_block_mode_runs_to_tc_after_dreq_drops(intel, intel_dma, ch):
-    """8237.md §3.5: block mode — once started, transfers continue until TC; DREQ need only be
+    """docs/reference/8237.md §3.5: block mode — once started, transfers continue until TC; DREQ need only be
     held until DACK. A Source with fewer bytes than the block drops DREQ but the block goes on
     (it drives a floating bus, 0xFF, for the rest: devices.py Source)."""
     u = unit(ch)
@@ -323,7 +323,7 @@ async def test_block_mode_runs_to_tc_after_dreq_drops(intel, intel_dma, ch):
 @pytest.mark.parametrize("ch", DATA_CHANNELS)
 @pytest.mark.parametrize("mode", [SINGLE_WRITE, DEMAND_WRITE], ids=["single", "demand"])
 async def test_single_and_demand_stop_when_dreq_drops(intel, intel_dma, ch, mode):
-    """8237.md §3.5: single and demand mode only transfer while DREQ is active: a Source with 10
+    """docs/reference/8237.md §3.5: single and demand mode only transfer while DREQ is active: a Source with 10
     units for a 20-unit count leaves count 9 and no TC (unlike block mode)."""
     u = unit(ch)
     data = pattern(10 * u)
@@ -337,7 +337,7 @@ async def test_single_and_demand_stop_when_dreq_drops(intel, intel_dma, ch, mode
 
 @pytest.mark.parametrize("ch", DATA_CHANNELS)
 async def test_cascade_mode_channel_moves_nothing(intel, intel_dma, ch):
-    """8237.md §3.5: a cascade channel only relays DREQ/DACK for a bus master; it generates no
+    """docs/reference/8237.md §3.5: a cascade channel only relays DREQ/DACK for a bus master; it generates no
     addresses and moves nothing itself."""
     await intel_dma.program(ch, 0xC0, 0x0000, 15, page=0x50)
     src = Source(pattern(32))
@@ -365,9 +365,9 @@ async def test_cascade_mode_channel_moves_nothing(intel, intel_dma, ch):
     ids=["mask4", "disable_dma2", "master_clear_dma2", "all_mask", "ch4_not_cascade"],
 )
 async def test_cascade_gating(be, dma, profile, ch, gate):
-    """8237.md §3.6 / §6: DMA1 requests the bus through DMA2 channel 4, so masking channel 4 or
+    """docs/reference/8237.md §3.6 / §6: DMA1 requests the bus through DMA2 channel 4, so masking channel 4 or
     disabling DMA2 stops channels 0-3 [SIO], [PCH] (and §6: ch4 must be in cascade). §5 'Mask ch4
-    blocks ch0-3' / 'Controller disable on DMA2 blocks ch0-3': QEMU no (qemu-qtest.md §8
+    blocks ch0-3' / 'Controller disable on DMA2 blocks ch0-3': QEMU no (docs/reference/qemu-qtest.md §8
     'cascade channel 4: not modelled as a gate')."""
     await be.execute(gate)
     data = pattern(16)
@@ -389,7 +389,7 @@ async def test_cascade_gating(be, dma, profile, ch, gate):
 
 @pytest.mark.parametrize("ch", HIGH)
 async def test_masking_ch4_does_not_stop_dma2_channels(intel, intel_dma, ch):
-    """8237.md §3.6: the channel-4 gate concerns DMA1 only; ch5-7 are DMA2's own channels."""
+    """docs/reference/8237.md §3.6: the channel-4 gate concerns DMA1 only; ch5-7 are DMA2's own channels."""
     await intel.outb(DMA2.single_mask, 0x04)
     data = pattern(8)
     await intel_dma.program(ch, SINGLE_WRITE, 0x0000, 3, page=0x60)
@@ -417,7 +417,7 @@ async def _two_channel_race(be, dma, a: int, b: int, mode: int, n: int = 4) -> l
 @pytest.mark.parametrize(("a", "b"), [(0, 1), (0, 3), (2, 3), (1, 2), (5, 6), (5, 7), (6, 7), (0, 5), (3, 5), (3, 7)])
 @pytest.mark.parametrize("order", ["ab", "ba"])
 async def test_fixed_priority(intel, intel_dma, a, b, order):
-    """8237.md §3.9: fixed priority (command bit 4 = 0) — channel 0 highest, 3 lowest; on the AT
+    """docs/reference/8237.md §3.9: fixed priority (command bit 4 = 0) — channel 0 highest, 3 lowest; on the AT
     ch0-3 (through DMA2 channel 4) come before 5-7. Single mode re-arbitrates after every
     transfer (§3.5), so the higher channel completes first whichever was set up first."""
     first, second = (a, b) if order == "ab" else (b, a)
@@ -427,7 +427,7 @@ async def test_fixed_priority(intel, intel_dma, a, b, order):
 
 @pytest.mark.parametrize(("a", "b"), [(0, 1), (1, 3), (5, 6), (6, 7), (1, 5)])
 async def test_rotating_priority(intel, intel_dma, a, b):
-    """8237.md §3.9: rotating priority (command bit 4) — the channel just serviced becomes lowest,
+    """docs/reference/8237.md §3.9: rotating priority (command bit 4) — the channel just serviced becomes lowest,
     initial order 0,1,2,3; with single-mode re-arbitration two requesting channels alternate.
     For a DMA1 and a DMA2 channel the rotation is DMA2's (channel 4 against ch5-7)."""
     await intel.outb(DMA1.command, 0x10)
@@ -437,7 +437,7 @@ async def test_rotating_priority(intel, intel_dma, a, b):
 
 
 async def test_rotating_priority_three_channels(intel, intel_dma):
-    """8237.md §3.9 [MAME] priority[] = last+1, last+2, last+3, last: three requesters are
+    """docs/reference/8237.md §3.9 [MAME] priority[] = last+1, last+2, last+3, last: three requesters are
     served round-robin 1, 2, 3, 1, 2, 3 ..."""
     await intel.outb(DMA1.command, 0x10)
     log: list[int] = []
@@ -450,7 +450,7 @@ async def test_rotating_priority_three_channels(intel, intel_dma):
 
 
 async def test_qemu_services_in_channel_order(qemu, qemu_dma):
-    """qemu-qtest.md §8: modes and priority are not distinguished — QEMU's DMA_run walks
+    """docs/reference/qemu-qtest.md §8: modes and priority are not distinguished — QEMU's DMA_run walks
     controller 0 then 1, channel 0..3, and each device moves what it likes; rotating priority
     (0x10) is ignored (§2.4)."""
     await qemu.outb(DMA2.command, 0x10)
@@ -481,7 +481,7 @@ async def test_source_dreq_follows_data(intel, intel_dma):
 @pytest.mark.parametrize("mode", [SINGLE_READ, 0x08], ids=["single", "demand"])
 async def test_sink_without_dreq_takes_nothing_by_itself(be, dma, ch, mode):
     """devices.py Sink(dreq=False): it never requests, so a hardware-paced channel moves nothing;
-    only a software request in block mode delivers to it (8237.md §2.6, tested in
+    only a software request in block mode delivers to it (docs/reference/8237.md §2.6, tested in
     test_sim_registers)."""
     sink = Sink(dreq=False)
     await dma.program(ch, mode, 0x0000, 7, page=0x10)
@@ -509,7 +509,7 @@ async def test_sink_capacity_drops_dreq(be, dma, ch):
 
 @pytest.mark.parametrize("ch", DATA_CHANNELS)
 async def test_sink_overrun_counted_in_block_mode(intel, intel_dma, ch):
-    """8237.md §3.5 block mode runs to TC whatever DREQ does; devices.py Sink counts what does not
+    """docs/reference/8237.md §3.5 block mode runs to TC whatever DREQ does; devices.py Sink counts what does not
     fit in ``overruns`` and never keeps it."""
     u = unit(ch)
     data = pattern(20 * u)
@@ -541,7 +541,7 @@ async def test_attach_replaces_device(be, dma, ch):
 
 @pytest.mark.parametrize("channel", [4, 8, -1, "1", None])
 async def test_attach_refuses_channel_4_and_bad_channels(be, channel):
-    """8237.md §3.6: channel 4 is the cascade input from DMA1 and cannot carry data; channels are
+    """docs/reference/8237.md §3.6: channel 4 is the cascade input from DMA1 and cannot carry data; channels are
     0-7. Both are refused with hil.errors.DeviceError."""
     with pytest.raises(DeviceError) as exc:
         be.machine.attach(channel, Source(b"x"))
@@ -558,7 +558,7 @@ async def test_attach_refuses_non_device(be):
 
 @pytest.mark.parametrize("ch", DATA_CHANNELS)
 async def test_device_sees_tc(be, dma, ch):
-    """8237.md §3.1: T/C is signalled to the card during the last transfer (devices.py
+    """docs/reference/8237.md §3.1: T/C is signalled to the card during the last transfer (devices.py
     Device.terminal_count)."""
     src = Source(pattern(16 * unit(ch)))
     await dma.program(ch, SINGLE_WRITE, 0x0000, 7, page=0x10)
@@ -570,7 +570,7 @@ async def test_device_sees_tc(be, dma, ch):
 
 @pytest.mark.parametrize("ch", DATA_CHANNELS)
 async def test_masked_channel_does_not_transfer_until_unmasked(be, dma, ch):
-    """8237.md §2.7 / §6 service condition: DREQ is served only while the channel is unmasked."""
+    """docs/reference/8237.md §2.7 / §6 service condition: DREQ is served only while the channel is unmasked."""
     data = pattern(4 * unit(ch))
     await dma.program(ch, SINGLE_WRITE, 0x0000, 3, page=0x10, unmask=False)
     dma.machine.attach(ch, Source(data))

@@ -1,4 +1,4 @@
-"""udev/99-lpc-hil.rules: the rules the README promises (hil-lessons.md §1.4, §1.11, §3.18)."""
+"""udev/99-lpc-hil.rules: the rules the README promises (docs/reference/hil-lessons.md §1.4, §1.11, §3.18)."""
 
 from __future__ import annotations
 

@@ -197,7 +197,7 @@ def floor_for(be: AgentBackend, env: Env | None = None) -> Floor:
     match link_kind(link):
         case LinkKind.TCP:
             return EchoFloor()
-        case LinkKind.FTDI:  # open_link sets the latency timer to 1 ms (hil-lessons.md §1.4)
+        case LinkKind.FTDI:  # open_link sets the latency timer to 1 ms (docs/reference/hil-lessons.md §1.4)
             return SerialFloor(be.baud, 1e-3, f"{be.baud} baud 8N1 + the 1 ms FTDI latency timer")
         case LinkKind.SERIAL:
             timer = (env or Env()).latency_timer(link.partition("?")[0])

@@ -5,8 +5,8 @@
   the event loop's reader/writer callbacks; nothing blocks the loop.
 * ``ftdi://…``, ``rfc2217://…``, ``socket://…``, ``loop://``: pyserial URL handlers have no
   usable file descriptor, so each gets one owned I/O thread that does the blocking calls and
-  hands bytes to the loop with ``call_soon_threadsafe`` (hil-lessons.md §1.5, §3.8). For FTDI
-  devices the latency timer is set to 1 ms and dynamic latency is off (hil-lessons.md §1.4).
+  hands bytes to the loop with ``call_soon_threadsafe`` (docs/reference/hil-lessons.md §1.5, §3.8). For FTDI
+  devices the latency timer is set to 1 ms and dynamic latency is off (docs/reference/hil-lessons.md §1.4).
 """
 
 from __future__ import annotations
@@ -172,7 +172,7 @@ class ThreadLink(Link):
 
     def _read_some(self) -> bytes:
         """Whatever has arrived. pyftdi's UART ``read`` sleeps 10 ms between polls and reports
-        nothing waiting (hil-lessons.md §1.4), so its device is asked directly: a bulk read
+        nothing waiting (docs/reference/hil-lessons.md §1.4), so its device is asked directly: a bulk read
         returns within the chip's latency timer, data or not."""
         udev = getattr(self._port, "udev", None)
         if udev is not None and hasattr(udev, "read_data"):
@@ -365,7 +365,7 @@ async def open_link(url: str, *, baud: int = 115200) -> Link:
     ftdi = getattr(port, "udev", None)
     if ftdi is not None and hasattr(ftdi, "set_latency_timer"):
         # USB latency: 16 ms by default, and pyftdi's UART adds dynamic latency up to 200 ms when
-        # idle; a request/reply link wants a fixed 1 ms (hil-lessons.md §1.4)
+        # idle; a request/reply link wants a fixed 1 ms (docs/reference/hil-lessons.md §1.4)
         with contextlib.suppress(Exception):
             ftdi.set_dynamic_latency(0, 0, 0)  # threshold 0: off
         with contextlib.suppress(Exception):

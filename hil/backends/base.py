@@ -78,7 +78,7 @@ class Backend(abc.ABC):
 
     Use as ``async with open_backend(url) as be:``. ``execute`` is atomic per backend: programs
     from concurrent tasks never interleave, which matters because the 8237's byte-pointer
-    flip-flop makes interleaved register accesses silently wrong (hil-lessons.md §1.1).
+    flip-flop makes interleaved register accesses silently wrong (docs/reference/hil-lessons.md §1.1).
     """
 
     scheme: ClassVar[str] = ""

@@ -2,7 +2,7 @@
 
 URL: ``devport:?port=/dev/port&mem=/dev/mem&window=0x10000-0x90000&allow=FILE&dry_run=1``.
 
-Why it is built the way it is (hil-lessons.md §1.2, §2.5, §3.20-§3.21):
+Why it is built the way it is (docs/reference/hil-lessons.md §1.2, §2.5, §3.20-§3.21):
 
 * **One byte per access, at the exact offset.** The kernel's ``/dev/port`` turns an N-byte
   read or write at offset P into ``inb``/``outb`` on ports P, P+1, ..., P+N-1. A 2-byte write
@@ -10,7 +10,7 @@ Why it is built the way it is (hil-lessons.md §1.2, §2.5, §3.20-§3.21):
   access here is a 1-byte ``os.pread``/``os.pwrite`` at the port number.
 * **16-bit port accesses are refused** (:class:`~hil.errors.WideAccessError`). ``/dev/port``
   cannot issue ``inw``/``outw`` at all, and every DMA and page register is 8 bits wide
-  (8237.md conventions, linux-isa-dma.md §1.1). Splitting into two bytes to the *same* port is
+  (docs/reference/8237.md conventions, docs/reference/linux-isa-dma.md §1.1). Splitting into two bytes to the *same* port is
   what a driver does for a 16-bit DMA register (clear the flip-flop, then LSB, MSB) but not
   what the CPU's ``outw`` does (the bus sends the high byte to port+1), so doing it silently
   would run a different program from the one asked for. Write the two bytes explicitly, as
@@ -229,7 +229,7 @@ class MaskTracker:
     """Which channels this session unmasked, from the mask-register writes it made.
 
     The mask registers are write-only on the original 8237, so the backend cannot ask the
-    controller what to restore; it can only undo what it did (hil-lessons.md §3.21).
+    controller what to restore; it can only undo what it did (docs/reference/hil-lessons.md §3.21).
     """
 
     enabled: set[int] = field(default_factory=set)

@@ -2,14 +2,14 @@
 
 QEMU's i8257 (its 8237), floppy controller and Sound Blaster 16 were written by other people
 and already move real bytes by DMA, which makes QEMU an independent reference to run the same
-transfer scripts against (qemu-qtest.md). The backend starts ``qemu-system-x86_64`` itself,
+transfer scripts against (docs/reference/qemu-qtest.md). The backend starts ``qemu-system-x86_64`` itself,
 listening first on a unix socket in a private directory that QEMU then connects to; it speaks
 qtest over it, and stops the process it started on close, on error and when the interpreter
 exits, even by a signal (the child gets ``PR_SET_PDEATHSIG``). QEMU runs in a session and
 process group of its own, and the whole group is stopped, so that a ``binary=`` wrapper that
 runs QEMU as its child instead of ``exec``-ing it does not leave QEMU behind.
 
-Debian's QEMU 7.2 has no qtest accelerator (qemu-qtest.md §1), so a real vCPU exists. It is
+Debian's QEMU 7.2 has no qtest accelerator (docs/reference/qemu-qtest.md §1), so a real vCPU exists. It is
 kept away from the hardware by a 64 KiB firmware this module writes itself (``cli; hlt; jmp``
 at the reset vector: ``cpu=halt``, the default, with the virtual clock running in real time so
 that timer-driven devices such as the SB16 play), or by never starting it (``cpu=stopped``, ``-S``,
@@ -36,7 +36,7 @@ Only the DMA controllers and page registers are reachable by default; ``floppy``
 ports (0x3F0-0x3F7), ``sb16`` the SB16's (0x220-0x22F), ``allow`` anything else. Ports that reset
 or stop the emulated machine (0x64, 0x92, 0xCF9) are refused whatever the allow-list says.
 Port accesses to the DMA and page ports are byte-wide only unless ``wide=pass``: QEMU hands a
-word access at an even port to the owner of that port (qemu-qtest.md §3.5) and splits one at an
+word access at an even port to the owner of that port (docs/reference/qemu-qtest.md §3.5) and splits one at an
 odd port, which no 8-bit register file on an ISA bus does. ``wide=pass`` exists to check a model
 of exactly that dispatch (the simulator's ``qemu`` profile) against QEMU.
 """
@@ -95,7 +95,7 @@ log = structlog.get_logger("hil.qemu")
 
 BINARY_ENV = "HIL_QEMU_BINARY"
 DEFAULT_BINARY = "qemu-system-x86_64"
-MIN_VERSION = (7, 2)  #: the version qemu-qtest.md and the sim's ``qemu`` profile were checked against
+MIN_VERSION = (7, 2)  #: the version docs/reference/qemu-qtest.md and the sim's ``qemu`` profile were checked against
 INSTALL_HINT = "install it with: apt-get install qemu-system-x86 (Debian 12 ships 7.2), or give qemu:?binary=PATH"
 
 FDC_PORTS = range(0x3F0, 0x3F8)
@@ -152,7 +152,7 @@ class QemuStartError(BackendError):
 
 def halt_firmware() -> bytes:
     """A 64 KiB BIOS image: ``cli; hlt; jmp $-1`` at the reset vector (offset 0xFFF0), zero
-    elsewhere (qemu-qtest.md §1.1). QEMU wants a non-zero multiple of 64 KiB."""
+    elsewhere (docs/reference/qemu-qtest.md §1.1). QEMU wants a non-zero multiple of 64 KiB."""
     image = bytearray(0x10000)
     image[0xFFF0:0xFFF4] = b"\xfa\xf4\xeb\xfd"
     return bytes(image)
@@ -162,7 +162,7 @@ _RAMP = bytes(range(256)) * 3
 
 
 def floppy_sector(lba: int) -> bytes:
-    """Sector ``lba`` of a generated image: byte i is ``(13 * lba + i) & 0xFF`` (qemu-qtest.md §6)."""
+    """Sector ``lba`` of a generated image: byte i is ``(13 * lba + i) & 0xFF`` (docs/reference/qemu-qtest.md §6)."""
     start = (13 * lba) & 0xFF
     return _RAMP[start : start + SECTOR]
 
@@ -523,7 +523,7 @@ class QemuBackend(Backend):
         return self._proc is not None and self._proc.returncode is None
 
     def command_line(self, sock: str, bios: str) -> list[str]:
-        """The QEMU invocation (qemu-qtest.md §2)."""
+        """The QEMU invocation (docs/reference/qemu-qtest.md §2)."""
         cfg = self.config
         argv = [self.binary or DEFAULT_BINARY, "-machine", "pc", "-display", "none", "-nodefaults",
                 "-serial", "none", "-monitor", "none", "-parallel", "none",
@@ -699,7 +699,7 @@ class QemuBackend(Backend):
 
     # --- programs -----------------------------------------------------------------------
     def _check(self, ops: Sequence[Op]) -> None:
-        """Refuse the whole program before anything is sent (qemu-qtest.md §3.3, §3.5)."""
+        """Refuse the whole program before anything is sent (docs/reference/qemu-qtest.md §3.3, §3.5)."""
         mem = self.config.mem
         for op in ops:
             if _SIM_DEVICE_OPS and isinstance(op, _SIM_DEVICE_OPS):
@@ -713,7 +713,7 @@ class QemuBackend(Backend):
                     raise InvalidAccessError(
                         f"16-bit access to port 0x{port:04X}: the qemu backend accesses the DMA and page "
                         f"ports byte-wide only (QEMU hands a word access to the owner of the first port, "
-                        f"qemu-qtest.md §3.5); use two 8-bit accesses, or qemu:?wide=pass")
+                        f"docs/reference/qemu-qtest.md §3.5); use two 8-bit accesses, or qemu:?wide=pass")
                 if isinstance(op, Out) and FORBIDDEN_PORTS & {port, port + width // 8 - 1}:
                     raise AccessDeniedError(f"write to port 0x{port:04X} refused: it resets or stops the "
                                             f"emulated PC")

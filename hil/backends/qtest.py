@@ -1,4 +1,4 @@
-"""The qtest line protocol of QEMU (qemu-qtest.md §3-§4), as an asyncio client.
+"""The qtest line protocol of QEMU (docs/reference/qemu-qtest.md §3-§4), as an asyncio client.
 
 One request per line, one reply per line, strictly in request order; asynchronous ``IRQ raise N``
 / ``IRQ lower N`` lines may arrive before or between replies once ``irq_intercept_in`` is on.
@@ -29,7 +29,7 @@ log = structlog.get_logger("hil.qtest")
 
 CHUNK_LINES = 512  #: requests written per batch
 CHUNK_BYTES = 96 * 1024  #: ... or fewer, when the lines are long (base64 memory transfers)
-MAX_INFLIGHT_LINES = 2048  #: unanswered requests at most (qemu-qtest.md §3.4)
+MAX_INFLIGHT_LINES = 2048  #: unanswered requests at most (docs/reference/qemu-qtest.md §3.4)
 MEM_CHUNK = 48 * 1024  #: bytes per b64read/b64write request: a reply line stays < 64 KiB
 READ_LIMIT = 1 << 20  #: StreamReader line limit
 IRQ_EVENT_LIMIT = 10_000  #: IRQ events kept (oldest dropped)

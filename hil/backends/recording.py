@@ -2,8 +2,8 @@
 
 Order is everything for the 8237 (the flip-flop, TC bits cleared by a status read), so the
 record is one strictly sequential list, as Glasgow's replay does and chipsec's does not
-(hil-lessons.md §1.8). Tests use it to compare emitted port traffic with the Linux traces in
-linux-isa-dma.md; journals and replays build on the same entries.
+(docs/reference/hil-lessons.md §1.8). Tests use it to compare emitted port traffic with the Linux traces in
+docs/reference/linux-isa-dma.md; journals and replays build on the same entries.
 """
 
 from __future__ import annotations

@@ -74,7 +74,7 @@ class Program:
         return [*RESET_OPS, *STATE_READS, *self.ops, *STATE_READS]
 
     def notation(self) -> str:
-        """qemu-qtest.md notation: ``0a←06; in 09; ...``."""
+        """docs/reference/qemu-qtest.md notation: ``0a←06; in 09; ...``."""
         return format_ops(self.ops)
 
 

@@ -1,8 +1,8 @@
 """One 8237A controller, register-exact, with no I/O and no notion of time.
 
-:class:`I8237` follows the Intel datasheet / chipset behaviour of 8237.md §2-§3 and the
+:class:`I8237` follows the Intel datasheet / chipset behaviour of docs/reference/8237.md §2-§3 and the
 reference model of §6. :class:`QemuI8257` reproduces QEMU 7.2's ``hw/dma/i8257.c`` where
-8237.md §5 and qemu-qtest.md §8 record that it differs. The machine (:mod:`hil.sim.machine`)
+docs/reference/8237.md §5 and docs/reference/qemu-qtest.md §8 record that it differs. The machine (:mod:`hil.sim.machine`)
 wires two of them as the PC/AT, arbitrates, and moves the data; this module only keeps
 registers and answers "where is the next unit, how many are left, what happens at TC".
 
@@ -236,7 +236,7 @@ class I8237:
 
 
 class QemuI8257(I8237):
-    """QEMU 7.2's i8257, as observed in qemu-qtest.md §8 and read in ``hw/dma/i8257.c``.
+    """QEMU 7.2's i8257, as observed in docs/reference/qemu-qtest.md §8 and read in ``hw/dma/i8257.c``.
 
     QEMU keeps base registers plus a transfer *position* instead of current registers: the
     current address reads ``(base_addr << dshift) + pos*dir``, the current count reads

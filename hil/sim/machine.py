@@ -1,6 +1,6 @@
 """The PC/AT DMA subsystem: two 8237A, the page register file, physical memory, devices, time.
 
-Wiring (8237.md §1, §3.5, §3.6): DMA1 (channels 0-3) requests the bus through DMA2's channel 4,
+Wiring (docs/reference/8237.md §1, §3.5, §3.6): DMA1 (channels 0-3) requests the bus through DMA2's channel 4,
 so DMA1 runs only while channel 4 is unmasked and in cascade mode and DMA2 is enabled; DMA2
 arbitrates channel 4 (all of DMA1) against channels 5-7. Page registers supply A16-A23.
 
@@ -104,7 +104,7 @@ class Machine:
         self._readers: dict[int, Callable[[], int]] = {}
         self._writers: dict[int, Callable[[int], None]] = {}
         self._build_decoder()
-        # The AT BIOS programs channel 4 as cascade and unmasks it at POST (8237.md §3.6); QEMU
+        # The AT BIOS programs channel 4 as cascade and unmasks it at POST (docs/reference/8237.md §3.6); QEMU
         # driven by a halt firmware has not, so the qemu profile starts from raw reset state.
         if post if post is not None else not self.qemu:
             self.bios_post()
@@ -181,7 +181,7 @@ class Machine:
         even port the whole access goes to the owner of that port: the byte-wide DMA regions
         split it inside themselves (port, then port + 1), and when nothing of ours owns it the
         whole access floats (`inw 0x80` → 0xFFFF; `inw 0x86` does not reach 0x87). Found by the
-        bit-exact check against QEMU; qemu-qtest.md §3.5 describes only the even case."""
+        bit-exact check against QEMU; docs/reference/qemu-qtest.md §3.5 describes only the even case."""
         return self.qemu and not port & 1 and port not in decoded
 
     def _undecoded(self, port: int, *, write: bool) -> None:
@@ -405,7 +405,7 @@ class Machine:
             return None
         if self.qemu and device is not None and device.direction is not None:
             # QEMU ignores the direction bits, type 11 included: only verify is honoured and the
-            # device decides (qemu-qtest.md §8 'direction / transfer type')
+            # device decides (docs/reference/qemu-qtest.md §8 'direction / transfer type')
             return device.direction
         if ttype == TransferType.ILLEGAL and not self.qemu:
             return None
@@ -426,7 +426,7 @@ class Machine:
             if qemu_down:
                 # QEMU's DMA_{read,write}_memory move a decrementing chunk *forward*, in the block
                 # ending below the current address, and the read path then mirrors the chunk's
-                # first half from its second (qemu-qtest.md §6.3 'Address decrement')
+                # first half from its second (docs/reference/qemu-qtest.md §6.3 'Address decrement')
                 phys, step = self._span(phys, step, k, size)[0], 1
             if direction is Direction.TO_MEMORY:
                 data = dev.supply_many(channel, k, width) if dev is not None else bytes([FLOAT]) * (k * size)
