@@ -19,7 +19,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                                    "so wall time is that of the slowest), or compare saved journals (--journal), "
                                    "and report every divergence with its meaning. Exit status: 0 equal, "
                                    "1 diverged, 2 error.")
-    p.add_argument("scripts", nargs="*", metavar="SCRIPT")
+    p.add_argument("scripts", nargs="*", metavar="SCRIPT", help="transfer script (.toml) to run on every --backend")
     p.add_argument("--backend", "-b", action="append", default=[], metavar="URL", help="a backend (give two or more)")
     p.add_argument("--journal", action="append", default=[], metavar="FILE", help="compare saved journals instead")
     p.add_argument("--deviations", metavar="FILE", help="known-deviations list (TOML)")
