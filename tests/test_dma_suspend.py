@@ -60,10 +60,10 @@ async def assert_as_programmed(be) -> None:
     assert await be.inb(DMA2.all_mask) == 0b1000  # ch4 cascade, ch5, ch6 enabled; ch7 masked
     m = be.machine
     assert m.dma1.command == 0x10
-    assert m.dma1.mode[2] == (DMA_MODE_READ | 2) & 0xFC
-    assert m.dma2.mode[1] == (DMA_MODE_WRITE | DMA_AUTOINIT | 1) & 0xFC
-    assert m.dma2.mode[2] == DMA_MODE_CASCADE
-    assert m.dma2.mode[0] == DMA_MODE_CASCADE
+    assert m.dma1.channels[2].mode == (DMA_MODE_READ | 2) & 0xFC
+    assert m.dma2.channels[1].mode == (DMA_MODE_WRITE | DMA_AUTOINIT | 1) & 0xFC
+    assert m.dma2.channels[2].mode == DMA_MODE_CASCADE
+    assert m.dma2.channels[0].mode == DMA_MODE_CASCADE
 
 
 async def test_suspend_masks_owned_channels_and_resume_restores_every_register():

@@ -37,7 +37,7 @@ from hil.backends.ops import (
 )
 from hil.errors import BackendClosedError, BackendOptionError, DeviceError
 from hil.sim.devices import Device, Sink, Source
-from hil.sim.machine import PROFILES, Machine, Timing
+from hil.sim.machine import PROFILES, Timing, machine_for
 
 OPTIONS = {
     "profile": "intel|qemu",
@@ -81,7 +81,7 @@ def from_url(url: BackendURL) -> SimBackend:
 
 
 class SimBackend(Backend):
-    """Runs programs against :class:`hil.sim.machine.Machine`; ``.machine`` is public."""
+    """Runs programs against the profile's :class:`hil.sim.machine.Machine`; ``.machine`` is public."""
 
     scheme = "sim"
     OPS = ALL_OPS  #: the model runs every operation itself
@@ -97,7 +97,7 @@ class SimBackend(Backend):
         timing: Timing | None = None,
     ) -> None:
         super().__init__(url)
-        self.machine = Machine(profile=profile, mem_size=mem_size, strict=strict, post=post, timing=timing)
+        self.machine = machine_for(profile, mem_size=mem_size, strict=strict, post=post, timing=timing)
 
     @property
     def capabilities(self) -> Capabilities:

@@ -1,8 +1,13 @@
 """One 8237A controller, register-exact, with no I/O and no notion of time.
 
-:class:`I8237` follows the Intel datasheet / chipset behaviour of docs/reference/8237.md §2-§3 and the
-reference model of §6. :class:`QemuI8257` reproduces QEMU 7.2's ``hw/dma/i8257.c`` where
-docs/reference/8237.md §5 and docs/reference/qemu-qtest.md §8 record that it differs. The machine (:mod:`hil.sim.machine`)
+Two models of the chip, one per profile. :class:`I8237` follows the Intel datasheet / chipset
+behaviour of docs/reference/8237.md §2-§3 and the reference model of §6. :class:`QemuI8257`
+reproduces QEMU 7.2's ``hw/dma/i8257.c`` where docs/reference/8237.md §5 and
+docs/reference/qemu-qtest.md §8 record that it differs. Each keeps one struct per channel, as
+QEMU's and MAME's models do: :class:`Channel` (the datasheet's base and current registers) and
+:class:`QemuChannel` (QEMU's base registers and transfer position, from which it derives the
+current ones); the registers that span the four channels (flip-flop, command, status, request,
+mask, temporary) are the controller's, as on the chip. The machine (:mod:`hil.sim.machine`)
 wires two of them as the PC/AT, arbitrates, and moves the data; this module only keeps
 registers and answers "where is the next unit, how many are left, what happens at TC".
 
@@ -10,6 +15,11 @@ Register indices are those of :class:`hil.ports.Reg` (the chip's A3..A0).
 """
 
 from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
 
 from hil.ports import (
     MASK_SET,
@@ -25,19 +35,47 @@ from hil.ports import (
 FLOAT = 0xFF  #: what an undriven ISA data bus reads
 
 
-class I8237:
-    """Datasheet 8237A (Intel chipset flavour: the mask reads back at 0x0F / 0xDE)."""
+@dataclass(slots=True)
+class Registers:
+    """What every model keeps per channel: the programmed base registers and the mode byte."""
 
-    profile = "intel"
+    base_addr: int = 0
+    base_count: int = 0
+    mode: int = 0
+
+
+@dataclass(slots=True)
+class Channel(Registers):
+    """One datasheet channel (docs/reference/8237.md §6 'State per controller'): base and
+    current address and count, 16 bits each, and the mode byte with bits 1:0 cleared."""
+
+    cur_addr: int = 0
+    cur_count: int = 0
+
+
+@dataclass(slots=True)
+class QemuChannel(Registers):
+    """One channel of QEMU's i8257 (its ``I8257Regs``): no current registers, but the start
+    address in bytes (``now_addr``, set from the base when the channel is initialised) and the
+    bytes moved since (``pos``); the mode byte is kept whole."""
+
+    now_addr: int = 0
+    pos: int = 0
+
+
+class Controller(ABC):
+    """What both models do alike: the flip-flop, the mode decoding, resets, priority bookkeeping.
+
+    The profile's behaviour is entirely in the two subclasses; the machine talks to either
+    through this interface and never asks which one it has.
+    """
+
+    profile: ClassVar[str]
+    channels: Sequence[Registers]
 
     def __init__(self, ctrl: Ctrl) -> None:
         self.ctrl = ctrl
         self.dshift = int(ctrl)  #: 0 = byte channels, 1 = word channels
-        self.base_addr = [0] * 4
-        self.cur_addr = [0] * 4
-        self.base_count = [0] * 4
-        self.cur_count = [0] * 4
-        self.mode = [0] * 4
         self.ff = 0
         self.command = 0
         self.tc = 0  #: status bits 0-3
@@ -63,62 +101,179 @@ class I8237:
         self.mask = 0x0F
         self.last_served = 3
 
-    # --- CPU side: channel registers -------------------------------------------------------
     def _toggle(self) -> int:
         ff = self.ff
         self.ff = ff ^ 1
         return ff
 
+    # --- CPU side (each model) --------------------------------------------------------------
+    @abstractmethod
+    def write_channel(self, index: int, value: int) -> None:
+        ...
+
+    @abstractmethod
+    def read_channel(self, index: int) -> int:
+        ...
+
+    @abstractmethod
+    def write_control(self, index: int, value: int) -> None:
+        ...
+
+    @abstractmethod
+    def read_control(self, index: int, requests: int) -> int:
+        """``requests`` = live request lines (bits 0-3) the machine computed for status."""
+
+    # --- machine side (each model) ----------------------------------------------------------
+    @property
+    @abstractmethod
+    def enabled(self) -> bool:
+        ...
+
+    @abstractmethod
+    def request_lines(self, dreq: int) -> int:
+        ...
+
+    @abstractmethod
+    def wants_service(self, local: int, dreq: int) -> bool:
+        ...
+
+    @abstractmethod
+    def mem_to_mem(self) -> bool:
+        ...
+
+    @abstractmethod
+    def priority_order(self) -> tuple[int, ...]:
+        ...
+
+    @abstractmethod
+    def units_to_tc(self, local: int) -> int:
+        ...
+
+    @abstractmethod
+    def next_unit(self, local: int, page: int) -> tuple[int, int, int]:
+        """(physical address of the next unit, step in units (+1/-1), units before the wrap)."""
+
+    @abstractmethod
+    def advance(self, local: int, units: int, *, hold_address: bool = False) -> bool:
+        """Account ``units`` transfers; return True when the last one hit terminal count."""
+
+    @abstractmethod
+    def terminal_count(self, local: int) -> None:
+        ...
+
+    @abstractmethod
+    def exhausted(self, local: int) -> bool:
+        ...
+
+    @abstractmethod
+    def dreq_edge(self, local: int, level: bool) -> None:
+        """A device's DREQ changed; only a model that stores request bits cares."""
+
+    @abstractmethod
+    def current(self, local: int) -> tuple[int, int]:
+        """(current address, current count) as the registers read back, without the flip-flop."""
+
+    @abstractmethod
+    def requests(self) -> int:
+        """Request bits 0-3 as stored in the chip (software requests; QEMU: its status bits)."""
+
+    # --- machine side (alike) ---------------------------------------------------------------
+    def software_started(self, local: int) -> bool:
+        return bool(self.sw_request & (1 << local))
+
+    def served(self, local: int) -> None:
+        self.last_served = local
+
+    def transfer_type(self, local: int) -> TransferType:
+        return TransferType((self.channels[local].mode >> 2) & 3)
+
+    def select(self, local: int) -> ModeSelect:
+        return ModeSelect(self.channels[local].mode >> 6)
+
+    def decrementing(self, local: int) -> bool:
+        return bool(self.channels[local].mode & MODE_DECREMENT)
+
+    def snapshot(self) -> dict[str, object]:
+        """Every internal register, for tests and the register dump."""
+        chans = self.channels
+        cur = [self.current(i) for i in range(4)]
+        return {
+            "base_addr": [c.base_addr for c in chans],
+            "cur_addr": [a for a, _ in cur],
+            "base_count": [c.base_count for c in chans],
+            "cur_count": [n for _, n in cur],
+            "mode": [c.mode for c in chans],
+            "ff": self.ff,
+            "command": self.command,
+            "tc": self.tc,
+            "request": self.requests(),
+            "mask": self.mask,
+            "temp": self.temp,
+        }
+
+
+class I8237(Controller):
+    """Datasheet 8237A (Intel chipset flavour: the mask reads back at 0x0F / 0xDE)."""
+
+    profile = "intel"
+    channels: list[Channel]
+
+    def __init__(self, ctrl: Ctrl) -> None:
+        self.channels = [Channel() for _ in range(4)]
+        super().__init__(ctrl)
+
+    # --- CPU side: channel registers -------------------------------------------------------
     def write_channel(self, index: int, value: int) -> None:
         """§2.1/§2.2: the byte selected by the FF goes to base *and* current; FF toggles."""
-        local, is_count = index >> 1, index & 1
+        ch = self.channels[index >> 1]
         shift = 8 * self._toggle()
         keep = 0xFF00 >> shift
         byte = (value & 0xFF) << shift
-        if is_count:
-            self.base_count[local] = (self.base_count[local] & keep) | byte
-            self.cur_count[local] = (self.cur_count[local] & keep) | byte
+        if index & 1:
+            ch.base_count = (ch.base_count & keep) | byte
+            ch.cur_count = (ch.cur_count & keep) | byte
         else:
-            self.base_addr[local] = (self.base_addr[local] & keep) | byte
-            self.cur_addr[local] = (self.cur_addr[local] & keep) | byte
+            ch.base_addr = (ch.base_addr & keep) | byte
+            ch.cur_addr = (ch.cur_addr & keep) | byte
 
     def read_channel(self, index: int) -> int:
         """Reads return the *current* register, byte selected by the FF, which toggles."""
-        local = index >> 1
-        value = self.cur_count[local] if index & 1 else self.cur_addr[local]
+        ch = self.channels[index >> 1]
+        value = ch.cur_count if index & 1 else ch.cur_addr
         return (value >> (8 * self._toggle())) & 0xFF
 
     # --- CPU side: control registers -------------------------------------------------------
     def write_control(self, index: int, value: int) -> None:
-        if index == Reg.STATUS_COMMAND:
-            self.command = value
-        elif index == Reg.REQUEST:
-            bit = 1 << (value & 3)
-            self.sw_request = self.sw_request | bit if value & MASK_SET else self.sw_request & ~bit
-        elif index == Reg.SINGLE_MASK:
-            bit = 1 << (value & 3)
-            self.mask = self.mask | bit if value & MASK_SET else self.mask & ~bit
-        elif index == Reg.MODE:
-            self.mode[value & 3] = value & 0xFC
-        elif index == Reg.CLEAR_FF:
-            self.ff = 0
-        elif index == Reg.TEMP_MASTER_CLEAR:
-            self.master_clear()
-        elif index == Reg.CLEAR_MASK:
-            self.mask = 0
-        elif index == Reg.ALL_MASK:
-            self.mask = value & 0x0F
+        match index:
+            case Reg.STATUS_COMMAND:
+                self.command = value
+            case Reg.REQUEST:
+                bit = 1 << (value & 3)
+                self.sw_request = self.sw_request | bit if value & MASK_SET else self.sw_request & ~bit
+            case Reg.SINGLE_MASK:
+                bit = 1 << (value & 3)
+                self.mask = self.mask | bit if value & MASK_SET else self.mask & ~bit
+            case Reg.MODE:
+                self.channels[value & 3].mode = value & 0xFC
+            case Reg.CLEAR_FF:
+                self.ff = 0
+            case Reg.TEMP_MASTER_CLEAR:
+                self.master_clear()
+            case Reg.CLEAR_MASK:
+                self.mask = 0
+            case Reg.ALL_MASK:
+                self.mask = value & 0x0F
 
     def read_control(self, index: int, requests: int) -> int:
-        """``requests`` = live request lines (bits 0-3) the machine computed for status."""
-        if index == Reg.STATUS_COMMAND:
-            value = ((requests & 0x0F) << 4) | self.tc
-            self.tc = 0  # §2.3: a status read clears the TC bits only
-            return value
-        if index == Reg.TEMP_MASTER_CLEAR:
-            return self.temp
-        if index == Reg.ALL_MASK:
-            return self.mask  # readable on SIO/PIIX/ICH (§2.9), bits 7:4 read 0
+        match index:
+            case Reg.STATUS_COMMAND:
+                value = ((requests & 0x0F) << 4) | self.tc
+                self.tc = 0  # §2.3: a status read clears the TC bits only
+                return value
+            case Reg.TEMP_MASTER_CLEAR:
+                return self.temp
+            case Reg.ALL_MASK:
+                return self.mask  # readable on SIO/PIIX/ICH (§2.9), bits 7:4 read 0
         return FLOAT  # write-only ports: undefined, we float (§2.12)
 
     # --- machine side ---------------------------------------------------------------------
@@ -134,7 +289,7 @@ class I8237:
 
     def wants_service(self, local: int, dreq: int) -> bool:
         """§6 service condition, for this chip alone (the machine adds cascade gating)."""
-        mode = self.mode[local]
+        mode = self.channels[local].mode
         select = mode >> 6
         bit = 1 << local
         if self.sw_request & bit:
@@ -149,9 +304,6 @@ class I8237:
         active_low = bool(self.command & Command.DREQ_ACTIVE_LOW)
         return bool(dreq & bit) != active_low
 
-    def software_started(self, local: int) -> bool:
-        return bool(self.sw_request & (1 << local))
-
     def mem_to_mem(self) -> bool:
         return bool(self.command & Command.MEM_TO_MEM) and self.ctrl == Ctrl.DMA1
 
@@ -161,43 +313,30 @@ class I8237:
             return tuple((last + i) & 3 for i in range(1, 5))
         return (0, 1, 2, 3)
 
-    def served(self, local: int) -> None:
-        self.last_served = local
-
-    def transfer_type(self, local: int) -> TransferType:
-        return TransferType((self.mode[local] >> 2) & 3)
-
-    def select(self, local: int) -> ModeSelect:
-        return ModeSelect(self.mode[local] >> 6)
-
     def units_to_tc(self, local: int) -> int:
-        return self.cur_count[local] + 1
-
-    def decrementing(self, local: int) -> bool:
-        return bool(self.mode[local] & MODE_DECREMENT)
+        return self.channels[local].cur_count + 1
 
     def next_unit(self, local: int, page: int) -> tuple[int, int, int]:
-        """(physical address of the next unit, step in units (+1/-1), units before the wrap).
-
-        §3.3/§3.6: the 16-bit address counter wraps inside the 64 KiB (ch0-3) or 128 KiB
+        """§3.3/§3.6: the 16-bit address counter wraps inside the 64 KiB (ch0-3) or 128 KiB
         (ch5-7) page; the page latch never changes; page bit 0 is dropped on word channels.
         """
-        addr = self.cur_addr[local]
+        ch = self.channels[local]
+        addr = ch.cur_addr
         if self.dshift:
             phys = ((page & 0xFE) << 16) | (addr << 1)
         else:
             phys = (page << 16) | addr
-        if self.decrementing(local):
+        if ch.mode & MODE_DECREMENT:
             return phys, -1, addr + 1
         return phys, 1, 0x10000 - addr
 
     def advance(self, local: int, units: int, *, hold_address: bool = False) -> bool:
-        """Account ``units`` transfers; return True when the last one hit terminal count."""
+        ch = self.channels[local]
         if not hold_address:
-            step = -units if self.decrementing(local) else units
-            self.cur_addr[local] = (self.cur_addr[local] + step) & 0xFFFF
-        old = self.cur_count[local]
-        self.cur_count[local] = (old - units) & 0xFFFF
+            step = -units if ch.mode & MODE_DECREMENT else units
+            ch.cur_addr = (ch.cur_addr + step) & 0xFFFF
+        old = ch.cur_count
+        ch.cur_count = (old - units) & 0xFFFF
         return units == old + 1
 
     def terminal_count(self, local: int) -> None:
@@ -205,37 +344,28 @@ class I8237:
         bit = 1 << local
         self.tc |= bit
         self.sw_request &= ~bit
-        if self.mode[local] & MODE_AUTOINIT:
-            self.cur_addr[local] = self.base_addr[local]
-            self.cur_count[local] = self.base_count[local]
+        ch = self.channels[local]
+        if ch.mode & MODE_AUTOINIT:
+            ch.cur_addr = ch.base_addr
+            ch.cur_count = ch.base_count
         else:
             self.mask |= bit
 
     def exhausted(self, local: int) -> bool:
         return False
 
-    # QEMU keeps the request lines as stored status bits; the datasheet chip sees live lines.
     def dreq_edge(self, local: int, level: bool) -> None:
-        pass
+        """The datasheet chip sees the live lines: nothing to store."""
 
-    def snapshot(self) -> dict[str, object]:
-        """Every internal register, for tests and the register dump."""
-        return {
-            "base_addr": list(self.base_addr),
-            "cur_addr": list(self.cur_addr),
-            "base_count": list(self.base_count),
-            "cur_count": list(self.cur_count),
-            "mode": list(self.mode),
-            "ff": self.ff,
-            "command": self.command,
-            "tc": self.tc,
-            "request": self.sw_request,
-            "mask": self.mask,
-            "temp": self.temp,
-        }
+    def current(self, local: int) -> tuple[int, int]:
+        ch = self.channels[local]
+        return ch.cur_addr, ch.cur_count
+
+    def requests(self) -> int:
+        return self.sw_request
 
 
-class QemuI8257(I8237):
+class QemuI8257(Controller):
     """QEMU 7.2's i8257, as observed in docs/reference/qemu-qtest.md §8 and read in ``hw/dma/i8257.c``.
 
     QEMU keeps base registers plus a transfer *position* instead of current registers: the
@@ -245,13 +375,14 @@ class QemuI8257(I8237):
     select bits and cascade gating; it neither masks nor reloads at TC; it addresses memory
     linearly from ``page << 16 | base << dshift`` (so 16-bit page bit 0 is OR-ed in and nothing
     wraps); the direction is the device's; the mask is 8 bits wide and reads back at 0x09.
+    Requests are stored status bits, set and cleared by request-register writes and DREQ edges.
     """
 
     profile = "qemu"
+    channels: list[QemuChannel]
 
     def __init__(self, ctrl: Ctrl) -> None:
-        self.pos = [0] * 4  #: bytes transferred since the channel was (re)initialised
-        self.now_addr = [0] * 4
+        self.channels = [QemuChannel() for _ in range(4)]
         self.status_req = 0  #: QEMU's status bits 4-7, set/cleared by writes and DREQ edges
         super().__init__(ctrl)
 
@@ -260,64 +391,76 @@ class QemuI8257(I8237):
         self.mask = 0xFF
         self.status_req = 0
 
-    def _init_chan(self, local: int) -> None:
-        self.now_addr[local] = self.base_addr[local] << self.dshift
-        self.pos[local] = 0
+    def _init_chan(self, ch: QemuChannel) -> None:
+        ch.now_addr = ch.base_addr << self.dshift
+        ch.pos = 0
 
+    # --- CPU side --------------------------------------------------------------------------
     def write_channel(self, index: int, value: int) -> None:
-        local, is_count = index >> 1, index & 1
-        regs = self.base_count if is_count else self.base_addr
-        if self._toggle():
-            regs[local] = (regs[local] & 0xFF) | ((value << 8) & 0xFF00)
-            self._init_chan(local)
+        ch = self.channels[index >> 1]
+        is_count = index & 1
+        reg = ch.base_count if is_count else ch.base_addr
+        high = self._toggle()
+        if high:
+            reg = (reg & 0xFF) | ((value << 8) & 0xFF00)
         else:
-            regs[local] = (regs[local] & 0xFF00) | (value & 0xFF)
+            reg = (reg & 0xFF00) | (value & 0xFF)
+        if is_count:
+            ch.base_count = reg
+        else:
+            ch.base_addr = reg
+        if high:  # QEMU's init_chan: the channel restarts from its base
+            self._init_chan(ch)
 
     def _current(self, local: int, is_count: int) -> int:
+        ch = self.channels[local]
         if is_count:
-            return (self.base_count[local] << self.dshift) - self.pos[local]
-        direction = -1 if self.mode[local] & MODE_DECREMENT else 1
-        return self.now_addr[local] + self.pos[local] * direction
+            return (ch.base_count << self.dshift) - ch.pos
+        direction = -1 if ch.mode & MODE_DECREMENT else 1
+        return ch.now_addr + ch.pos * direction
 
     def read_channel(self, index: int) -> int:
         val = self._current(index >> 1, index & 1)
         return (val >> (self.dshift + 8 * self._toggle())) & 0xFF
 
     def write_control(self, index: int, value: int) -> None:
-        if index == Reg.STATUS_COMMAND:
-            if value and value & ~Command.DISABLE & 0xFF:
-                return  # "command not supported": the whole write is ignored
-            self.command = value
-        elif index == Reg.REQUEST:
-            local = value & 3
-            if value & MASK_SET:
-                self.status_req |= 1 << local
-            else:
-                self.status_req &= ~(1 << local)
-            self.tc &= ~(1 << local)
-        elif index == Reg.SINGLE_MASK:
-            bit = 1 << (value & 3)
-            self.mask = self.mask | bit if value & MASK_SET else self.mask & ~bit
-        elif index == Reg.MODE:
-            self.mode[value & 3] = value
-        elif index == Reg.CLEAR_FF:
-            self.ff = 0
-        elif index == Reg.TEMP_MASTER_CLEAR:
-            self.master_clear()
-        elif index == Reg.CLEAR_MASK:
-            self.mask = 0
-        elif index == Reg.ALL_MASK:
-            self.mask = value & 0xFF
+        match index:
+            case Reg.STATUS_COMMAND:
+                if value and value & ~Command.DISABLE & 0xFF:
+                    return  # "command not supported": the whole write is ignored
+                self.command = value
+            case Reg.REQUEST:
+                local = value & 3
+                if value & MASK_SET:
+                    self.status_req |= 1 << local
+                else:
+                    self.status_req &= ~(1 << local)
+                self.tc &= ~(1 << local)
+            case Reg.SINGLE_MASK:
+                bit = 1 << (value & 3)
+                self.mask = self.mask | bit if value & MASK_SET else self.mask & ~bit
+            case Reg.MODE:
+                self.channels[value & 3].mode = value
+            case Reg.CLEAR_FF:
+                self.ff = 0
+            case Reg.TEMP_MASTER_CLEAR:
+                self.master_clear()
+            case Reg.CLEAR_MASK:
+                self.mask = 0
+            case Reg.ALL_MASK:
+                self.mask = value & 0xFF
 
     def read_control(self, index: int, requests: int) -> int:
-        if index == Reg.STATUS_COMMAND:
-            value = (self.status_req << 4) | self.tc
-            self.tc = 0
-            return value
-        if index == Reg.REQUEST:
-            return self.mask
+        match index:
+            case Reg.STATUS_COMMAND:
+                value = (self.status_req << 4) | self.tc
+                self.tc = 0
+                return value
+            case Reg.REQUEST:
+                return self.mask
         return 0
 
+    # --- machine side ---------------------------------------------------------------------
     def request_lines(self, dreq: int) -> int:
         return self.status_req
 
@@ -342,36 +485,37 @@ class QemuI8257(I8237):
         return (0, 1, 2, 3)
 
     def size_bytes(self, local: int) -> int:
-        return (self.base_count[local] + 1) << self.dshift
+        return (self.channels[local].base_count + 1) << self.dshift
 
     def exhausted(self, local: int) -> bool:
-        return self.pos[local] >= self.size_bytes(local)
+        return self.channels[local].pos >= self.size_bytes(local)
 
     def units_to_tc(self, local: int) -> int:
-        return max(0, (self.size_bytes(local) - self.pos[local]) >> self.dshift)
+        return max(0, (self.size_bytes(local) - self.channels[local].pos) >> self.dshift)
 
     def next_unit(self, local: int, page: int) -> tuple[int, int, int]:
+        ch = self.channels[local]
         unit = 1 << self.dshift
-        base = (page << 16) | self.now_addr[local]
-        if self.decrementing(local):
+        base = (page << 16) | ch.now_addr
+        if ch.mode & MODE_DECREMENT:
             # DMA_write_memory(addr - pos - len): data goes *below* the start address
-            return base - self.pos[local] - unit, -1, 1 << 30
-        return base + self.pos[local], 1, 1 << 30
+            return base - ch.pos - unit, -1, 1 << 30
+        return base + ch.pos, 1, 1 << 30
 
     def advance(self, local: int, units: int, *, hold_address: bool = False) -> bool:
-        self.pos[local] += units << self.dshift
+        self.channels[local].pos += units << self.dshift
         return self.exhausted(local)
 
     def terminal_count(self, local: int) -> None:
         self.tc |= 1 << local  # "transfer done": no request clear, no mask, no reload
 
+    def current(self, local: int) -> tuple[int, int]:
+        return self._current(local, 0) >> self.dshift & 0xFFFF, self._current(local, 1) >> self.dshift & 0xFFFF
+
+    def requests(self) -> int:
+        return self.status_req
+
     def snapshot(self) -> dict[str, object]:
         snap = super().snapshot()
-        snap["cur_addr"] = [self._current(i, 0) >> self.dshift & 0xFFFF for i in range(4)]
-        snap["cur_count"] = [self._current(i, 1) >> self.dshift & 0xFFFF for i in range(4)]
-        snap["request"] = self.status_req
-        snap["pos"] = list(self.pos)
+        snap["pos"] = [c.pos for c in self.channels]
         return snap
-
-
-CONTROLLER_CLASSES: dict[str, type[I8237]] = {"intel": I8237, "qemu": QemuI8257}
