@@ -2,7 +2,8 @@
 
 Backends know ports and memory, not DMA rules (those live in :mod:`hil.dma`). The one primitive
 is :meth:`Backend.execute`; every convenience method is a one-program wrapper around it, so a
-backend only has to implement ``_execute`` (and ``_settle``) to get the whole interface.
+backend only has to implement ``_execute`` (and ``_settle``) to get the whole interface, and
+``check`` for what it refuses: that runs once over the whole program before any of it does.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import enum
+import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -31,7 +33,7 @@ from hil.backends.ops import (
     Settle,
     check_program,
 )
-from hil.errors import BackendClosedError, UnsupportedOperationError
+from hil.errors import BackendClosedError, InvalidAccessError, UnsupportedOperationError
 
 log = structlog.get_logger("hil.backend")
 
@@ -68,6 +70,11 @@ class Capabilities:
             "memory_window": list(self.memory_window),
             **({"details": self.details} if self.details else {}),
         }
+
+
+def _check_duration(step: int, what: str, us: object) -> None:
+    if not isinstance(us, (int, float)) or isinstance(us, bool) or not math.isfinite(us) or us < 0:
+        raise InvalidAccessError(f"program step {step}: {what} {us!r} us must be a finite, non-negative number")
 
 
 ResetListener = Callable[["Backend"], Awaitable[None]]
@@ -128,17 +135,14 @@ class Backend(abc.ABC):
     OPS: ClassVar[tuple[type, ...]] = (Out, In, MemWrite, MemRead, MemFill, Delay, Poll)
 
     async def execute(self, ops: Sequence[Op]) -> list[Result]:
-        """Run ``ops`` in order, atomically; return the results of the reading operations."""
+        """Run ``ops`` in order, atomically; return the results of the reading operations.
+
+        :meth:`check` sees the whole program before its first op runs: one refused op runs none
+        of them, wherever it is, even after a ``Settle`` at which the program is split below.
+        """
         if self._closed:
             raise BackendClosedError(self.url)
-        check_program(ops)
-        for op in ops:  # refuse before anything runs, rather than skip what cannot be done
-            if not isinstance(op, self.OPS) and not isinstance(op, Settle):
-                raise UnsupportedOperationError(
-                    f"backend {self.url} cannot run {type(op).__name__}"
-                    + (": simulated devices need a sim: backend (or an agent serving one)"
-                       if isinstance(op, DEVICE_OPS) else "")
-                )
+        self.check(ops)
         async with self._lock:
             if Settle in self.OPS or not any(isinstance(op, Settle) for op in ops):
                 return await self._execute(ops)
@@ -153,6 +157,37 @@ class Backend(abc.ABC):
             if start < len(ops):
                 results += await self._execute(ops[start:])
             return results
+
+    def check(self, ops: Sequence[Op]) -> None:
+        """Refuse ``ops`` unless all of it may run; run nothing.
+
+        :meth:`execute` calls this once over the whole program before anything reaches the
+        machine, so every refusal is decided here, never in ``_execute``: ``_execute`` may get
+        the program in parts (split at each ``Settle``) and would refuse a later part after the
+        earlier ones had run. A backend adds its own refusals (allow-list, port widths, memory
+        window, ...) by overriding this and calling ``super().check(ops)`` first. A check touches
+        nothing; where an earlier op changes what a later one may do (a device a sim program
+        attaches), it follows the program rather than the state before it.
+
+        Here: every step must be an operation this backend runs, and every duration a finite,
+        non-negative number of microseconds (``Delay(inf)`` would sleep forever on hardware).
+        """
+        check_program(ops)
+        for i, op in enumerate(ops):  # refuse before anything runs, rather than skip what cannot be done
+            if not isinstance(op, self.OPS) and not isinstance(op, Settle):
+                raise UnsupportedOperationError(
+                    f"backend {self.url} cannot run {type(op).__name__}"
+                    + (": simulated devices need a sim: backend (or an agent serving one)"
+                       if isinstance(op, DEVICE_OPS) else "")
+                )
+            match op:
+                case Delay(us=us):
+                    _check_duration(i, "delay", us)
+                case Poll(timeout_us=timeout, interval_us=interval):
+                    _check_duration(i, "poll timeout", timeout)
+                    _check_duration(i, "poll interval", interval)
+                case Settle(timeout_us=timeout):
+                    _check_duration(i, "settle timeout", timeout)
 
     @abc.abstractmethod
     async def _execute(self, ops: Sequence[Op]) -> list[Result]: ...

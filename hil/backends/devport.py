@@ -388,7 +388,7 @@ class DevPortBackend(Backend):
                 if ops:
                     masked = [ch for ch in sorted(self.tracker.enabled) if ch != CASCADE_CHANNEL]
                     try:
-                        self._check(ops)
+                        self.check(ops)
                         await self._call(self._run, ops)
                         log.info("devport_safe_state", masked=masked)
                     except HilError as e:
@@ -402,15 +402,16 @@ class DevPortBackend(Backend):
 
     # --- programs -------------------------------------------------------------------------
 
-    def _check(self, ops: Sequence[Op]) -> None:
-        """Refuse the whole program before any op of it reaches the kernel."""
+    def check(self, ops: Sequence[Op]) -> None:
+        """Refuse the whole program before any op of it reaches the kernel: 16-bit port accesses,
+        and ports and memory outside the allow-list (whose memory is the mapped window)."""
+        super().check(ops)
         for op in ops:
             if isinstance(op, (Out, In, Poll)) and op.width != 8:
                 raise WideAccessError(op.port, op.width, isinstance(op, Out), WIDE_REASON)
         self.allow.check(ops)
 
     async def _execute(self, ops: Sequence[Op]) -> list[Result]:
-        self._check(ops)
         if self._port is None:
             raise BackendError(f"backend {self.url} is not open: use `async with open_backend(url)`")
         return await self._call(self._run, list(ops))
@@ -477,7 +478,7 @@ class DevPortBackend(Backend):
             return
         if self._port is None:
             raise BackendError(f"backend {self.url} is not open: use `async with open_backend(url)`")
-        self._check(ops)
+        self.check(ops)
         loop = asyncio.get_running_loop()
         limit = SETTLE_DEFAULT_S if timeout_s is None else timeout_s
         deadline = loop.time() + limit

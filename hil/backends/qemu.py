@@ -698,8 +698,9 @@ class QemuBackend(Backend):
         )
 
     # --- programs -----------------------------------------------------------------------
-    def _check(self, ops: Sequence[Op]) -> None:
+    def check(self, ops: Sequence[Op]) -> None:
         """Refuse the whole program before anything is sent (docs/reference/qemu-qtest.md §3.3, §3.5)."""
+        super().check(ops)
         mem = self.config.mem
         for op in ops:
             if _SIM_DEVICE_OPS and isinstance(op, _SIM_DEVICE_OPS):
@@ -739,7 +740,6 @@ class QemuBackend(Backend):
         return self._client
 
     async def _execute(self, ops: Sequence[Op]) -> list[Result]:
-        self._check(ops)
         try:
             return await self._run(self._live_client(), ops)
         except QemuExitedError as e:

@@ -48,6 +48,10 @@ class RecordingBackend(Backend):
     def capabilities(self) -> Capabilities:
         return self.inner.capabilities
 
+    def check(self, ops: Sequence[Op]) -> None:
+        """What the inner backend refuses (``execute`` forwards whole programs to it)."""
+        self.inner.check(ops)
+
     async def _execute(self, ops: Sequence[Op]) -> list[Result]:
         results = await self.inner.execute(ops)
         it = iter(results)

@@ -33,9 +33,15 @@ from hil.backends.ops import (
     PowerReset,
     Result,
     Settle,
-    check_program,
 )
-from hil.errors import BackendClosedError, BackendOptionError, DeviceError
+from hil.errors import (
+    BackendClosedError,
+    BackendOptionError,
+    DeviceError,
+    MemoryRangeError,
+    UndecodedPortError,
+)
+from hil.ports import CASCADE_CHANNEL
 from hil.sim.devices import Device, Sink, Source
 from hil.sim.machine import PROFILES, Timing, machine_for
 
@@ -115,8 +121,40 @@ class SimBackend(Backend):
         # interleaved with another task's: atomic without taking the lock.
         if self._closed:
             raise BackendClosedError(self.url)
-        check_program(ops)
+        self.check(ops)
         return self._run(ops)
+
+    def check(self, ops: Sequence[Op]) -> None:
+        """Refuse what the model would raise part-way through the program, before any op runs:
+        memory past its end, a port nothing decodes under ``strict=1`` (both bytes of a 16-bit
+        access), a device op on a channel that has no device, counting the devices this program
+        attaches before it, and a device on the cascade channel."""
+        super().check(ops)
+        m = self.machine
+        size = len(m.memory)
+        takes_data = {ch: isinstance(d, Source) for ch, d in m.devices.items()}  #: channel -> a source?
+        for op in ops:
+            match op:
+                case Out(port=port, width=width) | In(port=port, width=width) | Poll(port=port, width=width):
+                    if m.strict:
+                        for p in range(port, port + width // 8):
+                            if not m.decodes(p):
+                                raise UndecodedPortError(p, isinstance(op, Out))
+                case MemRead(addr=addr, length=length) | MemFill(addr=addr, length=length):
+                    if addr + length > size:
+                        raise MemoryRangeError(addr, length, size, "the simulated memory")
+                case MemWrite(addr=addr, data=data):
+                    if addr + len(data) > size:
+                        raise MemoryRangeError(addr, len(data), size, "the simulated memory")
+                case DevAttach(channel=channel, kind=kind):
+                    if channel == CASCADE_CHANNEL:
+                        raise DeviceError("channel 4 is the cascade input from DMA1; no device can use it")
+                    takes_data[channel] = kind == "source"
+                case DevAppend(channel=channel) | DevDreq(channel=channel) | DevState(channel=channel):
+                    if channel not in takes_data:
+                        raise DeviceError(f"no device attached to channel {channel}")
+                    if isinstance(op, DevAppend) and not takes_data[channel]:
+                        raise DeviceError(f"channel {channel}: only a source takes more data")
 
     async def _execute(self, ops: Sequence[Op]) -> list[Result]:
         return self._run(ops)
