@@ -62,8 +62,8 @@ CASES = {
                             "'channel'", "no device attached to channel 3"),
     "enable before program": ('[[step]]\nop = "enable"\nchannel = 3\n', "step 2 (enable)",
                               "'channel'", "before any program step"),
-    "in a repeat, first pass": ('[[step]]\nop = "repeat"\ncount = 3\nsteps = [{op = "in", port = 8}, '
-                                '{op = "program", channel = 7, mode = "DMA_MODE_READ", addr = 0x20000, length = 3}]\n',
+    "in a repeat, first pass": (('[[step]]\nop = "repeat"\ncount = 3\nsteps = [{op = "in", port = 8}, '
+                                 '{op = "program", channel = 7, mode = "DMA_MODE_READ", addr = 0x20000, length = 3}]\n'),
                                 "step 2[1].2 (program)", "'length'", "rule 17, 16-bit alignment"),
 }
 
