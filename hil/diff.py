@@ -19,6 +19,7 @@ from typing import Any
 from hil.errors import HilError
 from hil.journal import Observation, RunResult
 from hil.ports import PortRole, Reg, decode_port, port_names
+from hil.script.model import escape_controls
 
 
 class DeviationFileError(HilError):
@@ -124,6 +125,8 @@ class DiffReport:
     errors: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  #: "SCRIPT on BACKEND, ...: needs fdc": not compared
     compared: int = 0  #: observations compared
+    #: journal lines that could not be read ("file:line: why"); the rest was compared
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def counted(self) -> list[Divergence]:
@@ -134,25 +137,31 @@ class DiffReport:
         return 2 if self.errors else 1 if self.counted else 0
 
     def format(self) -> str:
+        """The report as text for a terminal. Names and messages may come from a journal saved
+        anywhere, so every piece is printed with its control characters escaped (the loader's
+        own :func:`~hil.script.model.escape_controls`): a name cannot drive the terminal."""
+        e = escape_controls
         lines = []
         for d in self.divergences:
             tag = f"  (tolerated: {d.tolerated})" if d.tolerated else ""
             vals = ", ".join(f"{b}={_short(v)}" for b, v in d.values.items())
-            lines.append(f"{d.script}: {d.label} {d.what}: {vals}\n    {d.meaning}{tag}")
-        lines += [f"skipped: {s}" for s in self.skipped]
-        lines += [f"error: {e}" for e in self.errors]
+            lines.append(f"{e(d.script)}: {e(d.label)} {e(d.what)}: {e(vals)}\n    {e(d.meaning)}{e(tag)}")
+        lines += [f"warning: {e(w)}" for w in self.warnings]
+        lines += [f"skipped: {e(s)}" for s in self.skipped]
+        lines += [f"error: {e(err)}" for err in self.errors]
         counted, tolerated = len(self.counted), len(self.divergences) - len(self.counted)
         verdict = "ERROR" if self.errors else "DIVERGED" if counted else "EQUAL"
         lines.append(f"{verdict}: {len(self.scripts)} script(s) on {len(self.backends)} backends "
-                     f"({', '.join(self.backends)}), {self.compared} observations compared, "
+                     f"({e(', '.join(self.backends))}), {self.compared} observations compared, "
                      f"{counted} divergence(s), {tolerated} tolerated"
-                     + (f", {len(self.skipped)} skipped" if self.skipped else ""))
+                     + (f", {len(self.skipped)} skipped" if self.skipped else "")
+                     + (f", {len(self.warnings)} unreadable journal line(s)" if self.warnings else ""))
         return "\n".join(lines)
 
     def to_json(self) -> dict[str, Any]:
         return {"backends": self.backends, "scripts": self.scripts, "compared": self.compared,
                 "exit_code": self.exit_code, "errors": self.errors, "skipped": self.skipped,
-                "divergences": [d.to_json() for d in self.divergences]}
+                "warnings": self.warnings, "divergences": [d.to_json() for d in self.divergences]}
 
     def to_junit(self) -> str:
         suites = ET.Element("testsuites", name="hil diff")
@@ -162,18 +171,19 @@ class DiffReport:
         skipped = {script: s for script in by_script for s in self.skipped if s.startswith(f"{script} on ")}
         for script, divs in by_script.items():
             counted = [d for d in divs if d.tolerated is None]
-            suite = ET.SubElement(suites, "testsuite", name=script, tests=str(max(1, len(divs))),
+            suite = ET.SubElement(suites, "testsuite", name=escape_controls(script), tests=str(max(1, len(divs))),
                                   failures=str(len(counted)), errors="0")
             ET.SubElement(ET.SubElement(suite, "properties"), "property", name="backends",
                           value=" ".join(self.backends))
             if script in skipped and not divs:
                 suite.set("skipped", "1")
-                ET.SubElement(ET.SubElement(suite, "testcase", classname=script, name="not compared"), "skipped",
-                              message=skipped[script])
+                ET.SubElement(ET.SubElement(suite, "testcase", classname=escape_controls(script), name="not compared"),
+                              "skipped", message=escape_controls(skipped[script]))
             elif not divs:
-                ET.SubElement(suite, "testcase", classname=script, name="all steps equal")
+                ET.SubElement(suite, "testcase", classname=escape_controls(script), name="all steps equal")
             for d in divs:
-                case = ET.SubElement(suite, "testcase", classname=script, name=f"{d.label} {d.what}")
+                case = ET.SubElement(suite, "testcase", classname=escape_controls(script),
+                                     name=escape_controls(f"{d.label} {d.what}"))
                 text = f"{', '.join(f'{b}={v}' for b, v in d.values.items())}: {d.meaning}"
                 if d.tolerated:
                     ET.SubElement(case, "skipped", message=f"tolerated: {d.tolerated}")
@@ -181,7 +191,7 @@ class DiffReport:
                     ET.SubElement(case, "failure", message=d.meaning).text = text
         for e in self.errors:
             suite = ET.SubElement(suites, "testsuite", name="errors", tests="1", failures="0", errors="1")
-            ET.SubElement(ET.SubElement(suite, "testcase", name="run"), "error", message=e)
+            ET.SubElement(ET.SubElement(suite, "testcase", name="run"), "error", message=escape_controls(e))
         return ET.tostring(suites, encoding="unicode")
 
 
@@ -295,6 +305,8 @@ def compare(results: list[RunResult], deviations: list[Deviation] | None = None,
     script = results[0].script
     if script not in report.scripts:
         report.scripts.append(script)
+    for r in results:
+        report.warnings += [f"{p} (line skipped)" for p in r.problems]
     why = {label: r.error or "skipped" for r, label in zip(results, labels) if r.status == "skipped"}
     if why:  # not applicable on some backend: nothing to compare
         if len(set(why.values())) == 1:

@@ -130,6 +130,18 @@ class _ControllerState:
 _STATES: weakref.WeakKeyDictionary[Backend, _ControllerState] = weakref.WeakKeyDictionary()
 
 
+def forget_host_state(backend: Backend) -> None:
+    """Forget what was claimed and programmed through :class:`IsaDma` on ``backend``, as if it
+    had just been opened (claims, shadow, flip-flop, remembered TC bits), for a runner that
+    reuses one backend for several independent scripts. The state object stays the one the
+    reset listener already holds; the machine itself is not touched."""
+    state = _STATES.get(backend)
+    if state is not None:
+        if state.lock.locked():
+            raise LockError(None, "forget_host_state while the DMA lock is held")
+        state.__init__()  # type: ignore[misc]
+
+
 class IsaDma:
     """The Linux ISA DMA API on ``backend``. Methods are coroutines; see module docstring."""
 

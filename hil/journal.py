@@ -1,8 +1,10 @@
 """Results of a script run: observations, and the JSONL journal they are written to as they happen.
 
 The journal is flushed line by line, so a run that is killed or fails keeps everything up to
-that point; :func:`read_journal` accepts a truncated last line. ``hil diff`` compares journals,
-whether it just wrote them or they were saved from a bench weeks ago.
+that point. :func:`read_journal` keeps every good record: a truncated last line (a kill) or a
+damaged line anywhere is skipped and reported (``file:line: why``) in the result's ``problems``,
+never a reason to drop the records after it. ``hil diff`` compares journals, whether it just
+wrote them or they were saved from a bench weeks ago.
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ import json
 import os
 import xml.etree.ElementTree as ET
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
+
+from hil.errors import HilError
 
 JOURNAL_VERSION = 1
 SHOWN_BYTES = 32  #: hex bytes of data shown in a one-line description
@@ -110,6 +114,8 @@ class RunResult:
     error: str | None = None
     elapsed: float = 0.0
     steps_total: int = 0
+    #: lines :func:`read_journal` skipped (damaged, cut short, not a record it knows), in order
+    problems: list[JournalProblem] = field(default_factory=list)
 
     @property
     def failures(self) -> list[Observation]:
@@ -138,14 +144,20 @@ class Journal:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh: IO[str] | None = open(self.path, "w", encoding="utf-8")  # noqa: SIM115
+        _make_parent(self.path)
+        try:
+            self._fh: IO[str] | None = open(self.path, "w", encoding="utf-8")  # noqa: SIM115
+        except OSError as e:
+            raise JournalError(f"journal {self.path}: cannot write it: {_why(e)}") from None
 
     def _write(self, record: dict[str, Any]) -> None:
         if self._fh is None:
             return
-        self._fh.write(json.dumps(record, separators=(",", ":")) + "\n")
-        self._fh.flush()
+        try:
+            self._fh.write(json.dumps(record, separators=(",", ":")) + "\n")
+            self._fh.flush()
+        except OSError as e:  # a full disk, a file that takes no writes: one line, not a traceback
+            raise JournalError(f"journal {self.path}: cannot write it: {_why(e)}") from None
 
     def header(self, result: RunResult) -> None:
         self._write({
@@ -216,33 +228,205 @@ def junit(results: Sequence[RunResult], name: str = "hil run") -> str:
     return ET.tostring(suites, encoding="unicode")
 
 
-class JournalError(ValueError):
-    pass
+class JournalError(HilError, ValueError):
+    """A journal cannot be written where asked, or a file is not a journal at all."""
+
+
+@dataclass(frozen=True)
+class JournalProblem:
+    """A line :func:`read_journal` skipped, and why."""
+
+    file: str
+    line: int
+    why: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.why}"
+
+
+def _why(e: OSError) -> str:
+    return (e.strerror or str(e)).lower()
+
+
+def _make_parent(path: Path, *, create: bool = True) -> None:
+    """Create the directories above ``path`` (or, ``create=False``, make sure they could be),
+    naming the first one that cannot be (a file where a directory should be, no permission)
+    rather than failing with an OSError."""
+    parent = path.parent
+    if parent.is_dir():
+        return
+    existing = next((a for a in parent.parents if a.exists()), None)  # the nearest that exists
+    if parent.exists() or (existing is not None and not existing.is_dir()):
+        raise JournalError(f"journal {path}: {parent if parent.exists() else existing} is not a directory")
+    if not create:
+        if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+            raise JournalError(f"journal {path}: cannot create directory {parent}: {existing} is not writable")
+        return
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise JournalError(f"journal {path}: cannot create directory {parent}: {_why(e)}") from None
+
+
+def check_journal_path(path: str | Path) -> Path:
+    """Make sure a journal can be written at ``path`` before anything runs (``hil run`` checks
+    every journal it will write first), leaving no trace: its directory exists or could be
+    created, and the file, if its directory exists, opens for writing (a file this check
+    creates is removed again; an existing one is not changed)."""
+    p = Path(path)
+    if p.is_dir():
+        raise JournalError(f"journal {p}: is a directory; give a file name")
+    if p.resolve().parts[1:2] in (("proc",), ("sys",)):  # they open for writing, then fail each write
+        raise JournalError(f"journal {p}: is a kernel interface file, not a place for a journal")
+    if p.exists() and not (p.is_file() or p.is_char_device() or p.is_fifo()):
+        raise JournalError(f"journal {p}: is not a regular file")
+    _make_parent(p, create=False)
+    if not p.parent.is_dir():
+        return p  # created when the journal is
+    existed = p.exists()
+    try:  # non-blocking: a FIFO without a reader is refused at once rather than waited on
+        fd = os.open(p, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, 0o644)
+    except OSError as e:
+        raise JournalError(f"journal {p}: cannot write it: {_why(e)}") from None
+    os.close(fd)
+    if not existed:
+        p.unlink(missing_ok=True)
+    return p
+
+
+def check_journal_dir(path: str | Path) -> Path:
+    """``--journal-dir``: a directory, or one that could be created."""
+    d = Path(path)
+    if d.exists() and not d.is_dir():
+        raise JournalError(f"journal directory {d}: is not a directory")
+    _make_parent(d / "x.jsonl", create=False)
+    return d
+
+
+#: what each record field may hold, from the annotations of :class:`Observation`; a record with
+#: another type is damaged (a ``"step": 5`` would break the comparison far from its cause)
+_TYPES: dict[str, tuple[type, ...]] = {"int": (int,), "str": (str,), "bool": (bool,), "float": (int, float)}
+_STATUSES = {"passed", "failed", "error", "interrupted", "skipped", "running"}
+
+
+def _field_types(annotation: str) -> tuple[type, ...]:
+    parts = [t.strip() for t in annotation.split("|")]
+    return tuple(t for part in parts for t in _TYPES.get(part, ())) + ((type(None),) if "None" in parts else ())
+
+
+_OBS_TYPES = {f.name: _field_types(str(f.type)) for f in Observation.__dataclass_fields__.values()}
+
+
+def _type_ok(value: object, types: tuple[type, ...]) -> bool:
+    if isinstance(value, bool) and bool not in types:
+        return False  # JSON true is not a number here
+    return isinstance(value, types)
+
+
+def _bad_field(rec: dict[str, Any], expected: dict[str, tuple[type, ...]], required: tuple[str, ...]) -> str | None:
+    for key in required:
+        if key not in rec:
+            return f"missing field {key!r}"
+    for key, types in expected.items():
+        if key in rec and types and not _type_ok(rec[key], types):
+            names = "/".join("null" if t is type(None) else t.__name__ for t in types)
+            return f"field {key!r} is {type(rec[key]).__name__} {clip(repr(rec[key]), 40)}, expected {names}"
+    return None
+
+
+_HEADER_TYPES: dict[str, tuple[type, ...]] = {"script": (str,), "file": (str,), "backend": (str,), "identity": (str,),
+                                              "capabilities": (dict,), "steps": (int,)}
+_END_TYPES: dict[str, tuple[type, ...]] = {"status": (str,), "error": (str, type(None)), "elapsed": (int, float)}
 
 
 def read_journal(path: str | Path) -> RunResult:
-    """Load a journal; a missing ``end`` record leaves ``status == "running"`` (cut short)."""
+    """Load a journal; a missing ``end`` record leaves ``status == "running"`` (cut short).
+
+    Every line that is not a good record is skipped and listed in ``problems`` with its line
+    number and why, and reading goes on: a damaged line in the middle loses that record, not
+    every one after it. Only a file with no usable header is refused (:class:`JournalError`):
+    without one nothing says which script or backend the records belong to."""
     result: RunResult | None = None
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            line = line.strip()
-            if not line:
+    problems: list[JournalProblem] = []
+    name = str(path)
+    try:
+        fh = open(path, "rb")  # noqa: SIM115 - line by line: a journal can be larger than memory
+    except OSError as e:
+        raise JournalError(f"{name}: cannot read it: {_why(e)}") from None
+    with fh:
+        for lineno, raw in enumerate(_lines(fh, name), start=1):
+            rec = _record(raw, lineno, name, problems)
+            if rec is None:
                 continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                break  # a line cut by a kill: everything before it stands
-            kind = rec.get("type")
-            if kind == "header":
-                result = RunResult(rec["script"], rec.get("file", ""), rec["backend"], rec.get("identity", ""),
-                                   rec.get("capabilities", {}), steps_total=rec.get("steps", 0))
-            elif result is None:
-                raise JournalError(f"{path}:{lineno}: journal does not start with a header record")
-            elif kind == "obs":
-                rec.pop("type")
-                result.observations.append(Observation.from_json(rec))
-            elif kind == "end":
-                result.status, result.error, result.elapsed = rec["status"], rec.get("error"), rec.get("elapsed", 0.0)
+            result = _take(rec, lineno, name, result, problems)
     if result is None:
-        raise JournalError(f"{path}: empty journal")
+        if problems:
+            raise JournalError(f"{problems[0]}; no header record: not a journal")
+        raise JournalError(f"{name}: empty journal")
+    result.problems = problems
+    return result
+
+
+def _lines(fh: IO[bytes], name: str) -> Iterator[bytes]:
+    try:
+        yield from fh
+    except OSError as e:  # e.g. a directory, or an I/O error part way
+        raise JournalError(f"{name}: cannot read it: {_why(e)}") from None
+
+
+def _record(raw: bytes, lineno: int, name: str, problems: list[JournalProblem]) -> dict[str, Any] | None:
+    """One line as a record, or None (blank, or skipped with the reason in ``problems``)."""
+    line = raw.strip()
+    if not line:
+        return None
+    try:
+        rec = json.loads(line.decode("utf-8"))
+    except UnicodeDecodeError:
+        problems.append(JournalProblem(name, lineno, "not UTF-8 text"))
+        return None
+    except (json.JSONDecodeError, RecursionError) as e:
+        cut = not raw.endswith(b"\n")  # only the last line lacks its newline: the writer was stopped mid-line
+        why = "line cut short (the run was killed?)" if cut else f"not JSON ({getattr(e, 'msg', 'nested too deep')})"
+        problems.append(JournalProblem(name, lineno, why))
+        return None
+    if not isinstance(rec, dict):
+        problems.append(JournalProblem(name, lineno, f"not a record: {clip(line.decode(), 40)}"))
+        return None
+    return rec
+
+
+def _take(rec: dict[str, Any], lineno: int, name: str, result: RunResult | None,
+          problems: list[JournalProblem]) -> RunResult | None:
+    """Apply one record to ``result`` (which the header record makes); return it."""
+
+    def skip(why: str) -> RunResult | None:
+        problems.append(JournalProblem(name, lineno, why))
+        return result
+
+    kind = rec.get("type")
+    if kind == "header":
+        why = _bad_field(rec, _HEADER_TYPES, ("script", "backend"))
+        if why and result is None:
+            raise JournalError(f"{name}:{lineno}: header record: {why}")
+        if why or result is not None:
+            return skip(f"header record: {why}" if why else "a second header record (ignored)")
+        return RunResult(rec["script"], rec.get("file", ""), rec["backend"], rec.get("identity", ""),
+                         rec.get("capabilities", {}), steps_total=rec.get("steps", 0))
+    if result is None:
+        raise JournalError(f"{name}:{lineno}: journal does not start with a header record")
+    match kind:
+        case "obs":
+            why = _bad_field(rec, _OBS_TYPES, ("step", "op"))
+            if why:
+                return skip(f"observation record: {why}")
+            result.observations.append(Observation.from_json({k: v for k, v in rec.items() if k != "type"}))
+        case "end":
+            why = _bad_field(rec, _END_TYPES, ("status",))
+            if why is None and rec["status"] not in _STATUSES:
+                why = f"unknown status {clip(repr(rec['status']), 40)}"
+            if why:
+                return skip(f"end record: {why}")
+            result.status, result.error, result.elapsed = rec["status"], rec.get("error"), rec.get("elapsed", 0.0)
+        case _:
+            return skip(f"unknown record type {clip(repr(kind), 40)}")
     return result

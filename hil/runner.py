@@ -1,8 +1,10 @@
 """Run a transfer script on any backend and record what every step saw.
 
 Everything that can be checked without hardware is checked first: capabilities, buffer
-placement (the DMA zone does it without I/O), every expression and range. Only then do steps
-run, in order, each observation going to the journal the moment it exists.
+placement (the DMA zone does it without I/O), every expression and range, and every rule a
+step would otherwise meet only when it runs (:func:`check_steps`: DMA buffer rules, the
+backend's memory window, a ``dreq`` before its device). Only then do steps run, in order, each
+observation going to the journal the moment it exists.
 """
 
 from __future__ import annotations
@@ -19,12 +21,30 @@ import structlog
 from hil.backends.base import Backend, Capability
 from hil.backends.ops import DevAttach, DevDreq, DeviceState, DevState, PowerReset
 from hil.buffers import DmaZone
-from hil.dma import DmaSnapshot, IsaDma
-from hil.errors import HilError
+from hil.dma import DmaSnapshot, IsaDma, forget_host_state
+from hil.errors import (
+    AddressLimitError,
+    AlignmentError,
+    BoundaryCrossingError,
+    DmaRuleError,
+    HilError,
+    TransferLengthError,
+)
 from hil.journal import Journal, Observation, RunResult
+from hil.ports import MODE_DECREMENT, ModeSelect
 from hil.rules import check_buffer
 from hil.script.loader import bind_all, digest
-from hil.script.model import OP_CAPABILITY, Op, Script, ScriptCapabilityError, ScriptError, ScriptRangeError, Step
+from hil.script.model import (
+    OP_CAPABILITY,
+    Node,
+    Op,
+    Script,
+    ScriptCapabilityError,
+    ScriptError,
+    ScriptRangeError,
+    Step,
+    StepList,
+)
 
 log = structlog.get_logger("hil.runner")
 
@@ -106,11 +126,119 @@ def place_buffers(script: Script, backend: Backend) -> dict[str, int]:
 
 
 def prepare(script: Script, backend: Backend) -> list[dict[str, Any]]:
-    """Second validation phase, no I/O: capabilities, buffer placement, every bound value.
-    Returns each step's bound arguments; raises :class:`ScriptError`."""
+    """Second validation phase, no I/O: capabilities, buffer placement, every bound value and
+    :func:`check_steps`. Returns each step's bound arguments; raises :class:`ScriptError`."""
     check_capabilities(script, backend)
     buffers = place_buffers(script, backend)
-    return bind_all(script, buffers)
+    bound = bind_all(script, buffers)
+    check_steps(script, backend, bound)
+    return bound
+
+
+def _rule(e: DmaRuleError, addr: int) -> tuple[str, str]:
+    """The DMA-ISA-LPC rule a :func:`~hil.rules.check_buffer` error is about, and the step key
+    holding the value that broke it (docs/reference/linux-isa-dma.md §3 rules 4, 5, 17)."""
+    match e:
+        case AddressLimitError():
+            return "rule 4, the low 16 MiB", "addr"
+        case BoundaryCrossingError():
+            return "rule 5, no 64/128 KiB crossing", "addr"
+        case AlignmentError():
+            return "rule 17, 16-bit alignment", "addr" if addr % 2 else "length"
+        case TransferLengthError():
+            return "length 1..64K units per programming", "length"
+    return type(e).__name__, "channel"
+
+
+@dataclass
+class _Static:
+    """What is known before anything runs, step by step: which channels have a device and what
+    each channel was last programmed with (the runner's IsaDma shadow, which starts empty)."""
+
+    devices: set[int] = field(default_factory=set)
+    programmed: dict[int, tuple[int, int, int, bool]] = field(default_factory=dict)  #: mode, addr, length, unchecked
+
+
+def check_steps(script: Script, backend: Backend, bound: list[dict[str, Any]]) -> None:
+    """Refuse, before the first access, every step that would fail when it runs for a reason
+    the script and the backend already decide: a ``program`` breaking a buffer rule (the one
+    implementation in :mod:`hil.rules`, as :meth:`IsaDma.program` would apply it), a memory
+    step outside the backend's memory window, a ``dreq`` on a channel no earlier step attached
+    a device to, an ``enable`` of a channel no earlier step programmed. Without this an earlier
+    ``out`` had already reached the machine when the run stopped.
+
+    A repeat's body is checked in its first pass: its arguments are the same in every pass,
+    devices are only ever added, so a later pass can fail only where the first did (an
+    ``enable`` after an ``unchecked`` program in the same body is then checked at run time)."""
+    lo, hi = backend.capabilities.memory_window
+    st = _Static()
+
+    def check(step: Step, a: dict[str, Any]) -> None:
+        def fail(key: str, message: str) -> ScriptError:
+            return ScriptRangeError(step.file, step.path, key, message + "; refused before anything ran", step.op.value)
+
+        match step.op:
+            case Op.PROGRAM:
+                ch, mode = a["channel"], a["mode"]
+                st.programmed[ch] = (mode, a["addr"], a["length"], a["unchecked"])
+                if a["unchecked"] or mode >> 6 == ModeSelect.CASCADE:
+                    return  # what IsaDma.program leaves unchecked
+                try:
+                    check_buffer(ch, a["addr"], a["length"], decrement=bool(mode & MODE_DECREMENT))
+                except DmaRuleError as e:
+                    rule, key = _rule(e, a["addr"])
+                    raise fail(key, f"DMA-ISA-LPC {rule}: {e}") from None
+            case Op.ENABLE if not a["unchecked"]:
+                ch = a["channel"]
+                if ch not in st.programmed:
+                    raise fail("channel", f"channel {ch} is enabled before any program step set it up")
+                mode, addr, length, unchecked = st.programmed[ch]
+                if unchecked and mode >> 6 != ModeSelect.CASCADE:
+                    try:
+                        check_buffer(ch, addr, length, decrement=bool(mode & MODE_DECREMENT))
+                    except DmaRuleError as e:
+                        rule, _ = _rule(e, addr)
+                        raise fail("channel", f"enabling what an unchecked program set up breaks "
+                                              f"DMA-ISA-LPC {rule}: {e}") from None
+            case Op.READ | Op.WRITE | Op.FILL:
+                addr, length = a["addr"], a["length"]
+                if not (lo <= addr and addr + length <= hi):
+                    raise fail("addr", f"memory 0x{addr:X}+{length} is outside the memory window of "
+                                       f"{backend.url} (0x{lo:X}..0x{max(lo, hi - 1):X})")
+            case Op.DEVICE:
+                st.devices.add(a["channel"])
+            case Op.DREQ if a["channel"] not in st.devices:
+                raise fail("channel", f"no device attached to channel {a['channel']} (add a device step before it)")
+
+    steps = script.steps
+    if not isinstance(steps, StepList):
+        for step, args in zip(steps, bound):
+            check(step, args)
+        return
+
+    def walk(nodes: tuple[Node, ...], prefix: str, index: int) -> None:
+        for node in nodes:
+            if isinstance(node, Step):
+                check(node.placed(index, prefix + node.path), bound[index])
+                index += 1
+                continue
+            if node.count is None:
+                walk(node.body, prefix + node.label, index)
+            elif node.count:
+                walk(node.body, f"{prefix}{node.label}[1].", index)
+            index += node.size
+
+    walk(steps.nodes, "", 0)
+
+
+def start_fresh(backend: Backend) -> None:
+    """Let the next script on an already used ``backend`` start with the host-side state a
+    fresh backend has: no channel claims, an empty controller shadow, no remembered TC bits
+    (:func:`hil.dma.forget_host_state`). ``hil run`` keeps one backend for its scripts where
+    opening another would be a second connection (an agent: it said BUSY while the first one
+    was still closing); the machine behind it (memory, registers, an agent's simulated
+    devices) carries over from script to script, as hardware's always does."""
+    forget_host_state(backend)
 
 
 def _start(script: Script, backend: Backend, journal: Journal | str | Path | None) -> tuple[RunResult, Journal | None, bool]:

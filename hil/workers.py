@@ -18,7 +18,7 @@ from pathlib import Path
 
 import structlog
 
-from hil.journal import RunResult, journal_names, read_journal
+from hil.journal import JournalError, RunResult, journal_names, read_journal
 from hil.script.model import Script
 
 log = structlog.get_logger("hil.workers")
@@ -76,7 +76,12 @@ async def run_on_backends(
         row: list[RunResult | None] = []
         for name in names:
             path = base / f"backend{b + 1}" / name
-            row.append(read_journal(path) if path.exists() else None)
+            try:
+                row.append(read_journal(path) if path.exists() else None)
+            except JournalError as e:  # a worker's journal that is not one: no run to compare
+                row.append(None)
+                if errors is not None:
+                    errors.setdefault(b, str(e))
         results.append(row)
     return results
 

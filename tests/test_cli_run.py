@@ -391,7 +391,7 @@ def test_without_a_terminal_long_runs_print_a_line_now_and_then(
 def test_run_junit_one_case_per_script(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     good, bad = write(tmp_path, PLAIN, name="good"), write(tmp_path, WRONG, name="bad")
     fdc = write(tmp_path, PLAIN, name="floppy", requires='["fdc"]')
-    broken = write(tmp_path, '[[step]]\nop = "dreq"\nchannel = 1\nlevel = true\n', name="broken")
+    broken = write(tmp_path, NEVER_SETTLES, name="broken", requires='["devices"]')  # an error only running finds
     report = tmp_path / "out" / "run.xml"
     report.parent.mkdir()
     code, out, _ = hil(capsys, "run", str(good), str(bad), str(fdc), str(broken), "--junit", str(report))
@@ -411,5 +411,5 @@ def test_run_junit_one_case_per_script(capsys: pytest.CaptureFixture[str], tmp_p
     assert failure.text in out  # the same words as on the terminal
     assert cases["floppy"].find("skipped").get("message") == "needs fdc"
     error = cases["broken"].find("error")
-    assert error.get("message").startswith("step 1 (dreq): ") and "no device attached to channel 1" in error.get("message")
+    assert error.get("message").startswith("step 3 (settle: wait for quiet): ") and "DMA still active" in error.get("message")
     assert cases["good"].get("classname") == "good" and cases["good"].get("file") == str(good)

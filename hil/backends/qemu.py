@@ -423,6 +423,22 @@ class QemuConfig:
 
 
 
+def _log_file_problem(value: str) -> str | None:
+    """Why QEMU's log file cannot be created at ``value``, or None. Checked with the URL, so a
+    bad ``log=`` is a one-line error before anything runs, not an OSError once QEMU starts."""
+    if not value:
+        return "needs a file path"
+    path = Path(value).expanduser()
+    parent = path.parent
+    if path.is_dir():
+        return "is a directory; give a file path"
+    if not parent.is_dir():
+        return f"directory {str(parent)!r} does not exist" if not parent.exists() else f"{str(parent)!r} is not a directory"
+    if not os.access(path if path.exists() else parent, os.W_OK):
+        return "not writable"
+    return None
+
+
 def from_url(url: BackendURL) -> QemuBackend:
     from hil.backends.sim import parse_size
 
@@ -481,6 +497,9 @@ def from_url(url: BackendURL) -> QemuBackend:
         if not 0 < cfg["timeout"] <= 600:  # type: ignore[operator]
             raise BackendOptionError(url.raw, "option timeout: 0..600 seconds")
     if "log" in opts:
+        why = _log_file_problem(opts["log"])
+        if why:
+            raise BackendOptionError(url.raw, f"option log={opts['log']!r}: {why}")
         cfg["log"] = opts["log"]
     if "wide" in opts:
         if opts["wide"] not in ("refuse", "pass"):

@@ -33,7 +33,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 async def cmd_diff(args: argparse.Namespace) -> int:
     from hil.diff import DiffReport, compare, load_deviations
-    from hil.journal import read_journal
+    from hil.journal import JournalError, read_journal
     from hil.script import load_script
     from hil.workers import run_on_backends
 
@@ -46,9 +46,9 @@ async def cmd_diff(args: argparse.Namespace) -> int:
         groups: dict[str, list] = {}
         for path in args.journal:
             try:
-                r = read_journal(path)
-            except (OSError, ValueError) as e:
-                raise HilError(f"--journal {path}: {e}") from None
+                r = read_journal(path)  # damaged lines are skipped and reported as warnings
+            except JournalError as e:  # no usable header: nothing says what the records are
+                raise HilError(f"--journal: {e}") from None
             groups.setdefault(r.script, []).append(r)
         report = DiffReport(backends=sorted({r.backend for rs in groups.values() for r in rs}))
         for rs in groups.values():

@@ -11,21 +11,31 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from hil.backends import open_backend
 from hil.cli.common import add_allow_path, add_common, parse_variables
 from hil.errors import HilError
 from hil.journal import RunResult
 
+if TYPE_CHECKING:
+    from hil.backends.base import Backend
+    from hil.script.model import Script
+
+#: Backend schemes each of whose opens is a machine of its own, at power-on, shared with nobody:
+#: the in-process simulator and a QEMU this process starts. Each script after the first gets a
+#: new one (its own fresh machine, as when run alone); nothing can be BUSY. Every other backend
+#: (an agent link, devport, third-party schemes) is opened once for the whole run.
+FRESH_PER_OPEN = frozenset({"sim", "qemu"})
 REDRAW_HZ = 10  #: a terminal's progress line is redrawn at most this often
 PLAIN_EVERY_S = 5.0  #: without a terminal (CI logs), one plain progress line this often, if the run lasts
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run transfer scripts on a backend",
-                       description="Validate every script, then run each on the backend (a fresh connection "
-                                   "per script), journaling every observation as it happens. A script whose "
+                       description="Validate every script against the backend, then run each on it in order "
+                                   "(one connection for the whole run; on sim: and qemu: each script gets a fresh "
+                                   "machine), journaling every observation as it happens. A script whose "
                                    "`requires` the backend lacks is skipped. Exit status: 0 nothing failed "
                                    "(passed or skipped), 1 an expectation failed, 2 error, 130 interrupted.")
     add_common(p)
@@ -123,14 +133,28 @@ def _totals(results: list[RunResult]) -> str:
     return ", ".join(parts + [f"{count['skipped']} skipped"])
 
 
+def _journal_paths(args: argparse.Namespace, names: list[str]) -> list[str | None]:
+    """Where each script's journal goes, every path checked before anything runs: a journal
+    that cannot be written is a one-line error now, not a traceback after the first script."""
+    from hil.journal import check_journal_dir, check_journal_path
+
+    if args.journal:
+        return [str(check_journal_path(args.journal))]
+    if args.journal_dir:
+        base = check_journal_dir(args.journal_dir)
+        return [str(check_journal_path(base / name)) for name in names]
+    return [None] * len(names)
+
+
 async def cmd_run(args: argparse.Namespace) -> int:
-    from hil.journal import journal_names, junit
-    from hil.runner import missing_capabilities, prepare, record_skip, run_script
+    from hil.journal import journal_names
+    from hil.runner import missing_capabilities, prepare
     from hil.script import load_script
 
     if args.journal and len(args.scripts) > 1:
         raise HilError("--journal takes one script; use --journal-dir for several")
     variables = parse_variables(args.var)
+    backend = open_backend(args.backend)  # a bad URL is an error before the scripts load
     progress = Progress(enabled=not args.quiet)
     total = len(args.scripts)
     args.interrupt_note = "while loading the scripts"
@@ -140,32 +164,54 @@ async def cmd_run(args: argparse.Namespace) -> int:
             for k, path in enumerate(args.scripts):
                 progress.phase(f"loading {k + 1}/{total}: {path}")
                 scripts.append(load_script(path, variables=variables, allow_paths=args.allow_path))
-        names = journal_names([s.file for s in scripts])
-        args.interrupt_note = f"while checking the scripts against {args.backend}"
-        plans: list[list[dict[str, Any]] | None] = []  # bound steps, or None: skip
-        needs: list[list[str]] = []
-        async with open_backend(args.backend) as checker:  # ... and bind all against the backend: no I/O yet
-            with _sigint_raises():
-                for k, script in enumerate(scripts):
-                    progress.phase(f"checking {k + 1}/{total}: {script.name} on {checker.url}")
-                    needs.append(missing_capabilities(script, checker))
-                    plans.append(None if needs[-1] else prepare(script, checker))
     finally:
         progress.clear()  # before the error, or the results, is printed
+    journals = _journal_paths(args, journal_names([s.file for s in scripts]))
+    args.interrupt_note = f"while checking the scripts against {args.backend}"
+    # One backend, opened once, checks every script and runs them: a second connection to an
+    # agent got BUSY while the first one was still closing. Each later script gets fresh
+    # host-side state (start_fresh), or a machine of its own where opening is that (FRESH_PER_OPEN).
+    async with backend as be:
+        plans: list[list[dict[str, Any]] | None] = []  # bound steps, or None: skip
+        needs: list[list[str]] = []
+        try:
+            with _sigint_raises():  # ... and bind all against the backend: no I/O yet
+                for k, script in enumerate(scripts):
+                    progress.phase(f"checking {k + 1}/{total}: {script.name} on {be.url}")
+                    needs.append(missing_capabilities(script, be))
+                    plans.append(None if needs[-1] else prepare(script, be))
+        finally:
+            progress.clear()
+        return await _run_all(args, be, scripts, journals, plans, needs, progress)
+
+
+async def _run_all(args: argparse.Namespace, be: Backend, scripts: list[Script], journals: list[str | None],
+                   plans: list[list[dict[str, Any]] | None], needs: list[list[str]], progress: Progress) -> int:
+    """Run (or record as skipped) each checked script on the one backend, printing as it goes."""
+    from hil.journal import junit
+    from hil.runner import record_skip, run_script, start_fresh
+
     worst = 0
     results: list[RunResult] = []
     summaries = []
     journal: str | None = None
     script = scripts[0]
+    used = False  #: a script has run on ``be``
     try:
-        for script, name, plan, need in zip(scripts, names, plans, needs):
-            journal = args.journal or (str(Path(args.journal_dir) / name) if args.journal_dir else None)
+        for script, journal, plan, need in zip(scripts, journals, plans, needs):
             if plan is None:
-                result = record_skip(script, checker, need, journal=journal)
-            else:
+                result = record_skip(script, be, need, journal=journal)
+            elif used and type(be).scheme in FRESH_PER_OPEN:
                 progress.phase(script.name)
-                async with open_backend(args.backend) as be:
-                    result = await run_script(script, be, journal=journal, progress=progress, prepared=plan)
+                async with open_backend(args.backend) as fresh:
+                    result = await run_script(script, fresh, journal=journal, progress=progress, prepared=plan)
+                progress.clear()
+            else:
+                if used:
+                    start_fresh(be)
+                used = True
+                progress.phase(script.name)
+                result = await run_script(script, be, journal=journal, progress=progress, prepared=plan)
                 progress.clear()
             results.append(result)
             worst = max(worst, {"passed": 0, "skipped": 0, "failed": 1}.get(result.status, 2))
