@@ -520,6 +520,16 @@ def decode_program(p: bytes, max_ops: int = 0xFFFF) -> list[Op]:
     return ops
 
 
+def op_duration_us(op: Op) -> int:
+    """The time an op may take by its operands (DELAY, POLL timeout, SETTLE timeout), in µs."""
+    match op:
+        case Delay(us=us):
+            return round(us)
+        case Poll(timeout_us=us) | Settle(timeout_us=us):
+            return round(us)
+    return 0
+
+
 def reply_size(ops: Sequence[Op]) -> int:
     """Payload bytes of the EXEC_REPLY to ``ops`` when everything succeeds."""
     size = 4  # status, index, reason length

@@ -42,11 +42,12 @@ from hil.agent.protocol import (
     ProtocolError,
     Status,
     decode_program,
+    op_duration_us,
     reply_size,
 )
 from hil.allowlist import AllowList
 from hil.backends.base import Backend, Capability
-from hil.backends.ops import DEVICE_OPS, Delay, DevState, In, MemFill, MemRead, MemWrite, Op, Poll, Result, Settle
+from hil.backends.ops import DEVICE_OPS, DevState, In, MemFill, MemRead, MemWrite, Op, Poll, Result
 from hil.errors import AccessDeniedError, HilError
 
 log = structlog.get_logger("hil.agent")
@@ -349,16 +350,6 @@ class AgentCore:
         return await self._io_runner.run(self.io.execute(ops))
 
 
-def op_duration_us(op: Op) -> int:
-    """The time an op may take by its operands (DELAY, POLL timeout, SETTLE timeout), in µs."""
-    match op:
-        case Delay(us=us):
-            return round(us)
-        case Poll(timeout_us=us) | Settle(timeout_us=us):
-            return round(us)
-    return 0
-
-
 async def serve_link(core: AgentCore, link: Link, *, stop: asyncio.Event | None = None,
                      conn: Connection | None = None, hello_timeout: float | None = None,
                      idle_timeout: float | None = None) -> None:
@@ -512,4 +503,4 @@ def _loopback(host: str) -> bool:
         return False
 
 
-__all__ = ["AgentCore", "AgentStats", "Connection", "Listener", "Session", "op_duration_us", "serve", "serve_link", "start"]
+__all__ = ["AgentCore", "AgentStats", "Connection", "Listener", "Session", "serve", "serve_link", "start"]
