@@ -330,8 +330,12 @@ class AgentBackend(Backend):
         self.agent: HelloReply | None = None
         self.boot_nonce: int | None = None
         self.stats = LinkStatistics()
-        self._window = asyncio.Semaphore(1)
         self._window_size = 1
+        #: sequence numbers sent and not yet answered, oldest first: a new frame goes out only within
+        #: ``window`` of the oldest, so the agent's replay cache (2 x window) still holds every reply
+        #: a retransmission may ask for
+        self._unanswered: list[int] = []
+        self._window_open = asyncio.Condition()
         self._hello_lock = asyncio.Lock()
         self._connect_lock = asyncio.Lock()  #: one reconnect for the whole backend, not one per frame
         self._secret = b""  #: the session secret from HELLO_REPLY: a reconnect resumes with it
@@ -510,12 +514,17 @@ class AgentBackend(Backend):
         """(Re)establish the session; return True when the agent turned out to be a new one."""
         async with self._hello_lock:
             # HELLO carries the seq the agent should run next; frames still in flight keep theirs
+            resuming = self._secret
             info = await self._hello_exchange(self._oldest_pending_exec())
             reset = self.boot_nonce is not None and info.boot_nonce != self.boot_nonce
-            if reset:
+            # the same agent, but our session is gone (another host held it meanwhile): its I/O may
+            # have been reset for that host, and our replies are gone: as good as a restart
+            lost = not reset and bool(resuming) and info.features & Feature.SESSION_SECRET and info.secret != resuming
+            if reset or lost:
                 self.stats.resets += 1
                 self._generation += 1
-                log.warning("agent_reset", backend=self.url, old=self.boot_nonce, new=info.boot_nonce)
+                log.warning("agent_reset" if reset else "agent_session_lost", backend=self.url,
+                            old=self.boot_nonce, new=info.boot_nonce)
                 self._fail_pending(self._reset_error(), "exec")
                 self._host_nonce = secrets.randbits(32)  # a fresh session on the fresh agent
                 self._secret = b""
@@ -525,12 +534,10 @@ class AgentBackend(Backend):
             ceiling = min(self._max_payload, info.max_payload)
             if self.sizer.ceiling != ceiling:
                 self.sizer = FrameSizer(ceiling)
-            window = max(1, min(info.window, self._window_opt or info.window))
-            if window != self._window_size:
-                self._window, self._window_size = asyncio.Semaphore(window), window
+            self._window_size = max(1, min(info.window, self._window_opt or info.window))
             log.info("agent_hello", backend=self.url, agent=info.agent_name, version=info.agent_version,
-                     boot_nonce=info.boot_nonce, window=window, max_payload=info.max_payload)
-            return reset
+                     boot_nonce=info.boot_nonce, window=self._window_size, max_payload=info.max_payload)
+            return bool(reset or lost)
 
     # --- the backend interface ----------------------------------------------------------
     @property
@@ -586,17 +593,16 @@ class AgentBackend(Backend):
         try:
             chunk = next(chunks, None)
             while chunk is not None:
-                window = self._window
-                await window.acquire()  # each frame is planned when it may be sent: at the size then in force
+                seq = await self._admit()  # each frame is planned when it may be sent: at the size then in force
                 following = next(chunks, None)
                 if not tasks and following is None:  # the common case: one frame, no task to spawn
                     try:
-                        replies.append(await self._exec_chunk(chunk, generation))
+                        replies.append(await self._exec_chunk(chunk, generation, seq))
                     finally:
-                        window.release()
+                        await self._retire(seq)
                     sent.append(chunk)
                     break
-                tasks.append(asyncio.create_task(self._exec_in_window(chunk, generation, window)))
+                tasks.append(asyncio.create_task(self._exec_in_window(chunk, generation, seq)))
                 sent.append(chunk)
                 if any(t.done() and t.exception() is not None for t in tasks):
                     break  # a frame failed: send no more of the program
@@ -658,19 +664,34 @@ class AgentBackend(Backend):
             raise AgentAccessDenied(Status.MEM_DENIED, index, f"{length} bytes at 0x{addr:X} are outside the "
                                                               f"agent's memory window ({window})")
 
-    async def _exec_in_window(self, chunk: _Chunk, generation: int, window: asyncio.Semaphore) -> ExecReply:
-        try:
-            return await self._exec_chunk(chunk, generation)
-        finally:
-            window.release()
+    async def _admit(self) -> int:
+        """The sequence number of the next frame, once it is within the window of the oldest
+        frame still unanswered (not merely when fewer than ``window`` are in flight)."""
+        async with self._window_open:
+            await self._window_open.wait_for(
+                lambda: not self._unanswered or ((self._seq - self._unanswered[0]) & 0xFFFF) < self._window_size)
+            seq = self._next_seq()
+            self._unanswered.append(seq)
+            return seq
 
-    async def _exec_chunk(self, chunk: _Chunk, generation: int) -> ExecReply:
-        """One frame of a program; the caller holds a window slot."""
+    async def _retire(self, seq: int) -> None:
+        async with self._window_open:
+            self._unanswered.remove(seq)
+            self._window_open.notify_all()
+
+    async def _exec_in_window(self, chunk: _Chunk, generation: int, seq: int) -> ExecReply:
+        try:
+            return await self._exec_chunk(chunk, generation, seq)
+        finally:
+            await self._retire(seq)
+
+    async def _exec_chunk(self, chunk: _Chunk, generation: int, seq: int) -> ExecReply:
+        """One frame of a program, sent as ``seq`` (admitted by the window)."""
         extra = sum(op.us for op in chunk.ops if isinstance(op, Delay)) / 1e6
         extra += sum(op.timeout_us for op in chunk.ops if isinstance(op, (Poll, Settle))) / 1e6
         if generation != self._generation:
             raise self._reset_error()
-        frame = Frame(MsgType.EXEC, self._next_seq(), encode_program(chunk.ops))
+        frame = Frame(MsgType.EXEC, seq, encode_program(chunk.ops))
         size = max(len(frame.payload), reply_size(chunk.ops))
         reply = await self._round_trip("exec", frame, extra, generation=generation, size=size)
         if reply.type == MsgType.ERROR:
@@ -678,7 +699,8 @@ class AgentBackend(Backend):
             if err.status == Status.NO_SESSION:  # the agent lost our session: restarted?
                 if generation != self._generation or await self._hello():
                     raise self._reset_error()
-                return await self._exec_chunk(chunk, generation)  # same agent: the frame never ran, send it again
+                # same agent, session kept: the frame never ran; the new session expects its seq
+                return await self._exec_chunk(chunk, generation, seq)
             raise AgentRefusedError(err.status, 0xFFFF, err.message)
         try:
             result = ExecReply.decode(reply.payload, chunk.ops)
