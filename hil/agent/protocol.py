@@ -594,8 +594,10 @@ class ExecReply:
         status, index = _status(r.u8()), r.u16()
         reason = r.take(r.u8()).decode(errors="replace")
         reply = cls(status, index, reason)
-        # a refusal names the op it stopped at; 0xFFFF on a failure blames none, and none reported results
-        ran = len(ops) if status == Status.OK else 0 if index == 0xFFFF else min(index, len(ops))
+        # results come for the ops that ran: all of them (OK), the ones before `index` of an IO_ERROR
+        # that names its op, none otherwise (a refusal runs nothing, even when it names an op)
+        ran = len(ops) if status == Status.OK else \
+            min(index, len(ops)) if status == Status.IO_ERROR and index != 0xFFFF else 0
         for op in ops[:ran]:
             if isinstance(op, In):
                 reply.results.append(r.u8() if op.width == 8 else r.u16())
