@@ -389,3 +389,44 @@ async def test_capabilities_follow_the_advertised_features():
                 assert {c.value for c in be.capabilities.features} == {"reset_detect", "real_timing"}
         finally:
             listener.close()
+
+
+async def test_restart_mid_session_one_reconnect_reset_detected_and_restored():
+    """Issue 11 item 7: after SIGKILL and restart a 32 KiB write (8+ frames) reconnects once for
+    the whole backend, not once per frame; the old link is closed; the reset is reported as
+    AgentResetError after IsaDma restored its shadow, and later programs run (no BUSY)."""
+    from hil.agent.links import open_link
+    from hil.backends.agent import AgentBackend
+
+    port = _free_port()
+    proc = await _spawn_agent(port)
+    links = []
+
+    async def counted():
+        link = await open_link(f"tcp://127.0.0.1:{port}")
+        links.append(link)
+        return link
+
+    be = AgentBackend(f"agent+tcp://127.0.0.1:{port}", f"tcp://127.0.0.1:{port}", timeout=0.5, retries=8,
+                      link_factory=counted)
+    try:
+        async with be:
+            dma = IsaDma(be)
+            await dma.request_dma(2, "floppy")
+            await dma.program(2, DMA_MODE_READ, 0x123400, 0x2400)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            proc = await _spawn_agent(port)
+            with pytest.raises(AgentResetError, match="restarted"):
+                await be.write_mem(0x50000, bytes(32768))
+            assert len(links) == 2 and be.stats.resets == 1
+            assert all(link._writer.is_closing() for link in links[:-1])  # the old link is not leaked
+            await be.outb(0x0C, 0)  # restored: ch2 reads back as programmed
+            lo, hi = await be.inb(0x04), await be.inb(0x04)
+            assert lo | hi << 8 == 0x3400 and await be.inb(0x81) == 0x12
+            await be.write_mem(0x50000, bytes(range(256)) * 128)  # and the next program runs: no BUSY
+            assert await be.read_mem(0x50000, 32768) == bytes(range(256)) * 128
+            assert len(links) == 2
+    finally:
+        proc.kill()
+        proc.wait()

@@ -177,3 +177,13 @@ async def test_fuzz_agent_parser_never_fails(chunks):
         assert decode_frame(hello[:-1]).type == MsgType.HELLO_REPLY  # still serving after the garbage
         ok = await core.handle(Frame(MsgType.EXEC, 100, encode_program([In(0x08)])))
         assert ExecReply.decode(decode_frame(ok[:-1]).payload, [In(0x08)]).status == Status.OK
+
+
+def test_resync_does_not_depend_on_read_chunking():
+    """Issue 11 item 10: garbage longer than a frame can be, then a frame, in one read or two."""
+    good = Frame(MsgType.EXEC, 3, encode_program([In(0x08)])).encode()
+    for chunks in ([b"\x01" * 9000 + good], [b"\x01" * 9000, good], [b"\x01" * 4000, b"\x01" * 5000 + good[:5], good[5:]],
+                   [b"\x05\x01\x02junk" + good]):
+        reader = FrameReader(4096)
+        got = [f for c in chunks for f in reader.feed(c)]
+        assert got == [decode_frame(good[:-1])], chunks[0][:8]

@@ -484,7 +484,8 @@ class AgentBackend(Backend):
                 f"is the agent running, the link right (baud {self.baud})?"
             )
         finally:
-            self._pending.pop(key, None)
+            if self._pending.pop(key, None) is fut and fut.done() and not fut.cancelled():
+                fut.exception()  # failed by a reset while this frame was not waiting for it: seen
 
     def _reset_error(self) -> AgentResetError:
         return AgentResetError(
@@ -593,7 +594,7 @@ class AgentBackend(Backend):
         try:
             chunk = next(chunks, None)
             while chunk is not None:
-                seq = await self._admit()  # each frame is planned when it may be sent: at the size then in force
+                seq = await self._admit(generation)  # each frame is planned when it may be sent: at the size then in force
                 following = next(chunks, None)
                 if not tasks and following is None:  # the common case: one frame, no task to spawn
                     try:
@@ -611,7 +612,10 @@ class AgentBackend(Backend):
                 replies = list(await asyncio.gather(*tasks, return_exceptions=True))
         finally:
             for t in tasks:
-                t.cancel()
+                if not t.done():
+                    t.cancel()
+                elif not t.cancelled():
+                    t.exception()  # seen here; the first failure is raised below or above
         for r in replies:
             if isinstance(r, BaseException):
                 raise r
@@ -664,12 +668,15 @@ class AgentBackend(Backend):
             raise AgentAccessDenied(Status.MEM_DENIED, index, f"{length} bytes at 0x{addr:X} are outside the "
                                                               f"agent's memory window ({window})")
 
-    async def _admit(self) -> int:
+    async def _admit(self, generation: int) -> int:
         """The sequence number of the next frame, once it is within the window of the oldest
-        frame still unanswered (not merely when fewer than ``window`` are in flight)."""
+        frame still unanswered (not merely when fewer than ``window`` are in flight). After a
+        reset none is taken: the new session expects the next one from a new-generation frame."""
         async with self._window_open:
             await self._window_open.wait_for(
                 lambda: not self._unanswered or ((self._seq - self._unanswered[0]) & 0xFFFF) < self._window_size)
+            if generation != self._generation:
+                raise self._reset_error()
             seq = self._next_seq()
             self._unanswered.append(seq)
             return seq
