@@ -16,13 +16,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from test_agent_link import fault_run  # noqa: E402
+from test_agent_link import fault_run
 
 
 async def main(n: int) -> None:
-    import structlog
-
     import logging
+
+    import structlog
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
     print(f"{'rate':>5} {'completed':>10} {'wrong':>6} {'doubled':>8} {'time':>7}")
     for rate in (0.0, 0.01, 0.02, 0.05):

@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from hil.agent.protocol import (  # noqa: E402
+from hil.agent.protocol import (
     ErrorReply,
     ExecReply,
     Frame,
@@ -43,10 +43,10 @@ from hil.agent.protocol import (  # noqa: E402
     decode_program,
     encode_program,
 )
-from hil.agent.server import AgentCore, Connection  # noqa: E402
-from hil.allowlist import AllowList  # noqa: E402
-from hil.backends.base import Backend, Capabilities  # noqa: E402
-from hil.backends.ops import (  # noqa: E402
+from hil.agent.server import AgentCore, Connection
+from hil.allowlist import AllowList
+from hil.backends.base import Backend, Capabilities
+from hil.backends.ops import (
     ALL_OPS,
     Delay,
     In,
@@ -59,8 +59,8 @@ from hil.backends.ops import (  # noqa: E402
     Result,
     Settle,
 )
-from hil.backends.sim import SimBackend  # noqa: E402
-from hil.errors import AccessDeniedError, HilError  # noqa: E402
+from hil.backends.sim import SimBackend
+from hil.errors import AccessDeniedError, HilError
 
 TOKEN = b"fuzz-token"
 WINDOW = range(0x10000, 0x90000)

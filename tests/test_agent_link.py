@@ -21,8 +21,8 @@ from hil.backends import open_backend
 from hil.backends.agent import AgentAccessDenied, AgentRefusedError, AgentResetError
 from hil.backends.ops import DevAttach, In, MemRead, MemWrite, Out
 from hil.backends.recording import RecordingBackend
-from hil.dma import DMA_MODE_READ, IsaDma
 from hil.diff import compare
+from hil.dma import DMA_MODE_READ, IsaDma
 from hil.errors import BackendError
 from hil.runner import run_script
 from hil.script import load_script

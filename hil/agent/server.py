@@ -29,6 +29,7 @@ from hil import __version__
 from hil.agent.links import FdLink, Link, LinkError, StreamLink
 from hil.agent.protocol import (
     DEFAULT_MAX_PAYLOAD,
+    SECRET_SIZE,
     ErrorReply,
     ExecReply,
     Feature,
@@ -37,7 +38,6 @@ from hil.agent.protocol import (
     Hello,
     HelloFlag,
     HelloReply,
-    SECRET_SIZE,
     MsgType,
     ProtocolError,
     Status,
@@ -47,7 +47,17 @@ from hil.agent.protocol import (
 )
 from hil.allowlist import AllowList
 from hil.backends.base import Backend, Capability
-from hil.backends.ops import DEVICE_OPS, DevState, In, MemFill, MemRead, MemWrite, Op, Poll, Result
+from hil.backends.ops import (
+    DEVICE_OPS,
+    DevState,
+    In,
+    MemFill,
+    MemRead,
+    MemWrite,
+    Op,
+    Poll,
+    Result,
+)
 from hil.errors import AccessDeniedError, HilError
 
 log = structlog.get_logger("hil.agent")

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from hil.agent.server import DEFAULT_HELLO_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_OP_US, DEFAULT_MAX_PROGRAM_US
+from hil.agent.server import (
+    DEFAULT_HELLO_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_OP_US,
+    DEFAULT_MAX_PROGRAM_US,
+)
 from hil.backends import open_backend
 from hil.errors import HilError
 
