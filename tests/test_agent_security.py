@@ -153,13 +153,17 @@ async def test_only_the_same_host_resumes_its_session_with_its_secret():
         assert Feature.SESSION_SECRET in reply.features and len(reply.secret) == SECRET_SIZE
         await _frame(core, Frame(MsgType.EXEC, 0, encode_program([Out(0x81, 0x42)])), a)
         core.detach(a)  # the host's link dropped
-        # the same nonce without the secret (or with a wrong one) is not that host
-        for flags, secret in ((HelloFlag(0), b""), (HelloFlag.RESUME, bytes(SECRET_SIZE))):
-            raw = Hello(7, token=TOKEN, flags=flags, secret=secret)
-            await _frame(core, Frame(MsgType.HELLO, 1, raw.encode()), b)
-            assert core.session is not None and core.session.cache == {}  # a new session: no replies to fetch
-            core.detach(b)
-            break
+        # the same nonce with a wrong secret (or without one, below) is not that host
+        wrong = Hello(7, token=TOKEN, flags=HelloFlag.RESUME, secret=bytes(SECRET_SIZE))
+        await _frame(core, Frame(MsgType.HELLO, 1, wrong.encode()), b)
+        assert core.session is not None and core.session.cache == {}  # a new session: no replies to fetch
+        core.detach(b)
+        other = AgentCore(io, AllowList.default(WHOLE_MEMORY), token=TOKEN)
+        await _frame(other, Frame(MsgType.HELLO, 0, hello.encode()), a)
+        await _frame(other, Frame(MsgType.EXEC, 0, encode_program([Out(0x81, 0x42)])), a)
+        other.detach(a)
+        await _frame(other, Frame(MsgType.HELLO, 1, hello.encode()), b)  # no RESUME, no secret
+        assert other.session is not None and other.session.cache == {}
         # the real host, after a fresh agent session started without it: its session is gone for good
         resumed = Hello(7, token=TOKEN, flags=HelloFlag.RESUME, secret=reply.secret)
         again = HelloReply.decode((await _frame(core, Frame(MsgType.HELLO, 1, resumed.encode()), c)).payload)
