@@ -170,3 +170,37 @@ def test_bench_help_says_what_the_minimum_is(capsys):
         main(["bench", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "loopback echo" in text and "not with --backend" in text
+
+
+# --- issue 11 items 2, 3: timeouts and limits on the command line ----------------------------------
+
+
+@pytest.mark.parametrize("option", ["--idle-timeout", "--hello-timeout", "--max-op-time", "--max-program-time"])
+def test_time_options_refuse_nonsense_in_one_line(option):
+    r = hil("agent", "--listen", "pty", option, "0")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.splitlines()[-1] == f"hil agent: error: argument {option}: '0': give seconds > 0 and at most 4294"
+
+
+async def test_limits_given_to_hil_agent_are_advertised_and_the_idle_timeout_drops_the_client():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "hil", "agent", "--listen", f"tcp://127.0.0.1:{port}",
+                             "--max-op-time", "0.5", "--max-program-time", "2", "--idle-timeout", "0.3"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=ROOT)
+    try:
+        assert proc.stdout is not None
+        import asyncio
+
+        assert (await asyncio.to_thread(proc.stdout.readline)).decode().strip() == f"tcp://127.0.0.1:{port}"
+        async with open_backend(f"agent+tcp://127.0.0.1:{port}") as be:
+            assert (be.agent.max_op_us, be.agent.max_program_us) == (500_000, 2_000_000)
+            await be.outb(0x81, 0x5A)
+            first = be._link
+            await asyncio.sleep(0.8)
+            assert be._link is None and first is not None  # the agent dropped the silent client
+            assert await be.inb(0x81) == 0x5A and be.stats.resets == 0  # reconnected, session resumed
+    finally:
+        proc.kill()
+        proc.wait()

@@ -46,10 +46,17 @@ REPLY_INFO = HelloReply(0xCAFEF00D, "hil-agent", "0.1.0", 4096, 8, 4096, Feature
 REPLY_WITH_INFO = HelloReply(0xCAFEF00D, "hil-agent", "0.1.0", 4096, 8, 4096, Feature(0x7F), REPLY_INFO.ports,
                              REPLY_INFO.memory, (("io", "sim"), ("profile", "qemu")))
 
+REPLY_LIMITS = HelloReply(0xCAFEF00D, "hil-agent", "0.1.0", 4096, 8, 4096,
+                          REPLY_INFO.features | Feature.LIMITS | Feature.SESSION_SECRET, REPLY_INFO.ports,
+                          REPLY_INFO.memory, (), 10_000_000, 30_000_000, bytes(range(0xA0, 0xB0)))
+
 EXPECTED = {
     "hello": Frame(MsgType.HELLO, 0, Hello(0x11223344, 4096, b"", "hil").encode()),
     "hello_keep": Frame(MsgType.HELLO, 0, Hello(0x11223344, 4096, b"", "hil", HelloFlag.KEEP).encode()),
     "hello_reply": Frame(MsgType.HELLO_REPLY, 0, REPLY_INFO.encode()),
+    "hello_resume": Frame(MsgType.HELLO, 0, Hello(0x11223344, 4096, b"", "hil", HelloFlag.RESUME,
+                                                   bytes(range(16))).encode()),
+    "hello_reply_limits": Frame(MsgType.HELLO_REPLY, 0, REPLY_LIMITS.encode()),
     "hello_reply_info": Frame(MsgType.HELLO_REPLY, 0, REPLY_WITH_INFO.encode()),
     "exec_floppy": Frame(MsgType.EXEC, 0, encode_program(FLOPPY)),
     "exec_floppy_reply": Frame(MsgType.EXEC_REPLY, 0, ExecReply().encode(FLOPPY)),
@@ -177,3 +184,26 @@ async def test_fuzz_agent_parser_never_fails(chunks):
         assert decode_frame(hello[:-1]).type == MsgType.HELLO_REPLY  # still serving after the garbage
         ok = await core.handle(Frame(MsgType.EXEC, 100, encode_program([In(0x08)])))
         assert ExecReply.decode(decode_frame(ok[:-1]).payload, [In(0x08)]).status == Status.OK
+
+
+def test_resync_does_not_depend_on_read_chunking():
+    """Issue 11 item 10: garbage longer than a frame can be, then a frame, in one read or two."""
+    good = Frame(MsgType.EXEC, 3, encode_program([In(0x08)])).encode()
+    for chunks in ([b"\x01" * 9000 + good], [b"\x01" * 9000, good], [b"\x01" * 4000, b"\x01" * 5000 + good[:5], good[5:]],
+                   [b"\x05\x01\x02junk" + good]):
+        reader = FrameReader(4096)
+        got = [f for c in chunks for f in reader.feed(c)]
+        assert got == [decode_frame(good[:-1])], chunks[0][:8]
+
+
+def test_limits_and_secret_ride_on_their_feature_bits_after_the_info_block():
+    limits = HelloReply.decode(decode_frame(EXAMPLES["hello_reply_limits"][:-1]).payload)
+    assert (limits.max_op_us, limits.max_program_us, limits.secret) == (10_000_000, 30_000_000, bytes(range(0xA0, 0xB0)))
+    both = HelloReply(**{**REPLY_WITH_INFO.__dict__, "features": REPLY_WITH_INFO.features | Feature.LIMITS,
+                         "max_op_us": 5, "max_program_us": 6})
+    assert HelloReply.decode(both.encode()) == both and both.encode().endswith(b"qemu\x05\x00\x00\x00\x06\x00\x00\x00")
+    assert HelloReply.decode(REPLY_INFO.encode()).max_op_us == 0  # an agent without LIMITS: none known
+    resume = Hello.decode(decode_frame(EXAMPLES["hello_resume"][:-1]).payload)
+    assert resume.flags == HelloFlag.RESUME and resume.secret == bytes(range(16))
+    with pytest.raises(ValueError, match="16-byte"):
+        Hello(1, flags=HelloFlag.RESUME, secret=b"short").encode()

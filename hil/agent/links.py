@@ -148,6 +148,8 @@ class FdLink(Link):
             remove(self.fd)
 
     async def close(self) -> None:
+        if self._closed:  # once: the fd number may already belong to something else
+            return
         self._closed = True
         if self._owner is not None:
             with contextlib.suppress(Exception):

@@ -110,12 +110,18 @@ class Feature(enum.IntFlag):
     VIRTUAL_TIME = 0x10  #: the agent's I/O runs on virtual time (a simulator): delays are not wall time
     SESSION_RESET = 0x20  #: a new session starts on freshly opened I/O unless HELLO sets KEEP
     INFO = 0x40  #: HELLO_REPLY ends with the info block (key=value pairs: io, profile)
+    LIMITS = 0x80  #: HELLO_REPLY carries max_op_us and max_program_us; longer programs are refused
+    SESSION_SECRET = 0x100  #: HELLO_REPLY carries the session secret a reconnecting host resumes with
 
 
 class HelloFlag(enum.IntFlag):
     """HELLO's optional ``flags`` byte (absent: 0)."""
 
     KEEP = 0x01  #: a new session keeps the I/O state earlier sessions left (no SESSION_RESET)
+    RESUME = 0x02  #: the session secret follows: resume that session (its replay cache) on this link
+
+
+SECRET_SIZE = 16  #: bytes of a session secret (feature SESSION_SECRET, HELLO flag RESUME)
 
 
 DEVICE_KINDS = {"source": 1, "sink": 2}
@@ -213,7 +219,14 @@ def decode_frame(raw: bytes) -> Frame:
 
 
 class FrameReader:
-    """Splits a byte stream into frames; counts what it had to throw away."""
+    """Splits a byte stream into frames; counts what it had to throw away.
+
+    What it yields does not depend on how the bytes were chunked into reads: a run without a
+    delimiter keeps only its last ``max_wire`` bytes (a frame cannot be longer), and a delimited
+    run that does not decode is searched for the last whole frame that ends at its delimiter, so
+    a frame behind garbage that swallowed the delimiter before it (line noise, a sender that did
+    not lead with 0x00) is still received.
+    """
 
     def __init__(self, max_payload: int = MAX_PAYLOAD_LIMIT) -> None:
         self._buf = bytearray()
@@ -226,23 +239,47 @@ class FrameReader:
         while True:
             end = self._buf.find(0)
             if end < 0:
-                if len(self._buf) > self.max_wire:  # an over-long run: drop it, wait for a delimiter
-                    self.discarded += len(self._buf)
-                    self._buf.clear()
+                if len(self._buf) > self.max_wire:  # no frame starts before the last max_wire bytes
+                    cut = len(self._buf) - self.max_wire
+                    self.discarded += cut
+                    del self._buf[:cut]
                 return
             raw = bytes(self._buf[:end])
             del self._buf[: end + 1]
             if not raw:
                 continue  # idle delimiters are allowed (and used to flush a partial frame)
-            if len(raw) > self.max_wire:
-                self.discarded += len(raw) + 1
+            frame, used = self._decode(raw)
+            if used < len(raw):
+                self.discarded += len(raw) - used + (1 if frame is None else 0)
                 self.bad_frames += 1
+            if frame is not None:
+                yield frame
+
+    def _decode(self, raw: bytes) -> tuple[Frame | None, int]:
+        """The frame ending at this delimiter and how many bytes of ``raw`` it spans."""
+        if len(raw) <= self.max_wire:
+            try:
+                return decode_frame(raw), len(raw)
+            except ValueError:
+                pass
+        tail = raw[-self.max_wire:]
+        n = len(tail)
+        # a frame starts with a COBS code >= 3 followed by version 1 and a known message type
+        starts = [m.start() for m in _FRAME_START.finditer(tail) if m.start() > 0 or len(raw) > n]
+        for i in reversed(starts[-32:]):
+            j = i
+            while j < n:  # the code chain from a real start lands exactly on the delimiter
+                j += tail[j]
+            if j != n:
                 continue
             try:
-                yield decode_frame(raw)
+                return decode_frame(tail[i:]), n - i
             except ValueError:
-                self.discarded += len(raw) + 1
-                self.bad_frames += 1
+                continue
+        return None, 0
+
+
+_FRAME_START = re.compile(b"(?=[\x03-\xff]\x01[" + bytes(sorted(MsgType)) + b"])")
 
 
 # --- HELLO ----------------------------------------------------------------------------------
@@ -257,14 +294,23 @@ class Hello:
     token: bytes = b""
     name: str = "hil"
     flags: HelloFlag = HelloFlag(0)  # noqa: RUF009 - an immutable flag value
+    #: flag RESUME: the secret of the session to resume (from that session's HELLO_REPLY)
+    secret: bytes = b""
 
     def encode(self) -> bytes:
         """The ``flags`` byte is sent only when a flag is set, so a plain HELLO is the same bytes
-        for every version-1 agent."""
+        for every version-1 agent; the secret follows it only with RESUME."""
         name = self.name.encode()[:255]
         out = (struct.pack("<BIH", VERSION, self.host_nonce, self.max_payload)
                + bytes([len(self.token)]) + self.token + bytes([len(name)]) + name)
-        return out + bytes([int(self.flags)]) if self.flags else out
+        if not self.flags:
+            return out
+        out += bytes([int(self.flags)])
+        if self.flags & HelloFlag.RESUME:
+            if len(self.secret) != SECRET_SIZE:
+                raise ValueError(f"a RESUME HELLO carries a {SECRET_SIZE}-byte session secret")
+            out += self.secret
+        return out
 
     @classmethod
     def decode(cls, p: bytes) -> Hello:
@@ -276,7 +322,8 @@ class Hello:
         token = r.take(r.u8())
         name = r.take(r.u8()).decode(errors="replace")
         flags = HelloFlag(r.u8() & 0xFF) if not r.done() else HelloFlag(0)
-        return cls(nonce, max_payload, token, name, flags)  # later fields are appended: ignore them
+        secret = r.take(SECRET_SIZE) if flags & HelloFlag.RESUME else b""
+        return cls(nonce, max_payload, token, name, flags, secret)  # later fields are appended: ignore them
 
 
 @dataclass(frozen=True)
@@ -294,6 +341,11 @@ class HelloReply:
     memory: tuple[tuple[int, int], ...]  #: inclusive memory windows it allows
     #: feature INFO: what serves the programs, e.g. (("io", "sim"), ("profile", "qemu"))
     info: tuple[tuple[str, str], ...] = ()
+    #: feature LIMITS: the longest DELAY/POLL/SETTLE time of one op, and the sum over one program (µs)
+    max_op_us: int = 0
+    max_program_us: int = 0
+    #: feature SESSION_SECRET: what a reconnecting host presents (HELLO flag RESUME) to keep its session
+    secret: bytes = b""
 
     def encode(self) -> bytes:
         name, ver = self.agent_name.encode()[:255], self.agent_version.encode()[:255]
@@ -311,6 +363,12 @@ class HelloReply:
             for key, value in self.info:
                 k, v = key.encode()[:255], value.encode()[:255]
                 out += bytes([len(k)]) + k + bytes([len(v)]) + v
+        if self.features & Feature.LIMITS:
+            out += struct.pack("<II", self.max_op_us, self.max_program_us)
+        if self.features & Feature.SESSION_SECRET:
+            if len(self.secret) != SECRET_SIZE:
+                raise ValueError(f"feature SESSION_SECRET needs a {SECRET_SIZE}-byte secret")
+            out += self.secret
         return bytes(out)
 
     def info_value(self, key: str) -> str | None:
@@ -332,8 +390,13 @@ class HelloReply:
         if features & Feature.INFO:
             info = tuple((r.take(r.u8()).decode(errors="replace"), r.take(r.u8()).decode(errors="replace"))
                          for _ in range(r.u8()))
+        max_op_us = max_program_us = 0
+        if features & Feature.LIMITS:
+            max_op_us, max_program_us = r.u32(), r.u32()
+        secret = r.take(SECRET_SIZE) if features & Feature.SESSION_SECRET else b""
         # later fields are appended behind a feature bit: bytes after the known ones are ignored
-        return cls(nonce, name, ver, max_payload, window, max_ops, Feature(features), ports, memory, info)
+        return cls(nonce, name, ver, max_payload, window, max_ops, Feature(features), ports, memory, info,
+                   max_op_us, max_program_us, secret)
 
 
 @dataclass(frozen=True)
@@ -457,6 +520,16 @@ def decode_program(p: bytes, max_ops: int = 0xFFFF) -> list[Op]:
     return ops
 
 
+def op_duration_us(op: Op) -> int:
+    """The time an op may take by its operands (DELAY, POLL timeout, SETTLE timeout), in µs."""
+    match op:
+        case Delay(us=us):
+            return round(us)
+        case Poll(timeout_us=us) | Settle(timeout_us=us):
+            return round(us)
+    return 0
+
+
 def reply_size(ops: Sequence[Op]) -> int:
     """Payload bytes of the EXEC_REPLY to ``ops`` when everything succeeds."""
     size = 4  # status, index, reason length
@@ -521,8 +594,10 @@ class ExecReply:
         status, index = _status(r.u8()), r.u16()
         reason = r.take(r.u8()).decode(errors="replace")
         reply = cls(status, index, reason)
-        # a refusal names the op it stopped at; 0xFFFF on a failure blames none, and none reported results
-        ran = len(ops) if status == Status.OK else 0 if index == 0xFFFF else min(index, len(ops))
+        # results come for the ops that ran: all of them (OK), the ones before `index` of an IO_ERROR
+        # that names its op, none otherwise (a refusal runs nothing, even when it names an op)
+        ran = len(ops) if status == Status.OK else \
+            min(index, len(ops)) if status == Status.IO_ERROR and index != 0xFFFF else 0
         for op in ops[:ran]:
             if isinstance(op, In):
                 reply.results.append(r.u8() if op.width == 8 else r.u16())

@@ -15,10 +15,12 @@ import errno
 import ipaddress
 import os
 import secrets
+import threading
 import tty
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import structlog
@@ -27,6 +29,7 @@ from hil import __version__
 from hil.agent.links import FdLink, Link, LinkError, StreamLink
 from hil.agent.protocol import (
     DEFAULT_MAX_PAYLOAD,
+    SECRET_SIZE,
     ErrorReply,
     ExecReply,
     Feature,
@@ -39,11 +42,22 @@ from hil.agent.protocol import (
     ProtocolError,
     Status,
     decode_program,
+    op_duration_us,
     reply_size,
 )
 from hil.allowlist import AllowList
 from hil.backends.base import Backend, Capability
-from hil.backends.ops import DEVICE_OPS, DevState, In, MemFill, MemRead, MemWrite, Poll
+from hil.backends.ops import (
+    DEVICE_OPS,
+    DevState,
+    In,
+    MemFill,
+    MemRead,
+    MemWrite,
+    Op,
+    Poll,
+    Result,
+)
 from hil.errors import AccessDeniedError, HilError
 
 log = structlog.get_logger("hil.agent")
@@ -59,9 +73,58 @@ class AgentStats:
     hellos: int = 0
 
 
+@dataclass(eq=False)
+class Connection:
+    """One client link as the agent sees it. A session belongs to the connection that
+    authenticated it: frames on any other connection are refused before anything runs."""
+
+    name: str
+    #: drops the connection (its session was resumed on another one); None: it cannot be dropped (serial)
+    kick: Callable[[], None] | None = None
+    authenticated: bool = False
+
+
+@dataclass(eq=False)
+class Session:
+    """A host's session: its replay cache, hold buffer and next sequence number live and die with it."""
+
+    host_nonce: int
+    secret: bytes  #: what the same host presents (HELLO flag RESUME) to resume it on a new connection
+    conn: Connection | None  #: the connection it belongs to; None while detached (host gone, may resume)
+    next: int  #: the sequence number to execute next (programs run in order, once)
+    cache: OrderedDict[int, bytes] = field(default_factory=OrderedDict)  #: seq -> encoded reply frame
+    held: dict[int, Frame] = field(default_factory=dict)  #: frames that arrived ahead of a lost one
+
+
+class _IoThread:
+    """One owned thread with its own event loop where the I/O backend's programs run: a simulator
+    is CPU-bound, and a long program there must not stop the agent answering (BUSY, timeouts)."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="hil-agent-io", daemon=True)
+        self.thread.start()
+
+    async def run(self, coro: Coroutine[Any, Any, list[Result]]) -> list[Result]:
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        if not self.thread.is_alive():
+            self.loop.close()
+
+
+DEFAULT_MAX_OP_US = 10_000_000  #: the longest DELAY, POLL or SETTLE of one op (10 s)
+DEFAULT_MAX_PROGRAM_US = 30_000_000  #: the most DELAY/POLL/SETTLE time in one program (30 s)
+DEFAULT_HELLO_TIMEOUT = 5.0  #: seconds a new connection has to complete HELLO
+DEFAULT_IDLE_TIMEOUT = 60.0  #: seconds an authenticated connection may stay silent
+
+
 @dataclass
 class AgentCore:
-    """Session state, replay cache and execution. One instance serves one link at a time."""
+    """Sessions, replay caches and execution. Transport-independent: :meth:`handle` answers one
+    frame received on a :class:`Connection`."""
 
     io: Backend
     allow: AllowList
@@ -76,19 +139,27 @@ class AgentCore:
     #: ``hil agent`` passes ``open_backend(--io)`` for a simulated machine. None: sessions share
     #: whatever the I/O holds (real hardware, whose state the agent does not own)
     fresh_io: Callable[[], Backend] | None = None
+    max_op_us: int = DEFAULT_MAX_OP_US  #: advertised (feature LIMITS); longer ops are refused
+    max_program_us: int = DEFAULT_MAX_PROGRAM_US  #: advertised (feature LIMITS); longer programs are refused
+    hello_timeout: float | None = DEFAULT_HELLO_TIMEOUT  #: TCP: drop a connection that has not said HELLO by then
+    idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT  #: TCP: drop an authenticated connection silent this long
+    #: run programs in an owned I/O thread (None: yes, unless the backend lives on this loop, like qemu:)
+    io_thread: bool | None = None
 
     def __post_init__(self) -> None:
-        self._session: int | None = None  #: host nonce of the current session
-        self._cache: OrderedDict[int, bytes] = OrderedDict()  #: seq -> encoded reply frame
+        self._session: Session | None = None
         self._cache_size = max(16, 2 * self.window)
         self._reply_payload = self.max_payload
-        self._next = 0  #: the sequence number to execute next (programs run in order, once)
         self._devices = Capability.DEVICES in self.io.capabilities  #: offer the DEV_* ops
-        self._held: dict[int, Frame] = {}  #: frames that arrived ahead of a lost one
         self._used = False  #: a program ran on the current I/O since it was opened
+        self._lock = asyncio.Lock()  #: one program or session change at a time
+        self._local = Connection("local")  #: the connection of frames handed in without one
+        if self.io_thread is None:
+            self.io_thread = self.io.capabilities.backend != "qemu"  # qemu: its streams live on this loop
+        self._io_runner: _IoThread | None = None
 
-    def hello_reply(self) -> HelloReply:
-        features = Feature.POLL | Feature.MEM_FILL | Feature.SETTLE
+    def hello_reply(self, secret: bytes = bytes(SECRET_SIZE)) -> HelloReply:
+        features = Feature.POLL | Feature.MEM_FILL | Feature.SETTLE | Feature.LIMITS | Feature.SESSION_SECRET
         if self._devices:
             features |= Feature.DEVICES
         if Capability.VIRTUAL_TIME in self.io.capabilities:
@@ -100,7 +171,7 @@ class AgentCore:
             features | Feature.INFO,
             tuple((r.start, r.stop - 1) for r in self.allow.ports),
             tuple((r.start, r.stop - 1) for r in self.allow.memory),
-            self.io_info(),
+            self.io_info(), self.max_op_us, self.max_program_us, secret,
         )
 
     def io_info(self) -> tuple[tuple[str, str], ...]:
@@ -112,67 +183,109 @@ class AgentCore:
             info.append(("profile", str(profile)))
         return tuple(info)
 
-    async def handle(self, frame: Frame) -> bytes | None:
-        """Answer one frame; ``None`` means nothing to send (a reply-type frame from the host)."""
+    @property
+    def session(self) -> Session | None:
+        return self._session
+
+    async def handle(self, frame: Frame, conn: Connection | None = None) -> bytes | None:
+        """Answer one frame received on ``conn``; ``None`` means nothing to send."""
+        conn = conn or self._local
         self.stats.frames_in += 1
         if frame.type == MsgType.HELLO:
-            return await self._hello(frame)
+            return await self._hello(frame, conn)
+        session = self._session if self._session is not None and self._session.conn is conn else None
+        if session is None:  # nothing but HELLO on a connection that holds no session
+            return self._error(frame.seq, Status.NO_SESSION, "no session on this connection: send HELLO first "
+                                                             "(agent restarted?)")
         if frame.type == MsgType.PING:
             return Frame(MsgType.PONG, frame.seq, frame.payload[:64]).encode()
         if frame.type != MsgType.EXEC:
             return self._error(frame.seq, Status.BAD_FRAME, f"unexpected message type 0x{frame.type:02X}")
-        if self._session is None:
-            return self._error(frame.seq, Status.NO_SESSION, "no session: send HELLO first (agent restarted?)")
-        ahead = (frame.seq - self._next) & 0xFFFF
-        if ahead >= 0x8000:  # behind: a retry of a frame we executed, answer it from the cache
-            cached = self._cache.get(frame.seq)
-            if cached is None:
-                return self._error(frame.seq, Status.BAD_FRAME, f"seq {frame.seq} is older than the replay cache")
-            self.stats.replayed += 1
-            log.info("replayed", seq=frame.seq)
-            return cached
-        if ahead > 0:  # a gap: an earlier frame was lost; hold this one so order is kept
-            if ahead < self._cache_size:
-                self._held[frame.seq] = frame
-            return None
-        replies = [await self._run(frame)]
-        while self._next in self._held:  # the gap is filled: run what was waiting behind it
-            replies.append(await self._run(self._held.pop(self._next)))
-        return b"".join(replies)
+        async with self._lock:
+            if self._session is not session:  # dropped or taken over while a program ran
+                return self._error(frame.seq, Status.NO_SESSION, "the session moved on: send HELLO again")
+            ahead = (frame.seq - session.next) & 0xFFFF
+            if ahead >= 0x8000:  # behind: a retry of a frame we executed, answer it from the cache
+                cached = session.cache.get(frame.seq)
+                if cached is None:
+                    return self._error(frame.seq, Status.BAD_FRAME, f"seq {frame.seq} is older than the replay cache")
+                self.stats.replayed += 1
+                log.info("replayed", seq=frame.seq)
+                return cached
+            if ahead > 0:  # a gap: an earlier frame was lost; hold this one so order is kept
+                if ahead < self._cache_size:
+                    session.held[frame.seq] = frame
+                return None
+            replies = [await self._run(session, frame)]
+            while session.next in session.held:  # the gap is filled: run what was waiting behind it
+                replies.append(await self._run(session, session.held.pop(session.next)))
+            return b"".join(replies)
 
-    async def _run(self, frame: Frame) -> bytes:
+    async def _run(self, session: Session, frame: Frame) -> bytes:
         reply = await self._execute(frame.payload)
         wire = Frame(MsgType.EXEC_REPLY, frame.seq, reply).encode()
-        self._cache[frame.seq] = wire
-        while len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
-        self._next = (frame.seq + 1) & 0xFFFF
+        session.cache[frame.seq] = wire
+        while len(session.cache) > self._cache_size:
+            session.cache.popitem(last=False)
+        session.next = (frame.seq + 1) & 0xFFFF
         return wire
 
-    async def _hello(self, frame: Frame) -> bytes:
+    async def _hello(self, frame: Frame, conn: Connection) -> bytes:
         self.stats.hellos += 1
         try:
             hello = Hello.decode(frame.payload)
         except ProtocolError as e:
             return self._error(frame.seq, e.status, str(e))
+        old = self._session
         if self.token and not secrets.compare_digest(hello.token, self.token):
-            log.warning("hello_refused", reason="token", host=hello.name)
+            log.warning("hello_refused", reason="token", host=hello.name, conn=conn.name)
+            conn.authenticated = False
+            if old is not None and old.conn is conn:  # a failed HELLO leaves no usable session behind
+                self._drop_session("wrong token on its connection")
             return self._error(frame.seq, Status.AUTH, "this agent requires the token given with --token")
-        if hello.host_nonce != self._session:  # a new host session: forget the old replies
-            if self.fresh_io is not None and self._used and not hello.flags & HelloFlag.KEEP:
-                try:
-                    await self._reset_io()
-                except HilError as e:
-                    log.error("session_reset_failed", error=str(e))
-                    self._session = None
-                    return self._error(frame.seq, Status.IO_ERROR, f"could not reset the I/O for a new session: {e}")
-            self._cache.clear()
-            self._held.clear()
-            self._next = frame.seq  # HELLO carries the sequence number of the host's next EXEC
-        self._session = hello.host_nonce
-        self._reply_payload = max(64, min(self.max_payload, hello.max_payload))
-        log.info("session", host=hello.name, host_nonce=hello.host_nonce)
-        return Frame(MsgType.HELLO_REPLY, frame.seq, self.hello_reply().encode()).encode()
+        # the same host: on its own connection, or on a new one with the session's secret
+        resume = old is not None and hello.host_nonce == old.host_nonce and (
+            old.conn is conn or bool(hello.flags & HelloFlag.RESUME and secrets.compare_digest(hello.secret, old.secret)))
+        if old is not None and old.conn is not None and old.conn is not conn and not resume:
+            log.info("busy", host=hello.name, conn=conn.name, holder=old.conn.name)
+            return self._error(frame.seq, Status.BUSY, "another client holds this agent")
+        async with self._lock:  # a program in flight ends before the session changes hands
+            if self._session is not old:
+                return self._error(frame.seq, Status.BUSY, "another client took this agent meanwhile")
+            if resume:
+                assert old is not None
+                previous, old.conn = old.conn, conn
+                if previous is not None and previous is not conn:
+                    log.info("session_moved", host=hello.name, old=previous.name, new=conn.name)
+                    if previous.kick is not None:
+                        previous.kick()
+                session = old
+            else:  # a new host session: the old one, its replies and held frames are gone
+                self._session = None
+                if self.fresh_io is not None and self._used and not hello.flags & HelloFlag.KEEP:
+                    try:
+                        await self._reset_io()
+                    except HilError as e:
+                        log.error("session_reset_failed", error=str(e))
+                        return self._error(frame.seq, Status.IO_ERROR,
+                                           f"could not reset the I/O for a new session: {e}")
+                # HELLO carries the sequence number of the host's next EXEC
+                session = self._session = Session(hello.host_nonce, secrets.token_bytes(SECRET_SIZE), conn, frame.seq)
+            conn.authenticated = True
+            self._reply_payload = max(64, min(self.max_payload, hello.max_payload))
+        log.info("session", host=hello.name, host_nonce=hello.host_nonce, conn=conn.name, resumed=resume)
+        return Frame(MsgType.HELLO_REPLY, frame.seq, self.hello_reply(session.secret).encode()).encode()
+
+    def _drop_session(self, why: str) -> None:
+        log.info("session_dropped", reason=why)
+        self._session = None
+
+    def detach(self, conn: Connection) -> None:
+        """``conn`` has gone: its session stays, for the same host to resume with its secret."""
+        conn.authenticated = False
+        if self._session is not None and self._session.conn is conn:
+            self._session.conn = None
+            log.info("session_detached", conn=conn.name)
 
     async def _reset_io(self) -> None:
         """A new session starts where a freshly started agent would: the I/O backend opened again
@@ -187,35 +300,50 @@ class AgentCore:
 
     async def aclose(self) -> None:
         """Close the I/O backend in use (after a session reset it is not the one passed in)."""
+        if self._io_runner is not None:
+            self._io_runner.stop()
+            self._io_runner = None
         await self.io.close()
 
     def _error(self, seq: int, status: Status, message: str) -> bytes:
         self.stats.refused += 1
         return Frame(MsgType.ERROR, seq, ErrorReply(status, message).encode()).encode()
 
+    def _refuse(self, status: Status, index: int, reason: str, ops: list[Op] | None = None) -> bytes:
+        self.stats.refused += 1
+        return ExecReply(status, index, reason).encode(ops or [])
+
     async def _execute(self, payload: bytes) -> bytes:
+        if len(payload) > self.max_payload:
+            return self._refuse(Status.TOO_LARGE, 0xFFFF, f"a {len(payload)}-byte program exceeds the "
+                                                          f"advertised max_payload {self.max_payload}")
         try:
             ops = decode_program(payload, self.max_ops)
         except ProtocolError as e:
-            self.stats.refused += 1
-            return ExecReply(e.status, e.index, str(e)).encode([])
+            return self._refuse(e.status, e.index, str(e))
+        total_us = 0
         for i, op in enumerate(ops):  # validate everything before anything runs
             if isinstance(op, DEVICE_OPS) and not self._devices:
-                self.stats.refused += 1
-                return ExecReply(Status.UNSUPPORTED, i, "this agent's I/O has no simulated devices").encode(ops)
+                return self._refuse(Status.UNSUPPORTED, i, "this agent's I/O has no simulated devices", ops)
             try:
                 self.allow.check([op])
             except AccessDeniedError as e:
-                self.stats.refused += 1
                 status = Status.MEM_DENIED if isinstance(op, (MemRead, MemWrite, MemFill)) else Status.PORT_DENIED
-                return ExecReply(status, i, str(e)).encode(ops)
+                return self._refuse(status, i, str(e), ops)
+            us = op_duration_us(op)
+            total_us += us
+            if us > self.max_op_us:
+                return self._refuse(Status.TOO_LARGE, i, f"{type(op).__name__} of {us} us exceeds the "
+                                                         f"advertised max_op_us {self.max_op_us}", ops)
+            if total_us > self.max_program_us:
+                return self._refuse(Status.TOO_LARGE, i, f"the program's delays and timeouts exceed the "
+                                                         f"advertised max_program_us {self.max_program_us}", ops)
         if reply_size(ops) > self._reply_payload:
-            self.stats.refused += 1
-            return ExecReply(Status.TOO_LARGE, 0, f"reply of {reply_size(ops)} bytes exceeds "
-                                                  f"{self._reply_payload}").encode(ops)
+            return self._refuse(Status.TOO_LARGE, 0, f"reply of {reply_size(ops)} bytes exceeds "
+                                                     f"{self._reply_payload}", ops)
         self._used = True
         try:
-            results = await self.io.execute(ops)  # Settle runs as the I/O backend's own settle()
+            results = await self._run_io(ops)  # Settle runs as the I/O backend's own settle()
         except HilError as e:
             log.error("io_error", error=str(e))
             return ExecReply(Status.IO_ERROR, 0xFFFF, str(e)).encode(ops)
@@ -224,25 +352,53 @@ class AgentCore:
         met = [(r & op.mask) == op.expect for op, r in zip(reading, results) if isinstance(op, Poll)]  # type: ignore[operator]
         return ExecReply(Status.OK, 0xFFFF, "", list(results), met).encode(ops)
 
+    async def _run_io(self, ops: list[Op]) -> list[Result]:
+        if not self.io_thread:
+            return await self.io.execute(ops)
+        if self._io_runner is None:
+            self._io_runner = _IoThread()
+        return await self._io_runner.run(self.io.execute(ops))
 
-async def serve_link(core: AgentCore, link: Link, *, stop: asyncio.Event | None = None) -> None:
-    """Serve ``link`` until it closes (or ``stop`` is set). Bad input is dropped, never fatal."""
+
+async def serve_link(core: AgentCore, link: Link, *, stop: asyncio.Event | None = None,
+                     conn: Connection | None = None, hello_timeout: float | None = None,
+                     idle_timeout: float | None = None) -> None:
+    """Serve ``link`` until it closes (or ``stop`` is set). Bad input is dropped, never fatal.
+
+    ``hello_timeout``: the connection is dropped if it has not completed HELLO that many seconds
+    after it opened; ``idle_timeout``: an authenticated connection silent that long is dropped
+    (its session stays, for the host to resume)."""
+    conn = conn or Connection(link.name)
     reader = FrameReader(core.max_payload)
-    while stop is None or not stop.is_set():
-        data = await link.read()
-        if not data:
-            break
-        for frame in reader.feed(data):
-            reply = await core.handle(frame)
-            if reply is not None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + hello_timeout if hello_timeout is not None else None
+    try:
+        while stop is None or not stop.is_set():
+            timeout = idle_timeout if conn.authenticated else (None if deadline is None else deadline - loop.time())
+            if timeout is None:
+                data = await link.read()
+            else:
                 try:
-                    await link.write(reply)
-                except LinkError as e:
-                    log.warning("reply_lost", error=str(e))
-                    return
-                core.stats.frames_out += 1
-    if reader.discarded:
-        log.info("link_resyncs", discarded_bytes=reader.discarded, bad_frames=reader.bad_frames)
+                    data = await asyncio.wait_for(link.read(), max(0.0, timeout))
+                except TimeoutError:
+                    log.info("connection_dropped", conn=conn.name,
+                             reason="idle" if conn.authenticated else "no HELLO in time")
+                    break
+            if not data:
+                break
+            for frame in reader.feed(data):
+                reply = await core.handle(frame, conn)
+                if reply is not None:
+                    try:
+                        await link.write(reply)
+                    except LinkError as e:
+                        log.warning("reply_lost", error=str(e))
+                        return
+                    core.stats.frames_out += 1
+    finally:
+        core.detach(conn)
+        if reader.discarded:
+            log.info("link_resyncs", discarded_bytes=reader.discarded, bad_frames=reader.bad_frames)
 
 
 @dataclass
@@ -292,24 +448,18 @@ async def start(core: AgentCore, listen: str, *, token_required_beyond_loopback:
             raise LinkError(f"{listen}: expected tcp://HOST:PORT with a port number (0: any free port)")
         if not _loopback(host) and token_required_beyond_loopback and not core.token:
             raise LinkError(f"{listen}: listening beyond loopback requires --token (clients must present it in HELLO)")
-        busy = asyncio.Lock()
-
         async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            """Every connection is served; BUSY is decided at HELLO, after the token (AgentCore)."""
             peer = writer.get_extra_info("peername")
-            if busy.locked():
-                writer.write(Frame(MsgType.ERROR, 0, ErrorReply(Status.BUSY, "another client holds this agent").encode()).encode())
-                with contextlib.suppress(Exception):
-                    await writer.drain()
-                writer.close()
-                return
-            async with busy:
-                log.info("client_connected", peer=str(peer))
-                link = StreamLink(f"tcp {peer}", reader, writer)
-                try:
-                    await serve_link(core, link)
-                finally:
-                    await link.close()
-                    log.info("client_gone", peer=str(peer))
+            log.info("client_connected", peer=str(peer))
+            link = StreamLink(f"tcp {peer}", reader, writer)
+            conn = Connection(f"tcp {peer}", kick=writer.close)
+            try:
+                await serve_link(core, link, conn=conn, hello_timeout=core.hello_timeout,
+                                 idle_timeout=core.idle_timeout)
+            finally:
+                await link.close()
+                log.info("client_gone", peer=str(peer))
 
         try:
             server = await asyncio.start_server(client, host, port)
@@ -347,9 +497,10 @@ async def start(core: AgentCore, listen: str, *, token_required_beyond_loopback:
 
 
 async def _serve_forever(core: AgentCore, link: Link) -> None:
-    """A serial line or pty has no connections: keep serving whatever arrives."""
+    """A serial line or pty has no connections: keep serving whatever arrives, as one."""
+    conn = Connection(link.name)
     while True:
-        await serve_link(core, link)
+        await serve_link(core, link, conn=conn)
         await asyncio.sleep(0.05)
 
 
@@ -362,4 +513,4 @@ def _loopback(host: str) -> bool:
         return False
 
 
-__all__ = ["AgentCore", "AgentStats", "Listener", "serve", "serve_link", "start"]
+__all__ = ["AgentCore", "AgentStats", "Connection", "Listener", "Session", "serve", "serve_link", "start"]

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 
 import structlog
@@ -39,6 +39,8 @@ from hil.agent.protocol import (
     ProtocolError,
     Status,
     encode_program,
+    op_duration_us,
+    reply_size,
 )
 from hil.backends import BackendURL
 from hil.backends.base import Backend, Capabilities, Capability
@@ -154,8 +156,14 @@ class _Chunk:
     parts: list[list[tuple[int, int]]]  #: per reading op: (original reading index, bytes)
 
 
-def plan(ops: Sequence[Op], max_request: int, max_reply: int, max_ops: int) -> list[_Chunk]:
-    """Frames for ``ops``: coalesce adjacent reads, split what does not fit, keep order."""
+def plan(ops: Sequence[Op], max_request: int | Callable[[], int], max_reply: int | Callable[[], int],
+         max_ops: int) -> Iterator[_Chunk]:
+    """Frames for ``ops``: coalesce adjacent reads, split what does not fit, keep order.
+
+    Lazy: the sizes may be callables, asked again for every piece, so frames planned after the
+    link turned noisy are smaller than the ones before (the adaptive frame size)."""
+    req_limit = max_request if callable(max_request) else (lambda: max_request)  # type: ignore[return-value]
+    rep_limit = max_reply if callable(max_reply) else (lambda: max_reply)  # type: ignore[return-value]
     merged: list[tuple[Op, list[tuple[int, int]]]] = []
     reading = 0
     for op in ops:
@@ -171,59 +179,94 @@ def plan(ops: Sequence[Op], max_request: int, max_reply: int, max_ops: int) -> l
             reading += 1
         else:
             merged.append((op, []))
-    chunks: list[_Chunk] = [_Chunk([], [])]
+    chunk = _Chunk([], [])
     req, rep = 0, 4
-
-    def new_chunk() -> None:
-        nonlocal req, rep
-        if chunks[-1].ops:
-            chunks.append(_Chunk([], []))
-        req, rep = 0, 4
-
     for op, parts in merged:
-        if isinstance(op, DevState) and 4 + STATE_FIXED + op.max_bytes > max_reply:
-            op = DevState(op.channel, max(0, max_reply - 4 - STATE_FIXED))  # the digest covers the rest
-        pieces: list[tuple[Op, list[tuple[int, int]]]] = [(op, parts)]
-        if isinstance(op, MemRead) and 4 + op.length > max_reply:
-            pieces = _split_read(op, parts, max_reply - 4)
-        elif isinstance(op, MemWrite) and 7 + len(op.data) > max_request:
-            step = max_request - 7
-            pieces = [(MemWrite(op.addr + i, op.data[i : i + step]), []) for i in range(0, len(op.data), step)]
-        elif isinstance(op, DevAttach) and 10 + len(op.data) > max_request:
-            step = max_request - 10
-            first = DevAttach(op.channel, op.kind, op.data[:step], op.dreq, op.capacity)
-            pieces = [(first, [])] + [(DevAppend(op.channel, op.data[i : i + step]), [])
-                                      for i in range(step, len(op.data), step)]
-        for piece, piece_parts in pieces:
-            if req + _req_size(piece) > max_request or rep + _rep_size(piece) > max_reply or len(chunks[-1].ops) >= max_ops:
-                new_chunk()
-            chunks[-1].ops.append(piece)
+        for piece, piece_parts in _pieces(op, parts, req_limit, rep_limit):
+            if chunk.ops and (req + _req_size(piece) > req_limit() or rep + _rep_size(piece) > rep_limit()
+                              or len(chunk.ops) >= max_ops):
+                yield chunk
+                chunk, req, rep = _Chunk([], []), 0, 4
+            chunk.ops.append(piece)
             if isinstance(piece, (In, MemRead, Poll, DevState)):
-                chunks[-1].parts.append(piece_parts)
+                chunk.parts.append(piece_parts)
             req += _req_size(piece)
             rep += _rep_size(piece)
-    return [c for c in chunks if c.ops]
+    if chunk.ops:
+        yield chunk
 
 
-def _split_read(op: MemRead, parts: list[tuple[int, int]], limit: int) -> list[tuple[Op, list[tuple[int, int]]]]:
-    out: list[tuple[Op, list[tuple[int, int]]]] = []
-    queue = list(parts)
-    addr, left = op.addr, op.length
-    while left:
-        n = min(limit, left)
-        piece_parts, need = [], n
-        while need:
-            idx, count = queue[0]
-            take = min(count, need)
-            piece_parts.append((idx, take))
-            need -= take
-            if take == count:
-                queue.pop(0)
-            else:
-                queue[0] = (idx, count - take)
-        out.append((MemRead(addr, n), piece_parts))
-        addr, left = addr + n, left - n
-    return out
+def _pieces(op: Op, parts: list[tuple[int, int]], req_limit: Callable[[], int],
+            rep_limit: Callable[[], int]) -> Iterator[tuple[Op, list[tuple[int, int]]]]:
+    """``op`` cut to the sizes in force when each piece is made."""
+    if isinstance(op, DevState) and 4 + STATE_FIXED + op.max_bytes > rep_limit():
+        yield DevState(op.channel, max(0, rep_limit() - 4 - STATE_FIXED)), parts  # the digest covers the rest
+    elif isinstance(op, MemRead) and 4 + op.length > rep_limit():
+        queue = list(parts)
+        addr, left = op.addr, op.length
+        while left:
+            n = min(rep_limit() - 4, left)
+            piece_parts, need = [], n
+            while need:
+                idx, count = queue[0]
+                take = min(count, need)
+                piece_parts.append((idx, take))
+                need -= take
+                if take == count:
+                    queue.pop(0)
+                else:
+                    queue[0] = (idx, count - take)
+            yield MemRead(addr, n), piece_parts
+            addr, left = addr + n, left - n
+    elif isinstance(op, MemWrite) and 7 + len(op.data) > req_limit():
+        i = 0
+        while i < len(op.data):
+            step = req_limit() - 7
+            yield MemWrite(op.addr + i, op.data[i : i + step]), []
+            i += step
+    elif isinstance(op, DevAttach) and 10 + len(op.data) > req_limit():
+        step = req_limit() - 10
+        yield DevAttach(op.channel, op.kind, op.data[:step], op.dreq, op.capacity), []
+        i = step
+        while i < len(op.data):
+            step = req_limit() - 4
+            yield DevAppend(op.channel, op.data[i : i + step]), []
+            i += step
+    else:
+        yield op, parts
+
+
+MIN_FRAME = 64  #: the adaptive frame size never goes below this many payload bytes
+GROW_AFTER = 8  #: clean round trips in a row before the frame size doubles again
+
+
+class FrameSizer:
+    """The payload size frames are planned with, adapted to the link's observed error rate.
+
+    A frame of ``n`` bytes on a link that loses or corrupts a fraction ``p`` of its bytes arrives
+    intact with probability ``(1 - p)^n``: at 1 % that is 60 % for 50 bytes but 0.6 % for 512.
+    Every retransmission halves the size (from the size of the frame that was lost), every
+    ``GROW_AFTER`` clean round trips in a row double it, up to what both sides negotiated. A
+    frame already sent keeps its size (a retransmission repeats it byte for byte: it may have run)."""
+
+    def __init__(self, ceiling: int) -> None:
+        self.ceiling = max(MIN_FRAME, ceiling)
+        self.size = self.ceiling
+        self._clean = 0
+        self.shrinks = 0
+
+    def lost(self, frame_size: int) -> None:
+        self._clean = 0
+        smaller = max(MIN_FRAME, min(self.size, frame_size) // 2)
+        if smaller < self.size:
+            self.size = smaller
+            self.shrinks += 1
+
+    def clean(self) -> None:
+        self._clean += 1
+        if self._clean >= GROW_AFTER and self.size < self.ceiling:
+            self.size = min(self.ceiling, self.size * 2)
+            self._clean = 0
 
 
 def from_url(url: BackendURL) -> AgentBackend:
@@ -287,8 +330,16 @@ class AgentBackend(Backend):
         self.agent: HelloReply | None = None
         self.boot_nonce: int | None = None
         self.stats = LinkStatistics()
-        self._window = asyncio.Semaphore(1)
+        self._window_size = 1
+        #: sequence numbers sent and not yet answered, oldest first: a new frame goes out only within
+        #: ``window`` of the oldest, so the agent's replay cache (2 x window) still holds every reply
+        #: a retransmission may ask for
+        self._unanswered: list[int] = []
+        self._window_open = asyncio.Condition()
         self._hello_lock = asyncio.Lock()
+        self._connect_lock = asyncio.Lock()  #: one reconnect for the whole backend, not one per frame
+        self._secret = b""  #: the session secret from HELLO_REPLY: a reconnect resumes with it
+        self.sizer = FrameSizer(max_payload)  #: the adaptive frame size (replaced at HELLO)
         self._generation = 0  #: bumped at every agent reset; frames of an older generation never run
 
     # --- life cycle ---------------------------------------------------------------------
@@ -300,10 +351,13 @@ class AgentBackend(Backend):
             raise
 
     async def _connect(self) -> None:
-        self._link = await self._link_factory()
-        self._frames = FrameReader()
-        self._reader_task = asyncio.create_task(self._read_loop(self._link))
+        self._start_link(await self._link_factory())
         await self._hello()
+
+    def _start_link(self, link: Link) -> None:
+        self._link = link
+        self._frames = FrameReader()
+        self._reader_task = asyncio.create_task(self._read_loop(link))
 
     async def _drop_link(self) -> None:
         if self._reader_task is not None:
@@ -332,6 +386,7 @@ class AgentBackend(Backend):
                 log.warning("link_closed", backend=self.url)
                 if self._link is link:
                     self._link = None
+                await link.close()  # not left open: a half-closed socket would hold the agent
                 return
             self.stats.bytes_in += len(data)
             for frame in self._frames.feed(data):
@@ -360,18 +415,34 @@ class AgentBackend(Backend):
         return seq
 
     async def _ensure_link(self) -> None:
-        if self._link is None:  # a TCP peer went away: reconnect and say HELLO again
+        """Reconnect once for the whole backend (every frame in flight waits for the same new
+        link), closing the old one first, and prove ourselves again: HELLO with the token and the
+        session secret. A changed boot nonce on the way is the agent's reset (``_hello``)."""
+        if self._link is not None:
+            return
+        async with self._connect_lock:
+            if self._link is not None:
+                return
             await self._drop_link()
-            self._link = await self._link_factory()
-            self._frames = FrameReader()
-            self._reader_task = asyncio.create_task(self._read_loop(self._link))
-            await self._hello()
+            self._start_link(await self._link_factory())
+            try:
+                await self._hello()
+            except BaseException:
+                await self._drop_link()
+                raise
 
-    async def _round_trip(self, kind: str, frame: Frame, extra_s: float = 0.0, *, generation: int | None = None) -> Frame:
+    async def _discard_link(self) -> None:
+        link, self._link = self._link, None
+        if link is not None:
+            await link.close()
+
+    async def _round_trip(self, kind: str, frame: Frame, extra_s: float = 0.0, *, generation: int | None = None,
+                          size: int = 0) -> Frame:
         """Send ``frame`` and return its reply, retransmitting the same bytes on silence.
 
         ``generation`` (EXEC frames) stops a retransmission after an agent reset: the frame was
-        meant for a controller that no longer has the state it assumed.
+        meant for a controller that no longer has the state it assumed. ``size`` (EXEC frames:
+        the larger of its request and reply payloads) feeds the adaptive frame size.
         """
         wire = frame.encode()
         wait = self.timeout + extra_s + 2 * len(wire) * 10 / self.baud
@@ -383,6 +454,8 @@ class AgentBackend(Backend):
                 if attempt:
                     self.stats.retries += 1
                     log.info("retransmit", kind=kind, seq=frame.seq, attempt=attempt)
+                    if size and attempt == 1:
+                        self.sizer.lost(size)
                 try:
                     if kind != "hello":
                         await self._ensure_link()
@@ -395,7 +468,7 @@ class AgentBackend(Backend):
                     self.stats.frames_sent += 1
                 except (LinkError, OSError) as e:
                     log.warning("send_failed", error=str(e))
-                    self._link = None
+                    await self._discard_link()
                     await asyncio.sleep(min(wait, 0.2))
                     continue
                 done, _ = await asyncio.wait((fut,), timeout=wait)  # the future outlives a timeout
@@ -403,13 +476,16 @@ class AgentBackend(Backend):
                     continue
                 reply = fut.result()
                 self.stats.round_trips += 1
+                if size and not attempt:
+                    self.sizer.clean()
                 return reply
             raise AgentTimeoutError(
                 f"{self.url}: no reply to frame {frame.seq} after {self.retries + 1} tries of {wait:.2f} s: "
                 f"is the agent running, the link right (baud {self.baud})?"
             )
         finally:
-            self._pending.pop(key, None)
+            if self._pending.pop(key, None) is fut and fut.done() and not fut.cancelled():
+                fut.exception()  # failed by a reset while this frame was not waiting for it: seen
 
     def _reset_error(self) -> AgentResetError:
         return AgentResetError(
@@ -423,8 +499,10 @@ class AgentBackend(Backend):
         return max(seqs, key=lambda s: (self._seq - s) & 0xFFFF) if seqs else self._seq
 
     async def _hello_exchange(self, seq: int) -> HelloReply:
-        hello = Hello(self._host_nonce, self._max_payload, self._token, "hil",
-                      HelloFlag.KEEP if self.keep else HelloFlag(0))
+        flags = HelloFlag.KEEP if self.keep else HelloFlag(0)
+        if self._secret:  # we had a session: resume it (the agent keeps its replay cache for us only)
+            flags |= HelloFlag.RESUME
+        hello = Hello(self._host_nonce, self._max_payload, self._token, "hil", flags, self._secret)
         reply = await self._round_trip("hello", Frame(MsgType.HELLO, seq, hello.encode()))
         if reply.type == MsgType.ERROR:
             err = ErrorReply.decode(reply.payload)
@@ -437,21 +515,30 @@ class AgentBackend(Backend):
         """(Re)establish the session; return True when the agent turned out to be a new one."""
         async with self._hello_lock:
             # HELLO carries the seq the agent should run next; frames still in flight keep theirs
+            resuming = self._secret
             info = await self._hello_exchange(self._oldest_pending_exec())
             reset = self.boot_nonce is not None and info.boot_nonce != self.boot_nonce
-            if reset:
+            # the same agent, but our session is gone (another host held it meanwhile): its I/O may
+            # have been reset for that host, and our replies are gone: as good as a restart
+            lost = not reset and bool(resuming) and info.features & Feature.SESSION_SECRET and info.secret != resuming
+            if reset or lost:
                 self.stats.resets += 1
                 self._generation += 1
-                log.warning("agent_reset", backend=self.url, old=self.boot_nonce, new=info.boot_nonce)
+                log.warning("agent_reset" if reset else "agent_session_lost", backend=self.url,
+                            old=self.boot_nonce, new=info.boot_nonce)
                 self._fail_pending(self._reset_error(), "exec")
                 self._host_nonce = secrets.randbits(32)  # a fresh session on the fresh agent
+                self._secret = b""
                 info = await self._hello_exchange(self._seq)
             self.agent, self.boot_nonce = info, info.boot_nonce
-            window = min(info.window, self._window_opt or info.window)
-            self._window = asyncio.Semaphore(max(1, window))
+            self._secret = info.secret if info.features & Feature.SESSION_SECRET else b""
+            ceiling = min(self._max_payload, info.max_payload)
+            if self.sizer.ceiling != ceiling:
+                self.sizer = FrameSizer(ceiling)
+            self._window_size = max(1, min(info.window, self._window_opt or info.window))
             log.info("agent_hello", backend=self.url, agent=info.agent_name, version=info.agent_version,
-                     boot_nonce=info.boot_nonce, window=window, max_payload=info.max_payload)
-            return reset
+                     boot_nonce=info.boot_nonce, window=self._window_size, max_payload=info.max_payload)
+            return bool(reset or lost)
 
     # --- the backend interface ----------------------------------------------------------
     @property
@@ -496,18 +583,44 @@ class AgentBackend(Backend):
     async def _execute(self, ops: Sequence[Op]) -> list[Result]:
         info = self.agent
         assert info is not None
-        limit = min(self._max_payload, info.max_payload)
-        chunks = plan(ops, limit, limit, info.max_ops)
+        self._check(ops, info)  # before planning: a refused program sends no frame at all
         self.stats.programs += 1
-        if len(chunks) == 1:  # the common case: one frame, no tasks to spawn
-            replies: list[ExecReply | BaseException] = [await self._exec_chunk(chunks[0])]
-        else:  # all frames in flight at once, up to the window
-            replies = await asyncio.gather(*(self._exec_chunk(c) for c in chunks), return_exceptions=True)
+        sizer = self.sizer
+        chunks = plan(ops, lambda: sizer.size, lambda: sizer.size, info.max_ops)
+        generation = self._generation
+        sent: list[_Chunk] = []
+        tasks: list[asyncio.Task[ExecReply]] = []
+        replies: list[ExecReply | BaseException] = []
+        try:
+            chunk = next(chunks, None)
+            while chunk is not None:
+                seq = await self._admit(generation)  # each frame is planned when it may be sent: at the size then in force
+                following = next(chunks, None)
+                if not tasks and following is None:  # the common case: one frame, no task to spawn
+                    try:
+                        replies.append(await self._exec_chunk(chunk, generation, seq))
+                    finally:
+                        await self._retire(seq)
+                    sent.append(chunk)
+                    break
+                tasks.append(asyncio.create_task(self._exec_in_window(chunk, generation, seq)))
+                sent.append(chunk)
+                if any(t.done() and t.exception() is not None for t in tasks):
+                    break  # a frame failed: send no more of the program
+                chunk = following
+            if tasks:
+                replies = list(await asyncio.gather(*tasks, return_exceptions=True))
+        finally:
+            for t in tasks:
+                if not t.done():
+                    t.cancel()
+                elif not t.cancelled():
+                    t.exception()  # seen here; the first failure is raised below or above
         for r in replies:
             if isinstance(r, BaseException):
                 raise r
         results: dict[int, bytearray | Result] = {}
-        for chunk, reply in zip(chunks, replies):
+        for chunk, reply in zip(sent, replies):
             for parts, value in zip(chunk.parts, reply.results):  # type: ignore[union-attr]
                 if not isinstance(value, bytes):  # In, Poll, DevState: one result each
                     results[parts[0][0]] = value
@@ -519,21 +632,82 @@ class AgentBackend(Backend):
                     pos += count
         return [bytes(v) if isinstance(v, bytearray) else v for _, v in sorted(results.items())]
 
-    async def _exec_chunk(self, chunk: _Chunk) -> ExecReply:
-        extra = sum(op.us for op in chunk.ops if isinstance(op, Delay)) / 1e6
-        extra += sum(op.timeout_us for op in chunk.ops if isinstance(op, (Poll, Settle))) / 1e6
-        generation = self._generation
-        async with self._window:
+    def _check(self, ops: Sequence[Op], info: HelloReply) -> None:
+        """What the agent would refuse, refused here before any frame is planned or sent: memory
+        outside the window and ports outside the allow-list it advertised (a program of many
+        frames would otherwise have run its first frames), and, with feature LIMITS, ops and
+        programs longer than its limits."""
+        total = 0
+        for i, op in enumerate(ops):
+            match op:
+                case MemRead(addr=addr, length=n) | MemFill(addr=addr, length=n):
+                    self._check_memory(i, addr, n, info)
+                case MemWrite(addr=addr, data=data):
+                    self._check_memory(i, addr, len(data), info)
+                case Out(port=port, width=width) | In(port=port, width=width) | Poll(port=port, width=width):
+                    last = port + width // 8 - 1
+                    if not any(lo <= port and last <= hi for lo, hi in info.ports):
+                        raise AgentAccessDenied(Status.PORT_DENIED, i, f"port 0x{port:04X} is outside the agent's "
+                                                                       f"allow-list")
+            if not info.features & Feature.LIMITS:
+                continue
+            us = op_duration_us(op)
+            total += us
+            if us > info.max_op_us:
+                raise AgentRefusedError(Status.TOO_LARGE, i, f"{type(op).__name__} of {us / 1e6:g} s exceeds the "
+                                                             f"agent's limit of {info.max_op_us / 1e6:g} s per op")
+            if total > info.max_program_us:
+                raise AgentRefusedError(Status.TOO_LARGE, i, f"the program's delays and timeouts exceed the agent's "
+                                                             f"limit of {info.max_program_us / 1e6:g} s per program")
+
+    @staticmethod
+    def _check_memory(index: int, addr: int, length: int, info: HelloReply) -> None:
+        end = addr + max(length, 1) - 1
+        if not any(lo <= addr and end <= hi for lo, hi in info.memory):
+            window = ", ".join(f"0x{lo:X}-0x{hi + 1:X}" for lo, hi in info.memory) or "none"
+            raise AgentAccessDenied(Status.MEM_DENIED, index, f"{length} bytes at 0x{addr:X} are outside the "
+                                                              f"agent's memory window ({window})")
+
+    async def _admit(self, generation: int) -> int:
+        """The sequence number of the next frame, once it is within the window of the oldest
+        frame still unanswered (not merely when fewer than ``window`` are in flight). After a
+        reset none is taken: the new session expects the next one from a new-generation frame."""
+        async with self._window_open:
+            await self._window_open.wait_for(
+                lambda: not self._unanswered or ((self._seq - self._unanswered[0]) & 0xFFFF) < self._window_size)
             if generation != self._generation:
                 raise self._reset_error()
-            frame = Frame(MsgType.EXEC, self._next_seq(), encode_program(chunk.ops))
-            reply = await self._round_trip("exec", frame, extra, generation=generation)
+            seq = self._next_seq()
+            self._unanswered.append(seq)
+            return seq
+
+    async def _retire(self, seq: int) -> None:
+        async with self._window_open:
+            self._unanswered.remove(seq)
+            self._window_open.notify_all()
+
+    async def _exec_in_window(self, chunk: _Chunk, generation: int, seq: int) -> ExecReply:
+        try:
+            return await self._exec_chunk(chunk, generation, seq)
+        finally:
+            await self._retire(seq)
+
+    async def _exec_chunk(self, chunk: _Chunk, generation: int, seq: int) -> ExecReply:
+        """One frame of a program, sent as ``seq`` (admitted by the window)."""
+        extra = sum(op.us for op in chunk.ops if isinstance(op, Delay)) / 1e6
+        extra += sum(op.timeout_us for op in chunk.ops if isinstance(op, (Poll, Settle))) / 1e6
+        if generation != self._generation:
+            raise self._reset_error()
+        frame = Frame(MsgType.EXEC, seq, encode_program(chunk.ops))
+        size = max(len(frame.payload), reply_size(chunk.ops))
+        reply = await self._round_trip("exec", frame, extra, generation=generation, size=size)
         if reply.type == MsgType.ERROR:
             err = ErrorReply.decode(reply.payload)
             if err.status == Status.NO_SESSION:  # the agent lost our session: restarted?
                 if generation != self._generation or await self._hello():
                     raise self._reset_error()
-                return await self._exec_chunk(chunk)  # same agent: the frame never ran, send it again
+                # same agent, session kept: the frame never ran; the new session expects its seq
+                return await self._exec_chunk(chunk, generation, seq)
             raise AgentRefusedError(err.status, 0xFFFF, err.message)
         try:
             result = ExecReply.decode(reply.payload, chunk.ops)
@@ -546,7 +720,9 @@ class AgentBackend(Backend):
 
     async def _settle(self, timeout_s: float | None) -> None:
         """The agent settles its own I/O (virtual time on a simulator, polling on hardware)."""
-        await self._execute([Settle(10e6 if timeout_s is None else timeout_s * 1e6)])
+        info = self.agent
+        longest = info.max_op_us if info is not None and info.features & Feature.LIMITS else 10e6
+        await self._execute([Settle(min(10e6, longest) if timeout_s is None else timeout_s * 1e6)])
 
     async def ping(self) -> float:
         """One empty round trip; returns its duration in seconds."""

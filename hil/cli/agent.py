@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+from hil.agent.server import (
+    DEFAULT_HELLO_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_OP_US,
+    DEFAULT_MAX_PROGRAM_US,
+)
 from hil.backends import open_backend
 from hil.errors import HilError
 
@@ -25,11 +31,34 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                         "(repeatable; default: the I/O backend's window, for sim all of its memory)")
     p.add_argument("--token", default="", metavar="TEXT",
                    help="token clients must present in HELLO (required to listen beyond loopback)")
+    p.add_argument("--hello-timeout", type=_seconds, default=DEFAULT_HELLO_TIMEOUT, metavar="S",
+                   help=f"TCP: drop a connection that has not completed HELLO after S seconds "
+                        f"(default {DEFAULT_HELLO_TIMEOUT:g})")
+    p.add_argument("--idle-timeout", type=_seconds, default=DEFAULT_IDLE_TIMEOUT, metavar="S",
+                   help=f"TCP: drop an authenticated client silent for S seconds; it reconnects and resumes its "
+                        f"session (default {DEFAULT_IDLE_TIMEOUT:g})")
+    p.add_argument("--max-op-time", type=_seconds, default=DEFAULT_MAX_OP_US / 1e6, metavar="S",
+                   help=f"longest DELAY, POLL or SETTLE of one op, advertised in HELLO; longer ones are refused "
+                        f"(default {DEFAULT_MAX_OP_US / 1e6:g})")
+    p.add_argument("--max-program-time", type=_seconds, default=DEFAULT_MAX_PROGRAM_US / 1e6, metavar="S",
+                   help=f"most DELAY/POLL/SETTLE time in one program, advertised in HELLO (default "
+                        f"{DEFAULT_MAX_PROGRAM_US / 1e6:g})")
     p.add_argument("--name", default="hil-agent", help="agent name reported in HELLO_REPLY (default hil-agent)")
     p.add_argument("--log-format", choices=("console", "json"), default="console",
                    help="structlog output format on stderr")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     p.set_defaults(func=cmd_agent)
+
+
+def _seconds(text: str) -> float:
+    """A positive number of seconds, at most what a u32 of microseconds holds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value <= 4294:
+        raise argparse.ArgumentTypeError(f"{text!r}: give seconds > 0 and at most 4294")
+    return value
 
 
 async def cmd_agent(args: argparse.Namespace) -> int:
@@ -52,7 +81,9 @@ async def cmd_agent(args: argparse.Namespace) -> int:
         # hardware (devport) is the target's own, and what it holds is shared (docs/agent-protocol.md §3)
         owned = Capability.REAL_TIMING not in io.capabilities
         core = AgentCore(io, allow, name=args.name, token=args.token.encode(),
-                         fresh_io=(lambda: open_backend(args.io)) if owned else None)
+                         fresh_io=(lambda: open_backend(args.io)) if owned else None,
+                         hello_timeout=args.hello_timeout, idle_timeout=args.idle_timeout,
+                         max_op_us=round(args.max_op_time * 1e6), max_program_us=round(args.max_program_time * 1e6))
 
         def ready(address: str) -> None:
             print(address, flush=True)
