@@ -30,6 +30,7 @@ from hil.backends import open_backend
 from hil.backends.agent import AgentAccessDenied, AgentRefusedError
 from hil.backends.ops import DevState, In, MemRead, MemWrite, Out, Poll, Settle
 from hil.backends.recording import RecordingBackend
+from hil.errors import HilError
 
 WHOLE_MEMORY = [range(1 << 24)]
 TOKEN = b"s3cret"
@@ -314,10 +315,33 @@ async def test_a_program_larger_than_the_advertised_max_payload_is_refused():
 # --- item 11: IO_ERROR names the agent's reason ---------------------------------------------------
 
 
+class FailingBus(RecordingBackend):
+    """An I/O backend whose bus fails while a program runs (after every check passed)."""
+
+    async def _execute(self, ops):
+        raise HilError("the LPC bus hung")
+
+
 async def test_io_error_of_a_reading_program_shows_the_agents_reason():
-    async with tcp_agent() as (address, _, _), open_backend(f"agent+{address}") as be:
-        with pytest.raises(AgentRefusedError, match="IO_ERROR: no device attached to channel 2"):
-            await be.execute([In(0x08), MemRead(0x30000, 4), DevState(2, 16)])
+    async with open_backend("sim") as io:
+        core = AgentCore(FailingBus(io), AllowList.default(WHOLE_MEMORY))
+        listener = await start(core, "tcp://127.0.0.1:0")
+        try:
+            async with open_backend(f"agent+{listener.address}") as be:
+                with pytest.raises(AgentRefusedError, match="IO_ERROR: the LPC bus hung"):
+                    await be.execute([In(0x08), MemRead(0x30000, 4), In(0x08)])
+        finally:
+            listener.close()
+            await core.aclose()
+
+
+async def test_a_device_op_on_an_empty_channel_is_refused_before_running():
+    """The I/O backend's own refusals are decided before any op runs, as refusals (the sim's
+    check: no device attached), not as an I/O error part-way through."""
+    async with tcp_agent() as (address, _, rec), open_backend(f"agent+{address}") as be:
+        with pytest.raises(AgentRefusedError, match="UNSUPPORTED: no device attached to channel 2"):
+            await be.execute([Out(0x81, 0x12), MemRead(0x30000, 4), DevState(2, 16)])
+        assert not [e for e in rec.trace if isinstance(e.op, Out)]
 
 
 # --- item 16: huge reads are refused from the window, before planning ----------------------------

@@ -25,6 +25,8 @@ import pytest
 
 from hil.allowlist import AllowList
 from hil.backends import open_backend
+from hil.agent.protocol import Status
+from hil.backends.agent import AgentRefusedError
 from hil.backends.base import Backend, Capabilities
 from hil.backends.devport import DevPortBackend
 from hil.backends.ops import (
@@ -63,11 +65,17 @@ PREFIX: tuple[Op, ...] = (Out(0x0A, 0x02), Out(0x81, 0x12), MemWrite(0x20000, b"
 NAN, INF = float("nan"), float("inf")
 
 
-async def refuse(be: Backend, program: Sequence[object], error: type[BaseException]) -> None:
+async def refuse(be: Backend, program: Sequence[object], error: type[BaseException]) -> BaseException:
     """``program`` is refused with ``error``, promptly (a ``Delay(inf)`` that ran would hang)."""
     with pytest.raises(error) as exc:
         await asyncio.wait_for(be.execute(program), 20)  # type: ignore[arg-type]
     assert "\n" not in str(exc.value)
+    return exc.value
+
+
+def refused_before_running(err: BaseException) -> None:
+    """An agent's refusal, decided before any op ran: not an I/O error part-way through."""
+    assert isinstance(err, AgentRefusedError) and err.status is not Status.IO_ERROR, err
 
 # --- the mechanism, on a backend that settles between the parts of a program ------------------
 
@@ -319,7 +327,7 @@ async def test_agent_serving_devport_refused_op_after_settle_touches_no_byte(fil
     bad, _ = DEVPORT_CASES[case]
     before = contents(files)
     async with cli_agent(devport_url(files)) as url, open_backend(url) as be:
-        await refuse(be, [*PREFIX, bad], HilError)
+        refused_before_running(await refuse(be, [*PREFIX, bad], AgentRefusedError))
         assert contents(files) == before
         await be.execute(PREFIX)  # the same link runs the prefix alone
         assert contents(files) != before
@@ -339,14 +347,12 @@ AGENT_SIM_CASES = {
 async def test_agent_serving_sim_refused_op_after_settle_changes_nothing(case):
     async with cli_agent("sim:?profile=qemu&strict=1") as url, open_backend(url) as be:
         before = await be.execute(READBACK)
-        await refuse(be, [*PREFIX, AGENT_SIM_CASES[case]], HilError)
+        refused_before_running(await refuse(be, [*PREFIX, AGENT_SIM_CASES[case]], AgentRefusedError))
         assert await be.execute(READBACK) == before
         await be.execute(PREFIX)
         assert await be.execute(READBACK) != before
 
 
-@pytest.mark.xfail(strict=True, reason="the agent backend does not yet check a program against the allow-list "
-                   "its HELLO advertises before the first frame: AgentBackend.check (hil/backends/agent.py)")
 async def test_agent_program_of_several_frames_is_refused_before_the_first_frame():
     """A program larger than one frame: the agent refuses the frame holding 0x3F2, but frames
     before it must not have run either."""

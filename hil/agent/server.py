@@ -58,7 +58,7 @@ from hil.backends.ops import (
     Poll,
     Result,
 )
-from hil.errors import AccessDeniedError, HilError
+from hil.errors import AccessDeniedError, HilError, MemoryRangeError, UndecodedPortError
 
 log = structlog.get_logger("hil.agent")
 
@@ -341,6 +341,14 @@ class AgentCore:
         if reply_size(ops) > self._reply_payload:
             return self._refuse(Status.TOO_LARGE, 0, f"reply of {reply_size(ops)} bytes exceeds "
                                                      f"{self._reply_payload}", ops)
+        try:
+            self.io.check(ops)  # the I/O backend's own refusals (devport: 16-bit DMA ports), before any op runs
+        except MemoryRangeError as e:
+            return self._refuse(Status.MEM_DENIED, 0, str(e), ops)
+        except (AccessDeniedError, UndecodedPortError) as e:
+            return self._refuse(Status.PORT_DENIED, 0, str(e), ops)
+        except HilError as e:
+            return self._refuse(Status.UNSUPPORTED, 0, str(e), ops)
         self._used = True
         try:
             results = await self._run_io(ops)  # Settle runs as the I/O backend's own settle()
