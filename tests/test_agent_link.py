@@ -117,8 +117,8 @@ async def test_second_tcp_client_is_told_busy():
 class FaultyProxy:
     """A loopback TCP relay that drops, corrupts, duplicates and delays what passes through."""
 
-    def __init__(self, target: tuple[str, int], seed: int, rate: float) -> None:
-        self.target, self.rng, self.rate = target, random.Random(seed), rate
+    def __init__(self, target: tuple[str, int], seed: int, rate: float, *, per_byte: bool = False) -> None:
+        self.target, self.rng, self.rate, self.per_byte = target, random.Random(seed), rate, per_byte
         self.faults = {"drop": 0, "corrupt": 0, "duplicate": 0, "delay": 0}
 
     async def start(self) -> str:
@@ -128,6 +128,10 @@ class FaultyProxy:
     async def _pipe(self, reader, writer) -> None:
         with contextlib.suppress(Exception):
             while data := await reader.read(64):
+                if self.per_byte:
+                    writer.write(self._byte_errors(data))
+                    await writer.drain()
+                    continue
                 for chunk in [data[i : i + 16] for i in range(0, len(data), 16)]:
                     r = self.rng.random()
                     if r < self.rate:
@@ -147,6 +151,24 @@ class FaultyProxy:
                     writer.write(chunk)
                     await writer.drain()
         writer.close()
+
+    def _byte_errors(self, data: bytes) -> bytes:
+        """Each byte, with probability ``rate``, is lost, has one bit flipped or arrives twice
+        (a third of the rate each): a noisy UART rather than a lossy packet network."""
+        out = bytearray()
+        for byte in data:
+            r = self.rng.random()
+            if r < self.rate / 3:
+                self.faults["drop"] += 1
+            elif r < 2 * self.rate / 3:
+                self.faults["corrupt"] += 1
+                out.append(byte ^ (1 << self.rng.randrange(8)))
+            elif r < self.rate:
+                self.faults["duplicate"] += 1
+                out += bytes((byte, byte))
+            else:
+                out.append(byte)
+        return bytes(out)
 
     async def _client(self, reader, writer) -> None:
         up_r, up_w = await asyncio.open_connection(*self.target)
@@ -189,13 +211,14 @@ class FaultRun:
     error: str = ""
 
 
-async def fault_run(rate: float, seed: int) -> FaultRun:
+async def fault_run(rate: float, seed: int, *, per_byte: bool = False) -> FaultRun:
     """One run through the fault proxy: 20 small programs (OUT, IN, 40-byte write and read back)
     and a 4 KiB write read back, at ``rate`` faults per 16-byte chunk and kind (drop, corrupt,
-    duplicate, delay). Wrong values and programs that ran twice are counted, never tolerated."""
+    duplicate, delay), or with ``per_byte`` at ``rate`` errors per byte. Wrong values and programs
+    that ran twice are counted, never tolerated."""
     async with agent() as (listener, _, rec):
         host, port = listener.address[len("tcp://"):].rsplit(":", 1)
-        proxy = FaultyProxy((host, int(port)), seed, rate)
+        proxy = FaultyProxy((host, int(port)), seed, rate, per_byte=per_byte)
         address = await proxy.start()
         rng = random.Random(seed)
         wrong, expected = 0, []
