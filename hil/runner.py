@@ -287,14 +287,12 @@ async def run_script(
     bound = prepare(script, backend) if prepared is None else prepared
     result, jr, own_journal = _start(script, backend, journal)
     state = _State(IsaDma(backend), IsaDma(backend, unchecked=True))
-    virtual = Capability.VIRTUAL_TIME in backend.capabilities.features and hasattr(backend, "machine")
     t0 = last_yield = time.perf_counter()
     current: Step | None = None
 
     def emit(obs: Observation) -> None:
         obs.t = round(time.perf_counter() - t0, 6)
-        if virtual:
-            obs.vt_ns = backend.machine.now_ns  # type: ignore[attr-defined]
+        obs.vt_ns = backend.virtual_time_ns()
         result.observations.append(obs)
         if jr is not None:
             jr.observation(obs)

@@ -196,6 +196,11 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def capabilities(self) -> Capabilities: ...
 
+    def virtual_time_ns(self) -> int | None:
+        """The backend's own clock in nanoseconds where its time is virtual (the simulator), so
+        journals of the same script compare in time too; None where time is the wall's."""
+        return None
+
     async def settle(self, timeout_s: float | None = None) -> None:
         """Return once no DMA activity can progress any more."""
         if self._closed:

@@ -48,6 +48,9 @@ class RecordingBackend(Backend):
     def capabilities(self) -> Capabilities:
         return self.inner.capabilities
 
+    def virtual_time_ns(self) -> int | None:
+        return self.inner.virtual_time_ns()
+
     def check(self, ops: Sequence[Op]) -> None:
         """What the inner backend refuses (``execute`` forwards whole programs to it)."""
         self.inner.check(ops)

@@ -228,6 +228,9 @@ class SimBackend(Backend):
                 return value
             m.advance(interval)
 
+    def virtual_time_ns(self) -> int:
+        return self.machine.now_ns
+
     async def settle(self, timeout_s: float | None = None) -> None:
         if self._closed:
             raise BackendClosedError(self.url)

@@ -109,15 +109,15 @@ class Controller(ABC):
     # --- CPU side (each model) --------------------------------------------------------------
     @abstractmethod
     def write_channel(self, index: int, value: int) -> None:
-        ...
+        """A CPU write to address/count port ``index`` (0-7) through the byte-pointer flip-flop."""
 
     @abstractmethod
     def read_channel(self, index: int) -> int:
-        ...
+        """A CPU read of address/count port ``index`` (0-7): the current register, one byte."""
 
     @abstractmethod
     def write_control(self, index: int, value: int) -> None:
-        ...
+        """A CPU write to control port ``index`` (8-15): command, request, masks, mode, clears."""
 
     @abstractmethod
     def read_control(self, index: int, requests: int) -> int:
@@ -127,27 +127,27 @@ class Controller(ABC):
     @property
     @abstractmethod
     def enabled(self) -> bool:
-        ...
+        """The controller is not disabled by its command register (it may grant the bus)."""
 
     @abstractmethod
     def request_lines(self, dreq: int) -> int:
-        ...
+        """The request bits a status read shows, given the devices' DREQ lines ``dreq``."""
 
     @abstractmethod
     def wants_service(self, local: int, dreq: int) -> bool:
-        ...
+        """Channel ``local`` asks for the bus now (request, mask and mode as this model decides)."""
 
     @abstractmethod
     def mem_to_mem(self) -> bool:
-        ...
+        """Memory-to-memory transfers (channel 0 to 1) are enabled."""
 
     @abstractmethod
     def priority_order(self) -> tuple[int, ...]:
-        ...
+        """Local channels from highest to lowest priority, as this model arbitrates."""
 
     @abstractmethod
     def units_to_tc(self, local: int) -> int:
-        ...
+        """Transfers left on channel ``local`` before terminal count."""
 
     @abstractmethod
     def next_unit(self, local: int, page: int) -> tuple[int, int, int]:
@@ -159,11 +159,11 @@ class Controller(ABC):
 
     @abstractmethod
     def terminal_count(self, local: int) -> None:
-        ...
+        """Channel ``local`` reached TC: status bit, then mask or autoinit reload as the model does."""
 
     @abstractmethod
     def exhausted(self, local: int) -> bool:
-        ...
+        """Channel ``local`` has nothing more to transfer until it is programmed again."""
 
     @abstractmethod
     def dreq_edge(self, local: int, level: bool) -> None:
