@@ -29,7 +29,6 @@ import structlog
 from hil.backends.base import Backend, Capability
 from hil.backends.ops import In, Op, Out
 from hil.errors import (
-    CascadeChannelError,
     ChannelBusyError,
     ChannelNotProgrammedError,
     ChannelNotRequestedError,

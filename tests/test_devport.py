@@ -25,7 +25,6 @@ from hypothesis import strategies as st
 from hil.allowlist import AllowList
 from hil.backends import BackendURL, available_backends, open_backend
 from hil.backends.base import Capability
-from hil.backends import open_backend
 from hil.backends.devport import DevPortBackend, Host, MaskTracker, from_url, parse_window
 from hil.backends.ops import Delay, In, MemFill, MemRead, MemWrite, Out, Poll
 from hil.dma import DMA_MODE_READ, IsaDma

@@ -47,7 +47,7 @@ SAME_ON_QEMU = {"floppy-read.toml", "verify-mode.toml"}
 REQUIRED = {FAILING, *DIFFERS_ON_QEMU, *SAME_ON_QEMU}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def run(name: str, profile: str) -> RunResult:
     """Run one example on one simulator profile (cached: runs are deterministic, virtual time)."""
 

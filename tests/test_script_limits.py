@@ -49,7 +49,7 @@ def refused(path: Path, cls: type[ScriptError], **kw: object) -> ScriptError:
     def run() -> None:
         try:
             box["value"] = load_script(path, **kw)  # type: ignore[arg-type]
-        except BaseException as e:  # noqa: BLE001 - handed to the test thread
+        except BaseException as e:  # handed to the test thread
             box["error"] = e
 
     thread = threading.Thread(target=run, daemon=True)

@@ -185,7 +185,7 @@ class ThreadLink(Link):
         while not self._stop.is_set():
             try:
                 data = self._read_some()
-            except Exception as e:  # noqa: BLE001 - any driver failure ends the link
+            except Exception as e:  # any driver failure ends the link
                 log.warning("link_read_failed", link=self.name, error=str(e))
                 data = None
             if data is None:
@@ -207,7 +207,7 @@ class ThreadLink(Link):
     async def write(self, data: bytes) -> None:
         try:
             await asyncio.to_thread(self._write_blocking, data)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise LinkError(f"{self.name}: write failed: {e}") from None
         self.stats.bytes_out += len(data)
 

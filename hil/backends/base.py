@@ -105,7 +105,7 @@ class Backend(abc.ABC):
             await self._open()
             self._opened = True
 
-    async def _open(self) -> None:  # noqa: B027 - optional hook
+    async def _open(self) -> None:  # optional hook
         pass
 
     async def close(self) -> None:
@@ -113,7 +113,7 @@ class Backend(abc.ABC):
             self._closed = True
             await self._close()
 
-    async def _close(self) -> None:  # noqa: B027 - optional hook
+    async def _close(self) -> None:  # optional hook
         pass
 
     @property

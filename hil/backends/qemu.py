@@ -602,7 +602,7 @@ class QemuBackend(Backend):
         self._server = await asyncio.start_unix_server(on_connect, sock, limit=1 << 20)
         os.chmod(sock, 0o600)
         argv = self.command_line(sock, str(bios))
-        log_file = open(self.log_path, "wb")  # noqa: SIM115 - closed in _shutdown
+        log_file = open(self.log_path, "wb")  # closed in _shutdown
         self._log_file = log_file
         parent = os.getpid()
         self._proc = await asyncio.create_subprocess_exec(
@@ -918,6 +918,7 @@ __all__ = [
     "FDC_PORTS",
     "INSTALL_HINT",
     "MIN_VERSION",
+    "SB16_PORTS",
     "QemuBackend",
     "QemuConfig",
     "QemuExitedError",
@@ -925,7 +926,6 @@ __all__ = [
     "QemuStartError",
     "QemuVersionError",
     "QtestError",
-    "SB16_PORTS",
     "find_binary",
     "floppy_image",
     "floppy_sector",

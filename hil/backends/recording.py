@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hil.backends.base import Backend, Capabilities
-from hil.backends.ops import ALL_OPS, In, Op, Out, Poll, READING_OPS, Result
+from hil.backends.ops import ALL_OPS, READING_OPS, In, Op, Out, Poll, Result
 
 
 @dataclass(frozen=True, slots=True)
