@@ -346,7 +346,8 @@ class IsaDma:
             return  # a bus master generates its own addresses
         if sh.phys is None or sh.nbytes is None:
             missing = "address" if sh.phys is None else "count"
-            raise ChannelNotProgrammedError(channel, f"no {missing} set: call set_dma_{'addr' if sh.phys is None else 'count'} before enable_dma")
+            setter = "set_dma_addr" if sh.phys is None else "set_dma_count"
+            raise ChannelNotProgrammedError(channel, f"no {missing} set: call {setter} before enable_dma")
         check_buffer(channel, sh.phys, sh.nbytes, decrement=bool(sh.mode & MODE_DECREMENT))
 
     async def enable_dma(self, channel: int, *, unchecked: bool | None = None) -> None:

@@ -28,7 +28,8 @@ SCRIPTS = ROOT / "configs" / "scripts"
 DEVIATIONS = ROOT / "configs" / "deviations" / "intel-vs-qemu.toml"
 URLS = {"intel": "sim", "qemu": "sim:?profile=qemu"}
 
-EXAMPLES = sorted(p.name for p in SCRIPTS.glob("*.toml") if not p.name.startswith("qemu-"))  # qemu-*: tests/test_qemu_scripts.py  # fragments/ is a subdirectory: not examples
+# qemu-*: tests/test_qemu_scripts.py; fragments/ is a subdirectory: not examples
+EXAMPLES = sorted(p.name for p in SCRIPTS.glob("*.toml") if not p.name.startswith("qemu-"))
 FAILING = "failing-expectation.toml"
 PASSING = [name for name in EXAMPLES if name != FAILING]
 

@@ -449,7 +449,8 @@ def test_cli_allow_path_widens_the_rule_for_run_and_diff(tmp_path: Path, capsys:
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "x.bin").write_bytes(b"\x5a" * 8)
     path = write(tmp_path / "scripts" / "s.toml",
-                 data_step("../data/x.bin") + '[[step]]\nop = "read"\naddr = 0x1000\nlength = 8\nexpect_hex = "5a5a5a5a5a5a5a5a"\n')
+                 data_step("../data/x.bin")
+                 + '[[step]]\nop = "read"\naddr = 0x1000\nlength = 8\nexpect_hex = "5a5a5a5a5a5a5a5a"\n')
     assert main(["run", str(path), "-q"]) == 2
     assert "outside the script's directory tree" in capsys.readouterr().err
     assert main(["run", str(path), "-q", "--allow-path", str(tmp_path / "data")]) == 0

@@ -168,7 +168,9 @@ class _PortFile:
         try:
             n = self.host.pwrite(self.fd, bytes((value,)), port)
         except OSError as e:
-            raise BackendError(f"outb 0x{port:04X},0x{value:02X} through {self.path} failed: {e.strerror} (errno {e.errno})") from None
+            raise BackendError(
+                f"outb 0x{port:04X},0x{value:02X} through {self.path} failed: {e.strerror} (errno {e.errno})"
+            ) from None
         if n != 1:
             raise BackendError(f"outb 0x{port:04X},0x{value:02X} through {self.path} wrote {n} bytes, expected 1")
 

@@ -71,8 +71,8 @@ async def cmd_diff(args: argparse.Namespace) -> int:
 
         worker_errors: dict[int, str] = {}
         try:
-            grid = await run_on_backends(scripts, args.backend, journal_dir=args.journal_dir, variables=args.var, allow_paths=args.allow_path,
-                                         on_done=done, errors=worker_errors)
+            grid = await run_on_backends(scripts, args.backend, journal_dir=args.journal_dir, variables=args.var,
+                                         allow_paths=args.allow_path, on_done=done, errors=worker_errors)
         except asyncio.CancelledError:
             kept = f"; journals kept in {args.journal_dir}" if args.journal_dir else ""
             args.interrupt_note = f"(workers stopped{kept})"

@@ -25,7 +25,11 @@ _BINOPS: dict[type[ast.operator], Callable[[int, int], int]] = {
     ast.BitOr: operator.or_,
     ast.BitXor: operator.xor,
 }
-_UNOPS: dict[type[ast.unaryop], Callable[[int], int]] = {ast.USub: operator.neg, ast.UAdd: operator.pos, ast.Invert: operator.invert}
+_UNOPS: dict[type[ast.unaryop], Callable[[int], int]] = {
+    ast.USub: operator.neg,
+    ast.UAdd: operator.pos,
+    ast.Invert: operator.invert,
+}
 
 MAX_EXPR_CHARS = 256  #: longer texts are refused before parsing (5,000 '-' overflow the parser)
 MAX_MAGNITUDE = 1 << 64  #: no value in a script needs more; an address is at most 32 bits
