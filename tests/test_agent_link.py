@@ -88,7 +88,7 @@ async def test_example_scripts_identical_over_the_agent(script):
 async def test_allow_list_refusal_is_clear_and_nothing_runs():
     async with agent() as (listener, _, rec), open_backend(url_for(listener)) as be:
         rec.clear()
-        with pytest.raises(AgentAccessDenied, match="op 1.*PORT_DENIED.*0x03F0"):
+        with pytest.raises(AgentAccessDenied, match=r"op 1.*PORT_DENIED.*0x03F0"):
             await be.execute([Out(0x81, 1), In(0x3F0)])
         assert rec.trace == []  # validated as a whole before anything ran
         assert await be.inb(0x81) == 0  # the first op did not run either

@@ -527,7 +527,7 @@ async def test_operations_it_cannot_do_are_refused_not_skipped(tmp_path):
     port.write_bytes(bytes(0x10000))
     mem.write_bytes(bytes(0x100000))
     async with open_backend(f"devport:?port={port}&mem={mem}&window=0x10000-0x90000") as be:
-        with pytest.raises(UnsupportedOperationError, match="DevAttach.*sim"):
+        with pytest.raises(UnsupportedOperationError, match=r"DevAttach.*sim"):
             await be.execute([Out(0x81, 0x12), DevAttach(2, "source", b"x")])
         assert port.read_bytes()[0x81] == 0  # nothing ran
         assert await be.execute([Out(0x81, 0x34), Settle(1000), In(0x81)]) == [0x34]

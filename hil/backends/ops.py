@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Union
 
 from hil.errors import InvalidAccessError, InvalidPortError, InvalidWidthError, ValueWidthError
 
@@ -199,8 +198,8 @@ class DeviceState:
     head: bytes = b""  #: the first bytes a sink received
 
 
-Op = Union[Out, In, MemWrite, MemRead, MemFill, Delay, Poll, Settle, DevAttach, DevAppend, DevDreq, DevState, PowerReset]
-Result = Union[int, bytes, DeviceState]
+Op = Out | In | MemWrite | MemRead | MemFill | Delay | Poll | Settle | DevAttach | DevAppend | DevDreq | DevState | PowerReset
+Result = int | bytes | DeviceState
 READING_OPS = (In, MemRead, Poll, DevState)
 ALL_OPS = (Out, In, MemWrite, MemRead, MemFill, Delay, Poll, Settle, DevAttach, DevAppend, DevDreq, DevState, PowerReset)
 DEVICE_OPS = (DevAttach, DevAppend, DevDreq, DevState, PowerReset)

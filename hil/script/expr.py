@@ -11,7 +11,6 @@ import ast
 import operator
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Union
 
 _BINOPS: dict[type[ast.operator], Callable[[int, int], int]] = {
     ast.Add: operator.add,
@@ -133,4 +132,4 @@ def _check_shape(node: ast.AST, text: str) -> None:
     raise ExprError(f"{text!r}: only integers, names and + - * // % << >> & | ^ ~ are allowed")
 
 
-Value = Union[int, Expr]
+Value = int | Expr
