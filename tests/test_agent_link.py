@@ -123,7 +123,7 @@ class FaultyProxy:
 
     async def start(self) -> str:
         self.server = await asyncio.start_server(self._client, "127.0.0.1", 0)
-        return "tcp://127.0.0.1:%d" % self.server.sockets[0].getsockname()[1]
+        return f"tcp://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
 
     async def _pipe(self, reader, writer) -> None:
         with contextlib.suppress(Exception):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -130,7 +131,7 @@ def test_audio_ring_wraps_on_sim():
     assert len(samples) == 8 and samples[0::2] == samples[1::2]  # the two reads while masked agree
     firsts = samples[0::2]
     assert all(0 < s <= 4096 for s in firsts)
-    assert any(b > a for a, b in zip(firsts, firsts[1:])), f"no wrap seen in the pointer samples {firsts}"
+    assert any(b > a for a, b in pairwise(firsts)), f"no wrap seen in the pointer samples {firsts}"
 
 
 # --- hil diff sim vs sim:?profile=qemu with the known-deviation list ----------------------------

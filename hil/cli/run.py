@@ -130,7 +130,7 @@ def _totals(results: list[RunResult]) -> str:
     parts = [f"{count['passed']} passed", f"{count['failed']} failed"]
     if count["error"]:
         parts.append(f"{count['error']} error" + ("s" if count["error"] > 1 else ""))
-    return ", ".join(parts + [f"{count['skipped']} skipped"])
+    return ", ".join([*parts, f"{count['skipped']} skipped"])
 
 
 def _journal_paths(args: argparse.Namespace, names: list[str]) -> list[str | None]:

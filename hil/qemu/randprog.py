@@ -144,7 +144,7 @@ def random_op(rng: random.Random) -> Op:
 BELOW_DMA2 = 0xBF
 #: ports for 16-bit accesses: both bytes inside the DMA subsystem (not 0x1F, whose word access
 #: reaches the interrupt controller at 0x20, nor 0x8F / 0xDF), plus :data:`BELOW_DMA2`
-WIDE_PORTS = tuple(p for p in ALL_PORTS if p + 1 in ALL_PORTS) + (BELOW_DMA2,)
+WIDE_PORTS = (*(p for p in ALL_PORTS if p + 1 in ALL_PORTS), BELOW_DMA2)
 
 
 def random_wide_op(rng: random.Random) -> Op:
