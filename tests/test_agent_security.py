@@ -272,7 +272,7 @@ class SlowIO(RecordingBackend):
     """An I/O backend whose programs keep the CPU busy (a simulator in a long program)."""
 
     async def execute(self, ops):
-        time.sleep(0.6)  # blocking on purpose: what a CPU-bound simulator does
+        time.sleep(0.6)  # noqa: ASYNC251 - blocking on purpose: what a CPU-bound simulator does
         return await super().execute(ops)
 
 

@@ -293,7 +293,7 @@ class Hello:
     max_payload: int = DEFAULT_MAX_PAYLOAD
     token: bytes = b""
     name: str = "hil"
-    flags: HelloFlag = HelloFlag(0)  # an immutable flag value, safe as a shared default
+    flags: HelloFlag = HelloFlag(0)  # noqa: RUF009 - an immutable flag value
     #: flag RESUME: the secret of the session to resume (from that session's HELLO_REPLY)
     secret: bytes = b""
 

@@ -20,6 +20,7 @@ import contextlib
 import secrets
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
+from typing import ClassVar
 
 import structlog
 
@@ -394,8 +395,12 @@ class AgentBackend(Backend):
             self.stats.discarded_bytes = self._frames.discarded
 
     #: which waiting request a reply type answers (an ERROR may answer any of them)
-    _REPLY_KINDS = {MsgType.HELLO_REPLY: ("hello",), MsgType.EXEC_REPLY: ("exec",), MsgType.PONG: ("ping",),
-                    MsgType.ERROR: ("exec", "hello", "ping")}
+    _REPLY_KINDS: ClassVar[dict[MsgType, tuple[str, ...]]] = {
+        MsgType.HELLO_REPLY: ("hello",),
+        MsgType.EXEC_REPLY: ("exec",),
+        MsgType.PONG: ("ping",),
+        MsgType.ERROR: ("exec", "hello", "ping"),
+    }
 
     def _route(self, frame: Frame) -> None:
         if frame.type == MsgType.ERROR and frame.payload[:1] and frame.payload[0] in (Status.AUTH, Status.VERSION, Status.BUSY):
