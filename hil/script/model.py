@@ -96,7 +96,7 @@ class ScriptCapabilityError(ScriptError):
     """The backend lacks a capability the script or a step requires."""
 
 
-class Op(str, enum.Enum):
+class Op(enum.StrEnum):
     OUT = "out"
     IN = "in"
     FILL = "fill"
