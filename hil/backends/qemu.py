@@ -58,6 +58,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import structlog
 
@@ -530,7 +531,7 @@ class QemuBackend(Backend):
         self._proc: asyncio.subprocess.Process | None = None
         self._server: asyncio.AbstractServer | None = None
         self._client: QtestClient | None = None
-        self._log_file: object | None = None
+        self._log_file: BinaryIO | None = None
 
     # --- life cycle ---------------------------------------------------------------------
     @property
@@ -578,16 +579,23 @@ class QemuBackend(Backend):
             await self._shutdown()
             raise
 
+    def _write_files(self, workdir: Path) -> Path:
+        """The firmware and the generated floppy image; blocking (1.44 MB), so run in a thread."""
+        bios = workdir / "halt.bin"
+        bios.write_bytes(halt_firmware())
+        if self.config.floppy == "generate":
+            assert self.floppy_path is not None
+            self.floppy_path.write_bytes(floppy_image())
+        return bios
+
     async def _start(self, t0: float) -> None:
         cfg = self.config
         assert self.workdir is not None
-        bios = self.workdir / "halt.bin"
-        bios.write_bytes(halt_firmware())
         if cfg.floppy == "generate":
             self.floppy_path = self.workdir / "floppy.img"
-            self.floppy_path.write_bytes(floppy_image())
         elif cfg.floppy:
             self.floppy_path = Path(cfg.floppy)
+        bios = await asyncio.to_thread(self._write_files, self.workdir)
         sock = str(self.workdir / "qtest.sock")
         self.log_path = Path(cfg.log) if cfg.log else self.workdir / "qemu.log"
         connected: asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = (
@@ -602,7 +610,7 @@ class QemuBackend(Backend):
         self._server = await asyncio.start_unix_server(on_connect, sock, limit=1 << 20)
         os.chmod(sock, 0o600)
         argv = self.command_line(sock, str(bios))
-        log_file = open(self.log_path, "wb")  # closed in _shutdown
+        log_file = await asyncio.to_thread(open, self.log_path, "wb")  # closed in _shutdown
         self._log_file = log_file
         parent = os.getpid()
         self._proc = await asyncio.create_subprocess_exec(
@@ -671,7 +679,7 @@ class QemuBackend(Backend):
             _LIVE.pop(proc.pid, None)
             log.debug("qemu_stopped", pid=proc.pid, status=proc.returncode)
         if self._log_file is not None:
-            self._log_file.close()  # type: ignore[attr-defined]
+            self._log_file.close()
             self._log_file = None
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
@@ -688,7 +696,8 @@ class QemuBackend(Backend):
                 return
             _signal_group(pgid, sig)
             deadline = time.monotonic() + 1.0
-            while time.monotonic() < deadline and _group_alive(pgid):
+            # nothing signals the end of a process group that is not our child: poll it
+            while time.monotonic() < deadline and _group_alive(pgid):  # noqa: ASYNC110 - polled, see above
                 await asyncio.sleep(0.01)
         if _group_alive(pgid):
             log.warning("qemu_group_survived", pgid=pgid)
