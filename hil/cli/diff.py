@@ -6,10 +6,9 @@ import argparse
 import asyncio
 import json
 import sys
-from pathlib import Path
 
 from hil.backends import open_backend
-from hil.cli.common import add_allow_path, add_common, parse_variables
+from hil.cli.common import add_allow_path, add_common, parse_variables, write_report
 from hil.errors import HilError
 
 
@@ -87,6 +86,6 @@ async def cmd_diff(args: argparse.Namespace) -> int:
                 continue
             compare(runs, deviations, report)  # type: ignore[arg-type]
     if args.junit:
-        Path(args.junit).write_text(report.to_junit(), encoding="utf-8")
+        await write_report(args.junit, report.to_junit())
     print(json.dumps(report.to_json()) if args.json else report.format())
     return report.exit_code
