@@ -58,15 +58,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import structlog
 
 from hil.allowlist import AllowList, AllowListError, parse_range
 from hil.backends import BackendURL
-from hil.backends import ops as _ops
 from hil.backends.base import Backend, Capabilities, Capability
-from hil.backends.ops import Delay, In, MemFill, MemRead, MemWrite, Op, Out, Poll, Result
+from hil.backends.ops import DEVICE_OPS, Delay, In, MemFill, MemRead, MemWrite, Op, Out, Poll, Result, Settle
 from hil.backends.qtest import (
     MEM_CHUNK,
     IrqEvent,
@@ -107,12 +106,10 @@ FORBIDDEN_PORTS = frozenset({0x64, 0x92, 0xCF9})
 #: ports a word access must not touch: QEMU would not split it the way an ISA bus does
 BYTE_ONLY_PORTS: tuple[range, ...] = DMA_PORT_RANGES
 
-#: program operations beyond port I/O, memory, delay and poll, where hil.backends.ops has them:
-#: Settle runs here too; the simulator's device operations cannot (QEMU has its own devices)
-_SETTLE_OP = getattr(_ops, "Settle", None)
-_SIM_DEVICE_OPS: tuple[type, ...] = tuple(getattr(_ops, "DEVICE_OPS", ()))
-_RUNNABLE_OPS: tuple[type, ...] = (Out, In, MemWrite, MemRead, MemFill, Delay, Poll) + (
-    (_SETTLE_OP,) if _SETTLE_OP is not None else ())
+#: the operations QEMU runs: port I/O, memory, delay, poll and settle; the simulator's device
+#: operations cannot run here (QEMU has its own devices)
+_SIM_DEVICE_OPS: tuple[type, ...] = DEVICE_OPS
+_RUNNABLE_OPS: tuple[type, ...] = (Out, In, MemWrite, MemRead, MemFill, Delay, Poll, Settle)
 
 OPTIONS = {
     "binary": "path of qemu-system-x86_64",
@@ -620,8 +617,8 @@ class QemuBackend(Backend):
         log.debug("qemu_spawned", pid=self._proc.pid, argv=" ".join(argv))
         exited = asyncio.ensure_future(self._proc.wait())
         try:
-            done, _ = await asyncio.wait({connected, exited}, timeout=cfg.timeout,
-                                         return_when=asyncio.FIRST_COMPLETED)
+            waiting: set[asyncio.Future[Any]] = {connected, exited}
+            done, _ = await asyncio.wait(waiting, timeout=cfg.timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:
             if not exited.done():
                 exited.cancel()
@@ -788,7 +785,8 @@ class QemuBackend(Backend):
     async def _run(self, client: QtestClient, ops: Sequence[Op]) -> list[Result]:
         results: list[Result] = []
         lines: list[str] = []
-        handlers: list[object] = []  # per line: None, or (slot, kind, extra)
+        #: per line: None (no result), (slot, None) for an In, (slot, n) for n bytes of a MemRead
+        handlers: list[tuple[int, int | None] | None] = []
 
         async def flush() -> None:
             if not lines:
@@ -797,48 +795,50 @@ class QemuBackend(Backend):
             for line, reply, handler in zip(lines, replies, handlers):
                 if handler is None:
                     continue
-                slot, kind, extra = handler  # type: ignore[misc]
-                if kind == "int":
+                slot, length = handler
+                if length is None:
                     results[slot] = parse_int_reply(reply, line)
                 else:
-                    results[slot] += parse_b64_reply(reply, line, extra)  # type: ignore[operator]
+                    so_far = results[slot]
+                    assert isinstance(so_far, bytes)  # a MemRead's slot holds the bytes read so far
+                    results[slot] = so_far + parse_b64_reply(reply, line, length)
             lines.clear()
             handlers.clear()
 
         for op in ops:
-            kind = type(op)
-            if kind is Out:
-                lines.append(fmt_out(op.port, op.value, op.width))  # type: ignore[union-attr]
-                handlers.append(None)
-            elif kind is In:
-                results.append(0)
-                lines.append(fmt_in(op.port, op.width))  # type: ignore[union-attr]
-                handlers.append((len(results) - 1, "int", None))
-            elif kind is MemWrite:
-                data = bytes(op.data)  # type: ignore[union-attr]
-                for off in range(0, len(data), MEM_CHUNK):
-                    lines.append(fmt_b64write(op.addr + off, data[off : off + MEM_CHUNK]))  # type: ignore[union-attr]
+            match op:
+                case Out():
+                    lines.append(fmt_out(op.port, op.value, op.width))
                     handlers.append(None)
-            elif kind is MemRead:
-                results.append(b"")
-                slot = len(results) - 1
-                for off in range(0, op.length, MEM_CHUNK):  # type: ignore[union-attr]
-                    n = min(MEM_CHUNK, op.length - off)  # type: ignore[union-attr]
-                    lines.append(fmt_b64read(op.addr + off, n))  # type: ignore[union-attr]
-                    handlers.append((slot, "bytes", n))
-            elif kind is MemFill:
-                if op.length:  # type: ignore[union-attr]
-                    lines.append(fmt_memset(op.addr, op.length, op.value))  # type: ignore[union-attr]
-                    handlers.append(None)
-            elif kind is Delay:
-                await flush()
-                await asyncio.sleep(op.us / 1e6)  # type: ignore[union-attr]
-            elif kind is Poll:
-                await flush()
-                results.append(await self._poll(client, op))  # type: ignore[arg-type]
-            elif _SETTLE_OP is not None and kind is _SETTLE_OP:
-                await flush()
-                await self._settle_on(client, op.timeout_us / 1e6)  # type: ignore[union-attr]
+                case In():
+                    results.append(0)
+                    lines.append(fmt_in(op.port, op.width))
+                    handlers.append((len(results) - 1, None))
+                case MemWrite():
+                    data = bytes(op.data)
+                    for off in range(0, len(data), MEM_CHUNK):
+                        lines.append(fmt_b64write(op.addr + off, data[off : off + MEM_CHUNK]))
+                        handlers.append(None)
+                case MemRead():
+                    results.append(b"")
+                    slot = len(results) - 1
+                    for off in range(0, op.length, MEM_CHUNK):
+                        n = min(MEM_CHUNK, op.length - off)
+                        lines.append(fmt_b64read(op.addr + off, n))
+                        handlers.append((slot, n))
+                case MemFill():
+                    if op.length:
+                        lines.append(fmt_memset(op.addr, op.length, op.value))
+                        handlers.append(None)
+                case Delay():
+                    await flush()
+                    await asyncio.sleep(op.us / 1e6)
+                case Poll():
+                    await flush()
+                    results.append(await self._poll(client, op))
+                case Settle():
+                    await flush()
+                    await self._settle_on(client, op.timeout_us / 1e6)
         await flush()
         return results
 
