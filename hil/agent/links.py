@@ -141,7 +141,12 @@ class FdLink(Link):
         fut: asyncio.Future[None] = self._loop.create_future()
         add, remove = ((self._loop.add_reader, self._loop.remove_reader) if readable
                        else (self._loop.add_writer, self._loop.remove_writer))
-        add(self.fd, lambda: fut.done() or fut.set_result(None))
+
+        def ready() -> None:
+            if not fut.done():
+                fut.set_result(None)
+
+        add(self.fd, ready)
         try:
             await fut
         finally:
@@ -277,8 +282,8 @@ class FtdiURL:
 
 def parse_ftdi_url(url: str) -> FtdiURL:
     """Check ``url`` against pyftdi's URL grammar and name tables; :class:`LinkError` says what is wrong."""
-    from pyftdi.ftdi import Ftdi  # type: ignore[import-untyped]  # its vendor and product names, no USB access
-    from pyftdi.misc import to_int  # type: ignore[import-untyped]
+    from pyftdi.ftdi import Ftdi  # its vendor and product names, no USB access
+    from pyftdi.misc import to_int
 
     parts = urlsplit(url)
     if parts.scheme != "ftdi":

@@ -163,8 +163,8 @@ def plan(ops: Sequence[Op], max_request: int | Callable[[], int], max_reply: int
 
     Lazy: the sizes may be callables, asked again for every piece, so frames planned after the
     link turned noisy are smaller than the ones before (the adaptive frame size)."""
-    req_limit = max_request if callable(max_request) else (lambda: max_request)  # type: ignore[return-value]
-    rep_limit = max_reply if callable(max_reply) else (lambda: max_reply)  # type: ignore[return-value]
+    req_limit = max_request if callable(max_request) else (lambda: max_request)
+    rep_limit = max_reply if callable(max_reply) else (lambda: max_reply)
     merged: list[tuple[Op, list[tuple[int, int]]]] = []
     reading = 0
     for op in ops:

@@ -27,7 +27,7 @@ def check_port(port: object, width: int = 8) -> int:
 def check_width(width: object) -> int:
     if width not in WIDTHS:
         raise InvalidWidthError(width)
-    return width  # type: ignore[return-value]
+    return width
 
 
 def check_value(value: object, width: int, port: int | None = None) -> int:

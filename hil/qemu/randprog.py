@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from hil.backends.ops import In, Op, Out
-from hil.ports import DMA1, DMA2, PAGE_FILE, PAGE_PORT, Reg
+from hil.ports import DMA1, DMA2, PAGE_FILE, PAGE_PORT, ControllerPorts, Reg
 
 #: channel register ports: DMA1 0x00-0x07, DMA2 0xC0-0xCF including the odd aliases
 CHANNEL_PORTS = tuple(range(0x00, 0x08)) + tuple(range(0xC0, 0xD0))
@@ -31,8 +31,16 @@ PAGE_PORTS = tuple(PAGE_FILE)
 ALL_PORTS = CHANNEL_PORTS + CONTROL_PORTS + MIRROR_PORTS + PAGE_PORTS
 
 
-def _ctl(ctrl_ports: object, reg: Reg) -> int:
-    return ctrl_ports.reg(reg)  # type: ignore[attr-defined, no-any-return]
+def _ctl(ctrl_ports: ControllerPorts, reg: Reg) -> int:
+    return ctrl_ports.reg(reg)
+
+
+def _channel_reads(ctrl: ControllerPorts) -> tuple[Op, ...]:
+    """A FF clear, then each channel's address and count as low/high pairs."""
+    return (
+        Out(ctrl.clear_ff, 0),
+        *(In(p) for local in range(4) for p in (ctrl.addr(local),) * 2 + (ctrl.count(local),) * 2),
+    )
 
 
 #: brings both controllers to one known state from any state reachable by port writes: master
@@ -52,10 +60,7 @@ RESET_OPS: tuple[Op, ...] = (
 #: every register a program can read, each address/count as a low/high pair after a FF clear,
 #: then the control ports (status last: reading it clears the TC bits) and the page file
 STATE_READS: tuple[Op, ...] = (
-    *(op for ctrl in (DMA1, DMA2) for op in (
-        Out(ctrl.clear_ff, 0),
-        *(In(p) for local in range(4) for p in (ctrl.addr(local),) * 2 + (ctrl.count(local),) * 2),
-    )),
+    *(op for ctrl in (DMA1, DMA2) for op in _channel_reads(ctrl)),
     *(In(p) for p in CONTROL_PORTS if p not in (DMA1.status, DMA2.status, DMA2.status + 1)),
     In(DMA1.status), In(DMA2.status),
     *(In(p) for p in MIRROR_PORTS),

@@ -550,10 +550,10 @@ class _StepLoader:
         return value
 
     def number(self, value: object, ctx: _Ctx, key: str, hi: float) -> float:
-        is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if not is_number or not 0 <= value <= hi:  # type: ignore[operator]
-            raise ctx.err(ScriptRangeError if is_number else ScriptTypeError, key,
-                          f"expected a number 0..{hi:g}, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ctx.err(ScriptTypeError, key, f"expected a number 0..{hi:g}, got {value!r}")
+        if not 0 <= value <= hi:
+            raise ctx.err(ScriptRangeError, key, f"expected a number 0..{hi:g}, got {value!r}")
         return float(value)
 
     def deferred(self, value: object, ctx: _Ctx, key: str, lo: int, hi: int) -> int | Expr:
