@@ -580,10 +580,10 @@ class DmaZone:
             f"DMA allocation gave up after {timeout:g} s: " + self._shortfall(req.sizes, req.rules, obtained)
         )
         # attributes for programs; the message is for people
-        error.sizes, error.channel, error.timeout = req.sizes, req.channel, timeout  # type: ignore[attr-defined]
-        error.obtained, error.retries = req.obtained, retries  # type: ignore[attr-defined]
-        error.free_bytes = self.free_bytes  # type: ignore[attr-defined]
-        error.largest_free = self.largest_free(req.channel)  # type: ignore[attr-defined]
+        error.sizes, error.channel, error.timeout = req.sizes, req.channel, timeout
+        error.obtained, error.retries = req.obtained, retries
+        error.free_bytes = self.free_bytes
+        error.largest_free = self.largest_free(req.channel)
         log.warning("dma_alloc_timeout", zone=self._id, channel=req.channel, sizes=list(req.sizes),
                     timeout=timeout, obtained=req.obtained, retries=retries,
                     free_bytes=self.free_bytes, largest_free=self.largest_free(req.channel))

@@ -138,7 +138,7 @@ def forget_host_state(backend: Backend) -> None:
     if state is not None:
         if state.lock.locked():
             raise LockError(None, "forget_host_state while the DMA lock is held")
-        state.__init__()  # type: ignore[misc]
+        state.__init__()  # type: ignore[misc]  # reset in place: the reset listener holds this object
 
 
 class IsaDma:
@@ -214,7 +214,7 @@ class IsaDma:
 
     async def _run(self, what: str, ops: Sequence[Op], *, warn: bool = True) -> list[int]:
         async with self._locked(what, warn=warn):
-            return await self.backend.execute(ops)  # type: ignore[return-value]
+            return await self.backend.execute(ops)  # type: ignore[return-value]  # port I/O only: int results
 
     # --- checks -------------------------------------------------------------------------
     def _programmable(self, channel: int, unchecked: bool | None) -> bool:
@@ -270,7 +270,7 @@ class IsaDma:
         await self._run("set_dma_mode", [Out(controller_of(channel).mode, value)])
         self._state.shadow.channels[channel].mode = value
 
-    def _page_ops(self, channel: int, page: int) -> list[Op]:
+    def _page_ops(self, channel: int, page: int) -> list[Out]:
         if channel == CASCADE_CHANNEL:
             return []  # Linux has no case for channel 4: no write at all
         value = page & 0xFF
@@ -285,7 +285,7 @@ class IsaDma:
         ops = self._page_ops(channel, page)
         await self._run("set_dma_page", ops)
         if ops:
-            self._state.shadow.channels[channel].page = ops[0].value  # type: ignore[union-attr]
+            self._state.shadow.channels[channel].page = ops[0].value
 
     def _addr_ops(self, channel: int, phys: int) -> list[Op]:
         port = channel_ports(channel).addr

@@ -360,7 +360,8 @@ class AgentCore:
             return ExecReply(Status.IO_ERROR, 0xFFFF, str(e)).encode(ops)
         self.stats.executed += 1
         reading = [op for op in ops if isinstance(op, (In, MemRead, Poll, DevState))]
-        met = [(r & op.mask) == op.expect for op, r in zip(reading, results) if isinstance(op, Poll)]  # type: ignore[operator]
+        met = [(r & op.mask) == op.expect  # type: ignore[operator]  # a Poll's result is the int it read last
+               for op, r in zip(reading, results) if isinstance(op, Poll)]
         return ExecReply(Status.OK, 0xFFFF, "", list(results), met).encode(ops)
 
     async def _run_io(self, ops: list[Op]) -> list[Result]:

@@ -395,7 +395,7 @@ class AgentBackend(Backend):
             self.stats.discarded_bytes = self._frames.discarded
 
     #: which waiting request a reply type answers (an ERROR may answer any of them)
-    _REPLY_KINDS: ClassVar[dict[MsgType, tuple[str, ...]]] = {
+    _REPLY_KINDS: ClassVar[dict[int, tuple[str, ...]]] = {
         MsgType.HELLO_REPLY: ("hello",),
         MsgType.EXEC_REPLY: ("exec",),
         MsgType.PONG: ("ping",),
@@ -406,7 +406,7 @@ class AgentBackend(Backend):
         if frame.type == MsgType.ERROR and frame.payload[:1] and frame.payload[0] in (Status.AUTH, Status.VERSION, Status.BUSY):
             candidates = [k for k in self._pending if k[0] == "hello"]  # refusals of a HELLO, whatever seq
         else:
-            candidates = [(kind, frame.seq) for kind in self._REPLY_KINDS.get(frame.type, ())]  # type: ignore[call-overload]
+            candidates = [(kind, frame.seq) for kind in self._REPLY_KINDS.get(frame.type, ())]
         for key in candidates:
             fut = self._pending.get(key)
             if fut is not None and not fut.done():
@@ -621,21 +621,24 @@ class AgentBackend(Backend):
                     t.cancel()
                 elif not t.cancelled():
                     t.exception()  # seen here; the first failure is raised below or above
+        answered: list[ExecReply] = []
         for r in replies:
             if isinstance(r, BaseException):
                 raise r
-        results: dict[int, bytearray | Result] = {}
-        for chunk, reply in zip(sent, replies):
-            for parts, value in zip(chunk.parts, reply.results):  # type: ignore[union-attr]
+            answered.append(r)
+        results: dict[int, Result] = {}
+        reads: dict[int, bytearray] = {}  # a MemRead's bytes, possibly from several frames
+        for chunk, reply in zip(sent, answered):
+            for parts, value in zip(chunk.parts, reply.results):
                 if not isinstance(value, bytes):  # In, Poll, DevState: one result each
                     results[parts[0][0]] = value
                     continue
                 pos = 0
                 for index, count in parts:
-                    buf = results.setdefault(index, bytearray())
-                    buf += value[pos : pos + count]  # type: ignore[operator]
+                    reads.setdefault(index, bytearray()).extend(value[pos : pos + count])
                     pos += count
-        return [bytes(v) if isinstance(v, bytearray) else v for _, v in sorted(results.items())]
+        results.update((index, bytes(buf)) for index, buf in reads.items())
+        return [v for _, v in sorted(results.items())]
 
     def _check(self, ops: Sequence[Op], info: HelloReply) -> None:
         """What the agent would refuse, refused here before any frame is planned or sent: memory

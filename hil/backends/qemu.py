@@ -443,7 +443,7 @@ def from_url(url: BackendURL) -> QemuBackend:
     if url.host or url.port is not None or url.path.strip("/"):
         raise BackendOptionError(url.raw, "qemu: takes options only, e.g. qemu:?floppy=generate&sb16=1")
     opts = url.take(OPTIONS)
-    cfg: dict[str, object] = {}
+    cfg: dict[str, Any] = {}  # QemuConfig's fields, each checked as its option is read
     if "binary" in opts:
         if not opts["binary"]:
             raise BackendOptionError(url.raw, "option binary= needs a path")
@@ -484,7 +484,7 @@ def from_url(url: BackendURL) -> QemuBackend:
             cfg["args"] = tuple(shlex.split(opts["args"]))
         except ValueError as e:
             raise BackendOptionError(url.raw, f"option args: {e}") from None
-        why = check_args(cfg["args"])  # type: ignore[arg-type]
+        why = check_args(cfg["args"])
         if why:
             raise BackendOptionError(url.raw, f"option args: {why}")
     if "timeout" in opts:
@@ -492,7 +492,7 @@ def from_url(url: BackendURL) -> QemuBackend:
             cfg["timeout"] = float(opts["timeout"])
         except ValueError:
             raise BackendOptionError(url.raw, f"option timeout={opts['timeout']!r}: expected seconds") from None
-        if not 0 < cfg["timeout"] <= 600:  # type: ignore[operator]
+        if not 0 < cfg["timeout"] <= 600:
             raise BackendOptionError(url.raw, "option timeout: 0..600 seconds")
     if "log" in opts:
         why = _log_file_problem(opts["log"])
@@ -503,7 +503,7 @@ def from_url(url: BackendURL) -> QemuBackend:
         if opts["wide"] not in ("refuse", "pass"):
             raise BackendOptionError(url.raw, f"option wide={opts['wide']!r}: expected refuse or pass")
         cfg["wide"] = opts["wide"] == "pass"
-    return QemuBackend(url.raw, QemuConfig(**cfg))  # type: ignore[arg-type]
+    return QemuBackend(url.raw, QemuConfig(**cfg))
 
 
 # --- the backend ---------------------------------------------------------------------------------

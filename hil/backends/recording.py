@@ -78,5 +78,5 @@ class RecordingBackend(Backend):
             if isinstance(op, Out):
                 out.append(("W", op.port, op.value))
             elif isinstance(op, (In, Poll)):
-                out.append(("R", op.port, entry.result))  # type: ignore[arg-type]
+                out.append(("R", op.port, entry.result))  # type: ignore[arg-type]  # an In's or Poll's is an int
         return out

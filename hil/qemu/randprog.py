@@ -86,11 +86,13 @@ class Program:
 def format_ops(ops: Sequence[Op]) -> str:
     parts = []
     for op in ops:
-        wide = "w" if op.width == 16 else ""  # type: ignore[union-attr]
-        if isinstance(op, Out):
-            parts.append(f"{op.port:02x}←{wide}{op.value:0{4 if wide else 2}x}")
-        elif isinstance(op, In):
-            parts.append(f"in{wide} {op.port:02x}")
+        match op:
+            case Out():
+                wide = "w" if op.width == 16 else ""
+                parts.append(f"{op.port:02x}←{wide}{op.value:0{4 if wide else 2}x}")
+            case In():
+                wide = "w" if op.width == 16 else ""
+                parts.append(f"in{wide} {op.port:02x}")
     return "; ".join(parts)
 
 
@@ -171,7 +173,7 @@ def random_programs(seed: int, count: int, *, min_len: int = 1, max_len: int = 4
     return out
 
 
-def reads_of(ops: Sequence[Op]) -> list[Op]:
+def reads_of(ops: Sequence[Op]) -> list[In]:
     return [op for op in ops if isinstance(op, In)]
 
 
@@ -201,7 +203,7 @@ def compare(program: Program, qemu: Sequence[int], model: Sequence[int]) -> Mism
         if a != b:
             phase = "reset state" if i < n_state else "program" if i < n_state + n_prog else "final state"
             pos = i if i < n_state else i - n_state if i < n_state + n_prog else i - n_state - n_prog
-            return Mismatch(program, pos, op, a, b, phase)  # type: ignore[arg-type]
+            return Mismatch(program, pos, op, a, b, phase)
     if len(qemu) != len(model):
         raise ValueError(f"program {program.index}: {len(qemu)} reads from QEMU, {len(model)} from the model")
     return None
