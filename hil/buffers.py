@@ -42,6 +42,7 @@ import math
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 
@@ -579,10 +580,10 @@ class DmaZone:
             f"DMA allocation gave up after {timeout:g} s: " + self._shortfall(req.sizes, req.rules, obtained)
         )
         # attributes for programs; the message is for people
-        error.sizes, error.channel, error.timeout = req.sizes, req.channel, timeout  # type: ignore[attr-defined]
-        error.obtained, error.retries = req.obtained, retries  # type: ignore[attr-defined]
-        error.free_bytes = self.free_bytes  # type: ignore[attr-defined]
-        error.largest_free = self.largest_free(req.channel)  # type: ignore[attr-defined]
+        error.sizes, error.channel, error.timeout = req.sizes, req.channel, timeout
+        error.obtained, error.retries = req.obtained, retries
+        error.free_bytes = self.free_bytes
+        error.largest_free = self.largest_free(req.channel)
         log.warning("dma_alloc_timeout", zone=self._id, channel=req.channel, sizes=list(req.sizes),
                     timeout=timeout, obtained=req.obtained, retries=retries,
                     free_bytes=self.free_bytes, largest_free=self.largest_free(req.channel))
@@ -632,7 +633,7 @@ class DmaZone:
                         timer.cancel()
                         timer = None
                 now = clock()
-                if deadline is not None and now >= deadline:
+                if timeout is not None and deadline is not None and now >= deadline:
                     raise self._timeout(req, timeout, retries)
                 if timer is None:
                     delay = backoff.next()
@@ -640,7 +641,8 @@ class DmaZone:
                         delay = min(delay, deadline - now)
                     timer = asyncio.ensure_future(self._sleep(delay))
                 req.poke = loop.create_future()
-                await asyncio.wait({req.future, req.poke, timer}, return_when=asyncio.FIRST_COMPLETED)
+                waiting: set[asyncio.Future[Any]] = {req.future, req.poke, timer}
+                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
                 req.poke = None
                 if timer.done() and not req.future.done():
                     timer.result()  # an injected sleep that failed fails the request

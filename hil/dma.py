@@ -29,7 +29,6 @@ import structlog
 from hil.backends.base import Backend, Capability
 from hil.backends.ops import In, Op, Out
 from hil.errors import (
-    CascadeChannelError,
     ChannelBusyError,
     ChannelNotProgrammedError,
     ChannelNotRequestedError,
@@ -139,7 +138,7 @@ def forget_host_state(backend: Backend) -> None:
     if state is not None:
         if state.lock.locked():
             raise LockError(None, "forget_host_state while the DMA lock is held")
-        state.__init__()  # type: ignore[misc]
+        state.__init__()  # type: ignore[misc]  # reset in place: the reset listener holds this object
 
 
 class IsaDma:
@@ -215,7 +214,7 @@ class IsaDma:
 
     async def _run(self, what: str, ops: Sequence[Op], *, warn: bool = True) -> list[int]:
         async with self._locked(what, warn=warn):
-            return await self.backend.execute(ops)  # type: ignore[return-value]
+            return await self.backend.execute(ops)  # type: ignore[return-value]  # port I/O only: int results
 
     # --- checks -------------------------------------------------------------------------
     def _programmable(self, channel: int, unchecked: bool | None) -> bool:
@@ -271,7 +270,7 @@ class IsaDma:
         await self._run("set_dma_mode", [Out(controller_of(channel).mode, value)])
         self._state.shadow.channels[channel].mode = value
 
-    def _page_ops(self, channel: int, page: int) -> list[Op]:
+    def _page_ops(self, channel: int, page: int) -> list[Out]:
         if channel == CASCADE_CHANNEL:
             return []  # Linux has no case for channel 4: no write at all
         value = page & 0xFF
@@ -286,7 +285,7 @@ class IsaDma:
         ops = self._page_ops(channel, page)
         await self._run("set_dma_page", ops)
         if ops:
-            self._state.shadow.channels[channel].page = ops[0].value  # type: ignore[union-attr]
+            self._state.shadow.channels[channel].page = ops[0].value
 
     def _addr_ops(self, channel: int, phys: int) -> list[Op]:
         port = channel_ports(channel).addr
@@ -347,7 +346,8 @@ class IsaDma:
             return  # a bus master generates its own addresses
         if sh.phys is None or sh.nbytes is None:
             missing = "address" if sh.phys is None else "count"
-            raise ChannelNotProgrammedError(channel, f"no {missing} set: call set_dma_{'addr' if sh.phys is None else 'count'} before enable_dma")
+            setter = "set_dma_addr" if sh.phys is None else "set_dma_count"
+            raise ChannelNotProgrammedError(channel, f"no {missing} set: call {setter} before enable_dma")
         check_buffer(channel, sh.phys, sh.nbytes, decrement=bool(sh.mode & MODE_DECREMENT))
 
     async def enable_dma(self, channel: int, *, unchecked: bool | None = None) -> None:

@@ -301,7 +301,7 @@ def _resolve(entry: str | CheckProvider) -> CheckProvider:
     if callable(entry):
         return entry
     module, _, attr = entry.partition(":")
-    return getattr(importlib.import_module(module), attr)  # type: ignore[no-any-return]
+    return getattr(importlib.import_module(module), attr)
 
 
 async def run_doctor(url: str, env: Any = None) -> DoctorReport:

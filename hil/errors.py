@@ -161,7 +161,16 @@ class AllocationError(HilError):
 
 
 class AllocationTimeout(AllocationError):
-    pass
+    """No grant within the timeout. DmaZone sets these attributes for programs (the message is
+    for people): the request, how far it got and the zone's state when it gave up."""
+
+    sizes: tuple[int, ...]
+    channel: int
+    timeout: float
+    obtained: int
+    retries: int
+    free_bytes: int
+    largest_free: int
 
 
 # --- reaching real hardware: diagnosed failures (devport:, later agent+serial:, qemu:) -------

@@ -146,7 +146,7 @@ class Journal:
         self.path = Path(path)
         _make_parent(self.path)
         try:
-            self._fh: IO[str] | None = open(self.path, "w", encoding="utf-8")  # noqa: SIM115
+            self._fh: IO[str] | None = open(self.path, "w", encoding="utf-8")
         except OSError as e:
             raise JournalError(f"journal {self.path}: cannot write it: {_why(e)}") from None
 
@@ -169,7 +169,7 @@ class Journal:
             "identity": result.identity,
             "capabilities": result.capabilities,
             "steps": result.steps_total,
-            "started": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+            "started": _dt.datetime.now(_dt.UTC).isoformat(),
             "pid": os.getpid(),
         })
 
@@ -350,7 +350,7 @@ def read_journal(path: str | Path) -> RunResult:
     problems: list[JournalProblem] = []
     name = str(path)
     try:
-        fh = open(path, "rb")  # noqa: SIM115 - line by line: a journal can be larger than memory
+        fh = open(path, "rb")  # line by line: a journal can be larger than memory
     except OSError as e:
         raise JournalError(f"{name}: cannot read it: {_why(e)}") from None
     with fh:

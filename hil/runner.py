@@ -324,7 +324,7 @@ async def run_script(
                 channels = sorted(state.devices)
                 states = await backend.execute([DevState(ch, RECORD_LIMIT) for ch in channels])
                 for ch, dev_state in zip(channels, states):
-                    emit(_device_observation(ch, dev_state))  # type: ignore[arg-type]
+                    emit(_device_observation(ch, dev_state))  # type: ignore[arg-type]  # a DevState's result
             result.status = "failed" if result.failures else "passed"
         for ch in sorted(state.requested):
             await state.dma.free_dma(ch)

@@ -3,6 +3,8 @@ from the link actually in use; every argument has --help text."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import socket
 import subprocess
@@ -186,14 +188,13 @@ async def test_limits_given_to_hil_agent_are_advertised_and_the_idle_timeout_dro
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "hil", "agent", "--listen", f"tcp://127.0.0.1:{port}",
-                             "--max-op-time", "0.5", "--max-program-time", "2", "--idle-timeout", "0.3"],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=ROOT)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "hil", "agent", "--listen", f"tcp://127.0.0.1:{port}",
+        "--max-op-time", "0.5", "--max-program-time", "2", "--idle-timeout", "0.3",
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=ROOT)
     try:
         assert proc.stdout is not None
-        import asyncio
-
-        assert (await asyncio.to_thread(proc.stdout.readline)).decode().strip() == f"tcp://127.0.0.1:{port}"
+        assert (await proc.stdout.readline()).decode().strip() == f"tcp://127.0.0.1:{port}"
         async with open_backend(f"agent+tcp://127.0.0.1:{port}") as be:
             assert (be.agent.max_op_us, be.agent.max_program_us) == (500_000, 2_000_000)
             await be.outb(0x81, 0x5A)
@@ -202,5 +203,6 @@ async def test_limits_given_to_hil_agent_are_advertised_and_the_idle_timeout_dro
             assert be._link is None and first is not None  # the agent dropped the silent client
             assert await be.inb(0x81) == 0x5A and be.stats.resets == 0  # reconnected, session resumed
     finally:
-        proc.kill()
-        proc.wait()
+        with contextlib.suppress(ProcessLookupError):  # already gone
+            proc.kill()
+        await proc.wait()

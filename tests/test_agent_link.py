@@ -88,7 +88,7 @@ async def test_example_scripts_identical_over_the_agent(script):
 async def test_allow_list_refusal_is_clear_and_nothing_runs():
     async with agent() as (listener, _, rec), open_backend(url_for(listener)) as be:
         rec.clear()
-        with pytest.raises(AgentAccessDenied, match="op 1.*PORT_DENIED.*0x03F0"):
+        with pytest.raises(AgentAccessDenied, match=r"op 1.*PORT_DENIED.*0x03F0"):
             await be.execute([Out(0x81, 1), In(0x3F0)])
         assert rec.trace == []  # validated as a whole before anything ran
         assert await be.inb(0x81) == 0  # the first op did not run either
@@ -123,7 +123,7 @@ class FaultyProxy:
 
     async def start(self) -> str:
         self.server = await asyncio.start_server(self._client, "127.0.0.1", 0)
-        return "tcp://127.0.0.1:%d" % self.server.sockets[0].getsockname()[1]
+        return f"tcp://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
 
     async def _pipe(self, reader, writer) -> None:
         with contextlib.suppress(Exception):
@@ -259,13 +259,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-async def _spawn_agent(port: int) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen([sys.executable, "-m", "hil", "agent", "--listen", f"tcp://127.0.0.1:{port}"],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+async def _spawn_agent(port: int, *options: str) -> asyncio.subprocess.Process:
+    """``hil agent OPTIONS --listen tcp://127.0.0.1:PORT`` in a child process, once it listens."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "hil", "agent", *options, "--listen", f"tcp://127.0.0.1:{port}",
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     assert proc.stdout is not None
-    line = await asyncio.to_thread(proc.stdout.readline)
+    line = await proc.stdout.readline()
     assert line.decode().strip() == f"tcp://127.0.0.1:{port}"
     return proc
+
+
+async def _stop(proc: asyncio.subprocess.Process) -> None:
+    with contextlib.suppress(ProcessLookupError):  # already gone
+        proc.kill()
+    await proc.wait()
 
 
 async def test_agent_killed_and_restarted_is_detected_and_restored():
@@ -280,7 +288,7 @@ async def test_agent_killed_and_restarted_is_detected_and_restored():
             await dma.program(2, DMA_MODE_READ, 0x123400, 0x2400)
             first = be.boot_nonce
             proc.send_signal(signal.SIGKILL)
-            proc.wait()
+            await proc.wait()
             proc = await _spawn_agent(port)
             with pytest.raises(AgentResetError, match="restarted"):
                 await be.inb(0x08)
@@ -292,8 +300,7 @@ async def test_agent_killed_and_restarted_is_detected_and_restored():
             assert await be.inb(0x81) == 0x12
             assert await be.inb(0x0F) == 0b1011  # ch2 unmasked again, the rest masked
     finally:
-        proc.kill()
-        proc.wait()
+        await _stop(proc)
 
 
 async def test_devices_need_the_feature():
@@ -377,19 +384,15 @@ async def test_agent_with_devport_io_takes_the_window_from_the_url():
     """`hil agent --io devport:…` on a target: same backend, same allow-list (dry run here: no
     /dev/port on a test machine); the memory window comes from the devport URL."""
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "hil", "agent", "--io", "devport:?dry_run=1&window=0x10000-0x90000",
-                             "--listen", f"tcp://127.0.0.1:{port}"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    proc = await _spawn_agent(port, "--io", "devport:?dry_run=1&window=0x10000-0x90000")
     try:
-        assert proc.stdout is not None
-        assert (await asyncio.to_thread(proc.stdout.readline)).decode().strip() == f"tcp://127.0.0.1:{port}"
         async with open_backend(f"agent+tcp://127.0.0.1:{port}") as be:
             assert be.capabilities.memory_window == (0x10000, 0x90000)
             assert await be.inb(0x08) == 0xFF  # dry run: reads float
             with pytest.raises(AgentAccessDenied, match="MEM_DENIED"):
                 await be.read_mem(0x90000, 1)
     finally:
-        proc.kill()
-        proc.wait()
+        await _stop(proc)
 
 
 async def test_capabilities_follow_the_advertised_features():
@@ -438,7 +441,7 @@ async def test_restart_mid_session_one_reconnect_reset_detected_and_restored():
             await dma.request_dma(2, "floppy")
             await dma.program(2, DMA_MODE_READ, 0x123400, 0x2400)
             proc.send_signal(signal.SIGKILL)
-            proc.wait()
+            await proc.wait()
             proc = await _spawn_agent(port)
             with pytest.raises(AgentResetError, match="restarted"):
                 await be.write_mem(0x50000, bytes(32768))
@@ -451,5 +454,4 @@ async def test_restart_mid_session_one_reconnect_reset_detected_and_restored():
             assert await be.read_mem(0x50000, 32768) == bytes(range(256)) * 128
             assert len(links) == 2
     finally:
-        proc.kill()
-        proc.wait()
+        await _stop(proc)

@@ -260,9 +260,9 @@ async def test_ops_longer_than_the_advertised_limit_are_refused_before_running(o
 async def test_the_host_refuses_what_the_agents_limits_refuse_without_sending():
     async with tcp_agent() as (address, _, _), open_backend(f"agent+{address}") as be:
         sent = be.stats.frames_sent
-        with pytest.raises(AgentRefusedError, match="TOO_LARGE.*per op"):
+        with pytest.raises(AgentRefusedError, match=r"TOO_LARGE.*per op"):
             await be.execute([Poll(0x08, 0xFF, 0x55, 0xFFFFFFFF, 1)])
-        with pytest.raises(AgentRefusedError, match="TOO_LARGE.*per program"):
+        with pytest.raises(AgentRefusedError, match=r"TOO_LARGE.*per program"):
             await be.execute([Settle(9e6)] * 4)
         assert be.stats.frames_sent == sent
         await be.settle()  # settle() without a timeout fits the limit
@@ -355,7 +355,7 @@ async def test_huge_reads_are_refused_at_once_from_the_advertised_window(length)
             async with open_backend(f"agent+{listener.address}") as be:
                 sent = be.stats.frames_sent
                 t0 = time.monotonic()
-                with pytest.raises(AgentAccessDenied, match="MEM_DENIED.*outside the agent's memory window"):
+                with pytest.raises(AgentAccessDenied, match=r"MEM_DENIED.*outside the agent's memory window"):
                     await be.read_mem(0x10000, length)
                 assert time.monotonic() - t0 < 0.25 and be.stats.frames_sent == sent
         finally:

@@ -120,7 +120,7 @@ async def test_new_session_starts_on_fresh_io_devices_detached():
             first_io = core.io
         async with open_backend(url) as be:
             assert core.io is not first_io and first_io.closed  # the old I/O is closed, not leaked
-            with pytest.raises(AgentRefusedError, match="UNSUPPORTED.*no device attached"):
+            with pytest.raises(AgentRefusedError, match=r"UNSUPPORTED.*no device attached"):
                 await be.execute([DevState(2, 0)])
             assert await be.execute([MemRead(0x30000, 1), In(0x0F)]) == [b"\x00", 0x0F]
 

@@ -3,7 +3,6 @@ not host:port), through the same path ``hil regs -b URL`` and ``hil doctor URL``
 
 from __future__ import annotations
 
-
 import pytest
 import serial
 

@@ -22,7 +22,7 @@ def test_default_allows_the_dma_subsystem_only():
     for port in (0x20, 0x7F, 0x90, 0xBF, 0xE0, 0x3F0, 0x480):
         assert not al.port_allowed(port)
     assert not al.port_allowed(0x1F, 16)  # a word access spilling into 0x20
-    with pytest.raises(AccessDeniedError, match="0x03F0.*allow-list"):
+    with pytest.raises(AccessDeniedError, match=r"0x03F0.*allow-list"):
         al.check_port(0x3F0, write=True)
 
 

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import random
+from itertools import pairwise
 
 import pytest
 import structlog
@@ -77,7 +78,7 @@ def check_zone(zone: DmaZone) -> None:
         assert zone.start <= b.phys and b.end <= zone.end
     free = zone.free_extents
     assert free == sorted(free)
-    for (_, e1), (s2, _) in zip(free, free[1:]):
+    for (_, e1), (s2, _) in pairwise(free):
         assert e1 < s2, "adjacent free extents must be coalesced"
     pieces = sorted([(s, e) for s, e in free] + [(b.phys, b.end) for b in zone.allocated])
     cursor = zone.start

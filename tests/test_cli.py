@@ -307,7 +307,7 @@ def test_diff_worker_that_cannot_run(capsys: pytest.CaptureFixture[str], tmp_pat
     stale = jd / "backend2" / "high.jsonl"
     stale.parent.mkdir(parents=True)
     stale.write_text('{"type":"header","script":"high","backend":"old"}\n{"type":"end","status":"passed"}\n')
-    code, out, err = hil(capsys, "diff", str(path), "-b", SIM, "-b", "sim:?mem=640K", "--journal-dir", str(jd), "--json")
+    code, out, _ = hil(capsys, "diff", str(path), "-b", SIM, "-b", "sim:?mem=640K", "--journal-dir", str(jd), "--json")
     assert code == 2
     report = json.loads(out)
     (error,) = report["errors"]

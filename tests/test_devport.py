@@ -25,7 +25,6 @@ from hypothesis import strategies as st
 from hil.allowlist import AllowList
 from hil.backends import BackendURL, available_backends, open_backend
 from hil.backends.base import Capability
-from hil.backends import open_backend
 from hil.backends.devport import DevPortBackend, Host, MaskTracker, from_url, parse_window
 from hil.backends.ops import Delay, In, MemFill, MemRead, MemWrite, Out, Poll
 from hil.dma import DMA_MODE_READ, IsaDma
@@ -528,7 +527,7 @@ async def test_operations_it_cannot_do_are_refused_not_skipped(tmp_path):
     port.write_bytes(bytes(0x10000))
     mem.write_bytes(bytes(0x100000))
     async with open_backend(f"devport:?port={port}&mem={mem}&window=0x10000-0x90000") as be:
-        with pytest.raises(UnsupportedOperationError, match="DevAttach.*sim"):
+        with pytest.raises(UnsupportedOperationError, match=r"DevAttach.*sim"):
             await be.execute([Out(0x81, 0x12), DevAttach(2, "source", b"x")])
         assert port.read_bytes()[0x81] == 0  # nothing ran
         assert await be.execute([Out(0x81, 0x34), Settle(1000), In(0x81)]) == [0x34]

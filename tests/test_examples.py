@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -28,7 +29,8 @@ SCRIPTS = ROOT / "configs" / "scripts"
 DEVIATIONS = ROOT / "configs" / "deviations" / "intel-vs-qemu.toml"
 URLS = {"intel": "sim", "qemu": "sim:?profile=qemu"}
 
-EXAMPLES = sorted(p.name for p in SCRIPTS.glob("*.toml") if not p.name.startswith("qemu-"))  # qemu-*: tests/test_qemu_scripts.py  # fragments/ is a subdirectory: not examples
+# qemu-*: tests/test_qemu_scripts.py; fragments/ is a subdirectory: not examples
+EXAMPLES = sorted(p.name for p in SCRIPTS.glob("*.toml") if not p.name.startswith("qemu-"))
 FAILING = "failing-expectation.toml"
 PASSING = [name for name in EXAMPLES if name != FAILING]
 
@@ -47,7 +49,7 @@ SAME_ON_QEMU = {"floppy-read.toml", "verify-mode.toml"}
 REQUIRED = {FAILING, *DIFFERS_ON_QEMU, *SAME_ON_QEMU}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def run(name: str, profile: str) -> RunResult:
     """Run one example on one simulator profile (cached: runs are deterministic, virtual time)."""
 
@@ -129,7 +131,7 @@ def test_audio_ring_wraps_on_sim():
     assert len(samples) == 8 and samples[0::2] == samples[1::2]  # the two reads while masked agree
     firsts = samples[0::2]
     assert all(0 < s <= 4096 for s in firsts)
-    assert any(b > a for a, b in zip(firsts, firsts[1:])), f"no wrap seen in the pointer samples {firsts}"
+    assert any(b > a for a, b in pairwise(firsts)), f"no wrap seen in the pointer samples {firsts}"
 
 
 # --- hil diff sim vs sim:?profile=qemu with the known-deviation list ----------------------------

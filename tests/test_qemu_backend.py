@@ -223,7 +223,7 @@ async def test_qemu_that_exits_at_start_reports_its_output(tmp_path: Path):
 async def test_qemu_that_never_connects_is_stopped(tmp_path: Path):
     binary = fake_qemu(tmp_path, body="echo waiting >&2; exec sleep 30")
     be = open_backend(f"qemu:?binary={binary}&timeout=0.5")
-    with pytest.raises(QemuStartError, match="did not connect to the qtest socket within 0.5 s; QEMU said: waiting"):
+    with pytest.raises(QemuStartError, match=r"did not connect to the qtest socket within 0\.5 s; QEMU said: waiting"):
         await be.open()
     assert be.pid is not None and wait_gone(be.pid), "the process the backend started was left running"
 

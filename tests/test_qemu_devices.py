@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -192,7 +193,7 @@ async def test_sb16_single_cycle_script():
     falling = samples(result, "the count as it falls")
     assert len(falling) == 5
     assert all(0 < s < 2000 for s in falling), falling
-    assert all(b < a for a, b in zip(falling, falling[1:])), f"the count did not fall: {falling}"
+    assert all(b < a for a, b in pairwise(falling)), f"the count did not fall: {falling}"
     assert 150 <= (falling[0] - falling[-1]) / 4 <= 500, falling  # ~320 bytes per 40 ms at 8 kHz
 
 
@@ -205,8 +206,8 @@ async def test_sb16_autoinit_script():
         irqs = be.irq_count(5)
     ring = samples(result, "the count as it falls and wraps")
     assert len(ring) == 10 and all(0 < s <= 2000 for s in ring), ring
-    ups = sum(b > a for a, b in zip(ring, ring[1:]))
-    downs = sum(b < a for a, b in zip(ring, ring[1:]))
+    ups = sum(b > a for a, b in pairwise(ring))
+    downs = sum(b < a for a, b in pairwise(ring))
     assert ups >= 1 and downs >= 6, f"no wrap or no fall in {ring}"
     assert irqs >= 3, f"{irqs} IRQ 5 in about 0.7 s of 1000-byte blocks at 8 kHz (one per 125 ms)"
 

@@ -61,7 +61,7 @@ QEMU_ONLY = [n for n in EXAMPLES if not runs_on(n, "sim") and runs_on(n, QEMU_UR
 SIM_ONLY = [n for n in EXAMPLES if runs_on(n, "sim") and not runs_on(n, QEMU_URL)]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def run(name: str, which: str) -> RunResult:
     """One example on one backend, each run on a fresh backend (a fresh QEMU for qemu:)."""
 

@@ -1,13 +1,14 @@
 """Every command line in README.md and docs/*.md runs as written, in the order the page gives.
 
 Lines are taken from the ``sh`` blocks (backslash continuations joined, trailing ``# comments``
-dropped; a comment that says ``exit N`` is the status the line must end with) and run with bash in a scratch copy of ``configs/``, the set-up lines in the checkout
-itself, with this interpreter's ``bin/`` first on PATH so ``python`` and ``hil`` are the ones
-under test. A line that cannot run on a build machine (it needs a Linux target's ``/dev/port``,
-or a serial device) must be listed in ``NOT_RUN`` with the reason; a listed line that is no longer
-in the docs fails too, so the list cannot go stale. Background servers the pages start (``hil
-agent``) are started the same way and stopped at the end; a device path the agent prints
-(``/dev/pts/N``) is put into the lines that name one.
+dropped; a comment that says ``exit N`` is the status the line must end with) and run with bash in a
+scratch copy of ``configs/``, the set-up lines in the checkout itself, with this interpreter's
+``bin/`` first on PATH so ``python`` and ``hil`` are the ones under test. A line that cannot run on
+a build machine (it needs a Linux target's ``/dev/port``, or a serial device) must be listed in
+``NOT_RUN`` with the reason; a listed line that is no longer in the docs fails too, so the list
+cannot go stale. Background servers the pages start (``hil agent``) are started the same way and
+stopped at the end; a device path the agent prints (``/dev/pts/N``) is put into the lines that name
+one.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ SECTION = r"\d+(?:\.\d+)*(?:\([a-z]\))?"
 NAME_RE = re.compile(rf"(?P<prefix>(?:[\w.-]+/)*)(?P<name>{'|'.join(map(re.escape, NOTES))})\.md\b")
 # What may follow a file name, one token at a time: sections (``§2.3, §3.2``, ``§3.20-§3.21``),
 # list items (``rule 20``, ``rules 4, 5``), the word ``row(s)`` and quoted row labels.
-SEP = r"(?:\s*(?:,|/|&|-|–|\band\b|\bto\b)\s*|\s+)"
+SEP = r"(?:\s*(?:,|/|&|-|\u2013|\band\b|\bto\b)\s*|\s+)"  # \u2013: an en dash
 TOKEN_RE = re.compile(
     rf"`?(?:{SEP})?(?:"
     rf"§(?P<section>{SECTION})"
@@ -142,7 +142,7 @@ def load_refdoc(path: Path) -> RefDoc:
 
 
 def normalise(s: str) -> str:
-    s = s.lower().replace("→", "->").replace("–", "-").replace("←", "<-")
+    s = s.lower().replace("→", "->").replace("\u2013", "-").replace("←", "<-")
     s = re.sub(r"[*`|:\"]", " ", s)
     return re.sub(r"\s+", " ", s).strip()
 

@@ -49,7 +49,7 @@ def refused(path: Path, cls: type[ScriptError], **kw: object) -> ScriptError:
     def run() -> None:
         try:
             box["value"] = load_script(path, **kw)  # type: ignore[arg-type]
-        except BaseException as e:  # noqa: BLE001 - handed to the test thread
+        except BaseException as e:  # handed to the test thread
             box["error"] = e
 
     thread = threading.Thread(target=run, daemon=True)
@@ -449,7 +449,8 @@ def test_cli_allow_path_widens_the_rule_for_run_and_diff(tmp_path: Path, capsys:
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "x.bin").write_bytes(b"\x5a" * 8)
     path = write(tmp_path / "scripts" / "s.toml",
-                 data_step("../data/x.bin") + '[[step]]\nop = "read"\naddr = 0x1000\nlength = 8\nexpect_hex = "5a5a5a5a5a5a5a5a"\n')
+                 data_step("../data/x.bin")
+                 + '[[step]]\nop = "read"\naddr = 0x1000\nlength = 8\nexpect_hex = "5a5a5a5a5a5a5a5a"\n')
     assert main(["run", str(path), "-q"]) == 2
     assert "outside the script's directory tree" in capsys.readouterr().err
     assert main(["run", str(path), "-q", "--allow-path", str(tmp_path / "data")]) == 0

@@ -141,7 +141,7 @@ async def test_fdc_read_data(be, profile, mode):
     re-triggering': mode 0x56 gives identical results (no reload). Intel (docs/reference/8237.md §3.1/§3.2):
     the same registers without autoinit, ch2 masked at TC; with autoinit reloaded and unmasked."""
     await be.fill_mem(0x23000, 0x400, 0xEE)
-    await be.execute(ch2(mode, 0x30, 511) + [w(0x0A, 0x02)])
+    await be.execute([*ch2(mode, 0x30, 511), w(0x0A, 0x02)])
     be.machine.attach(2, Source(sector(1)))
     await be.settle()
     assert await be.read_mem(0x23000, 512) == sector(1)
@@ -199,7 +199,7 @@ async def test_multi_sector_read_short_count(be):
     1536 bytes offered → exactly 1000 bytes land, byte 1000 untouched; address 0x03E8, count
     0xFFFF, status 0x04 (docs/reference/8237.md §3.1: count+1 transfers, then TC)."""
     await be.fill_mem(0x30000, 0x800, 0xEE)
-    await be.execute(ch2(0x46, 0x00, 999, page=3) + [w(0x0A, 0x02)])
+    await be.execute([*ch2(0x46, 0x00, 999, page=3), w(0x0A, 0x02)])
     data = sector(1) + sector(2) + sector(3)
     be.machine.attach(2, Fdc(data))
     await be.settle()
@@ -212,7 +212,7 @@ async def test_multi_sector_read_short_count(be):
 async def test_partial_transfer(be):
     """docs/reference/qemu-qtest.md §6.3 'Partial transfer': count 1023, one 512-byte sector → address 0x3200,
     count 0x01FF, status 0x00 (no TC)."""
-    await be.execute(ch2(0x46, 0x30, 1023) + [w(0x0A, 0x02)])
+    await be.execute([*ch2(0x46, 0x30, 1023), w(0x0A, 0x02)])
     be.machine.attach(2, Source(sector(1)))
     await be.settle()
     assert await read16(be, 0x0C, 0x04) == 0x3200
@@ -226,7 +226,7 @@ async def test_direction_bits(be, profile):
     memory to the device. docs/reference/8237.md §2.5: on a datasheet part the mode decides (a 0x4A channel reads
     memory, so the device's data never reaches memory)."""
     await be.fill_mem(0x23000, 0x200, 0xEE)
-    await be.execute(ch2(0x4A, 0x30, 511) + [w(0x0A, 0x02)])
+    await be.execute([*ch2(0x4A, 0x30, 511), w(0x0A, 0x02)])
     src = Source(sector(1))
     be.machine.attach(2, src)
     await be.settle()
@@ -239,7 +239,7 @@ async def test_direction_bits(be, profile):
     assert await read16(be, 0x0C, 0x05) == 0xFFFF
 
     await be.write_mem(0x24000, sector(9))
-    await be.execute(ch2(0x46, 0x40, 511) + [w(0x0A, 0x02)])
+    await be.execute([*ch2(0x46, 0x40, 511), w(0x0A, 0x02)])
     sink = Sink()
     be.machine.attach(2, sink)
     await be.settle()
@@ -254,7 +254,7 @@ async def test_illegal_transfer_type_device_decides(qemu):
     """docs/reference/qemu-qtest.md §8 'direction / transfer type': the direction bits are ignored, the device
     decides; only verify (bits 3:2 = 00) is honoured — so type 11 with a device that sends data
     is an ordinary transfer to memory."""
-    await qemu.execute(ch2(0x4E, 0x30, 511) + [w(0x0A, 0x02)])
+    await qemu.execute([*ch2(0x4E, 0x30, 511), w(0x0A, 0x02)])
     qemu.machine.attach(2, Source(sector(4)))
     await qemu.settle()
     assert await qemu.read_mem(0x23000, 512) == sector(4)
@@ -267,7 +267,7 @@ async def test_decrement_to_memory(be, profile):
     0x23200..0x233FF (the block ending below the start address; 0x23400 untouched); real hardware
     puts byte 0 at 0x23400 and byte 511 at 0x23201 (docs/reference/8237.md §3.3)."""
     await be.fill_mem(0x23000, 0x800, 0xEE)
-    await be.execute(ch2(0x66, 0x34, 511) + [w(0x0A, 0x02)])
+    await be.execute([*ch2(0x66, 0x34, 511), w(0x0A, 0x02)])
     data = sector(1)
     be.machine.attach(2, Source(data))
     await be.settle()

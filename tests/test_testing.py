@@ -14,7 +14,7 @@ def test_available_does_nothing(monkeypatch):
 
 def test_missing_skips_locally(monkeypatch):
     monkeypatch.delenv(REQUIRE_ALL_ENV, raising=False)
-    with pytest.raises(pytest.skip.Exception, match="needs qemu-system-x86_64 .apt-get install"):
+    with pytest.raises(pytest.skip.Exception, match=r"needs qemu-system-x86_64 \(apt-get install"):
         require(False, "qemu-system-x86_64", "apt-get install qemu-system-x86")
 
 

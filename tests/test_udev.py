@@ -17,18 +17,18 @@ def test_every_rule_is_well_formed():
 
 
 def test_plugdev_access_for_ftdi_usb_and_tty():
-    usb = [l for l in LINES if 'SUBSYSTEM=="usb"' in l]
-    tty = [l for l in LINES if 'SUBSYSTEM=="tty"' in l and 'GROUP=' in l]
+    usb = [line for line in LINES if 'SUBSYSTEM=="usb"' in line]
+    tty = [line for line in LINES if 'SUBSYSTEM=="tty"' in line and 'GROUP=' in line]
     assert usb and tty
     for line in usb + tty:
         assert '"0403"' in line and 'GROUP="plugdev"' in line and 'MODE="0660"' in line
 
 
 def test_latency_timer_one_ms():
-    assert any('ATTR{latency_timer}="1"' in l and 'DRIVERS=="ftdi_sio"' in l for l in LINES)
+    assert any('ATTR{latency_timer}="1"' in line and 'DRIVERS=="ftdi_sio"' in line for line in LINES)
 
 
 def test_stable_symlink_by_serial_number():
-    links = [l for l in LINES if "SYMLINK+=" in l]
-    assert any('"hil-agent-$env{ID_SERIAL_SHORT}"' in l for l in links)
-    assert all("ID_SERIAL_SHORT" in l for l in links)
+    links = [line for line in LINES if "SYMLINK+=" in line]
+    assert any('"hil-agent-$env{ID_SERIAL_SHORT}"' in link for link in links)
+    assert all("ID_SERIAL_SHORT" in link for link in links)

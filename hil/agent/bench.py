@@ -27,7 +27,7 @@ from hil.agent.server import AgentCore, serve_link, start
 from hil.allowlist import AllowList
 from hil.backends import open_backend
 from hil.backends.agent import AgentBackend
-from hil.backends.ops import In, MemRead, Out
+from hil.backends.ops import In, MemRead, Op, Out
 from hil.dma import DMA_MODE_READ, IsaDma
 from hil.ports import channel_ports
 from hil.regs import dump_program, read_registers
@@ -307,7 +307,7 @@ async def bench_pty(seconds: float = 1.0) -> tuple[float, float]:
                     await be.inb(PAGE)
                     n += 1
                 single = n / (time.perf_counter() - t0)
-                program = [Out(PAGE, 0x12), In(PAGE)] * 50
+                program: list[Op] = [Out(PAGE, 0x12), In(PAGE)] * 50
                 n, t0 = 0, time.perf_counter()
                 while time.perf_counter() - t0 < seconds:
                     await be.execute(program)

@@ -141,6 +141,6 @@ def _ftdi_check() -> CheckResult:
 
         if libusb1.get_backend() is None:
             return fail("ftdi", "libusb-1.0 is not installed", "apt-get install libusb-1.0-0")
-    except Exception as err:  # noqa: BLE001 - any backend probe failure is the diagnosis
+    except Exception as err:  # any backend probe failure is the diagnosis
         return fail("ftdi", f"libusb probe failed: {err}", "apt-get install libusb-1.0-0")
     return ok("ftdi", "pyusb and libusb available (if access is denied: udev/99-lpc-hil.rules, group plugdev)")

@@ -141,7 +141,12 @@ class FdLink(Link):
         fut: asyncio.Future[None] = self._loop.create_future()
         add, remove = ((self._loop.add_reader, self._loop.remove_reader) if readable
                        else (self._loop.add_writer, self._loop.remove_writer))
-        add(self.fd, lambda: fut.done() or fut.set_result(None))
+
+        def ready() -> None:
+            if not fut.done():
+                fut.set_result(None)
+
+        add(self.fd, ready)
         try:
             await fut
         finally:
@@ -185,7 +190,7 @@ class ThreadLink(Link):
         while not self._stop.is_set():
             try:
                 data = self._read_some()
-            except Exception as e:  # noqa: BLE001 - any driver failure ends the link
+            except Exception as e:  # any driver failure ends the link
                 log.warning("link_read_failed", link=self.name, error=str(e))
                 data = None
             if data is None:
@@ -207,7 +212,7 @@ class ThreadLink(Link):
     async def write(self, data: bytes) -> None:
         try:
             await asyncio.to_thread(self._write_blocking, data)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise LinkError(f"{self.name}: write failed: {e}") from None
         self.stats.bytes_out += len(data)
 
@@ -277,8 +282,8 @@ class FtdiURL:
 
 def parse_ftdi_url(url: str) -> FtdiURL:
     """Check ``url`` against pyftdi's URL grammar and name tables; :class:`LinkError` says what is wrong."""
-    from pyftdi.ftdi import Ftdi  # type: ignore[import-untyped]  # its vendor and product names, no USB access
-    from pyftdi.misc import to_int  # type: ignore[import-untyped]
+    from pyftdi.ftdi import Ftdi  # its vendor and product names, no USB access
+    from pyftdi.misc import to_int
 
     parts = urlsplit(url)
     if parts.scheme != "ftdi":

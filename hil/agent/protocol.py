@@ -170,7 +170,9 @@ def cobs_decode(data: bytes) -> bytes:
     while i < n:
         code = data[i]
         if code == 1:  # a run of empty blocks is a run of zeros (zero-filled memory is common)
-            run = _ONES.match(data, i).end() - i  # type: ignore[union-attr]
+            ones = _ONES.match(data, i)
+            assert ones is not None  # data[i] is 1: the run has at least that byte
+            run = ones.end() - i
             end = i + run
             out += bytes(run if end < n else run - 1)
             i = end
@@ -571,7 +573,7 @@ class ExecReply:
                 v = next(it, None)
                 if v is None:
                     break
-                out += bytes(v)  # type: ignore[arg-type]
+                out += bytes(v)  # type: ignore[arg-type]  # results follow the reading ops: a MemRead's is bytes
             elif isinstance(op, Poll):
                 v = next(it, None)
                 if v is None:
@@ -581,10 +583,11 @@ class ExecReply:
                 st = next(it, None)
                 if st is None:
                     break
-                kind = {"none": 0, **DEVICE_KINDS}.get(st.kind, 0)  # type: ignore[union-attr]
-                digest = bytes.fromhex(st.digest.split(":", 1)[1]) if st.digest else bytes(32)  # type: ignore[union-attr]
-                head = st.head[: op.max_bytes]  # type: ignore[union-attr]
-                out += struct.pack("<BIIII", kind, st.tc_count, st.moved, st.underruns, st.overruns)  # type: ignore[union-attr]
+                assert isinstance(st, DeviceState)  # results follow the reading ops: a DevState's
+                kind = {"none": 0, **DEVICE_KINDS}.get(st.kind, 0)
+                digest = bytes.fromhex(st.digest.split(":", 1)[1]) if st.digest else bytes(32)
+                head = st.head[: op.max_bytes]
+                out += struct.pack("<BIIII", kind, st.tc_count, st.moved, st.underruns, st.overruns)
                 out += digest + struct.pack("<H", len(head)) + head
         return bytes(out)
 

@@ -20,7 +20,7 @@ import tty
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
 import structlog
@@ -59,6 +59,9 @@ from hil.backends.ops import (
     Result,
 )
 from hil.errors import AccessDeniedError, HilError, MemoryRangeError, UndecodedPortError
+
+if TYPE_CHECKING:
+    import serial  # pyserial, imported where a serial line is opened
 
 log = structlog.get_logger("hil.agent")
 
@@ -357,7 +360,8 @@ class AgentCore:
             return ExecReply(Status.IO_ERROR, 0xFFFF, str(e)).encode(ops)
         self.stats.executed += 1
         reading = [op for op in ops if isinstance(op, (In, MemRead, Poll, DevState))]
-        met = [(r & op.mask) == op.expect for op, r in zip(reading, results) if isinstance(op, Poll)]  # type: ignore[operator]
+        met = [(r & op.mask) == op.expect  # type: ignore[operator]  # a Poll's result is the int it read last
+               for op, r in zip(reading, results) if isinstance(op, Poll)]
         return ExecReply(Status.OK, 0xFFFF, "", list(results), met).encode(ops)
 
     async def _run_io(self, ops: list[Op]) -> list[Result]:
@@ -482,8 +486,6 @@ async def start(core: AgentCore, listen: str, *, token_required_beyond_loopback:
         task = asyncio.create_task(server.serve_forever())
         return Listener(address, task, server.close)
     if listen.startswith("serial://") or listen.startswith("/dev/"):
-        import serial
-
         path = listen[len("serial://"):] if listen.startswith("serial://") else listen
         path, _, query = path.partition("?")
         opts = dict(parse_qsl(query))
@@ -491,17 +493,29 @@ async def start(core: AgentCore, listen: str, *, token_required_beyond_loopback:
             baud = int(opts.get("baud", 115200))
         except ValueError:
             raise LinkError(f"{listen}: baud={opts['baud']!r} is not a number") from None
-        if not os.path.exists(path):
-            raise LinkError(f"{listen}: cannot open: {path} does not exist")
-        try:
-            port = serial.Serial(path, baudrate=baud, timeout=0)
-        except (serial.SerialException, OSError, ValueError) as e:
-            raise LinkError(f"{listen}: cannot open: {e}") from None
-        link = FdLink(path, port.fileno(), owner=port)
+        tty_port = await asyncio.to_thread(_open_serial, listen, path, baud)
+        link = FdLink(path, tty_port.fileno(), owner=tty_port)
         task = asyncio.create_task(_serve_forever(core, link))
+
+        def close_serial() -> None:
+            task.cancel()
+            tty_port.close()
+
         log.info("agent_listening", link=path, boot_nonce=core.boot_nonce)
-        return Listener(path, task, lambda: (task.cancel(), port.close()))
+        return Listener(path, task, close_serial)
     raise LinkError(f"{listen!r}: listen on tcp://HOST:PORT, serial:///dev/ttyX?baud=N or pty")
+
+
+def _open_serial(listen: str, path: str, baud: int) -> serial.Serial:
+    """Open the agent's serial line; blocking (a tty open can wait on the driver), so run in a thread."""
+    import serial
+
+    if not os.path.exists(path):
+        raise LinkError(f"{listen}: cannot open: {path} does not exist")
+    try:
+        return serial.Serial(path, baudrate=baud, timeout=0)
+    except (serial.SerialException, OSError, ValueError) as e:
+        raise LinkError(f"{listen}: cannot open: {e}") from None
 
 
 async def _serve_forever(core: AgentCore, link: Link) -> None:

@@ -138,7 +138,7 @@ def _resolve(entry: str | Factory) -> Factory:
     if callable(entry):
         return entry
     module, _, attr = entry.partition(":")
-    return getattr(importlib.import_module(module), attr)  # type: ignore[no-any-return]
+    return getattr(importlib.import_module(module), attr)
 
 
 def open_backend(url: str = "sim") -> Backend:

@@ -20,6 +20,7 @@ import contextlib
 import secrets
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
+from typing import ClassVar
 
 import structlog
 
@@ -162,8 +163,8 @@ def plan(ops: Sequence[Op], max_request: int | Callable[[], int], max_reply: int
 
     Lazy: the sizes may be callables, asked again for every piece, so frames planned after the
     link turned noisy are smaller than the ones before (the adaptive frame size)."""
-    req_limit = max_request if callable(max_request) else (lambda: max_request)  # type: ignore[return-value]
-    rep_limit = max_reply if callable(max_reply) else (lambda: max_reply)  # type: ignore[return-value]
+    req_limit = max_request if callable(max_request) else (lambda: max_request)
+    rep_limit = max_reply if callable(max_reply) else (lambda: max_reply)
     merged: list[tuple[Op, list[tuple[int, int]]]] = []
     reading = 0
     for op in ops:
@@ -394,14 +395,18 @@ class AgentBackend(Backend):
             self.stats.discarded_bytes = self._frames.discarded
 
     #: which waiting request a reply type answers (an ERROR may answer any of them)
-    _REPLY_KINDS = {MsgType.HELLO_REPLY: ("hello",), MsgType.EXEC_REPLY: ("exec",), MsgType.PONG: ("ping",),
-                    MsgType.ERROR: ("exec", "hello", "ping")}
+    _REPLY_KINDS: ClassVar[dict[int, tuple[str, ...]]] = {
+        MsgType.HELLO_REPLY: ("hello",),
+        MsgType.EXEC_REPLY: ("exec",),
+        MsgType.PONG: ("ping",),
+        MsgType.ERROR: ("exec", "hello", "ping"),
+    }
 
     def _route(self, frame: Frame) -> None:
         if frame.type == MsgType.ERROR and frame.payload[:1] and frame.payload[0] in (Status.AUTH, Status.VERSION, Status.BUSY):
             candidates = [k for k in self._pending if k[0] == "hello"]  # refusals of a HELLO, whatever seq
         else:
-            candidates = [(kind, frame.seq) for kind in self._REPLY_KINDS.get(frame.type, ())]  # type: ignore[call-overload]
+            candidates = [(kind, frame.seq) for kind in self._REPLY_KINDS.get(frame.type, ())]
         for key in candidates:
             fut = self._pending.get(key)
             if fut is not None and not fut.done():
@@ -616,21 +621,24 @@ class AgentBackend(Backend):
                     t.cancel()
                 elif not t.cancelled():
                     t.exception()  # seen here; the first failure is raised below or above
+        answered: list[ExecReply] = []
         for r in replies:
             if isinstance(r, BaseException):
                 raise r
-        results: dict[int, bytearray | Result] = {}
-        for chunk, reply in zip(sent, replies):
-            for parts, value in zip(chunk.parts, reply.results):  # type: ignore[union-attr]
+            answered.append(r)
+        results: dict[int, Result] = {}
+        reads: dict[int, bytearray] = {}  # a MemRead's bytes, possibly from several frames
+        for chunk, reply in zip(sent, answered):
+            for parts, value in zip(chunk.parts, reply.results):
                 if not isinstance(value, bytes):  # In, Poll, DevState: one result each
                     results[parts[0][0]] = value
                     continue
                 pos = 0
                 for index, count in parts:
-                    buf = results.setdefault(index, bytearray())
-                    buf += value[pos : pos + count]  # type: ignore[operator]
+                    reads.setdefault(index, bytearray()).extend(value[pos : pos + count])
                     pos += count
-        return [bytes(v) if isinstance(v, bytearray) else v for _, v in sorted(results.items())]
+        results.update((index, bytes(buf)) for index, buf in reads.items())
+        return [v for _, v in sorted(results.items())]
 
     def _check(self, ops: Sequence[Op], info: HelloReply) -> None:
         """What the agent would refuse, refused here before any frame is planned or sent: memory

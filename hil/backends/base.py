@@ -105,7 +105,7 @@ class Backend(abc.ABC):
             await self._open()
             self._opened = True
 
-    async def _open(self) -> None:  # noqa: B027 - optional hook
+    async def _open(self) -> None:  # optional hook
         pass
 
     async def close(self) -> None:
@@ -113,7 +113,7 @@ class Backend(abc.ABC):
             self._closed = True
             await self._close()
 
-    async def _close(self) -> None:  # noqa: B027 - optional hook
+    async def _close(self) -> None:  # optional hook
         pass
 
     @property
@@ -234,16 +234,16 @@ class Backend(abc.ABC):
         await self.execute((Out(port, value, 16),))
 
     async def inb(self, port: int) -> int:
-        return (await self.execute((In(port, 8),)))[0]  # type: ignore[return-value]
+        return (await self.execute((In(port, 8),)))[0]  # type: ignore[return-value]  # an In's result is an int
 
     async def inw(self, port: int) -> int:
-        return (await self.execute((In(port, 16),)))[0]  # type: ignore[return-value]
+        return (await self.execute((In(port, 16),)))[0]  # type: ignore[return-value]  # an In's result is an int
 
     async def write_mem(self, addr: int, data: bytes) -> None:
         await self.execute((MemWrite(addr, bytes(data)),))
 
     async def read_mem(self, addr: int, length: int) -> bytes:
-        return (await self.execute((MemRead(addr, length),)))[0]  # type: ignore[return-value]
+        return (await self.execute((MemRead(addr, length),)))[0]  # type: ignore[return-value]  # a MemRead's is bytes
 
     async def fill_mem(self, addr: int, length: int, value: int = 0) -> None:
         await self.execute((MemFill(addr, length, value),))

@@ -168,7 +168,9 @@ class _PortFile:
         try:
             n = self.host.pwrite(self.fd, bytes((value,)), port)
         except OSError as e:
-            raise BackendError(f"outb 0x{port:04X},0x{value:02X} through {self.path} failed: {e.strerror} (errno {e.errno})") from None
+            raise BackendError(
+                f"outb 0x{port:04X},0x{value:02X} through {self.path} failed: {e.strerror} (errno {e.errno})"
+            ) from None
         if n != 1:
             raise BackendError(f"outb 0x{port:04X},0x{value:02X} through {self.path} wrote {n} bytes, expected 1")
 
@@ -422,24 +424,25 @@ class DevPortBackend(Backend):
         assert port is not None
         results: list[Result] = []
         for op in ops:
-            kind = type(op)
-            if kind is Out:
-                port.write(op.port, op.value)  # type: ignore[union-attr]
-                self.tracker.observe(op.port, op.value)  # type: ignore[union-attr]
-            elif kind is In:
-                results.append(port.read(op.port))  # type: ignore[union-attr]
-            elif kind is Delay:
-                _sleep_us(op.us)  # type: ignore[union-attr]
-            elif kind is Poll:
-                results.append(self._poll(op))  # type: ignore[arg-type]
-            else:
-                assert mem is not None  # the allow-list has no memory without a window
-                if kind is MemRead:
-                    results.append(mem.read(op.addr, op.length))  # type: ignore[union-attr]
-                elif kind is MemWrite:
-                    mem.write(op.addr, op.data)  # type: ignore[union-attr]
-                elif kind is MemFill:
-                    mem.fill(op.addr, op.length, op.value)  # type: ignore[union-attr]
+            match op:
+                case Out():
+                    port.write(op.port, op.value)
+                    self.tracker.observe(op.port, op.value)
+                case In():
+                    results.append(port.read(op.port))
+                case Delay():
+                    _sleep_us(op.us)
+                case Poll():
+                    results.append(self._poll(op))
+                case _:
+                    assert mem is not None  # the allow-list has no memory without a window
+                    match op:
+                        case MemRead():
+                            results.append(mem.read(op.addr, op.length))
+                        case MemWrite():
+                            mem.write(op.addr, op.data)
+                        case MemFill():
+                            mem.fill(op.addr, op.length, op.value)
         return results
 
     def _poll(self, op: Poll) -> int:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Union
 
 from hil.errors import InvalidAccessError, InvalidPortError, InvalidWidthError, ValueWidthError
 
@@ -28,7 +27,7 @@ def check_port(port: object, width: int = 8) -> int:
 def check_width(width: object) -> int:
     if width not in WIDTHS:
         raise InvalidWidthError(width)
-    return width  # type: ignore[return-value]
+    return width
 
 
 def check_value(value: object, width: int, port: int | None = None) -> int:
@@ -199,8 +198,8 @@ class DeviceState:
     head: bytes = b""  #: the first bytes a sink received
 
 
-Op = Union[Out, In, MemWrite, MemRead, MemFill, Delay, Poll, Settle, DevAttach, DevAppend, DevDreq, DevState, PowerReset]
-Result = Union[int, bytes, DeviceState]
+Op = Out | In | MemWrite | MemRead | MemFill | Delay | Poll | Settle | DevAttach | DevAppend | DevDreq | DevState | PowerReset
+Result = int | bytes | DeviceState
 READING_OPS = (In, MemRead, Poll, DevState)
 ALL_OPS = (Out, In, MemWrite, MemRead, MemFill, Delay, Poll, Settle, DevAttach, DevAppend, DevDreq, DevState, PowerReset)
 DEVICE_OPS = (DevAttach, DevAppend, DevDreq, DevState, PowerReset)

@@ -58,14 +58,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import structlog
 
 from hil.allowlist import AllowList, AllowListError, parse_range
 from hil.backends import BackendURL
-from hil.backends import ops as _ops
 from hil.backends.base import Backend, Capabilities, Capability
-from hil.backends.ops import Delay, In, MemFill, MemRead, MemWrite, Op, Out, Poll, Result
+from hil.backends.ops import DEVICE_OPS, Delay, In, MemFill, MemRead, MemWrite, Op, Out, Poll, Result, Settle
 from hil.backends.qtest import (
     MEM_CHUNK,
     IrqEvent,
@@ -106,12 +106,10 @@ FORBIDDEN_PORTS = frozenset({0x64, 0x92, 0xCF9})
 #: ports a word access must not touch: QEMU would not split it the way an ISA bus does
 BYTE_ONLY_PORTS: tuple[range, ...] = DMA_PORT_RANGES
 
-#: program operations beyond port I/O, memory, delay and poll, where hil.backends.ops has them:
-#: Settle runs here too; the simulator's device operations cannot (QEMU has its own devices)
-_SETTLE_OP = getattr(_ops, "Settle", None)
-_SIM_DEVICE_OPS: tuple[type, ...] = tuple(getattr(_ops, "DEVICE_OPS", ()))
-_RUNNABLE_OPS: tuple[type, ...] = (Out, In, MemWrite, MemRead, MemFill, Delay, Poll) + (
-    (_SETTLE_OP,) if _SETTLE_OP is not None else ())
+#: the operations QEMU runs: port I/O, memory, delay, poll and settle; the simulator's device
+#: operations cannot run here (QEMU has its own devices)
+_SIM_DEVICE_OPS: tuple[type, ...] = DEVICE_OPS
+_RUNNABLE_OPS: tuple[type, ...] = (Out, In, MemWrite, MemRead, MemFill, Delay, Poll, Settle)
 
 OPTIONS = {
     "binary": "path of qemu-system-x86_64",
@@ -445,7 +443,7 @@ def from_url(url: BackendURL) -> QemuBackend:
     if url.host or url.port is not None or url.path.strip("/"):
         raise BackendOptionError(url.raw, "qemu: takes options only, e.g. qemu:?floppy=generate&sb16=1")
     opts = url.take(OPTIONS)
-    cfg: dict[str, object] = {}
+    cfg: dict[str, Any] = {}  # QemuConfig's fields, each checked as its option is read
     if "binary" in opts:
         if not opts["binary"]:
             raise BackendOptionError(url.raw, "option binary= needs a path")
@@ -486,7 +484,7 @@ def from_url(url: BackendURL) -> QemuBackend:
             cfg["args"] = tuple(shlex.split(opts["args"]))
         except ValueError as e:
             raise BackendOptionError(url.raw, f"option args: {e}") from None
-        why = check_args(cfg["args"])  # type: ignore[arg-type]
+        why = check_args(cfg["args"])
         if why:
             raise BackendOptionError(url.raw, f"option args: {why}")
     if "timeout" in opts:
@@ -494,7 +492,7 @@ def from_url(url: BackendURL) -> QemuBackend:
             cfg["timeout"] = float(opts["timeout"])
         except ValueError:
             raise BackendOptionError(url.raw, f"option timeout={opts['timeout']!r}: expected seconds") from None
-        if not 0 < cfg["timeout"] <= 600:  # type: ignore[operator]
+        if not 0 < cfg["timeout"] <= 600:
             raise BackendOptionError(url.raw, "option timeout: 0..600 seconds")
     if "log" in opts:
         why = _log_file_problem(opts["log"])
@@ -505,7 +503,7 @@ def from_url(url: BackendURL) -> QemuBackend:
         if opts["wide"] not in ("refuse", "pass"):
             raise BackendOptionError(url.raw, f"option wide={opts['wide']!r}: expected refuse or pass")
         cfg["wide"] = opts["wide"] == "pass"
-    return QemuBackend(url.raw, QemuConfig(**cfg))  # type: ignore[arg-type]
+    return QemuBackend(url.raw, QemuConfig(**cfg))
 
 
 # --- the backend ---------------------------------------------------------------------------------
@@ -530,7 +528,7 @@ class QemuBackend(Backend):
         self._proc: asyncio.subprocess.Process | None = None
         self._server: asyncio.AbstractServer | None = None
         self._client: QtestClient | None = None
-        self._log_file: object | None = None
+        self._log_file: BinaryIO | None = None
 
     # --- life cycle ---------------------------------------------------------------------
     @property
@@ -578,16 +576,23 @@ class QemuBackend(Backend):
             await self._shutdown()
             raise
 
+    def _write_files(self, workdir: Path) -> Path:
+        """The firmware and the generated floppy image; blocking (1.44 MB), so run in a thread."""
+        bios = workdir / "halt.bin"
+        bios.write_bytes(halt_firmware())
+        if self.config.floppy == "generate":
+            assert self.floppy_path is not None
+            self.floppy_path.write_bytes(floppy_image())
+        return bios
+
     async def _start(self, t0: float) -> None:
         cfg = self.config
         assert self.workdir is not None
-        bios = self.workdir / "halt.bin"
-        bios.write_bytes(halt_firmware())
         if cfg.floppy == "generate":
             self.floppy_path = self.workdir / "floppy.img"
-            self.floppy_path.write_bytes(floppy_image())
         elif cfg.floppy:
             self.floppy_path = Path(cfg.floppy)
+        bios = await asyncio.to_thread(self._write_files, self.workdir)
         sock = str(self.workdir / "qtest.sock")
         self.log_path = Path(cfg.log) if cfg.log else self.workdir / "qemu.log"
         connected: asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = (
@@ -602,7 +607,7 @@ class QemuBackend(Backend):
         self._server = await asyncio.start_unix_server(on_connect, sock, limit=1 << 20)
         os.chmod(sock, 0o600)
         argv = self.command_line(sock, str(bios))
-        log_file = open(self.log_path, "wb")  # noqa: SIM115 - closed in _shutdown
+        log_file = await asyncio.to_thread(open, self.log_path, "wb")  # closed in _shutdown
         self._log_file = log_file
         parent = os.getpid()
         self._proc = await asyncio.create_subprocess_exec(
@@ -612,8 +617,8 @@ class QemuBackend(Backend):
         log.debug("qemu_spawned", pid=self._proc.pid, argv=" ".join(argv))
         exited = asyncio.ensure_future(self._proc.wait())
         try:
-            done, _ = await asyncio.wait({connected, exited}, timeout=cfg.timeout,
-                                         return_when=asyncio.FIRST_COMPLETED)
+            waiting: set[asyncio.Future[Any]] = {connected, exited}
+            done, _ = await asyncio.wait(waiting, timeout=cfg.timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:
             if not exited.done():
                 exited.cancel()
@@ -671,7 +676,7 @@ class QemuBackend(Backend):
             _LIVE.pop(proc.pid, None)
             log.debug("qemu_stopped", pid=proc.pid, status=proc.returncode)
         if self._log_file is not None:
-            self._log_file.close()  # type: ignore[attr-defined]
+            self._log_file.close()
             self._log_file = None
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
@@ -688,7 +693,8 @@ class QemuBackend(Backend):
                 return
             _signal_group(pgid, sig)
             deadline = time.monotonic() + 1.0
-            while time.monotonic() < deadline and _group_alive(pgid):
+            # nothing signals the end of a process group that is not our child: poll it
+            while time.monotonic() < deadline and _group_alive(pgid):  # noqa: ASYNC110 - polled, see above
                 await asyncio.sleep(0.01)
         if _group_alive(pgid):
             log.warning("qemu_group_survived", pgid=pgid)
@@ -779,7 +785,8 @@ class QemuBackend(Backend):
     async def _run(self, client: QtestClient, ops: Sequence[Op]) -> list[Result]:
         results: list[Result] = []
         lines: list[str] = []
-        handlers: list[object] = []  # per line: None, or (slot, kind, extra)
+        #: per line: None (no result), (slot, None) for an In, (slot, n) for n bytes of a MemRead
+        handlers: list[tuple[int, int | None] | None] = []
 
         async def flush() -> None:
             if not lines:
@@ -788,48 +795,50 @@ class QemuBackend(Backend):
             for line, reply, handler in zip(lines, replies, handlers):
                 if handler is None:
                     continue
-                slot, kind, extra = handler  # type: ignore[misc]
-                if kind == "int":
+                slot, length = handler
+                if length is None:
                     results[slot] = parse_int_reply(reply, line)
                 else:
-                    results[slot] += parse_b64_reply(reply, line, extra)  # type: ignore[operator]
+                    so_far = results[slot]
+                    assert isinstance(so_far, bytes)  # a MemRead's slot holds the bytes read so far
+                    results[slot] = so_far + parse_b64_reply(reply, line, length)
             lines.clear()
             handlers.clear()
 
         for op in ops:
-            kind = type(op)
-            if kind is Out:
-                lines.append(fmt_out(op.port, op.value, op.width))  # type: ignore[union-attr]
-                handlers.append(None)
-            elif kind is In:
-                results.append(0)
-                lines.append(fmt_in(op.port, op.width))  # type: ignore[union-attr]
-                handlers.append((len(results) - 1, "int", None))
-            elif kind is MemWrite:
-                data = bytes(op.data)  # type: ignore[union-attr]
-                for off in range(0, len(data), MEM_CHUNK):
-                    lines.append(fmt_b64write(op.addr + off, data[off : off + MEM_CHUNK]))  # type: ignore[union-attr]
+            match op:
+                case Out():
+                    lines.append(fmt_out(op.port, op.value, op.width))
                     handlers.append(None)
-            elif kind is MemRead:
-                results.append(b"")
-                slot = len(results) - 1
-                for off in range(0, op.length, MEM_CHUNK):  # type: ignore[union-attr]
-                    n = min(MEM_CHUNK, op.length - off)  # type: ignore[union-attr]
-                    lines.append(fmt_b64read(op.addr + off, n))  # type: ignore[union-attr]
-                    handlers.append((slot, "bytes", n))
-            elif kind is MemFill:
-                if op.length:  # type: ignore[union-attr]
-                    lines.append(fmt_memset(op.addr, op.length, op.value))  # type: ignore[union-attr]
-                    handlers.append(None)
-            elif kind is Delay:
-                await flush()
-                await asyncio.sleep(op.us / 1e6)  # type: ignore[union-attr]
-            elif kind is Poll:
-                await flush()
-                results.append(await self._poll(client, op))  # type: ignore[arg-type]
-            elif _SETTLE_OP is not None and kind is _SETTLE_OP:
-                await flush()
-                await self._settle_on(client, op.timeout_us / 1e6)  # type: ignore[union-attr]
+                case In():
+                    results.append(0)
+                    lines.append(fmt_in(op.port, op.width))
+                    handlers.append((len(results) - 1, None))
+                case MemWrite():
+                    data = bytes(op.data)
+                    for off in range(0, len(data), MEM_CHUNK):
+                        lines.append(fmt_b64write(op.addr + off, data[off : off + MEM_CHUNK]))
+                        handlers.append(None)
+                case MemRead():
+                    results.append(b"")
+                    slot = len(results) - 1
+                    for off in range(0, op.length, MEM_CHUNK):
+                        n = min(MEM_CHUNK, op.length - off)
+                        lines.append(fmt_b64read(op.addr + off, n))
+                        handlers.append((slot, n))
+                case MemFill():
+                    if op.length:
+                        lines.append(fmt_memset(op.addr, op.length, op.value))
+                        handlers.append(None)
+                case Delay():
+                    await flush()
+                    await asyncio.sleep(op.us / 1e6)
+                case Poll():
+                    await flush()
+                    results.append(await self._poll(client, op))
+                case Settle():
+                    await flush()
+                    await self._settle_on(client, op.timeout_us / 1e6)
         await flush()
         return results
 
@@ -918,6 +927,7 @@ __all__ = [
     "FDC_PORTS",
     "INSTALL_HINT",
     "MIN_VERSION",
+    "SB16_PORTS",
     "QemuBackend",
     "QemuConfig",
     "QemuExitedError",
@@ -925,7 +935,6 @@ __all__ = [
     "QemuStartError",
     "QemuVersionError",
     "QtestError",
-    "SB16_PORTS",
     "find_binary",
     "floppy_image",
     "floppy_sector",

@@ -288,7 +288,7 @@ class QtestClient:
             self._task.cancel()
             try:
                 await self._task
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - closing anyway
+            except (asyncio.CancelledError, Exception):  # closing anyway
                 pass
             self._task = None
         try:
@@ -300,8 +300,8 @@ class QtestClient:
 
 
 __all__ = [
-    "IrqEvent",
     "MEM_CHUNK",
+    "IrqEvent",
     "QemuExitedError",
     "QtestClient",
     "QtestError",

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hil.backends.base import Backend, Capabilities
-from hil.backends.ops import ALL_OPS, In, Op, Out, Poll, READING_OPS, Result
+from hil.backends.ops import ALL_OPS, READING_OPS, In, Op, Out, Poll, Result
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,5 +78,5 @@ class RecordingBackend(Backend):
             if isinstance(op, Out):
                 out.append(("W", op.port, op.value))
             elif isinstance(op, (In, Poll)):
-                out.append(("R", op.port, entry.result))  # type: ignore[arg-type]
+                out.append(("R", op.port, entry.result))  # type: ignore[arg-type]  # an In's or Poll's is an int
         return out

@@ -163,32 +163,32 @@ class SimBackend(Backend):
         m = self.machine
         results: list[Result] = []
         for op in ops:
-            kind = type(op)
-            if kind is Out:
-                m.io_write(op.port, op.value, op.width)  # type: ignore[union-attr]
-            elif kind is In:
-                results.append(m.io_read(op.port, op.width))  # type: ignore[union-attr]
-            elif kind is MemRead:
-                results.append(m.mem_read(op.addr, op.length))  # type: ignore[union-attr]
-            elif kind is MemWrite:
-                m.mem_write(op.addr, op.data)  # type: ignore[union-attr]
-            elif kind is MemFill:
-                m.mem_fill(op.addr, op.length, op.value)  # type: ignore[union-attr]
-            elif kind is Delay:
-                m.advance(round(op.us * 1000))  # type: ignore[union-attr]
-            elif kind is Poll:
-                results.append(self._poll(op))  # type: ignore[arg-type]
-            elif kind is Settle:
-                m.run_until_idle(round(op.timeout_us * 1000))  # type: ignore[union-attr]
-            else:
-                results.extend(self._device_op(op))
+            match op:
+                case Out():
+                    m.io_write(op.port, op.value, op.width)
+                case In():
+                    results.append(m.io_read(op.port, op.width))
+                case MemRead():
+                    results.append(m.mem_read(op.addr, op.length))
+                case MemWrite():
+                    m.mem_write(op.addr, op.data)
+                case MemFill():
+                    m.mem_fill(op.addr, op.length, op.value)
+                case Delay():
+                    m.advance(round(op.us * 1000))
+                case Poll():
+                    results.append(self._poll(op))
+                case Settle():
+                    m.run_until_idle(round(op.timeout_us * 1000))
+                case _:
+                    results.extend(self._device_op(op))
         return results
 
     def _device_op(self, op: Op) -> list[Result]:
         m = self.machine
         if isinstance(op, DevAttach):
-            device = Source(op.data, dreq=op.dreq) if op.kind == "source" else Sink(op.dreq, op.capacity)
-            m.attach(op.channel, device)
+            attached = Source(op.data, dreq=op.dreq) if op.kind == "source" else Sink(op.dreq, op.capacity)
+            m.attach(op.channel, attached)
         elif isinstance(op, (DevAppend, DevDreq, DevState)):
             device = m.devices.get(op.channel)
             if device is None:

@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import sys
+from typing import NoReturn
 
 from hil import __version__
 from hil.cli import agent, backends, bench, demo, diff, doctor, registers, run
@@ -30,7 +31,7 @@ class Parser(argparse.ArgumentParser):
     """argparse, except that a usage error goes back to :func:`main`, which reports it the
     usual way and, under ``--json``, as JSON on stdout too. Subparsers are of this class."""
 
-    def error(self, message: str) -> None:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         raise UsageError(self, message)
 
 

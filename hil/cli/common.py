@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 from hil.backends import open_backend
 from hil.backends.base import Backend
 from hil.errors import HilError
+
+
+async def write_report(path: str, text: str) -> None:
+    """Write a report file (JUnit XML) from a command's coroutine, off the event loop."""
+    await asyncio.to_thread(Path(path).write_text, text, encoding="utf-8")
 
 
 def number(text: str) -> int:

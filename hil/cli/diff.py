@@ -6,10 +6,9 @@ import argparse
 import asyncio
 import json
 import sys
-from pathlib import Path
 
 from hil.backends import open_backend
-from hil.cli.common import add_allow_path, add_common, parse_variables
+from hil.cli.common import add_allow_path, add_common, parse_variables, write_report
 from hil.errors import HilError
 
 
@@ -71,8 +70,8 @@ async def cmd_diff(args: argparse.Namespace) -> int:
 
         worker_errors: dict[int, str] = {}
         try:
-            grid = await run_on_backends(scripts, args.backend, journal_dir=args.journal_dir, variables=args.var, allow_paths=args.allow_path,
-                                         on_done=done, errors=worker_errors)
+            grid = await run_on_backends(scripts, args.backend, journal_dir=args.journal_dir, variables=args.var,
+                                         allow_paths=args.allow_path, on_done=done, errors=worker_errors)
         except asyncio.CancelledError:
             kept = f"; journals kept in {args.journal_dir}" if args.journal_dir else ""
             args.interrupt_note = f"(workers stopped{kept})"
@@ -85,8 +84,8 @@ async def cmd_diff(args: argparse.Namespace) -> int:
                 why = "; ".join(f"{args.backend[b]}: {worker_errors.get(b, 'worker failed to start')}" for b in missing)
                 report.errors.append(f"{script.name}: no journal ({why})")
                 continue
-            compare(runs, deviations, report)  # type: ignore[arg-type]
+            compare([r for r in runs if r is not None], deviations, report)  # all of them: none is missing
     if args.junit:
-        Path(args.junit).write_text(report.to_junit(), encoding="utf-8")
+        await write_report(args.junit, report.to_junit())
     print(json.dumps(report.to_json()) if args.json else report.format())
     return report.exit_code

@@ -10,11 +10,10 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from hil.backends import open_backend
-from hil.cli.common import add_allow_path, add_common, parse_variables
+from hil.cli.common import add_allow_path, add_common, parse_variables, write_report
 from hil.errors import HilError
 from hil.journal import RunResult
 
@@ -130,7 +129,7 @@ def _totals(results: list[RunResult]) -> str:
     parts = [f"{count['passed']} passed", f"{count['failed']} failed"]
     if count["error"]:
         parts.append(f"{count['error']} error" + ("s" if count["error"] > 1 else ""))
-    return ", ".join(parts + [f"{count['skipped']} skipped"])
+    return ", ".join([*parts, f"{count['skipped']} skipped"])
 
 
 def _journal_paths(args: argparse.Namespace, names: list[str]) -> list[str | None]:
@@ -240,12 +239,12 @@ async def _run_all(args: argparse.Namespace, be: Backend, scripts: list[Script],
         if args.junit:
             results.append(RunResult(script.name, script.file, args.backend, status="interrupted",
                                      error=f"interrupted {where}"))
-            Path(args.junit).write_text(junit(results), encoding="utf-8")
+            await write_report(args.junit, junit(results))
         raise
     finally:
         progress.clear()
     if args.junit:
-        Path(args.junit).write_text(junit(results), encoding="utf-8")
+        await write_report(args.junit, junit(results))
     if args.json:
         print(json.dumps(summaries))
     elif len(results) > 1:

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from hil.backends.ops import In, Op, Out
-from hil.ports import DMA1, DMA2, PAGE_FILE, PAGE_PORT, Reg
+from hil.ports import DMA1, DMA2, PAGE_FILE, PAGE_PORT, ControllerPorts, Reg
 
 #: channel register ports: DMA1 0x00-0x07, DMA2 0xC0-0xCF including the odd aliases
 CHANNEL_PORTS = tuple(range(0x00, 0x08)) + tuple(range(0xC0, 0xD0))
@@ -31,8 +31,16 @@ PAGE_PORTS = tuple(PAGE_FILE)
 ALL_PORTS = CHANNEL_PORTS + CONTROL_PORTS + MIRROR_PORTS + PAGE_PORTS
 
 
-def _ctl(ctrl_ports: object, reg: Reg) -> int:
-    return ctrl_ports.reg(reg)  # type: ignore[attr-defined, no-any-return]
+def _ctl(ctrl_ports: ControllerPorts, reg: Reg) -> int:
+    return ctrl_ports.reg(reg)
+
+
+def _channel_reads(ctrl: ControllerPorts) -> tuple[Op, ...]:
+    """A FF clear, then each channel's address and count as low/high pairs."""
+    return (
+        Out(ctrl.clear_ff, 0),
+        *(In(p) for local in range(4) for p in (ctrl.addr(local),) * 2 + (ctrl.count(local),) * 2),
+    )
 
 
 #: brings both controllers to one known state from any state reachable by port writes: master
@@ -52,10 +60,7 @@ RESET_OPS: tuple[Op, ...] = (
 #: every register a program can read, each address/count as a low/high pair after a FF clear,
 #: then the control ports (status last: reading it clears the TC bits) and the page file
 STATE_READS: tuple[Op, ...] = (
-    *(op for ctrl in (DMA1, DMA2) for op in (
-        Out(ctrl.clear_ff, 0),
-        *(In(p) for local in range(4) for p in (ctrl.addr(local),) * 2 + (ctrl.count(local),) * 2),
-    )),
+    *(op for ctrl in (DMA1, DMA2) for op in _channel_reads(ctrl)),
     *(In(p) for p in CONTROL_PORTS if p not in (DMA1.status, DMA2.status, DMA2.status + 1)),
     In(DMA1.status), In(DMA2.status),
     *(In(p) for p in MIRROR_PORTS),
@@ -81,11 +86,13 @@ class Program:
 def format_ops(ops: Sequence[Op]) -> str:
     parts = []
     for op in ops:
-        wide = "w" if op.width == 16 else ""  # type: ignore[union-attr]
-        if isinstance(op, Out):
-            parts.append(f"{op.port:02x}←{wide}{op.value:0{4 if wide else 2}x}")
-        elif isinstance(op, In):
-            parts.append(f"in{wide} {op.port:02x}")
+        match op:
+            case Out():
+                wide = "w" if op.width == 16 else ""
+                parts.append(f"{op.port:02x}←{wide}{op.value:0{4 if wide else 2}x}")
+            case In():
+                wide = "w" if op.width == 16 else ""
+                parts.append(f"in{wide} {op.port:02x}")
     return "; ".join(parts)
 
 
@@ -144,7 +151,7 @@ def random_op(rng: random.Random) -> Op:
 BELOW_DMA2 = 0xBF
 #: ports for 16-bit accesses: both bytes inside the DMA subsystem (not 0x1F, whose word access
 #: reaches the interrupt controller at 0x20, nor 0x8F / 0xDF), plus :data:`BELOW_DMA2`
-WIDE_PORTS = tuple(p for p in ALL_PORTS if p + 1 in ALL_PORTS) + (BELOW_DMA2,)
+WIDE_PORTS = (*(p for p in ALL_PORTS if p + 1 in ALL_PORTS), BELOW_DMA2)
 
 
 def random_wide_op(rng: random.Random) -> Op:
@@ -166,7 +173,7 @@ def random_programs(seed: int, count: int, *, min_len: int = 1, max_len: int = 4
     return out
 
 
-def reads_of(ops: Sequence[Op]) -> list[Op]:
+def reads_of(ops: Sequence[Op]) -> list[In]:
     return [op for op in ops if isinstance(op, In)]
 
 
@@ -196,7 +203,7 @@ def compare(program: Program, qemu: Sequence[int], model: Sequence[int]) -> Mism
         if a != b:
             phase = "reset state" if i < n_state else "program" if i < n_state + n_prog else "final state"
             pos = i if i < n_state else i - n_state if i < n_state + n_prog else i - n_state - n_prog
-            return Mismatch(program, pos, op, a, b, phase)  # type: ignore[arg-type]
+            return Mismatch(program, pos, op, a, b, phase)
     if len(qemu) != len(model):
         raise ValueError(f"program {program.index}: {len(qemu)} reads from QEMU, {len(model)} from the model")
     return None

@@ -11,7 +11,6 @@ import ast
 import operator
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Union
 
 _BINOPS: dict[type[ast.operator], Callable[[int, int], int]] = {
     ast.Add: operator.add,
@@ -25,7 +24,11 @@ _BINOPS: dict[type[ast.operator], Callable[[int, int], int]] = {
     ast.BitOr: operator.or_,
     ast.BitXor: operator.xor,
 }
-_UNOPS: dict[type[ast.unaryop], Callable[[int], int]] = {ast.USub: operator.neg, ast.UAdd: operator.pos, ast.Invert: operator.invert}
+_UNOPS: dict[type[ast.unaryop], Callable[[int], int]] = {
+    ast.USub: operator.neg,
+    ast.UAdd: operator.pos,
+    ast.Invert: operator.invert,
+}
 
 MAX_EXPR_CHARS = 256  #: longer texts are refused before parsing (5,000 '-' overflow the parser)
 MAX_MAGNITUDE = 1 << 64  #: no value in a script needs more; an address is at most 32 bits
@@ -129,4 +132,4 @@ def _check_shape(node: ast.AST, text: str) -> None:
     raise ExprError(f"{text!r}: only integers, names and + - * // % << >> & | ^ ~ are allowed")
 
 
-Value = Union[int, Expr]
+Value = int | Expr

@@ -350,7 +350,8 @@ def _load_buffers(table: object, ctx: _Ctx, variables: dict[str, int]) -> dict[s
         key = f"buffers.{name}"
         _check_ident(name, ctx, key)
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) or name in env:
-            raise ctx.err(ScriptNameError, key, "buffer names are identifiers and may not shadow a variable, constant or register")
+            raise ctx.err(ScriptNameError, key,
+                          "buffer names are identifiers and may not shadow a variable, constant or register")
         if not isinstance(spec, dict):
             raise ctx.err(ScriptTypeError, key, "expected a table with size, channel and optionally at")
         extra = set(spec) - {"size", "channel", "at"}
@@ -549,10 +550,10 @@ class _StepLoader:
         return value
 
     def number(self, value: object, ctx: _Ctx, key: str, hi: float) -> float:
-        is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if not is_number or not 0 <= value <= hi:  # type: ignore[operator]
-            raise ctx.err(ScriptRangeError if is_number else ScriptTypeError, key,
-                          f"expected a number 0..{hi:g}, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ctx.err(ScriptTypeError, key, f"expected a number 0..{hi:g}, got {value!r}")
+        if not 0 <= value <= hi:
+            raise ctx.err(ScriptRangeError, key, f"expected a number 0..{hi:g}, got {value!r}")
         return float(value)
 
     def deferred(self, value: object, ctx: _Ctx, key: str, lo: int, hi: int) -> int | Expr:
@@ -691,7 +692,8 @@ class _StepLoader:
             if "expect_hex" in t:
                 a["expect_hex"] = self.hold(self.hexbytes(t["expect_hex"], ctx, "expect_hex"), ctx, "expect_hex")
                 if len(a["expect_hex"]) != a["length"]:
-                    raise ctx.err(ScriptRangeError, "expect_hex", f"{len(a['expect_hex'])} bytes expected but length is {a['length']}")
+                    raise ctx.err(ScriptRangeError, "expect_hex",
+                                  f"{len(a['expect_hex'])} bytes expected but length is {a['length']}")
             if "expect_digest" in t:
                 d = t["expect_digest"]
                 if not isinstance(d, str) or not re.fullmatch(r"sha256:[0-9a-f]{64}", d):
@@ -745,7 +747,8 @@ class _StepLoader:
         if isinstance(value, dict):
             extra = set(value) - {"select", "transfer", "autoinit", "decrement"}
             if extra:
-                raise ctx.err(ScriptStructureError, f"mode.{sorted(extra)[0]}", "unknown key; mode has select, transfer, autoinit, decrement")
+                raise ctx.err(ScriptStructureError, f"mode.{sorted(extra)[0]}",
+                              "unknown key; mode has select, transfer, autoinit, decrement")
             selects = {"demand": 0x00, "single": 0x40, "block": 0x80, "cascade": 0xC0}
             transfers = {"verify": 0x00, "io_to_mem": 0x04, "mem_to_io": 0x08}
             sel, tr = value.get("select", "single"), value.get("transfer", "verify")

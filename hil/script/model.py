@@ -96,7 +96,7 @@ class ScriptCapabilityError(ScriptError):
     """The backend lacks a capability the script or a step requires."""
 
 
-class Op(str, enum.Enum):
+class Op(enum.StrEnum):
     OUT = "out"
     IN = "in"
     FILL = "fill"
@@ -247,11 +247,11 @@ class StepList(Sequence[Step]):
         seen: set[int] = set()
         while stack:
             for node in stack[-1]:
-                if type(node) is Step:
+                if isinstance(node, Step):
                     yield node
-                elif id(node.body) not in seen:  # type: ignore[union-attr]
-                    seen.add(id(node.body))  # type: ignore[union-attr]
-                    stack.append(iter(node.body))  # type: ignore[union-attr]
+                elif id(node.body) not in seen:
+                    seen.add(id(node.body))
+                    stack.append(iter(node.body))
                     break
             else:
                 stack.pop()
@@ -261,7 +261,7 @@ class StepList(Sequence[Step]):
             return len(self) == len(other) and all(a == b for a, b in zip(self, other))
         return NotImplemented
 
-    __hash__ = None  # type: ignore[assignment]
+    __hash__ = None  # type: ignore[assignment]  # unhashable: mutable, and equal to lists
 
     def __repr__(self) -> str:
         return f"StepList({self._len} steps, {len(self.nodes)} top-level nodes)"
