@@ -42,7 +42,7 @@ class Capability(enum.Enum):
     """What a backend can do beyond port I/O and memory."""
 
     VIRTUAL_TIME = "virtual_time"  #: time advances only when the backend is driven
-    DEVICES = "devices"  #: simulated DREQ sources/sinks can be attached (``backend.machine``)
+    DEVICES = "devices"  #: simulated DREQ sources/sinks, through the device ops (DevAttach, DevDreq, DevState, ...)
     DREQ = "dreq"  #: a request line can be driven from the host
     IRQ = "irq"  #: interrupt lines are observable
     RESET_DETECT = "reset_detect"  #: the far side reports resets (boot nonce)
