@@ -44,9 +44,8 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import structlog
-
 from hil.errors import AllocationError, AllocationTimeout
+from hil.log import get_logger
 from hil.ports import DMA_LIMIT
 from hil.rules import ChannelRules, check_buffer, rules_for
 
@@ -63,7 +62,7 @@ __all__ = [
     "ZoneTooSmallError",
 ]
 
-log = structlog.get_logger("hil.buffers")
+log = get_logger("hil.buffers")
 
 Extent = tuple[int, int]  #: a half-open physical range [start, end)
 SleepFn = Callable[[float], Awaitable[object]]

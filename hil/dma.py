@@ -24,8 +24,6 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-import structlog
-
 from hil.backends.base import Backend, Capability
 from hil.backends.ops import In, Op, Out
 from hil.errors import (
@@ -35,6 +33,7 @@ from hil.errors import (
     DmaRuleError,
     TransferIncompleteError,
 )
+from hil.log import get_logger
 from hil.ports import (
     CASCADE_CHANNEL,
     CONTROLLERS,
@@ -52,7 +51,7 @@ from hil.ports import (
 )
 from hil.rules import check_buffer, check_channel
 
-log = structlog.get_logger("hil.dma")
+log = get_logger("hil.dma")
 
 MAX_DMA_CHANNELS = 8
 DMA_MODE_READ = 0x44  #: I/O -> memory, single, increment, no autoinit

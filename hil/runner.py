@@ -16,8 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import structlog
-
 from hil.backends.base import Backend, Capability
 from hil.backends.ops import DevAttach, DevDreq, DeviceState, DevState, PowerReset
 from hil.buffers import DmaZone
@@ -31,6 +29,7 @@ from hil.errors import (
     TransferLengthError,
 )
 from hil.journal import Journal, Observation, RunResult
+from hil.log import get_logger
 from hil.ports import MODE_DECREMENT, ModeSelect
 from hil.rules import check_buffer
 from hil.script.loader import bind_all, digest
@@ -46,7 +45,7 @@ from hil.script.model import (
     StepList,
 )
 
-log = structlog.get_logger("hil.runner")
+log = get_logger("hil.runner")
 
 ZONE_START = 0x10000  #: leave the low 64 KiB (IVT, BDA, boot code on a real target) alone
 RECORD_LIMIT = 4096  #: reads longer than this are recorded as a digest unless asked otherwise

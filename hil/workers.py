@@ -16,12 +16,11 @@ import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import structlog
-
 from hil.journal import JournalError, RunResult, journal_names, read_journal
+from hil.log import get_logger
 from hil.script.model import Script
 
-log = structlog.get_logger("hil.workers")
+log = get_logger("hil.workers")
 
 STOP_GRACE_S = 2.0  #: an interrupted worker gets this long to end its journal before it is killed
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -35,13 +36,45 @@ def test_readme_demo_command_runs():
 
 
 def test_library_logs_go_to_stderr_at_warning_until_configured(tmp_path: Path):
-    """A script using the library sees only its own output on stdout (structlog unconfigured)."""
+    """A script using the library sees only its own output on stdout: until it configures
+    structlog, the library's own events at WARNING and above go to stderr, the rest nowhere."""
     code = (
-        "import structlog, hil\n"
-        "log = structlog.get_logger('t')\n"
-        "log.debug('quiet'); log.info('quiet'); log.warning('loud')\n"
+        "from hil.log import get_logger\n"
+        "log = get_logger('hil.t')\n"
+        "log.debug('quiet'); log.info('quiet'); log.warning('loud', port=0x1234)\n"
         "print('data')\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.stdout == "data\n"
-    assert "loud" in proc.stderr and "quiet" not in proc.stderr
+    assert "loud" in proc.stderr and "port=4660" in proc.stderr and "quiet" not in proc.stderr
+
+
+def test_library_logs_follow_the_applications_configuration(tmp_path: Path):
+    """Once the application configures structlog, library events go where it says."""
+    code = (
+        "import io, json, structlog\n"
+        "buf = io.StringIO()\n"
+        "structlog.configure(processors=[structlog.processors.add_log_level, structlog.processors.JSONRenderer()],\n"
+        "                    logger_factory=structlog.PrintLoggerFactory(file=buf))\n"
+        "from hil.log import get_logger\n"
+        "get_logger('hil.t').info('seen', n=1)\n"
+        "print(buf.getvalue().strip())\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {"event": "seen", "n": 1, "level": "info"}
+    assert proc.stderr == ""
+
+
+def test_importing_the_library_leaves_structlog_unconfigured() -> None:
+    """The application decides how to log: importing every module of ``hil`` configures nothing."""
+    code = (
+        "import pkgutil, importlib, structlog, hil\n"
+        "for m in pkgutil.walk_packages(hil.__path__, 'hil.'):\n"
+        "    if not m.name.startswith('hil.cli') and m.name != 'hil.__main__':\n"
+        "        importlib.import_module(m.name)\n"
+        "print(structlog.is_configured())\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "False\n"

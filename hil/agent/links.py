@@ -23,11 +23,10 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-import structlog
-
 from hil.errors import BackendError
+from hil.log import get_logger
 
-log = structlog.get_logger("hil.link")
+log = get_logger("hil.link")
 
 READ_CHUNK = 65536
 

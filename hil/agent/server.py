@@ -23,8 +23,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
-import structlog
-
 from hil import __version__
 from hil.agent.links import FdLink, Link, LinkError, StreamLink
 from hil.agent.protocol import (
@@ -59,11 +57,12 @@ from hil.backends.ops import (
     Result,
 )
 from hil.errors import AccessDeniedError, HilError, MemoryRangeError, UndecodedPortError
+from hil.log import get_logger
 
 if TYPE_CHECKING:
     import serial  # pyserial, imported where a serial line is opened
 
-log = structlog.get_logger("hil.agent")
+log = get_logger("hil.agent")
 
 
 @dataclass

@@ -22,8 +22,6 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import ClassVar
 
-import structlog
-
 from hil.agent.links import Link, LinkError, open_link, parse_ftdi_url, split_query
 from hil.agent.protocol import (
     DEFAULT_MAX_PAYLOAD,
@@ -64,8 +62,9 @@ from hil.backends.ops import (
     Settle,
 )
 from hil.errors import AccessDeniedError, BackendError, BackendOptionError
+from hil.log import get_logger
 
-log = structlog.get_logger("hil.agent.client")
+log = get_logger("hil.agent.client")
 
 OPTIONS = {
     "baud": "serial baud rate (default 115200)",

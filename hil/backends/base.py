@@ -17,8 +17,6 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, ClassVar
 
-import structlog
-
 from hil.backends.ops import (
     DEVICE_OPS,
     Delay,
@@ -34,8 +32,9 @@ from hil.backends.ops import (
     check_program,
 )
 from hil.errors import BackendClosedError, InvalidAccessError, UnsupportedOperationError
+from hil.log import get_logger
 
-log = structlog.get_logger("hil.backend")
+log = get_logger("hil.backend")
 
 
 class Capability(enum.Enum):

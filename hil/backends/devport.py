@@ -42,8 +42,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import structlog
-
 from hil import doctor
 from hil.allowlist import AllowList, AllowListError, parse_window
 from hil.backends import BackendURL
@@ -57,9 +55,10 @@ from hil.errors import (
     SettleTimeout,
     WideAccessError,
 )
+from hil.log import get_logger
 from hil.ports import CASCADE_CHANNEL, DMA_LIMIT, MASK_SET, PortRole, Reg, channel_ports, controller_of, decode_port
 
-log = structlog.get_logger("hil.devport")
+log = get_logger("hil.devport")
 
 T = TypeVar("T")
 

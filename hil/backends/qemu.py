@@ -60,8 +60,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import structlog
-
 from hil.allowlist import AllowList, AllowListError, parse_range
 from hil.backends import BackendURL
 from hil.backends.base import Backend, Capabilities, Capability
@@ -89,9 +87,10 @@ from hil.errors import (
     MemoryRangeError,
     SettleTimeout,
 )
+from hil.log import get_logger
 from hil.ports import DMA1, DMA2, DMA_PORT_RANGES
 
-log = structlog.get_logger("hil.qemu")
+log = get_logger("hil.qemu")
 
 BINARY_ENV = "HIL_QEMU_BINARY"
 DEFAULT_BINARY = "qemu-system-x86_64"

@@ -21,11 +21,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import structlog
-
 from hil.errors import BackendError, InvalidAccessError
+from hil.log import get_logger
 
-log = structlog.get_logger("hil.qtest")
+log = get_logger("hil.qtest")
 
 CHUNK_LINES = 512  #: requests written per batch
 CHUNK_BYTES = 96 * 1024  #: ... or fewer, when the lines are long (base64 memory transfers)

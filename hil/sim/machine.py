@@ -27,9 +27,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
-import structlog
-
 from hil.errors import DeviceError, MemoryRangeError, SettleTimeout, UndecodedPortError
+from hil.log import get_logger
 from hil.ports import (
     CASCADE_CHANNEL,
     DMA1,
@@ -49,7 +48,7 @@ from hil.ports import (
 from hil.sim.devices import Device, Direction
 from hil.sim.i8237 import FLOAT, I8237, Controller, QemuI8257
 
-log = structlog.get_logger("hil.sim")
+log = get_logger("hil.sim")
 
 
 @dataclass(frozen=True)
