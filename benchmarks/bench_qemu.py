@@ -9,9 +9,9 @@ Run: python benchmarks/bench_qemu.py [--rounds N] [--repeat K]
   one ``execute()`` program, i.e. one qtest round trip on QEMU.
 * 64 KiB transfer: channel 2 (single mode, I/O -> memory) fills a 64 KiB buffer at 0x20000 in
   four DMA programs of 36, 36, 36 and 20 sectors (one cylinder per FDC READ DATA with MT). On
-  ``qemu:?floppy=generate`` QEMU's floppy controller supplies the sectors; on ``sim`` a
-  ``Source`` holding the same image bytes does. Same DMA programming, same checks (TC, residue 0,
-  the 64 KiB equal to LBA 0..127 of the generated image).
+  ``qemu:?floppy=generate`` QEMU's floppy controller supplies the sectors; on ``sim`` a source
+  attached by a ``DevAttach`` op, holding the same image bytes, does. Same DMA programming, same
+  checks (TC, residue 0, the 64 KiB equal to LBA 0..127 of the generated image).
 
 Whole run = open the backend (QEMU: spawn, connect, first reply) + run + close. The best of
 ``--repeat`` runs is reported, with the start-up share separately.
@@ -27,13 +27,12 @@ from pathlib import Path
 
 from hil.backends import open_backend
 from hil.backends.base import Backend
-from hil.backends.ops import In, Out
+from hil.backends.ops import DevAttach, In, Out
 from hil.backends.qemu import QemuBackend, floppy_image, qemu_available
 from hil.dma import DMA_MODE_READ, IsaDma
 from hil.logconfig import configure
 from hil.runner import run_script
 from hil.script import load_script
-from hil.sim.devices import Source
 
 REGISTER_SCRIPT = """
 [script]
@@ -160,7 +159,7 @@ def transfer_body(qemu: bool):  # type: ignore[no-untyped-def]
             nbytes = n * SECTOR
             phys = BUF + lba * SECTOR
             if not qemu:
-                be.machine.attach(2, Source(IMAGE[lba * SECTOR:lba * SECTOR + nbytes]))  # type: ignore[attr-defined]
+                await be.execute([DevAttach(2, "source", IMAGE[lba * SECTOR:lba * SECTOR + nbytes])])
             async with dma.claim_dma_lock():
                 await dma.program(2, DMA_MODE_READ, phys, nbytes)
             if qemu:

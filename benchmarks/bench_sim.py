@@ -12,11 +12,10 @@ import asyncio
 import time
 
 from hil.backends import open_backend
-from hil.backends.ops import In, Out
+from hil.backends.ops import DevAttach, In, Out
 from hil.dma import DMA_MODE_READ, IsaDma
 from hil.logconfig import configure
 from hil.ports import Mode, ModeSelect, TransferType, channel_ports
-from hil.sim.devices import Source
 
 MiB = 1 << 20
 
@@ -53,7 +52,7 @@ async def dma_transfer(total: int, channel: int, mode: int, per_program: int) ->
     async with open_backend("sim") as be:
         dma = IsaDma(be)
         await dma.request_dma(channel, "bench")
-        be.machine.attach(channel, Source(payload))
+        await be.execute([DevAttach(channel, "source", payload)])
         base = 0x100000
         t0 = time.perf_counter()
         async with dma.claim_dma_lock():

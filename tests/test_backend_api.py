@@ -17,7 +17,7 @@ import pytest
 
 from hil.backends import available_backends, connect, open_backend
 from hil.backends.base import Backend, Capabilities, Capability
-from hil.backends.ops import Delay, In, MemFill, MemRead, MemWrite, Op, Out, Poll, Result
+from hil.backends.ops import Delay, DevAttach, DevState, In, MemFill, MemRead, MemWrite, Op, Out, Poll, Result
 from hil.errors import (
     BackendClosedError,
     BackendOptionError,
@@ -32,7 +32,6 @@ from hil.errors import (
     ValueWidthError,
 )
 from hil.ports import DMA1, DMA2, channel_ports
-from hil.sim.devices import Sink, Source
 
 # ---------------------------------------------------------------------------------------
 # ports and values
@@ -213,9 +212,9 @@ async def test_good_options(url, profile, mem):
     """hil.backends.sim module doc: profile aliases (intel/default/datasheet, qemu; case-insensitive
     scheme and value) and memory sizes as 64K, 1M, 0x100000 or 2MiB are accepted."""
     async with open_backend(url) as be:
-        assert be.machine.profile == profile
-        assert len(be.machine.memory) == mem
         caps = be.capabilities
+        assert caps.details["profile"] == profile
+        assert caps.memory_window == (0, mem)
         assert caps.backend == "sim"
         assert f"profile={profile}" in caps.identity
         assert Capability.VIRTUAL_TIME in caps and Capability.DEVICES in caps
@@ -351,7 +350,7 @@ async def test_poll_waits_for_tc_and_times_out(intel):
         [Out(p.ctrl.single_mask, 5), Out(p.ctrl.clear_ff, 0), Out(p.ctrl.mode, 0x45), Out(p.page, 2),
          Out(p.addr, 0), Out(p.addr, 0), Out(p.count, 0xFF), Out(p.count, 0x00), Out(p.ctrl.single_mask, 1)]
     )
-    intel.machine.attach(1, Source(bytes(range(256))))
+    await intel.execute([DevAttach(1, "source", bytes(range(256)))])
     (status,) = await intel.execute([Poll(DMA1.status, 0x02, 0x02, timeout_us=10_000, interval_us=20)])
     assert status & 0x02
     assert await intel.read_mem(0x20000, 256) == bytes(range(256))
@@ -447,7 +446,7 @@ async def test_settle_completes_a_transfer(be):
         [Out(p.ctrl.single_mask, 7), Out(p.ctrl.clear_ff, 0), Out(p.ctrl.mode, 0x47), Out(p.page, 1),
          Out(p.addr, 0), Out(p.addr, 0), Out(p.count, 99), Out(p.count, 0), Out(p.ctrl.single_mask, 3)]
     )
-    be.machine.attach(3, Source(data))
+    await be.execute([DevAttach(3, "source", data)])
     await be.settle()
     assert await be.read_mem(0x10000, 100) == data
 
@@ -462,12 +461,12 @@ async def test_settle_times_out_on_endless_autoinit(intel, ch):
          Out(p.page, 2), Out(p.addr, 0), Out(p.addr, 0), Out(p.count, 0xFF), Out(p.count, 0),
          Out(p.ctrl.single_mask, p.local)]
     )
-    sink = Sink()
-    intel.machine.attach(ch, sink)
+    await intel.execute([DevAttach(ch, "sink")])
     with pytest.raises(SettleTimeout) as exc:
         await intel.settle(timeout_s=0.01)
     assert str(ch) in str(exc.value)
-    assert len(sink.received) > 256 << (ch >= 4)  # it really was running round the ring
+    (sink,) = await intel.execute([DevState(ch, max_bytes=0)])
+    assert sink.moved > 256 << (ch >= 4)  # it really was running round the ring
     # delay() is the way to let such a channel run: it returns
     await intel.delay(100)
 
@@ -480,7 +479,7 @@ async def test_settle_on_qemu_autoinit_terminates(qemu):
         [Out(p.ctrl.clear_ff, 0), Out(p.ctrl.mode, 0x59), Out(p.page, 2), Out(p.addr, 0), Out(p.addr, 0),
          Out(p.count, 0xFF), Out(p.count, 0), Out(p.ctrl.single_mask, 1)]
     )
-    sink = Sink()
-    qemu.machine.attach(1, sink)
+    await qemu.execute([DevAttach(1, "sink")])
     await qemu.settle(timeout_s=0.01)
-    assert len(sink.received) == 256
+    (sink,) = await qemu.execute([DevState(1, max_bytes=0)])
+    assert sink.moved == 256

@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from hil.backends import open_backend
+from hil.backends.ops import DevAttach, DevState
 from hil.backends.recording import RecordingBackend
 from hil.dma import DMA_MODE_READ, DMA_MODE_WRITE, FlipFlopError, InvalidModeError, IsaDma
 from hil.errors import (
@@ -21,7 +22,7 @@ from hil.errors import (
     TransferIncompleteError,
     TransferLengthError,
 )
-from hil.sim.devices import Sink, Source
+from hil.ports import DMA1, DMA2
 
 
 @pytest.fixture
@@ -30,9 +31,9 @@ async def be():
         yield backend
 
 
-def masked(be, ch: int) -> bool:
-    ctl = be.machine.dma2 if ch >= 4 else be.machine.dma1
-    return bool(ctl.mask & (1 << (ch & 3)))
+async def masked(be, ch: int) -> bool:
+    """The mask bit as the port reads it: 0x0F / 0xDE on Intel chipsets (docs/reference/8237.md §2.9)."""
+    return bool(await be.inb(DMA2.all_mask if ch >= 4 else DMA1.all_mask) & (1 << (ch & 3)))
 
 
 async def programmed(dma: IsaDma, ch: int, phys: int, nbytes: int, mode: int = DMA_MODE_READ) -> None:
@@ -70,7 +71,7 @@ async def test_each_violation_is_its_own_error_and_channel_stays_masked(be, ch, 
     for word in words:
         assert word in msg
     assert isinstance(info.value, HilError) and isinstance(info.value, DmaRuleError)
-    assert masked(be, ch)
+    assert await masked(be, ch)
 
 
 @pytest.mark.parametrize("ch", [0, 1, 2, 3, 5, 6, 7])
@@ -81,7 +82,7 @@ async def test_largest_legal_buffers_pass(be, ch):
     size = 0x20000 if ch >= 4 else 0x10000
     await programmed(dma, ch, 0x1000000 - size, size)
     await dma.enable_dma(ch)
-    assert not masked(be, ch)
+    assert not await masked(be, ch)
 
 
 async def test_unrequested_channel_can_be_programmed_but_not_enabled(be):
@@ -91,7 +92,7 @@ async def test_unrequested_channel_can_be_programmed_but_not_enabled(be):
     await programmed(dma, 2, 0x1000, 0x100)
     with pytest.raises(ChannelNotRequestedError, match="request_dma"):
         await dma.enable_dma(2)
-    assert masked(be, 2)
+    assert await masked(be, 2)
     with pytest.raises(ChannelNotRequestedError):
         await dma.program(3, DMA_MODE_READ, 0x1000, 0x100)
 
@@ -101,7 +102,7 @@ async def test_channel_4_is_never_programmable(be):
     for call in (dma.set_dma_mode(4, DMA_MODE_READ), dma.set_dma_addr(4, 0), dma.enable_dma(4), dma.disable_dma(4)):
         with pytest.raises(CascadeChannelError, match="channel 4"):
             await call
-    assert not masked(be, 4)  # still cascading DMA1
+    assert not await masked(be, 4)  # still cascading DMA1
 
 
 async def test_enable_before_programming_is_refused(be):
@@ -118,12 +119,12 @@ async def test_previously_enabled_channel_is_masked_when_a_rule_breaks(be):
     dma = IsaDma(be)
     await dma.request_dma(2, "t")
     await dma.program(2, DMA_MODE_READ, 0x1000, 0x100)
-    assert not masked(be, 2)
+    assert not await masked(be, 2)
     await dma.clear_dma_ff(2)
     await dma.set_dma_addr(2, 0xFFFF0)  # now crosses 0x100000
     with pytest.raises(BoundaryCrossingError):
         await dma.enable_dma(2)
-    assert masked(be, 2)
+    assert await masked(be, 2)
 
 
 async def test_program_checks_before_touching_ports():
@@ -140,13 +141,12 @@ async def test_program_checks_before_touching_ports():
 async def test_unchecked_escape_hatch_does_what_linux_would(be):
     """Probing hardware: the 64K wrap happens (docs/reference/8237.md §3.3) because nothing refused it."""
     dma = IsaDma(be, unchecked=True)
-    be.machine.attach(1, Source(bytes(range(0x20))))
+    await be.execute([DevAttach(1, "source", bytes(range(0x20)))])
     await programmed(dma, 1, 0x2FFF0, 0x20)
     await dma.enable_dma(1)
     await be.settle()
-    mem = be.machine.memory
-    assert bytes(mem[0x2FFF0:0x30000]) == bytes(range(0x10))
-    assert bytes(mem[0x20000:0x20010]) == bytes(range(0x10, 0x20))  # wrapped inside the page
+    assert await be.read_mem(0x2FFF0, 0x10) == bytes(range(0x10))
+    assert await be.read_mem(0x20000, 0x10) == bytes(range(0x10, 0x20))  # wrapped inside the page
 
 
 async def test_per_call_unchecked(be):
@@ -154,7 +154,7 @@ async def test_per_call_unchecked(be):
     await dma.request_dma(1, "t")
     await programmed(dma, 1, 0x2FFF0, 0x20)
     await dma.enable_dma(1, unchecked=True)
-    assert not masked(be, 1)
+    assert not await masked(be, 1)
 
 
 async def test_mode_with_channel_bits_or_illegal_type_refused(be):
@@ -184,24 +184,24 @@ async def test_flip_flop_set_is_refused(be):
 async def test_wait_dma_done_reports_complete_transfer(be):
     dma = IsaDma(be)
     await dma.request_dma(3, "t")
-    be.machine.attach(3, Source(b"x" * 300))
+    await be.execute([DevAttach(3, "source", b"x" * 300)])
     await dma.program(3, DMA_MODE_READ, 0x5000, 300)
     result = await dma.wait_dma_done(3, timeout=0.1)
     assert result.tc and result.residue == 0 and result.complete
-    assert masked(be, 3)
+    assert await masked(be, 3)
 
 
 async def test_wait_dma_done_reports_incomplete_transfer_with_residue(be):
     """DMA-ISA-LPC rule 19: on timeout, disable and check the residue."""
     dma = IsaDma(be)
     await dma.request_dma(3, "t")
-    be.machine.attach(3, Source(b"x" * 100))  # the device has only 100 of 300 bytes
+    await be.execute([DevAttach(3, "source", b"x" * 100)])  # the device has only 100 of 300 bytes
     await dma.program(3, DMA_MODE_READ, 0x5000, 300)
     with pytest.raises(TransferIncompleteError) as info:
         await dma.wait_dma_done(3, timeout=0.01)
     assert info.value.residue == 200 and info.value.expected == 300
     assert "200" in str(info.value) and "300" in str(info.value)
-    assert masked(be, 3)
+    assert await masked(be, 3)
     result = await dma.wait_dma_done(3, timeout=0.001, check=False)
     assert not result.tc and result.residue == 200
 
@@ -211,7 +211,7 @@ async def test_tc_bits_of_other_channels_are_not_lost(be):
     dma = IsaDma(be)
     for ch in (1, 2):
         await dma.request_dma(ch, "t")
-        be.machine.attach(ch, Source(b"y" * 64))
+        await be.execute([DevAttach(ch, "source", b"y" * 64)])
         await dma.program(ch, DMA_MODE_READ, 0x8000 + ch * 0x100, 64)
     await be.settle()
     r1, r2 = await asyncio.gather(dma.wait_dma_done(1, timeout=0.01), dma.wait_dma_done(2, timeout=0.01))
@@ -252,12 +252,12 @@ async def test_claim_dma_lock_serialises_programming():
 async def test_sink_takes_memory_to_device(be):
     dma = IsaDma(be)
     await dma.request_dma(6, "t")
-    sink = Sink()
-    be.machine.attach(6, sink)
+    await be.execute([DevAttach(6, "sink")])
     await be.write_mem(0x40000, bytes(range(256)) * 4)
     await dma.program(6, DMA_MODE_WRITE, 0x40000, 1024)
     result = await dma.wait_dma_done(6, timeout=0.1)
-    assert result.complete and bytes(sink.received) == bytes(range(256)) * 4
+    (sink,) = await be.execute([DevState(6, max_bytes=2048)])
+    assert result.complete and (sink.moved, sink.head) == (1024, bytes(range(256)) * 4)
 
 
 DECREMENT_READ = DMA_MODE_READ | 0x20  # docs/reference/8237.md §3.3: address decrement
@@ -267,15 +267,15 @@ async def test_decrement_mode_checks_the_bytes_walked_downwards(be):
     """A decrementing transfer touches [addr-len+1, addr]: 0x2FFFF down 16 bytes stays in page 2."""
     dma = IsaDma(be)
     await dma.request_dma(2, "t")
-    be.machine.attach(2, Source(bytes(range(16))))
+    await be.execute([DevAttach(2, "source", bytes(range(16)))])
     await dma.program(2, DECREMENT_READ, 0x2FFFF, 16)  # would be refused if checked upwards
     await be.settle()
-    assert bytes(be.machine.memory[0x2FFF0:0x30000]) == bytes(range(15, -1, -1))
+    assert await be.read_mem(0x2FFF0, 0x10) == bytes(range(15, -1, -1))
     await dma.clear_dma_ff(2)
     await dma.set_dma_addr(2, 0x20004)  # 16 bytes down from 0x20004 would wrap below 0x20000
     with pytest.raises(BoundaryCrossingError, match="decrementing"):
         await dma.enable_dma(2)
-    assert masked(be, 2)
+    assert await masked(be, 2)
 
 
 async def test_decrement_on_16bit_channel_spans_whole_words(be):

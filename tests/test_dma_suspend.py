@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from hil.backends import open_backend
+from hil.backends.ops import DevAttach, PowerReset
 from hil.dma import DMA_AUTOINIT, DMA_MODE_CASCADE, DMA_MODE_READ, DMA_MODE_WRITE, IsaDma
 from hil.ports import DMA1, DMA2, PAGE_FILE, Ctrl, channel_ports
-from hil.sim.devices import Source
 
 PROGRAM = {  # channel: (mode, phys, nbytes)
     2: (DMA_MODE_READ, 0x123400, 0x2400),
@@ -41,7 +41,7 @@ async def setup(be) -> IsaDma:
 
 async def lose_state(be) -> None:
     """What a suspend to RAM does to the chipset: controllers reset, page latches garbage."""
-    be.machine.reset(post=False)
+    await be.execute([PowerReset()])
     for port in PAGE_FILE:
         await be.outb(port, 0xAA)
 
@@ -58,7 +58,7 @@ async def assert_as_programmed(be) -> None:
     # masks read back at 0x0F / 0xDE on the intel profile (docs/reference/8237.md §2.9): 1 = masked
     assert await be.inb(DMA1.all_mask) == 0b1011  # ch2 enabled
     assert await be.inb(DMA2.all_mask) == 0b1000  # ch4 cascade, ch5, ch6 enabled; ch7 masked
-    m = be.machine
+    m = be.machine  # command and mode registers are write-only: only the model shows them
     assert m.dma1.command == 0x10
     assert m.dma1.channels[2].mode == (DMA_MODE_READ | 2) & 0xFC
     assert m.dma2.channels[1].mode == (DMA_MODE_WRITE | DMA_AUTOINIT | 1) & 0xFC
@@ -70,8 +70,9 @@ async def test_suspend_masks_owned_channels_and_resume_restores_every_register()
     async with open_backend("sim") as be:
         dma = await setup(be)
         snap = await dma.suspend()
-        assert be.machine.dma1.mask & 0b0100 and be.machine.dma2.mask & 0b0110
-        assert not be.machine.dma2.mask & 1  # the cascade is never masked by suspend
+        # masks read back at 0x0F / 0xDE on the intel profile (docs/reference/8237.md §2.9): 1 = masked
+        assert await be.inb(DMA1.all_mask) & 0b0100 and await be.inb(DMA2.all_mask) & 0b0110
+        assert not await be.inb(DMA2.all_mask) & 1  # the cascade is never masked by suspend
         await lose_state(be)
         await dma.resume(snap)
         await assert_as_programmed(be)
@@ -84,7 +85,7 @@ async def test_transfer_after_resume_behaves_as_before():
         await lose_state(be)
         await dma.resume(snap)
         data = bytes((i * 5) & 0xFF for i in range(0x2400))
-        be.machine.attach(2, Source(data))
+        await be.execute([DevAttach(2, "source", data)])
         result = await dma.wait_dma_done(2, timeout=0.5)
         assert result.complete
         assert await be.read_mem(0x123400, 0x2400) == data
@@ -111,7 +112,7 @@ async def test_suspend_records_a_transfer_in_flight():
     async with open_backend("sim") as be:
         dma = IsaDma(be)
         await dma.request_dma(1, "t")
-        be.machine.attach(1, Source(b"z" * 10))  # 10 of 100 bytes arrive
+        await be.execute([DevAttach(1, "source", b"z" * 10)])  # 10 of 100 bytes arrive
         await dma.program(1, DMA_MODE_READ, 0x9000, 100)
         await be.settle()
         snap = await dma.suspend()
@@ -123,7 +124,7 @@ async def test_resume_on_both_profiles_restores_readable_registers(profile):
     async with open_backend(f"sim:?profile={profile}") as be:
         dma = await setup(be)
         snap = await dma.suspend()
-        be.machine.reset()
+        await be.execute([PowerReset()])
         await dma.resume(snap)
         for ch, (mode, phys, n) in PROGRAM.items():
             addr, count = await readback(be, ch)

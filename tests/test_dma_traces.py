@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from hil.backends import open_backend
+from hil.backends.ops import DevAttach
 from hil.backends.recording import RecordingBackend
 from hil.dma import DMA_AUTOINIT, DMA_MODE_CASCADE, DMA_MODE_READ, DMA_MODE_WRITE, IsaDma
 from hil.errors import ChannelBusyError, HilError, InvalidChannelError
@@ -153,9 +154,7 @@ async def test_get_dma_residue_reads_and_arithmetic(rec, dma, ch):
 
 async def test_residue_after_tc_wraps_to_zero(rec, dma):
     """§1.3: 'get_dma_residue(1) reading FF,FF -> 0' (count register 0xFFFF after TC)."""
-    from hil.sim.devices import Source
-
-    rec.machine.attach(1, Source(bytes(16)))
+    await rec.execute([DevAttach(1, "source", bytes(16))])
     await dma.program(1, DMA_MODE_READ, 0x3000, 16)
     await rec.settle()
     await dma.clear_dma_ff(1)

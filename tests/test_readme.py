@@ -78,3 +78,35 @@ def test_importing_the_library_leaves_structlog_unconfigured() -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "False\n"
+
+
+def run_example(code: str, tmp_path: Path) -> str:
+    script = tmp_path / "example.py"
+    script.write_text(code, encoding="utf-8")
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def commented_results(code: str) -> list[str]:
+    """What the example's comments say each print shows (``print(x)  # 0x4: TC ...`` -> ``0x4``)."""
+    found = [re.search(r"#\s*(\S+?)(?::|\s|$)", line) for line in code.splitlines() if "print(" in line]
+    assert found and all(found), code
+    return [m.group(1) for m in found if m]
+
+
+def test_first_example_prints_what_its_comments_say(tmp_path: Path):
+    assert run_example(BLOCKS[0], tmp_path).splitlines() == commented_results(BLOCKS[0])
+
+
+def test_sim_handle_of_the_first_example_attaches_the_same_device(tmp_path: Path):
+    """The sentence after the first example: on sim: ``be.machine.attach(...)`` (a contract kept
+    for model-level work) does what the example's portable DevAttach op does."""
+    after = README.read_text(encoding="utf-8").split(BLOCKS[0], 1)[1]
+    snippet = re.search(r"`(be\.machine\.attach\(.*?\))`", after)
+    attach = re.search(r"^( *)await be\.execute\(\[DevAttach\(.*$", BLOCKS[0], re.M)
+    assert snippet and attach and "from hil.backends.ops import DevAttach\n" in BLOCKS[0]
+    variant = BLOCKS[0].replace(attach.group(0), attach.group(1) + snippet.group(1)).replace(
+        "from hil.backends.ops import DevAttach\n", "from hil.sim.devices import Source\n")
+    assert "DevAttach" not in variant and "be.machine.attach(" in variant
+    assert run_example(variant, tmp_path).splitlines() == commented_results(BLOCKS[0])

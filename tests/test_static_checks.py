@@ -76,7 +76,7 @@ async def test_refused_before_any_access(tmp_path: Path, case: str) -> None:
         with pytest.raises(ScriptError) as err:
             await run_script(script, be)
         assert be.trace == [] and be.programs == 0  # not even the out step
-        assert be.machine.io_read(0x81, 8) != 0x99
+        assert await be.inb(0x81) != 0x99  # channel 2's page register: the out step never ran
     message = str(err.value)
     assert step in message and f"key {key}" in message and rule in message, message
     assert "refused before anything ran" in message

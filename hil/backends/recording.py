@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from hil.backends.base import Backend, Capabilities
 from hil.backends.ops import ALL_OPS, READING_OPS, In, Op, Out, Poll, Result
@@ -24,7 +23,14 @@ class TraceEntry:
 
 
 class RecordingBackend(Backend):
-    """Forward to ``inner`` and keep ``trace``; ``programs`` counts round trips."""
+    """Forward to ``inner`` and keep ``trace``; ``programs`` counts round trips.
+
+    The wrapper is the :class:`Backend` interface and nothing more: open/close, ``check``,
+    ``execute``, ``settle``, ``capabilities``, ``virtual_time_ns`` and reset notification each
+    forward to ``inner`` by name, and the conveniences are the base class's one-op programs, so
+    they are recorded too. Whatever else ``inner`` has (a simulator's ``machine``) stays out of
+    reach, so code that works over a recording works over any backend, an agent's included.
+    """
 
     scheme = "recording"
     OPS = ALL_OPS  #: forwarded: the inner backend decides
@@ -34,9 +40,13 @@ class RecordingBackend(Backend):
         self.inner = inner
         self.trace: list[TraceEntry] = []
         self.programs = 0
+        inner.add_reset_listener(self._inner_reset)
 
-    def __getattr__(self, name: str) -> Any:  # expose e.g. ``machine`` of a sim backend
-        return getattr(self.inner, name)
+    async def _inner_reset(self, _inner: Backend) -> None:
+        """The far side of ``inner`` was reset: tell this wrapper's listeners, naming the wrapper
+        (the one they registered with); ``inner`` already logged it."""
+        for listener in list(self._reset_listeners):
+            await listener(self)
 
     async def _open(self) -> None:
         await self.inner.open()
