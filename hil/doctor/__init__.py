@@ -2,7 +2,9 @@
 
 The kernel's answers (lockdown, CAP_SYS_RAWIO, /proc/iomem, what an errno on /dev/port or
 /dev/mem means) are read and explained in :mod:`hil.oserrors`, which the backends use too when
-opening; this module is the doctor's registry, its checks and the report. The diagnosis names
+opening; this package is the doctor's registry, its checks and the report (the agent link's
+checks are :mod:`hil.doctor.agent`, which opens the agent client, so they sit here above the
+backends rather than in :mod:`hil.agent`). The diagnosis names
 are re-exported here, so ``hil.doctor.explain_open_error`` and the rest keep working.
 
 Checks are registered per URL scheme (:func:`register_checks`, ``"module:function"`` strings
@@ -140,9 +142,9 @@ CheckProvider = Callable[[Any, Any], Awaitable[list[CheckResult]]]  #: (BackendU
 _CHECKS: dict[str, str | CheckProvider] = {
     "sim": "hil.doctor:generic_checks",
     "devport": "hil.doctor:devport_checks",
-    "agent+serial": "hil.agent.doctor:agent_checks",
-    "agent+tcp": "hil.agent.doctor:agent_checks",
-    "agent+ftdi": "hil.agent.doctor:agent_checks",
+    "agent+serial": "hil.doctor.agent:agent_checks",
+    "agent+tcp": "hil.doctor.agent:agent_checks",
+    "agent+ftdi": "hil.doctor.agent:agent_checks",
 }
 
 
@@ -172,7 +174,7 @@ async def run_doctor(url: str, env: Any = None) -> DoctorReport:
     except HilError as e:
         report.results.append(from_error("url", e))
         return report
-    default: str | CheckProvider = "hil.agent.doctor:agent_checks" if parsed.scheme.startswith("agent+") else generic_checks
+    default: str | CheckProvider = "hil.doctor.agent:agent_checks" if parsed.scheme.startswith("agent+") else generic_checks
     provider = _resolve(_CHECKS.get(parsed.scheme, default))
     report.results.extend(await provider(parsed, env))
     return report
