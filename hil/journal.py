@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from hil import oserrors
 from hil.errors import HilError
 
 JOURNAL_VERSION = 1
@@ -148,7 +149,7 @@ class Journal:
         try:
             self._fh: IO[str] | None = open(self.path, "w", encoding="utf-8")
         except OSError as e:
-            raise JournalError(f"journal {self.path}: cannot write it: {_why(e)}") from None
+            raise JournalError(f"journal {self.path}: cannot write it: {oserrors.file_reason(e)}") from None
 
     def _write(self, record: dict[str, Any]) -> None:
         if self._fh is None:
@@ -157,7 +158,7 @@ class Journal:
             self._fh.write(json.dumps(record, separators=(",", ":")) + "\n")
             self._fh.flush()
         except OSError as e:  # a full disk, a file that takes no writes: one line, not a traceback
-            raise JournalError(f"journal {self.path}: cannot write it: {_why(e)}") from None
+            raise JournalError(f"journal {self.path}: cannot write it: {oserrors.file_reason(e)}") from None
 
     def header(self, result: RunResult) -> None:
         self._write({
@@ -244,10 +245,6 @@ class JournalProblem:
         return f"{self.file}:{self.line}: {self.why}"
 
 
-def _why(e: OSError) -> str:
-    return (e.strerror or str(e)).lower()
-
-
 def _make_parent(path: Path, *, create: bool = True) -> None:
     """Create the directories above ``path`` (or, ``create=False``, make sure they could be),
     naming the first one that cannot be (a file where a directory should be, no permission)
@@ -265,7 +262,7 @@ def _make_parent(path: Path, *, create: bool = True) -> None:
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise JournalError(f"journal {path}: cannot create directory {parent}: {_why(e)}") from None
+        raise JournalError(f"journal {path}: cannot create directory {parent}: {oserrors.file_reason(e)}") from None
 
 
 def check_journal_path(path: str | Path) -> Path:
@@ -287,7 +284,7 @@ def check_journal_path(path: str | Path) -> Path:
     try:  # non-blocking: a FIFO without a reader is refused at once rather than waited on
         fd = os.open(p, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, 0o644)
     except OSError as e:
-        raise JournalError(f"journal {p}: cannot write it: {_why(e)}") from None
+        raise JournalError(f"journal {p}: cannot write it: {oserrors.file_reason(e)}") from None
     os.close(fd)
     if not existed:
         p.unlink(missing_ok=True)
@@ -352,7 +349,7 @@ def read_journal(path: str | Path) -> RunResult:
     try:
         fh = open(path, "rb")  # line by line: a journal can be larger than memory
     except OSError as e:
-        raise JournalError(f"{name}: cannot read it: {_why(e)}") from None
+        raise JournalError(f"{name}: cannot read it: {oserrors.file_reason(e)}") from None
     with fh:
         for lineno, raw in enumerate(_lines(fh, name), start=1):
             rec = _record(raw, lineno, name, problems)
@@ -371,7 +368,7 @@ def _lines(fh: IO[bytes], name: str) -> Iterator[bytes]:
     try:
         yield from fh
     except OSError as e:  # e.g. a directory, or an I/O error part way
-        raise JournalError(f"{name}: cannot read it: {_why(e)}") from None
+        raise JournalError(f"{name}: cannot read it: {oserrors.file_reason(e)}") from None
 
 
 def _record(raw: bytes, lineno: int, name: str, problems: list[JournalProblem]) -> dict[str, Any] | None:

@@ -13,7 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from hil.agent.bench import (
+from hil.agent.server import AgentCore, start
+from hil.allowlist import AllowList
+from hil.backends import open_backend
+from hil.bench.link import (
     EchoFloor,
     Figure,
     NoFloor,
@@ -21,12 +24,9 @@ from hil.agent.bench import (
     bench_backend,
     floor_for,
 )
-from hil.agent.doctor import Env
-from hil.agent.server import AgentCore, start
-from hil.allowlist import AllowList
-from hil.backends import open_backend
 from hil.cli import main
 from hil.doctor import run_doctor
+from hil.doctor.agent import Env
 from hil.errors import BackendError
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from hil.agent.doctor import Env
 from hil.agent.server import AgentCore, start
 from hil.allowlist import AllowList
 from hil.backends import open_backend
 from hil.doctor import Status, run_doctor
+from hil.doctor.agent import Env
 
 
 def by_check(report):

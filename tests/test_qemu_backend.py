@@ -15,6 +15,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -226,6 +227,20 @@ async def test_qemu_that_never_connects_is_stopped(tmp_path: Path):
     with pytest.raises(QemuStartError, match=r"did not connect to the qtest socket within 0\.5 s; QEMU said: waiting"):
         await be.open()
     assert be.pid is not None and wait_gone(be.pid), "the process the backend started was left running"
+
+
+async def test_a_socket_qemu_cannot_be_given_is_one_start_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A unix socket path longer than sun_path (108 bytes) is refused by bind(): the OSError
+    becomes a QemuStartError naming the step (hil.oserrors), and the private directory goes."""
+    binary = fake_qemu(tmp_path)
+    deep = tmp_path / ("d" * 100)
+    deep.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(deep))
+    be = open_backend(f"qemu:?binary={binary}")
+    with pytest.raises(QemuStartError, match=r"^qemu: .*: cannot listen on the qtest socket .*/qtest\.sock: ") as info:
+        await be.open()
+    assert "\n" not in str(info.value)
+    assert be.workdir is None and not list(deep.iterdir()), "the private directory was left behind"
 
 
 # --- a running QEMU ----------------------------------------------------------------------------------

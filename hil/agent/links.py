@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from hil import oserrors
 from hil.errors import BackendError
 from hil.log import get_logger
 
@@ -80,7 +81,7 @@ class StreamLink(Link):
             self._writer.write(data)
             await self._writer.drain()
         except (ConnectionError, OSError) as e:
-            raise LinkError(f"{self.name}: write failed: {e}") from None
+            raise oserrors.failure(self.name, "write failed", e, LinkError) from None
         self.stats.bytes_out += len(data)
 
     async def close(self) -> None:
@@ -132,7 +133,7 @@ class FdLink(Link):
                 await self._wait(readable=False)
                 continue
             except OSError as e:
-                raise LinkError(f"{self.name}: write failed: {e}") from None
+                raise oserrors.failure(self.name, "write failed", e, LinkError) from None
             view = view[n:]
             self.stats.bytes_out += n
 
@@ -347,7 +348,7 @@ async def open_link(url: str, *, baud: int = 115200) -> Link:
         try:
             reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
         except OSError as e:
-            raise LinkError(f"{url}: cannot connect: {e.strerror or e}") from None
+            raise oserrors.connect_error(url, e, LinkError) from None
         return StreamLink(url, reader, writer)
     import serial  # pyserial: imported only for serial links
 
@@ -356,7 +357,7 @@ async def open_link(url: str, *, baud: int = 115200) -> Link:
         try:
             port = serial.Serial(path, **_serial_kwargs(baud))
         except (serial.SerialException, OSError) as e:
-            raise LinkError(f"{path}: cannot open serial device: {e}") from None
+            raise oserrors.failure(path, "cannot open serial device", e, LinkError) from None
         return FdLink(path, port.fileno(), owner=port)
     if path.startswith("ftdi://"):
         parse_ftdi_url(path.partition("?")[0])  # a malformed URL is named before any USB access
@@ -367,7 +368,7 @@ async def open_link(url: str, *, baud: int = 115200) -> Link:
     try:
         port = serial.serial_for_url(path, **_serial_kwargs(baud))
     except (serial.SerialException, OSError, ValueError) as e:
-        raise LinkError(f"{path}: cannot open: {e}") from None
+        raise oserrors.failure(path, "cannot open", e, LinkError) from None
     ftdi = getattr(port, "udev", None)
     if ftdi is not None and hasattr(ftdi, "set_latency_timer"):
         # USB latency: 16 ms by default, and pyftdi's UART adds dynamic latency up to 200 ms when

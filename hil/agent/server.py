@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import ipaddress
 import os
 import secrets
@@ -23,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
-from hil import __version__
+from hil import __version__, oserrors
 from hil.agent.links import FdLink, Link, LinkError, StreamLink
 from hil.agent.protocol import (
     DEFAULT_MAX_PAYLOAD,
@@ -475,10 +474,7 @@ async def start(core: AgentCore, listen: str, *, token_required_beyond_loopback:
         try:
             server = await asyncio.start_server(client, host, port)
         except OSError as e:  # port in use, address not on this machine, privileged port
-            why = os.strerror(e.errno).lower() if e.errno else str(e)
-            hint = "; is another agent running? give another port, or 0 for any free one" \
-                if e.errno == errno.EADDRINUSE else ""
-            raise LinkError(f"{listen}: cannot listen: {why}{hint}") from None
+            raise oserrors.listen_error(listen, e, LinkError) from None
         sock = server.sockets[0].getsockname()
         address = f"tcp://{sock[0]}:{sock[1]}"
         log.info("agent_listening", link=address, boot_nonce=core.boot_nonce)
@@ -514,7 +510,7 @@ def _open_serial(listen: str, path: str, baud: int) -> serial.Serial:
     try:
         return serial.Serial(path, baudrate=baud, timeout=0)
     except (serial.SerialException, OSError, ValueError) as e:
-        raise LinkError(f"{listen}: cannot open: {e}") from None
+        raise oserrors.failure(listen, "cannot open", e, LinkError) from None
 
 
 async def _serve_forever(core: AgentCore, link: Link) -> None:

@@ -42,7 +42,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from hil import doctor
+from hil import oserrors
 from hil.allowlist import AllowList, AllowListError, parse_window
 from hil.backends import BackendURL
 from hil.backends.base import Backend, Capabilities, Capability
@@ -101,9 +101,9 @@ class Host:
     pwrite: Callable[[int, bytes, int], int] = os.pwrite
     fstat: Callable[[int], os.stat_result] = os.fstat
     mmap: Callable[[int, int, int], Any] = _mmap
-    lockdown_path: str = doctor.LOCKDOWN_PATH
-    proc_status_path: str = doctor.PROC_STATUS_PATH
-    iomem_path: str = doctor.IOMEM_PATH
+    lockdown_path: str = oserrors.LOCKDOWN_PATH
+    proc_status_path: str = oserrors.PROC_STATUS_PATH
+    iomem_path: str = oserrors.IOMEM_PATH
 
 
 # --- options --------------------------------------------------------------------------------
@@ -158,7 +158,7 @@ class _PortFile:
         try:
             data = self.host.pread(self.fd, 1, port)
         except OSError as e:
-            raise BackendError(f"inb 0x{port:04X} through {self.path} failed: {e.strerror} (errno {e.errno})") from None
+            raise oserrors.port_io_error(f"inb 0x{port:04X}", self.path, e) from None
         if len(data) != 1:
             raise BackendError(f"inb 0x{port:04X} through {self.path} returned {len(data)} bytes, expected 1")
         return data[0]
@@ -167,9 +167,7 @@ class _PortFile:
         try:
             n = self.host.pwrite(self.fd, bytes((value,)), port)
         except OSError as e:
-            raise BackendError(
-                f"outb 0x{port:04X},0x{value:02X} through {self.path} failed: {e.strerror} (errno {e.errno})"
-            ) from None
+            raise oserrors.port_io_error(f"outb 0x{port:04X},0x{value:02X}", self.path, e) from None
         if n != 1:
             raise BackendError(f"outb 0x{port:04X},0x{value:02X} through {self.path} wrote {n} bytes, expected 1")
 
@@ -345,7 +343,7 @@ class DevPortBackend(Backend):
         try:
             self._port_fd = h.open(self.port_path, os.O_RDWR | os.O_CLOEXEC)
         except OSError as e:
-            raise doctor.explain_open_error(self.port_path, e, device="port", lockdown_path=h.lockdown_path,
+            raise oserrors.explain_open_error(self.port_path, e, device="port", lockdown_path=h.lockdown_path,
                                             status_path=h.proc_status_path) from None
         self._port = _PortFile(self._port_fd, self.port_path, h)
         if self.window is None:
@@ -354,11 +352,11 @@ class DevPortBackend(Backend):
         try:
             self._mem_fd = h.open(self.mem_path, os.O_RDWR | os.O_CLOEXEC)
         except OSError as e:
-            raise doctor.explain_open_error(self.mem_path, e, device="mem", lockdown_path=h.lockdown_path,
+            raise oserrors.explain_open_error(self.mem_path, e, device="mem", lockdown_path=h.lockdown_path,
                                             status_path=h.proc_status_path) from None
         self._map, base, size = map_window(h, self._mem_fd, self.mem_path, self.window)
         self._mem = _MemWindow(self._map, base, size)
-        overlap = doctor.system_ram_overlap(self.window, h.iomem_path) if not _is_regular(h, self._mem_fd) else []
+        overlap = oserrors.system_ram_overlap(self.window, h.iomem_path) if not _is_regular(h, self._mem_fd) else []
         if overlap:
             log.warning("devport_window_in_system_ram", window=f"0x{self.window.start:X}-0x{self.window.stop:X}",
                         ram=[f"0x{r.start:X}-0x{r.stop - 1:X}" for r in overlap],
@@ -517,7 +515,7 @@ def map_window(host: Host, fd: int, path: str, window: range) -> tuple[Any, int,
     try:
         return host.mmap(fd, end - base, base), base, end - base
     except OSError as e:
-        raise doctor.explain_mmap_error(path, e, window, iomem_path=host.iomem_path) from None
+        raise oserrors.explain_mmap_error(path, e, window, iomem_path=host.iomem_path) from None
     except (ValueError, OverflowError) as e:
         raise MemoryWindowError(f"memory window 0x{window.start:X}-0x{window.stop:X} cannot be mapped from {path}: {e}",
                                 "choose a window inside physical memory (see /proc/iomem)", path=path) from None

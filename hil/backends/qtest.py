@@ -21,6 +21,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from hil import oserrors
 from hil.errors import BackendError, InvalidAccessError
 from hil.log import get_logger
 
@@ -185,7 +186,7 @@ class QtestClient:
         except (QtestError, QemuExitedError) as e:
             self._fail(e)
         except (OSError, ValueError, asyncio.LimitOverrunError, asyncio.IncompleteReadError) as e:
-            self._fail(QemuExitedError(f"qtest connection failed: {e}"))
+            self._fail(oserrors.failure("", "qtest connection failed", e, QemuExitedError))
 
     def _fail(self, error: BaseException) -> None:
         if self._dead is None:
@@ -272,7 +273,7 @@ class QtestClient:
                 await collect_oldest()
         except (ConnectionError, OSError) as e:
             self._check_alive()
-            raise QemuExitedError(f"qtest connection failed while sending: {e}") from None
+            raise oserrors.failure("", "qtest connection failed while sending", e, QemuExitedError) from None
         for request, reply in zip(lines, replies):
             if not reply.startswith("OK"):
                 raise QtestError(f"QEMU refused {request.strip()[:80]!r}: {reply[:200]}")

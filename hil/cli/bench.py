@@ -35,8 +35,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 async def cmd_bench(args: argparse.Namespace) -> int:
-    from hil.agent.bench import bench_backend, bench_pty, bench_shaped, floor_for
     from hil.backends.agent import AgentBackend
+    from hil.bench.link import bench_backend, bench_pty, bench_shaped, floor_for
 
     if args.backend:
         if args.baud is not None or args.latency_ms is not None:

@@ -1,10 +1,11 @@
 """``hil doctor URL``: why a backend cannot reach its target, and what to change.
 
-Hardware access fails in a handful of ways that look alike from user space (docs/reference/hil-lessons.md
-§1.2, §2.5, §3.20): a missing node (kernel option off), EACCES (the node's mode), EPERM for a
-missing capability, EPERM from a locked-down kernel (Secure Boot, even as root), EPERM from
-/dev/mem's STRICT_DEVMEM rules on the memory window. Each gets its own explanation and fix
-here; backends raise the same :class:`~hil.errors.DiagnosedError` subclasses when opening.
+The kernel's answers (lockdown, CAP_SYS_RAWIO, /proc/iomem, what an errno on /dev/port or
+/dev/mem means) are read and explained in :mod:`hil.oserrors`, which the backends use too when
+opening; this package is the doctor's registry, its checks and the report (the agent link's
+checks are :mod:`hil.doctor.agent`, which opens the agent client, so they sit here above the
+backends rather than in :mod:`hil.agent`). The diagnosis names
+are re-exported here, so ``hil.doctor.explain_open_error`` and the rest keep working.
 
 Checks are registered per URL scheme (:func:`register_checks`, ``"module:function"`` strings
 imported only when used, like the backend registry), so later backends add theirs: agent+serial
@@ -17,36 +18,56 @@ them at fixtures.
 from __future__ import annotations
 
 import enum
-import errno as E
 import importlib
 import os
-import re
 import stat
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from hil.errors import (
-    DeviceMissingError,
-    DevicePermissionError,
-    DiagnosedError,
-    HilError,
-    KernelLockdownError,
-    MemoryWindowError,
-    StrictDevmemError,
+from hil.errors import DiagnosedError, HilError
+from hil.oserrors import (
+    CAP_SYS_RAWIO,
+    IOMEM_PATH,
+    LOCKDOWN_PATH,
+    LOW_MEMORY,
+    PROC_STATUS_PATH,
+    IomemEntry,
+    explain_mmap_error,
+    explain_open_error,
+    has_capability,
+    lockdown_mode,
+    memmap_hint,
+    read_iomem,
+    system_ram_overlap,
 )
 
-LOCKDOWN_PATH = "/sys/kernel/security/lockdown"
-PROC_STATUS_PATH = "/proc/self/status"
-IOMEM_PATH = "/proc/iomem"
-CAP_SYS_RAWIO = 17  #: linux/capability.h; /dev/port and /dev/mem check it on open
-LOW_MEMORY = 1 << 20
-
-_DEVICES = {
-    # device kind -> (what it is, kernel option that provides it)
-    "port": ("I/O port device", "CONFIG_DEVPORT"),
-    "mem": ("physical memory device", "CONFIG_DEVMEM"),
-}
+__all__ = [  # with the kernel diagnosis from hil.oserrors, re-exported
+    "CAP_SYS_RAWIO",
+    "IOMEM_PATH",
+    "LOCKDOWN_PATH",
+    "LOW_MEMORY",
+    "PROC_STATUS_PATH",
+    "CheckProvider",
+    "CheckResult",
+    "DoctorReport",
+    "IomemEntry",
+    "Status",
+    "devport_checks",
+    "explain_mmap_error",
+    "explain_open_error",
+    "fail",
+    "from_error",
+    "generic_checks",
+    "has_capability",
+    "lockdown_mode",
+    "memmap_hint",
+    "ok",
+    "read_iomem",
+    "register_checks",
+    "run_doctor",
+    "system_ram_overlap",
+]
 
 
 # --- results --------------------------------------------------------------------------------
@@ -114,167 +135,6 @@ class DoctorReport:
         return {"url": self.url, "ok": self.ok, "checks": [r.to_json() for r in self.results]}
 
 
-# --- what the kernel says -------------------------------------------------------------------
-
-
-def lockdown_mode(path: str = LOCKDOWN_PATH) -> str | None:
-    """The active lockdown mode (``none``, ``integrity``, ``confidentiality``), or None if unknown.
-
-    The file lists every mode and brackets the active one: ``none [integrity] confidentiality``.
-    """
-    try:
-        with open(path, encoding="ascii", errors="replace") as f:
-            text = f.read()
-    except OSError:
-        return None
-    m = re.search(r"\[(\w+)\]", text)
-    return m.group(1) if m else None
-
-
-def has_capability(bit: int = CAP_SYS_RAWIO, path: str = PROC_STATUS_PATH) -> bool | None:
-    """Whether the effective capability set (``CapEff`` in /proc/self/status) has ``bit``."""
-    try:
-        with open(path, encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("CapEff:"):
-                    return bool(int(line.split()[1], 16) >> bit & 1)
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-@dataclass(frozen=True)
-class IomemEntry:
-    span: range  #: [start, end) physical
-    name: str
-    depth: int  #: 0 = top level; nested entries are parts of their parent
-
-
-def read_iomem(path: str = IOMEM_PATH) -> list[IomemEntry] | None:
-    """/proc/iomem, or None when unreadable or when addresses are hidden (non-root sees zeros)."""
-    try:
-        with open(path, encoding="ascii", errors="replace") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return None
-    entries = []
-    for line in lines:
-        m = re.match(r"^(\s*)([0-9a-fA-F]+)-([0-9a-fA-F]+) : (.*)$", line)
-        if m:
-            start, end = int(m.group(2), 16), int(m.group(3), 16)
-            entries.append(IomemEntry(range(start, end + 1), m.group(4).strip(), len(m.group(1)) // 2))
-    if not entries or all(e.span.start == 0 and e.span.stop == 1 for e in entries):
-        return None
-    return entries
-
-
-def system_ram_overlap(window: range, path: str = IOMEM_PATH) -> list[range]:
-    """Top-level "System RAM" ranges that overlap ``window`` (empty if none or unknown)."""
-    entries = read_iomem(path) or []
-    return [e.span for e in entries if e.depth == 0 and e.name == "System RAM"
-            and e.span.start < window.stop and window.start < e.span.stop]
-
-
-def memmap_hint(window: range) -> str:
-    """The kernel parameter reserving ``window`` (page-aligned) so the kernel never uses it."""
-    start = window.start - window.start % 4096
-    size = -(-(window.stop - start) // 4096) * 4096
-    return f"memmap={size:#x}${start:#x}"
-
-
-def _errname(err: OSError) -> str:
-    return E.errorcode.get(err.errno or 0, str(err.errno))
-
-
-def explain_open_error(path: str, err: OSError, *, device: str = "port", lockdown_path: str = LOCKDOWN_PATH,
-                       status_path: str = PROC_STATUS_PATH) -> DiagnosedError:
-    """Turn a failed ``open()`` of /dev/port or /dev/mem into its cause and fix.
-
-    The kernel's ``open_port``/``open_mem`` first check CAP_SYS_RAWIO (EPERM), then
-    ``security_locked_down(LOCKDOWN_DEV_MEM)`` (EPERM again); the node's mode (root, 0640)
-    gives EACCES before either runs. So EPERM needs the lockdown file to tell the two apart.
-    """
-    what, option = _DEVICES.get(device, ("device", "the kernel option for it"))
-    code = err.errno
-    where = f"{path}: {os.strerror(code) if code else err} ({_errname(err)})"
-    if code == E.ENOENT:
-        return DeviceMissingError(
-            f"{where}: the {what} does not exist; the kernel was built without {option}, or a container was "
-            f"started without the device",
-            f"use a kernel with {option}=y (check: grep {option} /boot/config-$(uname -r)); in a container "
-            f"pass --device {path} and --cap-add SYS_RAWIO", path=path, errno=code)
-    if code in (E.ENXIO, E.ENODEV):
-        return DeviceMissingError(
-            f"{where}: the node exists but no driver answers it (kernel without {option}, or a stale node)",
-            f"use a kernel with {option}=y; check that {path} is character device 1,{4 if device == 'port' else 1}",
-            path=path, errno=code)
-    if code == E.EACCES:
-        return DevicePermissionError(
-            f"{where}: this user (uid {os.geteuid()}) may not open the {what} read-write (the node is root-only, "
-            f"mode 0640 group kmem)",
-            "run as root (sudo); a group or udev rule is not enough, because opening also needs CAP_SYS_RAWIO",
-            path=path, errno=code)
-    if code == E.EPERM:
-        mode = lockdown_mode(lockdown_path)
-        if mode not in (None, "none"):
-            return KernelLockdownError(
-                f"{where}: the kernel is locked down ([{mode}] in {lockdown_path}), which closes /dev/mem, "
-                f"/dev/kmem and /dev/port even to root; Secure Boot usually turns it on",
-                "disable Secure Boot in the firmware set-up (or `mokutil --disable-validation` and confirm at the "
-                f"next boot) so that {lockdown_path} shows [none]; a port-I/O test machine cannot run locked down",
-                path=path, errno=code)
-        cap = has_capability(CAP_SYS_RAWIO, status_path)
-        if cap is False:
-            return DevicePermissionError(
-                f"{where}: this process lacks CAP_SYS_RAWIO, which the kernel requires to open the {what}",
-                "run as root (sudo), or grant CAP_SYS_RAWIO (systemd AmbientCapabilities=CAP_SYS_RAWIO; "
-                "docker --cap-add SYS_RAWIO)", path=path, errno=code)
-        unknown = "lockdown state unknown" if mode is None else "lockdown is [none]"
-        return DevicePermissionError(
-            f"{where}: the kernel refused the {what} ({unknown}; CAP_SYS_RAWIO "
-            f"{'present' if cap else 'unknown'}); an LSM (SELinux, AppArmor) or a device cgroup may deny it",
-            f"check `cat {lockdown_path}`, run as root, and look for a denial in `dmesg` or the audit log",
-            path=path, errno=code)
-    return DiagnosedError(f"{where}: cannot open the {what}", "run `hil doctor` with this URL for the checks",
-                          path=path, errno=code)
-
-
-def explain_mmap_error(path: str, err: OSError, window: range, *, iomem_path: str = IOMEM_PATH) -> DiagnosedError:
-    """Turn a refused ``mmap`` of the memory window into its cause and fix.
-
-    With CONFIG_STRICT_DEVMEM, /dev/mem maps no System RAM above 1 MiB, and since the 2025
-    change "devmem: Block mmap access when read/write access is restricted" not even RAM in the
-    low 1 MiB; CONFIG_IO_STRICT_DEVMEM also refuses I/O memory a driver has claimed.
-    """
-    code = err.errno
-    span = f"0x{window.start:X}-0x{window.stop:X}"
-    where = f"{path}: mapping window {span} failed: {os.strerror(code) if code else err} ({_errname(err)})"
-    if code in (E.EPERM, E.EACCES):
-        ram = system_ram_overlap(window, iomem_path)
-        reserve = (f"reserve the window at boot with {memmap_hint(window)} (in GRUB's config write the $ as \\$), "
-                   f"so that it is not System RAM in /proc/iomem and the kernel never hands it out")
-        if ram:
-            low = window.stop <= LOW_MEMORY
-            return StrictDevmemError(
-                f"{where}: the window overlaps System RAM ({', '.join(f'0x{r.start:X}-0x{r.stop - 1:X}' for r in ram)}) "
-                f"and CONFIG_STRICT_DEVMEM forbids mapping RAM the kernel owns"
-                + (" (newer kernels refuse it in the low 1 MiB too)" if low else ""),
-                reserve, path=path, errno=code)
-        if read_iomem(iomem_path) is not None:
-            return StrictDevmemError(
-                f"{where}: the window is not System RAM, so a driver claims it and CONFIG_IO_STRICT_DEVMEM refuses it",
-                "boot with iomem=relaxed, or unbind the driver that owns it (see /proc/iomem)", path=path, errno=code)
-        return StrictDevmemError(
-            f"{where}: CONFIG_STRICT_DEVMEM refuses this window (RAM the kernel owns, or memory a driver claims)",
-            f"{reserve}; if a driver claims it, boot with iomem=relaxed; run `hil doctor` as root to see /proc/iomem",
-            path=path, errno=code)
-    if code in (E.EINVAL, E.ENXIO, E.EOVERFLOW):
-        return MemoryWindowError(f"{where}: the window is not valid physical memory for {path}",
-                                 "choose a window inside physical memory below 16 MiB (see /proc/iomem)",
-                                 path=path, errno=code)
-    return DiagnosedError(f"{where}", "run `hil doctor` with this URL for the checks", path=path, errno=code)
-
-
 # --- the registry ---------------------------------------------------------------------------
 
 CheckProvider = Callable[[Any, Any], Awaitable[list[CheckResult]]]  #: (BackendURL, env) -> results
@@ -282,9 +142,9 @@ CheckProvider = Callable[[Any, Any], Awaitable[list[CheckResult]]]  #: (BackendU
 _CHECKS: dict[str, str | CheckProvider] = {
     "sim": "hil.doctor:generic_checks",
     "devport": "hil.doctor:devport_checks",
-    "agent+serial": "hil.agent.doctor:agent_checks",
-    "agent+tcp": "hil.agent.doctor:agent_checks",
-    "agent+ftdi": "hil.agent.doctor:agent_checks",
+    "agent+serial": "hil.doctor.agent:agent_checks",
+    "agent+tcp": "hil.doctor.agent:agent_checks",
+    "agent+ftdi": "hil.doctor.agent:agent_checks",
 }
 
 
@@ -314,7 +174,7 @@ async def run_doctor(url: str, env: Any = None) -> DoctorReport:
     except HilError as e:
         report.results.append(from_error("url", e))
         return report
-    default: str | CheckProvider = "hil.agent.doctor:agent_checks" if parsed.scheme.startswith("agent+") else generic_checks
+    default: str | CheckProvider = "hil.doctor.agent:agent_checks" if parsed.scheme.startswith("agent+") else generic_checks
     provider = _resolve(_CHECKS.get(parsed.scheme, default))
     report.results.extend(await provider(parsed, env))
     return report

@@ -21,7 +21,6 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from hil.agent.doctor import Env
 from hil.agent.links import Link, LinkKind, link_kind
 from hil.agent.server import AgentCore, serve_link, start
 from hil.allowlist import AllowList
@@ -29,6 +28,7 @@ from hil.backends import open_backend
 from hil.backends.agent import AgentBackend
 from hil.backends.ops import In, MemRead, Op, Out
 from hil.dma import DMA_MODE_READ, IsaDma
+from hil.doctor.agent import Env
 from hil.ports import channel_ports
 from hil.regs import dump_program, read_registers
 
