@@ -177,7 +177,7 @@ def test_single_mode_higher_request_raised_mid_run_wins_the_next_cycle(run, rais
     priority request (§3.9 fixed: 0 > 3, 5 > 7, DMA1's group > 5) raised during the K-th transfer is
     served from the next cycle on, even though the running card's burst_units hint covers its
     whole run; the running channel resumes when the higher one is done."""
-    m, log, card = race(SINGLE_WRITE, run, raised, hint=True)
+    m, log, _ = race(SINGLE_WRITE, run, raised, hint=True)
     assert log == [run] * K + [raised] * RAISED + [run] * (RUN - K)
     assert read_count(m, run) == read_count(m, raised) == 0xFFFF  # both reached TC (§3.1)
 
@@ -188,7 +188,7 @@ def test_single_mode_rotating_priority_alternates_from_the_raise_on(run, raised)
     second request is up the two alternate, starting with the raised one (§3.5: re-arbitration
     after every single transfer). For (5, 1) the rotation is DMA2's: channel 4 (DMA1's group)
     against channel 5."""
-    m, log, card = race(SINGLE_WRITE, run, raised, hint=True, rotate=True)
+    _, log, _ = race(SINGLE_WRITE, run, raised, hint=True, rotate=True)
     assert log == [run] * K + alternate(raised, RAISED, run, RUN - K)
 
 
@@ -266,7 +266,7 @@ def test_demand_burst_is_not_preempted_by_a_higher_request(run, raised, rotate):
     """docs/reference/8237.md §3.5: a demand burst keeps the bus while DREQ stays active, so a request raised
     during it — higher priority by §3.9, or next in rotation — waits for the burst to reach TC; DMA1's
     group waits the same way for a DMA2 demand channel, and a DMA2 channel for DMA1's."""
-    m, log, card = race(DEMAND_WRITE, run, raised, hint=False, rotate=rotate)
+    _, log, _ = race(DEMAND_WRITE, run, raised, hint=False, rotate=rotate)
     assert log == [run] * RUN + [raised] * RAISED
 
 

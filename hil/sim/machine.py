@@ -6,9 +6,16 @@ arbitrates channel 4 (all of DMA1) against channels 5-7. Page registers supply A
 
 Time is virtual: every CPU port access costs :attr:`Timing.port_ns`, and DMA progresses only
 while time advances (port accesses, :meth:`Machine.advance`, :meth:`Machine.run_until_idle`).
-Block and demand bursts hold the bus, so a CPU access waits for them, as on the AT. Bursts
-and uninterrupted single-mode runs are moved as memory slices; nothing observable differs
-because no CPU access can fall inside them.
+Arbitration follows the mode (docs/reference/8237.md §3.5, §3.9), and a bus grant is atomic in
+virtual time: block and demand bursts, and the tenure of a bus master on a cascade channel, hold
+the bus to their end (TC, or DREQ dropping), past the caller's time budget if need be, so the
+CPU's next port access and every other channel come after them, as on the AT where the CPU sits
+in HOLD. Single mode gives the bus back after every transfer; a lone requester's run is moved
+as one slice only when nothing could have decided otherwise (no other request pending, and a
+device that declares its callbacks raise no other line, :attr:`Device.isolated`). Bursts are
+moved as memory slices; nothing observable differs because no CPU access or other request can
+fall inside them. A caller with timed events inside the budget splits :meth:`Machine.advance`
+at them: that is what bounds a single-mode slice.
 
 Profiles: :class:`Machine` is the AT; :class:`QemuMachine` is QEMU 7.2's ``-machine pc``, a
 subclass that overrides only where QEMU's wiring differs (docs/reference/8237.md §5,
