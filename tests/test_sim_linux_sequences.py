@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from hil.backends.ops import In, Out
-from hil.sim.devices import Sink, Source
+from hil.sim.devices import BusMaster, Sink, Source
 
 
 def replay(text: str) -> list[Out | In]:
@@ -281,15 +281,17 @@ async def test_parport_ecp_short_chunk_is_retried(be):
 async def test_bus_master_cascade_moves_no_data(intel, trace, ch):
     """docs/reference/linux-isa-dma.md §2(d): bus-master cards get the channel in cascade mode with no address or
     count; docs/reference/8237.md §3.5: a cascade channel only relays DREQ/DACK and generates no addresses — the
-    8237 itself moves nothing, whatever the card's DREQ does. Its DREQ still shows in status
-    (§2.3), which is what lance's probe reads."""
+    8237 itself moves nothing: the card holds the bus for its tenure and gives it back. A request
+    on the masked channel still shows in status (§2.3), which is what lance's probe reads."""
     before = await intel.read_mem(0, 0x20000)
     await intel.execute(replay(trace))
-    card = Source(ring(64))
+    card = BusMaster(5_000)
     intel.machine.attach(ch, card)
     await intel.settle()
-    assert card.pos == 0
+    assert card.tenures == 1
     assert await intel.read_mem(0, 0x20000) == before
+    await intel.outb(0xD4 if ch >= 4 else 0x0A, 0x04 | (ch & 3))  # disable_dma: the probe's view
+    card.request()
     status_port = 0xD0 if ch >= 4 else 0x08
     assert await intel.inb(status_port) == 1 << (4 + (ch & 3))
     # lance probe: dma_channels = ((R 08 >> 4) & 0x0F) | (R D0 & 0xF0)

@@ -8,13 +8,23 @@ It is told when the controller signals terminal count on one of its cycles.
 
 The ``*_many`` methods and :meth:`Device.burst_units` let the machine move block and demand
 transfers in bulk slices; their defaults fall back to the unit calls, so a device that only
-implements :meth:`supply`/:meth:`accept` is still exact.
+implements :meth:`supply`/:meth:`accept` is still exact. A single-mode run is moved in one slice
+only for a device that declares itself :attr:`Device.isolated` (docs/reference/8237.md §3.5: single
+mode re-arbitrates after every transfer, so a request another device raises mid-run must win the
+next cycle).
+
+On a channel in cascade mode the controller only relays DREQ and DACK (docs/reference/8237.md §3.5
+'Cascade'): the device is then a bus master and runs its own memory cycles in
+:meth:`Device.master_cycles`; :class:`BusMaster` is one.
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Callable
+from typing import ClassVar
+
+from hil.errors import DeviceError
 
 
 class Direction(enum.Enum):
@@ -31,6 +41,10 @@ class Device:
     direction: Direction | None = None
     #: idle data bus value a device drives when asked for data it does not have
     FLOAT = 0xFF
+    #: the device's callbacks change no request line but its own DREQ, so a single-mode run
+    #: of it can move as one slice with the same result as transfer-by-transfer arbitration
+    #: (the machine raises :class:`hil.errors.DeviceError` if one breaks that promise)
+    isolated: ClassVar[bool] = False
 
     def __init__(self, *, dreq: bool = False) -> None:
         self._dreq = bool(dreq)
@@ -71,10 +85,23 @@ class Device:
     def burst_units(self, channel: int, width: int, limit: int) -> int:
         """How many of the next ``limit`` units can move while DREQ stays asserted.
 
-        The machine uses this to move demand-mode and uninterrupted single-mode runs in one
-        slice. The default (1 while requesting) makes the machine re-check DREQ after every unit.
+        The machine uses this to move demand-mode runs, and single-mode runs of an
+        :attr:`isolated` device with no other requester, in slices; a demand burst goes on over
+        as many slices as DREQ stays active. The default (1 while requesting) makes the machine
+        re-check DREQ after every unit.
         """
         return 1 if self._dreq else 0
+
+    def master_cycles(self, channel: int, memory: bytearray, budget_ns: int) -> int:
+        """DACK on a cascade-mode channel: the device is bus master and runs its own cycles.
+
+        Return the virtual ns it held the bus; the machine keeps granting it the bus while its
+        DREQ stays active (docs/reference/8237.md §3.5 'Cascade': the channel passes HLDA to DACK
+        until DREQ drops), so a master drops DREQ when it is done. ``budget_ns`` is the time the
+        caller is advancing. The default is a card with no cycles of its own: it holds the bus,
+        doing nothing, for as long as its DREQ is up, i.e. the whole budget.
+        """
+        return budget_ns
 
     def supply_many(self, channel: int, count: int, width: int) -> bytes:
         size = width // 8
@@ -86,14 +113,50 @@ class Device:
             self.accept(channel, int.from_bytes(data[i : i + size], "little"), width)
 
 
+class BusMaster(Device):
+    """An ISA bus master on a cascade-mode channel (Linux ``DMA_MODE_CASCADE`` cards, AT DMA1).
+
+    It raises DREQ, and once granted the bus it writes ``data`` at physical ``addr`` (its own
+    memory cycles, not the 8237's: no address or count register moves) and holds the bus for
+    ``hold_ns`` of virtual time in all, then drops DREQ. The hold is one tenure: the CPU and every
+    other channel wait for all of it, as they would for a real master (docs/reference/8237.md
+    §3.5). :meth:`request` raises DREQ again for another tenure.
+    """
+
+    def __init__(self, hold_ns: int, *, data: bytes = b"", addr: int = 0, dreq: bool = True) -> None:
+        if hold_ns <= 0:
+            raise DeviceError(f"hold_ns {hold_ns!r}: a bus master holds the bus for at least 1 ns")
+        self.hold_ns = hold_ns
+        self.data = bytes(data)
+        self.addr = addr
+        self.tenures = 0  #: bus tenures completed
+        super().__init__(dreq=dreq)
+
+    def request(self) -> None:
+        self.dreq = True
+
+    def master_cycles(self, channel: int, memory: bytearray, budget_ns: int) -> int:
+        end = min(self.addr + len(self.data), len(memory))
+        if self.addr < end:
+            memory[self.addr : end] = self.data[: end - self.addr]
+        self.tenures += 1
+        self.dreq = False
+        return self.hold_ns
+
+    def __repr__(self) -> str:
+        return f"BusMaster({self.hold_ns} ns, {self.tenures} tenures, dreq={self.dreq})"
+
+
 class Source(Device):
     """A device that sends ``data`` to memory. DREQ is high while it still has data.
 
     Asked for more than it has (block mode runs to TC whatever DREQ says, or DREQ held by
     hand), it drives a floating bus (0xFF) and counts the shortfall in :attr:`underruns`.
+    Its callbacks touch only its own DREQ (:attr:`Device.isolated`).
     """
 
     direction = Direction.TO_MEMORY
+    isolated = True
 
     def __init__(self, data: bytes, *, dreq: bool = True) -> None:
         self._data = bytes(data)
@@ -149,9 +212,11 @@ class Sink(Device):
     With ``dreq=True`` it requests while it has room (``capacity`` bytes, None = unlimited);
     with ``dreq=False`` it never requests and only takes what software requests deliver. Data
     offered beyond its capacity is counted in :attr:`overruns`, never silently kept.
+    Its callbacks touch only its own DREQ (:attr:`Device.isolated`).
     """
 
     direction = Direction.FROM_MEMORY
+    isolated = True
 
     def __init__(self, dreq: bool = True, capacity: int | None = None) -> None:
         self.received = bytearray()

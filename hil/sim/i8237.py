@@ -288,7 +288,8 @@ class I8237(Controller):
         return (dreq | self.sw_request) & 0x0F
 
     def wants_service(self, local: int, dreq: int) -> bool:
-        """§6 service condition, for this chip alone (the machine adds cascade gating)."""
+        """§6 service condition, for this chip alone (the machine adds cascade gating). A
+        cascade-mode channel requests the bus like any DREQ (§3.5), a software request never."""
         mode = self.channels[local].mode
         select = mode >> 6
         bit = 1 << local
@@ -299,8 +300,10 @@ class I8237(Controller):
                 return True
             if local == 0 and self.command & Command.MEM_TO_MEM and select == ModeSelect.SINGLE:
                 return True
-        if self.mask & bit or select == ModeSelect.CASCADE:
+        if self.mask & bit:
             return False
+        # a cascade channel asks for the bus too: it relays its DREQ to HRQ for the bus master
+        # behind it (§3.5 'Cascade'); the machine grants it without moving data itself
         active_low = bool(self.command & Command.DREQ_ACTIVE_LOW)
         return bool(dreq & bit) != active_low
 

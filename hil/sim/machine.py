@@ -6,9 +6,16 @@ arbitrates channel 4 (all of DMA1) against channels 5-7. Page registers supply A
 
 Time is virtual: every CPU port access costs :attr:`Timing.port_ns`, and DMA progresses only
 while time advances (port accesses, :meth:`Machine.advance`, :meth:`Machine.run_until_idle`).
-Block and demand bursts hold the bus, so a CPU access waits for them, as on the AT. Bursts
-and uninterrupted single-mode runs are moved as memory slices; nothing observable differs
-because no CPU access can fall inside them.
+Arbitration follows the mode (docs/reference/8237.md §3.5, §3.9), and a bus grant is atomic in
+virtual time: block and demand bursts, and the tenure of a bus master on a cascade channel, hold
+the bus to their end (TC, or DREQ dropping), past the caller's time budget if need be, so the
+CPU's next port access and every other channel come after them, as on the AT where the CPU sits
+in HOLD. Single mode gives the bus back after every transfer; a lone requester's run is moved
+as one slice only when nothing could have decided otherwise (no other request pending, and a
+device that declares its callbacks raise no other line, :attr:`Device.isolated`). Bursts are
+moved as memory slices; nothing observable differs because no CPU access or other request can
+fall inside them. A caller with timed events inside the budget splits :meth:`Machine.advance`
+at them: that is what bounds a single-mode slice.
 
 Profiles: :class:`Machine` is the AT; :class:`QemuMachine` is QEMU 7.2's ``-machine pc``, a
 subclass that overrides only where QEMU's wiring differs (docs/reference/8237.md §5,
@@ -317,13 +324,14 @@ class Machine:
             if not waiting:
                 self._idle = True
                 break
-            if self.now_ns - start >= limit_ns:
+            elapsed = self.now_ns - start
+            if elapsed >= limit_ns:
                 raise SettleTimeout(
                     f"DMA still active after {limit_ns / 1e9:g} s of virtual time on channel(s) "
-                    f"{', '.join(map(str, waiting))}: an autoinit channel with a device that never "
-                    f"drops DREQ does not settle; use delay instead of settle"
+                    f"{', '.join(map(str, waiting))}: an autoinit channel, or a bus master on a cascade "
+                    f"channel, whose device never drops DREQ does not settle; use delay instead of settle"
                 )
-            self.now_ns += self._service(waiting[0], 1 << 62, alone=len(waiting) == 1)
+            self.now_ns += self._service(waiting[0], limit_ns - elapsed, alone=len(waiting) == 1)
         return self.now_ns - start
 
     @property
@@ -345,8 +353,7 @@ class Machine:
             return self._mem_to_mem()
         device = self.devices.get(channel)
         width = 16 if channel >= 4 else 8
-        units, cost = self._grant(ctl, channel, device, width, budget_ns, alone=alone)
-        tc = self._move(ctl, channel, device, units, width)
+        cost, tc = self._grant(ctl, channel, device, width, budget_ns, alone=alone)
         ctl.served(local)
         if channel < 4:
             self.dma2.served(0)
@@ -358,8 +365,16 @@ class Machine:
 
     def _grant(
         self, ctl: Controller, channel: int, device: Device | None, width: int, budget_ns: int, *, alone: bool
-    ) -> tuple[int, int]:
-        """(units, virtual ns) of one bus grant, as the channel's mode select decides (§3.5)."""
+    ) -> tuple[int, bool]:
+        """Run one bus grant as the channel's mode select decides (docs/reference/8237.md §3.5);
+        return (virtual ns it took, whether it ended at terminal count).
+
+        A grant is atomic in virtual time: the CPU's next port access, and every other channel,
+        come after it. Block and demand grants run to their end even past ``budget_ns`` (the
+        CPU is in HOLD until they give the bus back, so its access happens afterwards, as on the
+        AT); a single-mode grant is one transfer, merged with the next ones only where that is
+        indistinguishable, and within the budget.
+        """
         local = channel & 3
         left = ctl.units_to_tc(local)
         t = self.timing
@@ -367,16 +382,62 @@ class Machine:
         unit = self._unit_ns(ctl)
         match ctl.select(local):
             case ModeSelect.BLOCK:  # §3.5: runs to TC once started, DREQ or not
-                return left, acquire + left * unit
-            case ModeSelect.DEMAND:  # while DREQ stays active, up to TC
-                units = max(1, self._burst(ctl, channel, device, width, left))
-                return units, acquire + units * unit
-        # SINGLE: one unit per grant; a lone requester's consecutive grants are merged
+                return acquire + left * unit, self._move(ctl, channel, device, left, width)
+            case ModeSelect.DEMAND:  # §3.5: holds the bus while DREQ stays active, up to TC
+                moved, tc = 0, False
+                while not tc:
+                    units = max(1, self._burst(ctl, channel, device, width, left - moved))
+                    tc = self._move(ctl, channel, device, units, width)
+                    moved += units
+                    if not self._line_active(ctl, channel):
+                        break
+                return acquire + moved * unit, tc
+            case ModeSelect.CASCADE:  # §3.5: DACK to the bus master while its DREQ is active
+                return self._cascade(ctl, channel, device, budget_ns), False
+        # SINGLE (§3.5): one transfer per grant, then the arbiters decide again. Consecutive
+        # grants of a lone requester are merged into one slice only when nothing could have
+        # decided otherwise: no other request pending, and a device whose callbacks raise no
+        # other line (Device.isolated), so no request can appear inside the slice.
         units = 1
-        if alone and not ctl.software_started(local):
+        if alone and not ctl.software_started(local) and (device is None or device.isolated or not self._dack_seen(ctl)):
             fits = max(1, budget_ns // (acquire + unit))
             units = max(1, min(fits, self._burst(ctl, channel, device, width, left)))
-        return units, units * (acquire + unit)
+        if units == 1:
+            return acquire + unit, self._move(ctl, channel, device, 1, width)
+        others = self._other_lines(channel)
+        tc = self._move(ctl, channel, device, units, width)
+        if self._other_lines(channel) != others:
+            raise DeviceError(
+                f"channel {channel}: {device!r} changed another channel's DREQ during a single-mode "
+                f"slice but declares itself isolated; set isolated = False on its class"
+            )
+        return units * (acquire + unit), tc
+
+    def _other_lines(self, channel: int) -> int:
+        """Every device's DREQ but ``channel``'s, as one bit set (for the isolation check)."""
+        return (self._dreq_bits(0) | self._dreq_bits(4) << 4) & ~(1 << channel)
+
+    def _line_active(self, ctl: Controller, channel: int) -> bool:
+        """Is ``channel``'s DREQ active now, after the sense polarity (command bit 6)?"""
+        device = self.devices.get(channel)
+        return bool(device is not None and device.dreq) != bool(ctl.command & Command.DREQ_ACTIVE_LOW)
+
+    def _cascade(self, ctl: Controller, channel: int, device: Device | None, budget_ns: int) -> int:
+        """The bus master behind a cascade channel holds the bus while its DREQ stays active.
+
+        The master's own cycles are its business (:meth:`Device.master_cycles`); the 8237 drives
+        no address and moves no count. A master that never drops DREQ (or a line held active by
+        the sense polarity with no card) holds the bus for the rest of the caller's budget: in
+        virtual time the caller's next access is then due, where a real CPU would stay in HOLD.
+        """
+        held = 0
+        while True:
+            if device is not None and self._dack_seen(ctl):
+                held += max(1, device.master_cycles(channel, self.memory, max(0, budget_ns - held)))
+            else:  # no card sees the DACK: nothing ends the hold but DREQ, which nothing drops
+                held = max(held, budget_ns, 1)
+            if not self._line_active(ctl, channel) or held >= budget_ns:
+                return held
 
     def _burst(self, ctl: Controller, channel: int, device: Device | None, width: int, limit: int) -> int:
         """Units the request stays active for, given the DREQ sense polarity."""
@@ -560,15 +621,18 @@ class QemuMachine(Machine):
 
     def _grant(
         self, ctl: Controller, channel: int, device: Device | None, width: int, budget_ns: int, *, alone: bool
-    ) -> tuple[int, int]:
-        """No modes: QEMU's device handler moves as much as it likes while its request stays set."""
+    ) -> tuple[int, bool]:
+        """No modes: QEMU's device handler moves as much as it likes while its request stays set
+        (no bus arbitration either: docs/reference/qemu-qtest.md §8 'modes single / block / demand /
+        cascade')."""
         left = ctl.units_to_tc(channel & 3)
         if device is not None and device.dreq:
             units = max(1, device.burst_units(channel, width, left))
         else:
             units = left
         t = self.timing
-        return units, t.acquire_clocks * t.clock_ns + units * self._unit_ns(ctl)
+        cost = t.acquire_clocks * t.clock_ns + units * self._unit_ns(ctl)
+        return cost, self._move(ctl, channel, device, units, width)
 
     def _dack_seen(self, ctl: Controller) -> bool:
         return True  # no DACK sense: the command register is never consulted
