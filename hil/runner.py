@@ -27,7 +27,7 @@ from hil.errors import (
     HilError,
     TransferLengthError,
 )
-from hil.journal import Journal, Observation, RunResult
+from hil.journal import DeviceObs, ErrorObs, InObs, Journal, Observation, ReadObs, ResidueObs, RunResult, WaitTcObs
 from hil.log import get_logger
 from hil.ports import MODE_DECREMENT, ModeSelect
 from hil.rules import check_buffer
@@ -321,7 +321,7 @@ async def run_script(
             try:
                 obs = await _run_step(step, args, backend, state, script)
             except HilError as e:
-                emit(Observation(step.path, step.op.value, step.index, step.name, error=str(e), ok=False))
+                emit(ErrorObs(step.path, step.index, step.name, ok=False, failed_op=step.op.value, message=str(e)))
                 result.status, result.error = "error", f"{step.describe()}: {e}"
                 log.info("step_failed", step=step.path, op=step.op.value, error=str(e))  # the result reports it
                 break
@@ -358,17 +358,13 @@ async def run_script(
     return result
 
 
-def _device_observation(ch: int, state: DeviceState) -> Observation:
+def _device_observation(ch: int, state: DeviceState) -> DeviceObs:
     """What a device saw, read through the backend (in process or behind an agent link)."""
-    obs = Observation(f"end.device{ch}", "device", channel=ch)
     if state.kind == "sink":
-        obs.length, obs.digest = state.moved, state.digest
-        obs.data = state.head.hex() if state.moved == len(state.head) else None  # all of it, or a digest
-        obs.value = state.overruns
-    else:
-        obs.length, obs.value = state.moved, state.underruns
-    obs.tc = state.tc_count > 0
-    return obs
+        return DeviceObs(f"end.device{ch}", channel=ch, length=state.moved, value=state.overruns,
+                         tc=state.tc_count > 0, digest=state.digest,
+                         data=state.head.hex() if state.moved == len(state.head) else None)  # all of it, or a digest
+    return DeviceObs(f"end.device{ch}", channel=ch, length=state.moved, value=state.underruns, tc=state.tc_count > 0)
 
 
 async def _ensure_requested(state: _State, channel: int, script: Script) -> None:
@@ -379,32 +375,30 @@ async def _ensure_requested(state: _State, channel: int, script: Script) -> None
 
 async def _run_step(step: Step, a: StepArgs, be: Backend, st: _State, script: Script) -> Observation | None:
     """Run one bound step; what it saw, if it observes anything."""
-    obs = Observation(step.path, step.op.value, step.index, step.name)
+    at = (step.path, step.index, step.name)
     match a:
         case Out(port=int(port), value=int(value), width=width):
             await (be.outw(port, value) if width == 16 else be.outb(port, value))
         case In(port=int(port), width=width, expect=expect, mask=int(mask)):
             value = await (be.inw(port) if width == 16 else be.inb(port))
-            obs.port, obs.width, obs.value = port, width, value
-            if isinstance(expect, int):
-                obs.expect, obs.mask = expect, mask
-                obs.ok = (value & mask) == (expect & mask)
-            return obs
+            if not isinstance(expect, int):
+                return InObs(*at, port=port, width=width, value=value)
+            return InObs(*at, port=port, width=width, value=value, expect=expect, mask=mask,
+                         ok=(value & mask) == (expect & mask))
         case Fill(addr=int(addr), length=length, pattern=pattern):
             await be.write_mem(addr, (pattern * (length // len(pattern) + 1))[:length])
         case Write(addr=int(addr), data=data):
             await be.write_mem(addr, data)
         case Read(addr=int(addr), length=length):
             data = await be.read_mem(addr, length)
-            obs.addr, obs.length, obs.digest = addr, length, digest(data)
-            if a.record == "bytes":
-                obs.data = data.hex()
+            read = ReadObs(*at, addr=addr, length=length, digest=digest(data),
+                           data=data.hex() if a.record == "bytes" else None)
             if a.expect_hex is not None:
-                obs.expect, obs.ok = a.expect_hex.hex(), data == a.expect_hex
+                read.expect, read.ok = a.expect_hex.hex(), data == a.expect_hex
             if a.expect_digest is not None:
-                obs.expect = a.expect_digest
-                obs.ok = obs.digest == a.expect_digest and obs.ok is not False
-            return obs
+                read.expect = a.expect_digest
+                read.ok = read.digest == a.expect_digest and read.ok is not False
+            return read
         case Program(channel=ch, mode=mode, addr=int(addr), length=length, enable=enable, unchecked=unchecked):
             await _ensure_requested(st, ch, script)
             dma = st.unchecked if unchecked else st.dma
@@ -421,16 +415,13 @@ async def _run_step(step: Step, a: StepArgs, be: Backend, st: _State, script: Sc
             async with st.dma.claim_dma_lock():
                 await st.dma.clear_dma_ff(ch)
                 value = await st.dma.get_dma_residue(ch)
-            obs.channel, obs.value = ch, value
-            if expect is not None:
-                obs.expect, obs.ok = expect, value == expect
-            return obs
+            if expect is None:
+                return ResidueObs(*at, channel=ch, value=value)
+            return ResidueObs(*at, channel=ch, value=value, expect=expect, ok=value == expect)
         case WaitTc(channel=ch, timeout=timeout, expect_complete=expect_complete):
             r = await st.dma.wait_dma_done(ch, timeout, check=False)
-            obs.channel, obs.tc, obs.value, obs.length = ch, r.tc, r.residue, r.expected
-            if expect_complete:
-                obs.expect, obs.ok = "complete", r.complete
-            return obs
+            return WaitTcObs(*at, channel=ch, tc=r.tc, value=r.residue, length=r.expected,
+                             expect="complete" if expect_complete else None, ok=r.complete if expect_complete else None)
         case Device(channel=ch, kind=kind, data=data, dreq=dreq, capacity=capacity):
             await be.execute([DevAttach(ch, kind, data, dreq, capacity)])
             st.devices[ch] = kind
