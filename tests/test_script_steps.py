@@ -63,3 +63,23 @@ def test_the_docs_parser_sees_the_tables() -> None:
     assert set(docs["write"]) == {"addr", "buffer", "offset", "hex", "pattern", "text", "file", "length"}
     assert docs["disable"] == {"channel": "required"} and docs["suspend"] == {}
     assert docs["resume"] == {"lose_state": "`false`"}
+
+
+def test_a_loaded_step_is_its_class_with_every_default(tmp_path: Path) -> None:
+    from hil.script import load_script
+    from hil.script.steps import Device, In, Read, WaitTc
+
+    path = tmp_path / "s.toml"
+    path.write_text('[script]\nname = "s"\n[buffers.b]\nsize = 16\nchannel = 1\n'
+                    '[[step]]\nop = "in"\nport = "dma1.status"\n'
+                    '[[step]]\nop = "read"\nbuffer = "b"\noffset = 4\n'
+                    '[[step]]\nop = "wait_tc"\nchannel = 1\n'
+                    '[[step]]\nop = "device"\nchannel = 1\nkind = "sink"\ncapacity = 8\n', encoding="utf-8")
+    steps = [s.args for s in load_script(path).steps]
+    assert steps[0] == In(width=8, port=0x08, expect=None, mask=0xFF)
+    read = steps[1]
+    assert isinstance(read, Read) and (read.length, read.buffer, read.record, read.expect_hex) == (12, "b", "bytes", None)
+    assert str(read.addr) != "" and not isinstance(read.addr, int)  # names a buffer: bound once it is placed
+    assert steps[2] == WaitTc(channel=1, timeout=1.0, expect_complete=True)
+    assert steps[3] == Device(channel=1, kind="sink", dreq=True, data=b"", capacity=8)
+    assert steps[3].needs() == "devices" and steps[2].needs() is None and read.moved() == 12
