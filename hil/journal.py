@@ -63,8 +63,8 @@ class Observation:
         # terminal count), not an absent field, so only None, an empty name and the default
         # ``may_differ`` are left out.
         record = {}
-        for key in RECORD_KEYS:
-            v = getattr(self, key, None)
+        for key in _record_keys(type(self)):
+            v = getattr(self, key)
             if v is not None and not (key == "name" and v == "") and not (key == "may_differ" and v is False):
                 record[key] = v
         return record
@@ -193,6 +193,18 @@ class ErrorObs(Observation):
 
     def describe(self) -> str:
         return f"error: {self.message}"
+
+
+_KEYS: dict[type[Observation], tuple[str, ...]] = {}
+
+
+def _record_keys(kind: type[Observation]) -> tuple[str, ...]:
+    """The record keys an observation of ``kind`` has, in :data:`RECORD_KEYS` order (worked
+    out once per kind: a journal writes one record per step)."""
+    keys = _KEYS.get(kind)
+    if keys is None:
+        keys = _KEYS[kind] = tuple(key for key in RECORD_KEYS if hasattr(kind, key) or key in kind.__dataclass_fields__)
+    return keys
 
 
 #: the kinds of observation by the op that makes them (ErrorObs: any op)
