@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from hil.errors import HilError
-from hil.journal import Observation, RunResult
+from hil.journal import DeviceObs, ErrorObs, InObs, Observation, ReadObs, ResidueObs, RunResult, WaitTcObs
 from hil.ports import PortRole, Reg, decode_port, port_names
 from hil.script.model import escape_controls
 
@@ -48,7 +48,7 @@ class Deviation:
             and fnmatch.fnmatchcase(script, self.script)
             and fnmatch.fnmatchcase(obs.step, self.step)
             and fnmatch.fnmatchcase(obs.op, self.op)
-            and (self.port is None or obs.port == self.port)
+            and (self.port is None or (isinstance(obs, InObs) and obs.port == self.port))
         )
 
 
@@ -199,31 +199,35 @@ class DiffReport:
 
 
 def _what(o: Observation) -> str:
-    if o.op == "in" and o.port is not None:
-        info = decode_port(o.port)
-        return f"in 0x{o.port:02X} ({info.describe(write=False)})"
-    if o.op in ("residue", "wait_tc"):
-        return f"{o.op} channel {o.channel}"
-    if o.op == "read" and o.addr is not None:
-        return f"read 0x{o.addr:X}+{o.length}"
-    if o.op == "device":
-        return f"device on channel {o.channel} at end of run"
+    match o:
+        case InObs(port=int(port)):
+            return f"in 0x{port:02X} ({decode_port(port).describe(write=False)})"
+        case ResidueObs() | WaitTcObs():
+            return f"{o.op} channel {o.channel}"
+        case ReadObs(addr=int(addr)):
+            return f"read 0x{addr:X}+{o.length}"
+        case DeviceObs():
+            return f"device on channel {o.channel} at end of run"
     return o.op
 
 
 def _show(o: Observation | None) -> str:
-    if o is None:
-        return "(missing)"
-    if o.error:
-        return f"error: {o.error}"
-    if o.op == "read" or (o.op == "device" and o.digest):
-        return o.digest or "?"
-    if o.op == "wait_tc":
-        return f"tc={'yes' if o.tc else 'no'} residue={o.value}"
-    if o.value is None:
-        return "-"
-    digits = 4 if (o.width or 8) == 16 else 2
-    return f"0x{o.value:0{digits}X}" if o.op == "in" else str(o.value)
+    match o:
+        case None:
+            return "(missing)"
+        case ErrorObs(message=message) if message:
+            return f"error: {message}"
+        case ReadObs():
+            return o.digest or "?"
+        case DeviceObs(digest=str(d)) if d:
+            return d
+        case WaitTcObs():
+            return f"tc={'yes' if o.tc else 'no'} residue={o.value}"
+        case InObs(value=int(v)):
+            return f"0x{v:0{4 if o.width == 16 else 2}X}"
+        case ResidueObs(value=int(v)) | DeviceObs(value=int(v)):
+            return str(v)
+    return "-"
 
 
 def _bits(bits: int, first: int) -> str:
@@ -235,64 +239,72 @@ def _meaning(o: Observation, a: Observation, b: Observation, la: str, lb: str, m
     if a.error or b.error:
         failed, fine = (la, lb) if a.error else (lb, la)
         return f"the step failed on {failed} ({a.error or b.error}) but not on {fine}"
-    if o.op == "in" and o.port is not None and a.value is not None and b.value is not None:
-        info = decode_port(o.port)
-        va, vb = a.value & mask, b.value & mask
-        first = 4 if info.ctrl is not None and info.ctrl == 1 else 0
-        if info.role is PortRole.CONTROL and info.reg == Reg.STATUS_COMMAND:
-            parts = []
-            for shift, kind in ((0, "TC"), (4, "request")):
-                for i in range(4):
-                    bit = 1 << (i + shift)
-                    if (va ^ vb) & bit:
-                        on, off = (la, lb) if va & bit else (lb, la)
-                        parts.append(f"{kind}{first + i} set on {on}, clear on {off}")
-            return "status: " + "; ".join(parts)
-        if info.role is PortRole.CONTROL and info.reg in (Reg.ALL_MASK, Reg.REQUEST):
-            return (f"mask readback: masked channels {_bits(va, first) or 'none'} on {la}, "
-                    f"{_bits(vb, first) or 'none'} on {lb} (0x{va:02X} vs 0x{vb:02X})")
-        if info.role in (PortRole.ADDRESS, PortRole.COUNT):
-            return (f"channel {info.channel} current {info.role.value} byte differs: 0x{va:02X} on {la}, "
-                    f"0x{vb:02X} on {lb} (the flip-flop picks low/high byte)")
-        if info.role is PortRole.PAGE:
-            return f"page register byte: 0x{va:02X} on {la}, 0x{vb:02X} on {lb}"
-        return f"0x{va:X} on {la}, 0x{vb:X} on {lb}"
-    if o.op == "residue":
-        return f"channel {o.channel} residue {a.value} bytes on {la}, {b.value} on {lb}"
-    if o.op == "wait_tc":
-        if a.tc != b.tc:
-            on, off = (la, lb) if a.tc else (lb, la)
-            return f"channel {o.channel} reached terminal count on {on}, not on {off}"
-        return f"channel {o.channel} residue after wait: {a.value} on {la}, {b.value} on {lb}"
-    if o.op in ("read", "device"):
-        if a.data is not None and b.data is not None:
-            da, db = bytes.fromhex(a.data), bytes.fromhex(b.data)
-            n = sum(x != y for x, y in zip(da, db)) + abs(len(da) - len(db))
-            first_off = next((i for i, (x, y) in enumerate(zip(da, db)) if x != y), min(len(da), len(db)))
-            base = o.addr or 0
-            return (f"{n} byte(s) differ, first at offset {first_off} (0x{base + first_off:X}): "
-                    f"0x{da[first_off]:02X} on {la}, 0x{db[first_off]:02X} on {lb}" if first_off < min(len(da), len(db))
-                    else f"lengths differ: {len(da)} on {la}, {len(db)} on {lb}")
-        if a.length != b.length:
-            return f"lengths differ: {a.length} bytes on {la}, {b.length} on {lb} (digests {a.digest} vs {b.digest})"
-        return f"contents differ (digests {a.digest} vs {b.digest})"
+    match o, a, b:
+        case InObs(port=int(port)), InObs(value=int(va)), InObs(value=int(vb)):
+            return _port_meaning(port, va & mask, vb & mask, la, lb)
+        case ResidueObs(), ResidueObs(), ResidueObs():
+            return f"channel {o.channel} residue {a.value} bytes on {la}, {b.value} on {lb}"
+        case WaitTcObs(), WaitTcObs(), WaitTcObs():
+            if a.tc != b.tc:
+                on, off = (la, lb) if a.tc else (lb, la)
+                return f"channel {o.channel} reached terminal count on {on}, not on {off}"
+            return f"channel {o.channel} residue after wait: {a.value} on {la}, {b.value} on {lb}"
+        case ReadObs() | DeviceObs(), ReadObs() | DeviceObs(), ReadObs() | DeviceObs():
+            if a.data is not None and b.data is not None:
+                da, db = bytes.fromhex(a.data), bytes.fromhex(b.data)
+                n = sum(x != y for x, y in zip(da, db)) + abs(len(da) - len(db))
+                first_off = next((i for i, (x, y) in enumerate(zip(da, db)) if x != y), min(len(da), len(db)))
+                base = (o.addr if isinstance(o, ReadObs) else None) or 0
+                return (f"{n} byte(s) differ, first at offset {first_off} (0x{base + first_off:X}): "
+                        f"0x{da[first_off]:02X} on {la}, 0x{db[first_off]:02X} on {lb}"
+                        if first_off < min(len(da), len(db)) else f"lengths differ: {len(da)} on {la}, {len(db)} on {lb}")
+            if a.length != b.length:
+                return f"lengths differ: {a.length} bytes on {la}, {b.length} on {lb} (digests {a.digest} vs {b.digest})"
+            return f"contents differ (digests {a.digest} vs {b.digest})"
     return "values differ"
 
 
-def _differs(o: Observation, a: Observation, b: Observation, mask: int) -> bool:
+def _port_meaning(port: int, va: int, vb: int, la: str, lb: str) -> str:
+    """Two values read from ``port`` (masked), explained by the register it is."""
+    info = decode_port(port)
+    first = 4 if info.ctrl is not None and info.ctrl == 1 else 0
+    if info.role is PortRole.CONTROL and info.reg == Reg.STATUS_COMMAND:
+        parts = []
+        for shift, kind in ((0, "TC"), (4, "request")):
+            for i in range(4):
+                bit = 1 << (i + shift)
+                if (va ^ vb) & bit:
+                    on, off = (la, lb) if va & bit else (lb, la)
+                    parts.append(f"{kind}{first + i} set on {on}, clear on {off}")
+        return "status: " + "; ".join(parts)
+    if info.role is PortRole.CONTROL and info.reg in (Reg.ALL_MASK, Reg.REQUEST):
+        return (f"mask readback: masked channels {_bits(va, first) or 'none'} on {la}, "
+                f"{_bits(vb, first) or 'none'} on {lb} (0x{va:02X} vs 0x{vb:02X})")
+    if info.role in (PortRole.ADDRESS, PortRole.COUNT):
+        return (f"channel {info.channel} current {info.role.value} byte differs: 0x{va:02X} on {la}, "
+                f"0x{vb:02X} on {lb} (the flip-flop picks low/high byte)")
+    if info.role is PortRole.PAGE:
+        return f"page register byte: 0x{va:02X} on {la}, 0x{vb:02X} on {lb}"
+    return f"0x{va:X} on {la}, 0x{vb:X} on {lb}"
+
+
+def _differs(a: Observation, b: Observation, mask: int) -> bool:
     if bool(a.error) != bool(b.error):
         return True
     if a.error:
         return False  # both failed the same step: the run errors are reported separately
-    if o.op in ("read",):
-        return a.digest != b.digest
-    if o.op == "device":
-        return (a.digest, a.length, a.value, a.tc) != (b.digest, b.length, b.value, b.tc)
-    if o.op == "wait_tc":
-        return a.tc != b.tc or a.value != b.value
-    if a.value is None or b.value is None:
-        return a.value != b.value
-    return (a.value & mask) != (b.value & mask)
+    match a, b:
+        case ReadObs(), ReadObs():
+            return a.digest != b.digest
+        case DeviceObs(), DeviceObs():
+            return (a.digest, a.length, a.value, a.tc) != (b.digest, b.length, b.value, b.tc)
+        case WaitTcObs(), WaitTcObs():
+            return a.tc != b.tc or a.value != b.value
+        case InObs(value=int(va)) | ResidueObs(value=int(va)), InObs(value=int(vb)) | ResidueObs(value=int(vb)):
+            return (va & mask) != (vb & mask)
+        case InObs() | ResidueObs(), InObs() | ResidueObs():
+            return a.value != b.value  # one has no value
+    return a != b
 
 
 def compare(results: list[RunResult], deviations: list[Deviation] | None = None,
@@ -340,7 +352,7 @@ def compare(results: list[RunResult], deviations: list[Deviation] | None = None,
             dev = next((d for d in deviations or [] if d.matches(script, o, ref.tags, other.tags)), None)
             if dev is not None and dev.diff_mask is not None:
                 mask &= dev.diff_mask
-            if not _differs(o, a, b, mask):
+            if not _differs(a, b, mask):
                 continue
             tolerated = None
             if o.may_differ:

@@ -16,9 +16,9 @@ import os
 import xml.etree.ElementTree as ET
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, ClassVar
 
 from hil import oserrors
 from hil.errors import HilError
@@ -32,43 +32,58 @@ def clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
+#: the keys of an observation record, in the order every kind writes them (docs/scripts.md "The
+#: journal"): a kind writes those of its fields that are set, so records stay comparable by eye
+RECORD_KEYS = ("step", "op", "index", "name", "port", "width", "channel", "addr", "length", "value", "tc", "data",
+               "digest", "expect", "mask", "ok", "diff_mask", "may_differ", "error", "t", "vt_ns")
+
+
 @dataclass
 class Observation:
-    """One thing a step saw. Only the fields that apply to the op are set."""
+    """One thing a step saw; each kind of observation is a subclass with the fields it has. The
+    base holds what every kind has: which step, how ``hil diff`` may treat it, when it was made.
+    A field is None where a journal lacks it (an observation is also read back from old files)."""
 
+    op: ClassVar[str] = ""  #: the op of the step that saw it (and the record's ``op``)
     step: str  #: path label of the step ("3", "5[2].1")
-    op: str
     index: int = -1  #: flat step index
     name: str = ""
-    port: int | None = None
-    width: int | None = None
-    channel: int | None = None
-    addr: int | None = None
-    length: int | None = None
-    value: int | None = None  #: in, residue, wait_tc (residue)
-    tc: bool | None = None  #: wait_tc
-    data: str | None = None  #: hex, for recorded reads and sink contents
-    digest: str | None = None
-    expect: int | str | None = None
-    mask: int | None = None
     ok: bool | None = None  #: None = nothing expected
     diff_mask: int | None = None
     may_differ: bool = False
-    error: str | None = None
     t: float = 0.0  #: seconds since the run started (wall)
     vt_ns: int | None = None  #: virtual time, on virtual-time backends
+
+    @property
+    def error(self) -> str | None:
+        """Why the step could not run (:class:`ErrorObs`); None for what a step saw."""
+        return None
 
     def to_json(self) -> dict[str, Any]:
         # ``ok`` and ``tc`` are tri-state: False is an observation (a failed expectation, no
         # terminal count), not an absent field, so only None, an empty name and the default
         # ``may_differ`` are left out.
-        return {k: v for k, v in self.__dict__.items()
-                if v is not None and not (k == "name" and v == "") and not (k == "may_differ" and v is False)}
+        record = {}
+        for key in _record_keys(type(self)):
+            v = getattr(self, key)
+            if v is not None and not (key == "name" and v == "") and not (key == "may_differ" and v is False):
+                record[key] = v
+        return record
 
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> Observation:
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in d.items() if k in known})
+    @staticmethod
+    def from_json(d: dict[str, Any]) -> Observation:
+        """The observation a record holds, of the kind its ``op`` (or ``error``) says; fields
+        the kind does not have (a newer writer's) are ignored. :class:`JournalError` for an op
+        that observes nothing."""
+        if d.get("error") is not None:
+            kind: type[Observation] = ErrorObs
+            d = {**d, "failed_op": d.get("op", ""), "message": d["error"]}
+        elif (found := OBS_KINDS.get(d.get("op"))) is not None:  # type: ignore[arg-type]  # any JSON value
+            kind = found
+        else:
+            raise JournalError(f"op {clip(repr(d.get('op')), 40)} records no observation")
+        known = {f.name for f in fields(kind)}
+        return kind(**{k: v for k, v in d.items() if k in known})
 
     @property
     def label(self) -> str:
@@ -77,28 +92,124 @@ class Observation:
 
     def describe(self) -> str:
         """One line: what the step saw and, when it did not hold, what was expected."""
-        if self.error:
-            return f"error: {self.error}"
-        match self.op:
-            case "in":
-                shown = f"read 0x{self.value:02X}" if self.value is not None else "no value"
-                if self.expect is not None:
-                    shown += f", expected 0x{self.expect:02X}" + (
-                        f" under mask 0x{self.mask:02X}" if self.mask not in (None, 0xFF, 0xFFFF) else "")
-                return f"in 0x{self.port:02X}: {shown}"
-            case "read":
-                head = clip(self.data or "", 2 * SHOWN_BYTES)
-                text = f"read 0x{self.addr:X}+{self.length}: " + (f"{head} " if head else "") + f"{self.digest}"
-                return text + (f", expected {clip(str(self.expect), 2 * SHOWN_BYTES)}" if self.ok is False else "")
-            case "wait_tc":
-                return f"wait_tc ch{self.channel}: tc={'yes' if self.tc else 'no'} residue {self.value} of {self.length}"
-            case "residue":
-                return f"residue ch{self.channel}: {self.value}" + (
-                    f", expected {self.expect}" if self.expect is not None else "")
-            case "device":
-                return f"device ch{self.channel}: {self.length} bytes moved, {'TC seen' if self.tc else 'no TC'}" + (
-                    f", digest {self.digest}" if self.digest else "")
         return self.op
+
+
+@dataclass
+class InObs(Observation):
+    """An ``in`` step: the port's value, and with ``expect`` the check under ``mask``."""
+
+    op: ClassVar[str] = "in"
+    port: int | None = None
+    width: int | None = None
+    value: int | None = None
+    expect: int | None = None
+    mask: int | None = None
+
+    def describe(self) -> str:
+        shown = f"read 0x{self.value:02X}" if self.value is not None else "no value"
+        if self.expect is not None:
+            shown += f", expected 0x{self.expect:02X}" + (
+                f" under mask 0x{self.mask:02X}" if self.mask not in (None, 0xFF, 0xFFFF) else "")
+        return f"in 0x{self.port:02X}: {shown}"
+
+
+@dataclass
+class ReadObs(Observation):
+    """A ``read`` step: the digest always, the bytes (hex) when recorded, what was expected."""
+
+    op: ClassVar[str] = "read"
+    addr: int | None = None
+    length: int | None = None
+    data: str | None = None
+    digest: str | None = None
+    expect: str | None = None  #: hex bytes or a digest
+
+    def describe(self) -> str:
+        head = clip(self.data or "", 2 * SHOWN_BYTES)
+        text = f"read 0x{self.addr:X}+{self.length}: " + (f"{head} " if head else "") + f"{self.digest}"
+        return text + (f", expected {clip(str(self.expect), 2 * SHOWN_BYTES)}" if self.ok is False else "")
+
+
+@dataclass
+class ResidueObs(Observation):
+    """A ``residue`` step: the channel's residue in bytes."""
+
+    op: ClassVar[str] = "residue"
+    channel: int | None = None
+    value: int | None = None
+    expect: int | None = None
+
+    def describe(self) -> str:
+        return f"residue ch{self.channel}: {self.value}" + (f", expected {self.expect}" if self.expect is not None else "")
+
+
+@dataclass
+class WaitTcObs(Observation):
+    """A ``wait_tc`` step: whether TC came, the residue (``value``) of the ``length`` programmed."""
+
+    op: ClassVar[str] = "wait_tc"
+    channel: int | None = None
+    length: int | None = None
+    value: int | None = None
+    tc: bool | None = None
+    expect: str | None = None  #: "complete" when expected
+
+    def describe(self) -> str:
+        return f"wait_tc ch{self.channel}: tc={'yes' if self.tc else 'no'} residue {self.value} of {self.length}"
+
+
+@dataclass
+class DeviceObs(Observation):
+    """A device at the end of a run (step ``end.deviceN``): bytes moved (``length``), under- or
+    overruns (``value``), TC seen; a sink also what it received (``data`` up to a limit, ``digest``)."""
+
+    op: ClassVar[str] = "device"
+    channel: int | None = None
+    length: int | None = None
+    value: int | None = None
+    tc: bool | None = None
+    data: str | None = None
+    digest: str | None = None
+
+    def describe(self) -> str:
+        return f"device ch{self.channel}: {self.length} bytes moved, {'TC seen' if self.tc else 'no TC'}" + (
+            f", digest {self.digest}" if self.digest else "")
+
+
+@dataclass
+class ErrorObs(Observation):
+    """A step that could not run: the run's error, recorded at the step (``ok`` false)."""
+
+    failed_op: str = ""  #: the step's op (the record's ``op``)
+    message: str = ""  #: the record's ``error``
+
+    @property
+    def op(self) -> str:  # type: ignore[override]  # a ClassVar on the other kinds, the failed step's op here
+        return self.failed_op
+
+    @property
+    def error(self) -> str | None:
+        return self.message
+
+    def describe(self) -> str:
+        return f"error: {self.message}"
+
+
+_KEYS: dict[type[Observation], tuple[str, ...]] = {}
+
+
+def _record_keys(kind: type[Observation]) -> tuple[str, ...]:
+    """The record keys an observation of ``kind`` has, in :data:`RECORD_KEYS` order (worked
+    out once per kind: a journal writes one record per step)."""
+    keys = _KEYS.get(kind)
+    if keys is None:
+        keys = _KEYS[kind] = tuple(key for key in RECORD_KEYS if hasattr(kind, key) or key in kind.__dataclass_fields__)
+    return keys
+
+
+#: the kinds of observation by the op that makes them (ErrorObs: any op)
+OBS_KINDS: dict[str, type[Observation]] = {k.op: k for k in (InObs, ReadObs, ResidueObs, WaitTcObs, DeviceObs)}
 
 
 @dataclass
@@ -311,7 +422,18 @@ def _field_types(annotation: str) -> tuple[type, ...]:
     return tuple(t for part in parts for t in _TYPES.get(part, ())) + ((type(None),) if "None" in parts else ())
 
 
-_OBS_TYPES = {f.name: _field_types(str(f.type)) for f in Observation.__dataclass_fields__.values()}
+def _obs_types() -> dict[str, tuple[type, ...]]:
+    """Each record key with every type some kind of observation gives it."""
+    out: dict[str, tuple[type, ...]] = {"op": (str,), "error": (str, type(None))}
+    for kind in OBS_KINDS.values():
+        for f in fields(kind):
+            out[f.name] = tuple(dict.fromkeys(out.get(f.name, ()) + _field_types(str(f.type))))
+    null = type(None)  # last, as the annotations write it: "int/str/null"
+    return {key: tuple(t for t in out[key] if t is not null) + ((null,) if null in out[key] else ())
+            for key in RECORD_KEYS}
+
+
+_OBS_TYPES = _obs_types()
 
 
 def _type_ok(value: object, types: tuple[type, ...]) -> bool:
@@ -416,7 +538,11 @@ def _take(rec: dict[str, Any], lineno: int, name: str, result: RunResult | None,
             why = _bad_field(rec, _OBS_TYPES, ("step", "op"))
             if why:
                 return skip(f"observation record: {why}")
-            result.observations.append(Observation.from_json({k: v for k, v in rec.items() if k != "type"}))
+            try:
+                obs = Observation.from_json({k: v for k, v in rec.items() if k != "type"})
+            except JournalError as e:
+                return skip(f"observation record: {e}")
+            result.observations.append(obs)
         case "end":
             why = _bad_field(rec, _END_TYPES, ("status",))
             if why is None and rec["status"] not in _STATUSES:

@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from hil.backends.base import Backend, Capability
 from hil.backends.ops import DevAttach, DevDreq, DeviceState, DevState, PowerReset
@@ -28,21 +27,38 @@ from hil.errors import (
     HilError,
     TransferLengthError,
 )
-from hil.journal import Journal, Observation, RunResult
+from hil.journal import DeviceObs, ErrorObs, InObs, Journal, Observation, ReadObs, ResidueObs, RunResult, WaitTcObs
 from hil.log import get_logger
 from hil.ports import MODE_DECREMENT, ModeSelect
 from hil.rules import check_buffer
 from hil.script.loader import bind_all, digest
 from hil.script.model import (
-    OP_CAPABILITY,
     Node,
-    Op,
     Script,
     ScriptCapabilityError,
     ScriptError,
     ScriptRangeError,
     Step,
     StepList,
+)
+from hil.script.steps import (
+    Delay,
+    Device,
+    Disable,
+    Dreq,
+    Enable,
+    Fill,
+    In,
+    Out,
+    Program,
+    Read,
+    Residue,
+    Resume,
+    Settle,
+    StepArgs,
+    Suspend,
+    WaitTc,
+    Write,
 )
 
 log = get_logger("hil.runner")
@@ -85,9 +101,7 @@ def check_capabilities(script: Script, backend: Backend) -> None:
                                     f"backend {backend.url} lacks capability {missing[0]!r} "
                                     f"(it has: {', '.join(sorted(have)) or 'none'})")
     for step in script.steps:
-        need = OP_CAPABILITY.get(step.op)
-        if step.op is Op.RESUME and step.args.get("lose_state"):
-            need = "devices"
+        need = step.args.needs()
         if need and need not in have:
             raise ScriptCapabilityError(step.file, step.path, "op",
                                         f"{step.op.value} needs capability {need!r}, which backend {backend.url} lacks",
@@ -124,7 +138,7 @@ def place_buffers(script: Script, backend: Backend) -> dict[str, int]:
     return out
 
 
-def prepare(script: Script, backend: Backend) -> list[dict[str, Any]]:
+def prepare(script: Script, backend: Backend) -> list[StepArgs]:
     """Second validation phase, no I/O: capabilities, buffer placement, every bound value and
     :func:`check_steps`. Returns each step's bound arguments; raises :class:`ScriptError`."""
     check_capabilities(script, backend)
@@ -158,7 +172,7 @@ class _Static:
     programmed: dict[int, tuple[int, int, int, bool]] = field(default_factory=dict)  #: mode, addr, length, unchecked
 
 
-def check_steps(script: Script, backend: Backend, bound: list[dict[str, Any]]) -> None:
+def check_steps(script: Script, backend: Backend, bound: list[StepArgs]) -> None:
     """Refuse, before the first access, every step that would fail when it runs for a reason
     the script and the backend already decide: a ``program`` breaking a buffer rule (the one
     implementation in :mod:`hil.rules`, as :meth:`IsaDma.program` would apply it), a memory
@@ -172,23 +186,21 @@ def check_steps(script: Script, backend: Backend, bound: list[dict[str, Any]]) -
     lo, hi = backend.capabilities.memory_window
     st = _Static()
 
-    def check(step: Step, a: dict[str, Any]) -> None:
+    def check(step: Step, a: StepArgs) -> None:
         def fail(key: str, message: str) -> ScriptError:
             return ScriptRangeError(step.file, step.path, key, message + "; refused before anything ran", step.op.value)
 
-        match step.op:
-            case Op.PROGRAM:
-                ch, mode = a["channel"], a["mode"]
-                st.programmed[ch] = (mode, a["addr"], a["length"], a["unchecked"])
-                if a["unchecked"] or mode >> 6 == ModeSelect.CASCADE:
+        match a:
+            case Program(channel=ch, mode=mode, addr=int(addr), length=length, unchecked=unchecked):
+                st.programmed[ch] = (mode, addr, length, unchecked)
+                if unchecked or mode >> 6 == ModeSelect.CASCADE:
                     return  # what IsaDma.program leaves unchecked
                 try:
-                    check_buffer(ch, a["addr"], a["length"], decrement=bool(mode & MODE_DECREMENT))
+                    check_buffer(ch, addr, length, decrement=bool(mode & MODE_DECREMENT))
                 except DmaRuleError as e:
-                    rule, key = _rule(e, a["addr"])
+                    rule, key = _rule(e, addr)
                     raise fail(key, f"DMA-ISA-LPC {rule}: {e}") from None
-            case Op.ENABLE if not a["unchecked"]:
-                ch = a["channel"]
+            case Enable(channel=ch, unchecked=False):
                 if ch not in st.programmed:
                     raise fail("channel", f"channel {ch} is enabled before any program step set it up")
                 mode, addr, length, unchecked = st.programmed[ch]
@@ -199,15 +211,15 @@ def check_steps(script: Script, backend: Backend, bound: list[dict[str, Any]]) -
                         rule, _ = _rule(e, addr)
                         raise fail("channel", f"enabling what an unchecked program set up breaks "
                                               f"DMA-ISA-LPC {rule}: {e}") from None
-            case Op.READ | Op.WRITE | Op.FILL:
-                addr, length = a["addr"], a["length"]
+            case Read(addr=int(addr), length=length) | Write(addr=int(addr), length=length) | Fill(
+                    addr=int(addr), length=length):
                 if not (lo <= addr and addr + length <= hi):
                     raise fail("addr", f"memory 0x{addr:X}+{length} is outside the memory window of "
                                        f"{backend.url} (0x{lo:X}..0x{max(lo, hi - 1):X})")
-            case Op.DEVICE:
-                st.devices.add(a["channel"])
-            case Op.DREQ if a["channel"] not in st.devices:
-                raise fail("channel", f"no device attached to channel {a['channel']} (add a device step before it)")
+            case Device(channel=ch):
+                st.devices.add(ch)
+            case Dreq(channel=ch) if ch not in st.devices:
+                raise fail("channel", f"no device attached to channel {ch} (add a device step before it)")
 
     steps = script.steps
     if not isinstance(steps, StepList):
@@ -274,7 +286,7 @@ async def run_script(
     *,
     journal: Journal | str | Path | None = None,
     progress: Progress | None = None,
-    prepared: list[dict[str, Any]] | None = None,
+    prepared: list[StepArgs] | None = None,
 ) -> RunResult:
     """Run ``script`` on an opened ``backend``; never raises for what the run finds (the
     result's ``status`` says), only for a script that cannot run at all (:class:`ScriptError`).
@@ -309,7 +321,7 @@ async def run_script(
             try:
                 obs = await _run_step(step, args, backend, state, script)
             except HilError as e:
-                emit(Observation(step.path, step.op.value, step.index, step.name, error=str(e), ok=False))
+                emit(ErrorObs(step.path, step.index, step.name, ok=False, failed_op=step.op.value, message=str(e)))
                 result.status, result.error = "error", f"{step.describe()}: {e}"
                 log.info("step_failed", step=step.path, op=step.op.value, error=str(e))  # the result reports it
                 break
@@ -346,17 +358,13 @@ async def run_script(
     return result
 
 
-def _device_observation(ch: int, state: DeviceState) -> Observation:
+def _device_observation(ch: int, state: DeviceState) -> DeviceObs:
     """What a device saw, read through the backend (in process or behind an agent link)."""
-    obs = Observation(f"end.device{ch}", "device", channel=ch)
     if state.kind == "sink":
-        obs.length, obs.digest = state.moved, state.digest
-        obs.data = state.head.hex() if state.moved == len(state.head) else None  # all of it, or a digest
-        obs.value = state.overruns
-    else:
-        obs.length, obs.value = state.moved, state.underruns
-    obs.tc = state.tc_count > 0
-    return obs
+        return DeviceObs(f"end.device{ch}", channel=ch, length=state.moved, value=state.overruns,
+                         tc=state.tc_count > 0, digest=state.digest,
+                         data=state.head.hex() if state.moved == len(state.head) else None)  # all of it, or a digest
+    return DeviceObs(f"end.device{ch}", channel=ch, length=state.moved, value=state.underruns, tc=state.tc_count > 0)
 
 
 async def _ensure_requested(state: _State, channel: int, script: Script) -> None:
@@ -365,90 +373,73 @@ async def _ensure_requested(state: _State, channel: int, script: Script) -> None
         state.requested.add(channel)
 
 
-async def _run_step(step: Step, a: dict[str, Any], be: Backend, st: _State, script: Script) -> Observation | None:
-    op = step.op
-    obs = Observation(step.path, op.value, step.index, step.name)
-    if op is Op.OUT:
-        await (be.outw(a["port"], a["value"]) if a["width"] == 16 else be.outb(a["port"], a["value"]))
-        return None
-    if op is Op.IN:
-        value = await (be.inw(a["port"]) if a["width"] == 16 else be.inb(a["port"]))
-        obs.port, obs.width, obs.value = a["port"], a["width"], value
-        if "expect" in a:
-            obs.expect, obs.mask = a["expect"], a["mask"]
-            obs.ok = (value & a["mask"]) == (a["expect"] & a["mask"])
-        return obs
-    if op is Op.FILL:
-        pattern: bytes = a["pattern"]
-        data = (pattern * (a["length"] // len(pattern) + 1))[: a["length"]]
-        await be.write_mem(a["addr"], data)
-        return None
-    if op is Op.WRITE:
-        await be.write_mem(a["addr"], a["data"])
-        return None
-    if op is Op.READ:
-        data = await be.read_mem(a["addr"], a["length"])
-        obs.addr, obs.length, obs.digest = a["addr"], a["length"], digest(data)
-        if a["record"] == "bytes":
-            obs.data = data.hex()
-        if "expect_hex" in a:
-            obs.expect, obs.ok = a["expect_hex"].hex(), data == a["expect_hex"]
-        if "expect_digest" in a:
-            obs.expect = a["expect_digest"]
-            obs.ok = obs.digest == a["expect_digest"] and obs.ok is not False
-        return obs
-    if op is Op.PROGRAM:
-        await _ensure_requested(st, a["channel"], script)
-        dma = st.unchecked if a["unchecked"] else st.dma
-        async with st.dma.claim_dma_lock():
-            await dma.program(a["channel"], a["mode"], a["addr"], a["length"], enable=a["enable"])
-        return None
-    if op is Op.ENABLE:
-        await _ensure_requested(st, a["channel"], script)
-        async with st.dma.claim_dma_lock():
-            await st.dma.enable_dma(a["channel"], unchecked=a["unchecked"] or None)
-        return None
-    if op is Op.DISABLE:
-        async with st.dma.claim_dma_lock():
-            await st.dma.disable_dma(a["channel"])
-        return None
-    if op is Op.RESIDUE:
-        async with st.dma.claim_dma_lock():
-            await st.dma.clear_dma_ff(a["channel"])
-            value = await st.dma.get_dma_residue(a["channel"])
-        obs.channel, obs.value = a["channel"], value
-        if "expect" in a:
-            obs.expect, obs.ok = a["expect"], value == a["expect"]
-        return obs
-    if op is Op.WAIT_TC:
-        r = await st.dma.wait_dma_done(a["channel"], a["timeout"], check=False)
-        obs.channel, obs.tc, obs.value, obs.length = a["channel"], r.tc, r.residue, r.expected
-        if a["expect_complete"]:
-            obs.expect, obs.ok = "complete", r.complete
-        return obs
-    if op is Op.DEVICE:
-        await be.execute([DevAttach(a["channel"], a["kind"], a["data"] if a["kind"] == "source" else b"",
-                                    a["dreq"], a.get("capacity"))])
-        st.devices[a["channel"]] = a["kind"]
-        return None
-    if op is Op.DREQ:
-        if a["channel"] not in st.devices:
-            raise ScriptError(step.file, step.path, "channel", f"no device attached to channel {a['channel']} "
-                              f"(add a device step first)", op.value)
-        await be.execute([DevDreq(a["channel"], a["level"])])
-        return None
-    if op is Op.DELAY:
-        await be.delay(a["us"])
-        return None
-    if op is Op.SETTLE:
-        await be.settle(a["timeout"])
-        return None
-    if op is Op.SUSPEND:
-        st.snapshot = await st.dma.suspend()
-        return None
-    if op is Op.RESUME:
-        if a["lose_state"]:
-            await be.execute([PowerReset()])
-        await st.dma.resume(st.snapshot)
-        return None
-    raise ScriptError(step.file, step.path, "op", f"op {op.value} cannot run here", op.value)
+async def _run_step(step: Step, a: StepArgs, be: Backend, st: _State, script: Script) -> Observation | None:
+    """Run one bound step; what it saw, if it observes anything."""
+    at = (step.path, step.index, step.name)
+    match a:
+        case Out(port=int(port), value=int(value), width=width):
+            await (be.outw(port, value) if width == 16 else be.outb(port, value))
+        case In(port=int(port), width=width, expect=expect, mask=int(mask)):
+            value = await (be.inw(port) if width == 16 else be.inb(port))
+            if not isinstance(expect, int):
+                return InObs(*at, port=port, width=width, value=value)
+            return InObs(*at, port=port, width=width, value=value, expect=expect, mask=mask,
+                         ok=(value & mask) == (expect & mask))
+        case Fill(addr=int(addr), length=length, pattern=pattern):
+            await be.write_mem(addr, (pattern * (length // len(pattern) + 1))[:length])
+        case Write(addr=int(addr), data=data):
+            await be.write_mem(addr, data)
+        case Read(addr=int(addr), length=length):
+            data = await be.read_mem(addr, length)
+            read = ReadObs(*at, addr=addr, length=length, digest=digest(data),
+                           data=data.hex() if a.record == "bytes" else None)
+            if a.expect_hex is not None:
+                read.expect, read.ok = a.expect_hex.hex(), data == a.expect_hex
+            if a.expect_digest is not None:
+                read.expect = a.expect_digest
+                read.ok = read.digest == a.expect_digest and read.ok is not False
+            return read
+        case Program(channel=ch, mode=mode, addr=int(addr), length=length, enable=enable, unchecked=unchecked):
+            await _ensure_requested(st, ch, script)
+            dma = st.unchecked if unchecked else st.dma
+            async with st.dma.claim_dma_lock():
+                await dma.program(ch, mode, addr, length, enable=enable)
+        case Enable(channel=ch, unchecked=unchecked):
+            await _ensure_requested(st, ch, script)
+            async with st.dma.claim_dma_lock():
+                await st.dma.enable_dma(ch, unchecked=unchecked or None)
+        case Disable(channel=ch):
+            async with st.dma.claim_dma_lock():
+                await st.dma.disable_dma(ch)
+        case Residue(channel=ch, expect=expect):
+            async with st.dma.claim_dma_lock():
+                await st.dma.clear_dma_ff(ch)
+                value = await st.dma.get_dma_residue(ch)
+            if expect is None:
+                return ResidueObs(*at, channel=ch, value=value)
+            return ResidueObs(*at, channel=ch, value=value, expect=expect, ok=value == expect)
+        case WaitTc(channel=ch, timeout=timeout, expect_complete=expect_complete):
+            r = await st.dma.wait_dma_done(ch, timeout, check=False)
+            return WaitTcObs(*at, channel=ch, tc=r.tc, value=r.residue, length=r.expected,
+                             expect="complete" if expect_complete else None, ok=r.complete if expect_complete else None)
+        case Device(channel=ch, kind=kind, data=data, dreq=dreq, capacity=capacity):
+            await be.execute([DevAttach(ch, kind, data, dreq, capacity)])
+            st.devices[ch] = kind
+        case Dreq(channel=ch, level=level):
+            if ch not in st.devices:
+                raise ScriptError(step.file, step.path, "channel", f"no device attached to channel {ch} "
+                                  f"(add a device step first)", step.op.value)
+            await be.execute([DevDreq(ch, level)])
+        case Delay(us=us):
+            await be.delay(us)
+        case Settle(timeout=timeout):
+            await be.settle(timeout)
+        case Suspend():
+            st.snapshot = await st.dma.suspend()
+        case Resume(lose_state=lose_state):
+            if lose_state:
+                await be.execute([PowerReset()])
+            await st.dma.resume(st.snapshot)
+        case _:
+            raise ScriptError(step.file, step.path, "op", f"op {step.op.value} cannot run here", step.op.value)
+    return None

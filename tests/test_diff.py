@@ -17,7 +17,7 @@ import pytest
 
 from hil.backends import open_backend
 from hil.diff import DeviationFileError, DiffReport, compare, load_deviations
-from hil.journal import Observation, RunResult
+from hil.journal import DeviceObs, ErrorObs, InObs, Observation, ReadObs, ResidueObs, RunResult, WaitTcObs
 from hil.runner import run_script
 from hil.script import load_script
 
@@ -251,34 +251,34 @@ def one(obs_a: Observation, obs_b: Observation) -> str:
 
 
 def test_status_meaning() -> None:
-    assert one(Observation("4", "in", port=0x08, value=0x04), Observation("4", "in", port=0x08, value=0x00)) == (
+    assert one(InObs("4", port=0x08, value=0x04), InObs("4", port=0x08, value=0x00)) == (
         "status: TC2 set on sim, clear on qemu")
     # DMA2: channel numbers start at 4; TC and request bits both decoded
-    meaning = one(Observation("4", "in", port=0xD0, value=0x21), Observation("4", "in", port=0xD0, value=0x08))
+    meaning = one(InObs("4", port=0xD0, value=0x21), InObs("4", port=0xD0, value=0x08))
     assert meaning == "status: TC4 set on sim, clear on qemu; TC7 set on qemu, clear on sim; request5 set on sim, clear on qemu"
-    d = pair(Observation("4", "in", port=0x08, value=0x04), Observation("4", "in", port=0x08, value=0x00)).divergences[0]
+    d = pair(InObs("4", port=0x08, value=0x04), InObs("4", port=0x08, value=0x00)).divergences[0]
     assert d.what == "in 0x08 (DMA1 status)" and d.values == {"sim": "0x04", "qemu": "0x00"}
 
 
 def test_other_register_meanings() -> None:
-    assert one(Observation("1", "in", port=0x04, value=0x12), Observation("1", "in", port=0x04, value=0x34)) == (
+    assert one(InObs("1", port=0x04, value=0x12), InObs("1", port=0x04, value=0x34)) == (
         "channel 2 current address byte differs: 0x12 on sim, 0x34 on qemu (the flip-flop picks low/high byte)")
-    assert "channel 5 current count" in one(Observation("1", "in", port=0xC6, value=1),
-                                            Observation("1", "in", port=0xC6, value=2))
-    assert one(Observation("1", "in", port=0x81, value=1), Observation("1", "in", port=0x81, value=2)) == (
+    assert "channel 5 current count" in one(InObs("1", port=0xC6, value=1),
+                                            InObs("1", port=0xC6, value=2))
+    assert one(InObs("1", port=0x81, value=1), InObs("1", port=0x81, value=2)) == (
         "page register byte: 0x01 on sim, 0x02 on qemu")
-    assert one(Observation("1", "in", port=0x3F8, value=1), Observation("1", "in", port=0x3F8, value=2)) == (
+    assert one(InObs("1", port=0x3F8, value=1), InObs("1", port=0x3F8, value=2)) == (
         "0x1 on sim, 0x2 on qemu")
-    assert one(Observation("1", "residue", channel=2, value=0), Observation("1", "residue", channel=2, value=12)) == (
+    assert one(ResidueObs("1", channel=2, value=0), ResidueObs("1", channel=2, value=12)) == (
         "channel 2 residue 0 bytes on sim, 12 on qemu")
-    assert one(Observation("1", "wait_tc", channel=1, tc=False, value=8),
-               Observation("1", "wait_tc", channel=1, tc=True, value=0)) == (
+    assert one(WaitTcObs("1", channel=1, tc=False, value=8),
+               WaitTcObs("1", channel=1, tc=True, value=0)) == (
         "channel 1 reached terminal count on qemu, not on sim")
 
 
 def test_read_meaning_finds_the_first_differing_byte() -> None:
-    a = Observation("5", "read", addr=0x10000, length=4, data="00112233", digest="sha256:a")
-    b = Observation("5", "read", addr=0x10000, length=4, data="00112299", digest="sha256:b")
+    a = ReadObs("5", addr=0x10000, length=4, data="00112233", digest="sha256:a")
+    b = ReadObs("5", addr=0x10000, length=4, data="00112299", digest="sha256:b")
     d = pair(a, b).divergences[0]
     assert d.what == "read 0x10000+4"
     assert d.meaning == "1 byte(s) differ, first at offset 3 (0x10003): 0x33 on sim, 0x99 on qemu"
@@ -286,26 +286,26 @@ def test_read_meaning_finds_the_first_differing_byte() -> None:
     a.data = b.data = None
     assert pair(a, b).divergences[0].meaning == "contents differ (digests sha256:a vs sha256:b)"
     # same digest: equal, whatever else was recorded
-    assert pair(Observation("5", "read", digest="sha256:x", data="00"),
-                Observation("5", "read", digest="sha256:x")).divergences == []
+    assert pair(ReadObs("5", digest="sha256:x", data="00"),
+                ReadObs("5", digest="sha256:x")).divergences == []
 
 
 def test_device_end_observations_compared() -> None:
-    a = Observation("end.device3", "device", channel=3, length=8, value=0, tc=False, data="00" * 8, digest="sha256:a")
-    b = Observation("end.device3", "device", channel=3, length=8, value=0, tc=False, data="00" * 7 + "01",
+    a = DeviceObs("end.device3", channel=3, length=8, value=0, tc=False, data="00" * 8, digest="sha256:a")
+    b = DeviceObs("end.device3", channel=3, length=8, value=0, tc=False, data="00" * 7 + "01",
                     digest="sha256:b")
     d = pair(a, b).divergences[0]
     assert d.what == "device on channel 3 at end of run" and "first at offset 7" in d.meaning
-    same = Observation("end.device2", "device", channel=2, length=512, value=0, tc=True)
-    assert pair(same, Observation("end.device2", "device", channel=2, length=512, value=0, tc=True)).divergences == []
-    assert len(pair(same, Observation("end.device2", "device", channel=2, length=500, value=12, tc=True)).divergences) == 1
+    same = DeviceObs("end.device2", channel=2, length=512, value=0, tc=True)
+    assert pair(same, DeviceObs("end.device2", channel=2, length=512, value=0, tc=True)).divergences == []
+    assert len(pair(same, DeviceObs("end.device2", channel=2, length=500, value=12, tc=True)).divergences) == 1
 
 
 def test_observed_on_one_side_only() -> None:
-    a = RunResult("s", "s.toml", "x", observations=[Observation("1", "in", port=8, value=0),
-                                                    Observation("end.device2", "device", channel=2, length=1, value=0)],
+    a = RunResult("s", "s.toml", "x", observations=[InObs("1", port=8, value=0),
+                                                    DeviceObs("end.device2", channel=2, length=1, value=0)],
                   status="passed")
-    b = RunResult("s", "s.toml", "y", observations=[Observation("1", "in", port=8, value=0)], status="passed")
+    b = RunResult("s", "s.toml", "y", observations=[InObs("1", port=8, value=0)], status="passed")
     report = compare([a, b])
     (d,) = report.divergences
     assert d.step == "end.device2" and d.values == {"x": "0", "y": "(missing)"} and d.meaning == "observed on x only"
@@ -317,14 +317,14 @@ def test_observed_on_one_side_only() -> None:
 
 def _runs_with_error() -> tuple[RunResult, RunResult]:
     good = RunResult("s", "s.toml", "sim", observations=[
-        Observation("1", "in", 0, port=8, value=0),
-        Observation("2", "read", 1, addr=0x10000, length=2, data="0000", digest="sha256:z"),
-        Observation("3", "in", 2, port=8, value=4),
-        Observation("end.device2", "device", channel=2, length=2, tc=True),
+        InObs("1", 0, port=8, value=0),
+        ReadObs("2", 1, addr=0x10000, length=2, data="0000", digest="sha256:z"),
+        InObs("3", 2, port=8, value=4),
+        DeviceObs("end.device2", channel=2, length=2, tc=True),
     ], status="passed")
     bad = RunResult("s", "s.toml", "qemu", observations=[
-        Observation("1", "in", 0, port=8, value=0),
-        Observation("2", "read", 1, error="memory access 0x10000+0x2 is outside physical memory", ok=False),
+        InObs("1", 0, port=8, value=0),
+        ErrorObs("2", 1, failed_op="read", message="memory access 0x10000+0x2 is outside physical memory", ok=False),
     ], status="error", error="step 2 (read): memory access 0x10000+0x2 is outside physical memory")
     return good, bad
 
@@ -360,11 +360,11 @@ def test_interrupted_journal_is_an_error_not_a_list_of_missing_steps() -> None:
 
 
 def test_same_backend_twice_and_three_backends() -> None:
-    o = Observation("1", "in", port=0x0F, value=0x0F)
+    o = InObs("1", port=0x0F, value=0x0F)
     runs = [RunResult("s", "f", "sim", observations=[o], status="passed") for _ in range(2)]
     report = compare(runs)
     assert report.backends == ["sim#1", "sim#2"] and report.exit_code == 0
-    third = RunResult("s", "f", "qemu", observations=[Observation("1", "in", port=0x0F, value=0)], status="passed")
+    third = RunResult("s", "f", "qemu", observations=[InObs("1", port=0x0F, value=0)], status="passed")
     report = compare([*runs, third])
     assert report.compared == 2
     (d,) = report.divergences
@@ -374,7 +374,7 @@ def test_same_backend_twice_and_three_backends() -> None:
 def test_several_scripts_in_one_report() -> None:
     report = DiffReport(backends=["a", "b"])
     for name, va in (("one", 1), ("two", 2)):
-        runs = [RunResult(name, f"{name}.toml", lab, observations=[Observation("1", "in", port=8, value=v)],
+        runs = [RunResult(name, f"{name}.toml", lab, observations=[InObs("1", port=8, value=v)],
                           status="passed") for lab, v in (("a", va), ("b", 1))]
         compare(runs, None, report)
     assert report.scripts == ["one", "two"] and report.compared == 2
@@ -438,11 +438,11 @@ def test_empty_compare() -> None:
 def test_long_sink_contents_report_their_lengths():
     """Without recorded bytes (over 4 KiB) a device divergence still says how many bytes each side got."""
     from hil.diff import compare
-    from hil.journal import Observation, RunResult
+    from hil.journal import DeviceObs, RunResult
 
     def run(url: str, length: int, digest: str) -> RunResult:
         r = RunResult("s", "s.toml", url, status="passed")
-        r.observations.append(Observation("end.device5", "device", channel=5, length=length, digest=digest, value=0, tc=True))
+        r.observations.append(DeviceObs("end.device5", channel=5, length=length, digest=digest, value=0, tc=True))
         return r
 
     report = compare([run("sim", 6144, "sha256:aa"), run("sim:?profile=qemu", 4096, "sha256:bb")])
@@ -454,8 +454,8 @@ def test_long_sink_contents_report_their_lengths():
 
 
 def test_divergences_name_the_step_as_hil_run_does() -> None:
-    a = Observation("7", "in", 6, "mask readback", port=0x0F, value=0x0F)
-    b = Observation("7", "in", 6, "mask readback", port=0x0F, value=0x00)
+    a = InObs("7", 6, "mask readback", port=0x0F, value=0x0F)
+    b = InObs("7", 6, "mask readback", port=0x0F, value=0x00)
     report = pair(a, b)
     (d,) = report.divergences
     assert d.name == "mask readback" and d.label == "step 7 (mask readback)" == a.label
@@ -464,14 +464,14 @@ def test_divergences_name_the_step_as_hil_run_does() -> None:
     case = ET.fromstring(report.to_junit()).find("testsuite/testcase")
     assert case.get("name") == "step 7 (mask readback) in 0x0F (DMA1 mask)"
     # an unnamed step keeps the short form, and no empty name in the JSON
-    unnamed = pair(Observation("2", "in", port=8, value=1), Observation("2", "in", port=8, value=0))
+    unnamed = pair(InObs("2", port=8, value=1), InObs("2", port=8, value=0))
     assert unnamed.format().startswith("s: step 2 in 0x08") and "name" not in unnamed.to_json()["divergences"][0]
 
 
 def test_json_keeps_whole_digests_text_shortens_them() -> None:
     da, db = "sha256:" + "a" * 64, "sha256:" + "b" * 64
-    report = pair(Observation("5", "read", addr=0x10000, length=8192, digest=da),
-                  Observation("5", "read", addr=0x10000, length=8192, digest=db))
+    report = pair(ReadObs("5", addr=0x10000, length=8192, digest=da),
+                  ReadObs("5", addr=0x10000, length=8192, digest=db))
     (d,) = report.to_json()["divergences"]
     assert d["values"] == {"sim": da, "qemu": db}
     assert "sim=sha256:aaaaaaaaaaaa…, qemu=sha256:bbbbbbbbbbbb…" in report.format()
@@ -479,7 +479,7 @@ def test_json_keeps_whole_digests_text_shortens_them() -> None:
 
 
 def test_a_script_skipped_on_a_backend_is_not_compared() -> None:
-    ran = RunResult("fdc", "fdc.toml", "qemu:?floppy=generate", observations=[Observation("1", "in", port=8, value=0)],
+    ran = RunResult("fdc", "fdc.toml", "qemu:?floppy=generate", observations=[InObs("1", port=8, value=0)],
                     status="passed")
     skipped = RunResult("fdc", "fdc.toml", "sim", status="skipped", error="needs fdc")
     report = compare([skipped, ran])

@@ -122,6 +122,8 @@ def test_a_corrupt_middle_line_loses_that_record_only(tmp_path: Path) -> None:
     ('{"type":"obs","step":5,"op":"in"}', "observation record: field 'step' is int 5, expected str"),
     ('{"type":"obs","step":"2","op":"in","value":"0x10"}', "field 'value' is str"),
     ('{"type":"obs","step":"2","op":"in","ok":1}', "field 'ok' is int 1, expected bool/null"),
+    ('{"type":"obs","step":"2","op":"out","value":1}', "observation record: op 'out' records no observation"),
+    ('{"type":"obs","step":"2","op":"in","expect":[1]}', "field 'expect' is list [1], expected int/str/null"),
     ('{"type":"mystery"}', "unknown record type 'mystery'"),
     ('{"type":"header","script":"again","backend":"sim"}', "a second header record"),
     ('{"type":"end","status":7}', "end record: field 'status' is int"),

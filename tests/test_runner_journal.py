@@ -21,7 +21,7 @@ import pytest
 
 from hil.backends.recording import RecordingBackend
 from hil.backends.sim import SimBackend
-from hil.journal import Journal, JournalError, Observation, RunResult, read_journal
+from hil.journal import InObs, Journal, JournalError, Observation, RunResult, WaitTcObs, read_journal
 from hil.runner import run_script
 from hil.script import load_script
 
@@ -322,14 +322,29 @@ async def test_journal_round_trip(every_op: tuple[RunResult, Path, Path]) -> Non
 
 
 def test_observation_json_keeps_false_and_drops_absent() -> None:
-    o = Observation("3", "wait_tc", 2, channel=1, tc=False, ok=False, value=0)
+    o = WaitTcObs("3", 2, channel=1, tc=False, ok=False, value=0)
     d = o.to_json()
     assert d["tc"] is False and d["ok"] is False and d["value"] == 0
     assert "name" not in d and "may_differ" not in d and "port" not in d and "error" not in d
     assert Observation.from_json(d) == o
-    tolerant = Observation("4", "in", may_differ=True, diff_mask=0x0F)
+    tolerant = InObs("4", may_differ=True, diff_mask=0x0F)
     assert Observation.from_json(tolerant.to_json()) == tolerant
     assert Observation.from_json({**d, "future_field": 1}) == o  # newer writers do not break readers
+
+
+def test_each_record_reads_back_as_its_kind() -> None:
+    """The record's op picks the kind; an ``error`` makes it the failed step's, whatever its op."""
+    from hil.journal import DeviceObs, ErrorObs, ReadObs, ResidueObs
+
+    kinds = {"in": InObs, "read": ReadObs, "residue": ResidueObs, "wait_tc": WaitTcObs, "device": DeviceObs}
+    for op, kind in kinds.items():
+        back = Observation.from_json({"step": "1", "op": op, "value": 3})
+        assert type(back) is kind and back.op == op
+    failed = Observation.from_json({"step": "2", "op": "settle", "index": 1, "ok": False, "error": "DMA still active"})
+    assert isinstance(failed, ErrorObs) and (failed.op, failed.error, failed.ok) == ("settle", "DMA still active", False)
+    assert failed.to_json() == {"step": "2", "op": "settle", "index": 1, "ok": False, "error": "DMA still active", "t": 0.0}
+    with pytest.raises(JournalError, match="op 'delay' records no observation"):
+        Observation.from_json({"step": "3", "op": "delay"})
 
 
 def test_journal_cut_short(tmp_path: Path) -> None:
@@ -337,8 +352,8 @@ def test_journal_cut_short(tmp_path: Path) -> None:
     jr = Journal(path)
     r = RunResult("cut", "cut.toml", "sim", steps_total=3)
     jr.header(r)
-    jr.observation(Observation("1", "in", 0, port=8, value=1))
-    jr.observation(Observation("2", "in", 1, port=8, value=2))
+    jr.observation(InObs("1", 0, port=8, value=1))
+    jr.observation(InObs("2", 1, port=8, value=2))
     jr.close()
     with open(path, "a", encoding="utf-8") as fh:
         fh.write('{"type":"obs","step":"3","op":"in","ind')  # a record cut by a kill

@@ -82,13 +82,13 @@ def test_data_file_outside_the_script_tree_is_refused(tmp_path: Path) -> None:
     assert refused(path, ScriptFileError).rule == "directory"  # type: ignore[attr-defined]
     # an explicit allowed directory widens the rule
     script = load_script(tmp_path / "scripts" / "s.toml", allow_paths=[tmp_path])
-    assert script.steps[1].args["data"] == b"top secret"
+    assert script.steps[1].args.data == b"top secret"
 
 
 def test_data_file_in_a_subdirectory_is_fine(tmp_path: Path) -> None:
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "x.bin").write_bytes(b"\x01\x02")
-    assert load_script(write(tmp_path / "s.toml", data_step("data/x.bin"))).steps[0].args["data"] == b"\x01\x02"
+    assert load_script(write(tmp_path / "s.toml", data_step("data/x.bin"))).steps[0].args.data == b"\x01\x02"
 
 
 def test_symlink_out_of_the_tree_is_refused(tmp_path: Path) -> None:
@@ -276,7 +276,7 @@ def test_5000_unary_minus(tmp_path: Path) -> None:
     assert_limit(refused(path, ScriptLimitError), "expression size", "1", "value")
     # within the limit, deep unary chains still evaluate
     path = write(tmp_path / "ok.toml", f'[[step]]\nop = "out"\nport = 0x80\nvalue = "{"-" * 200}1"\n')
-    assert load_script(path).steps[0].args["value"] == 1
+    assert load_script(path).steps[0].args.value == 1
 
 
 def test_5000_character_names(tmp_path: Path) -> None:
@@ -330,7 +330,7 @@ def test_a_million_step_repeat_loads_fast_and_small(tmp_path: Path) -> None:
     assert peak < 10 << 20, f"loading took {peak >> 20} MiB"  # a flat list took about 500 MiB
     assert elapsed < 5, f"loading took {elapsed:.1f} s"  # a flat list took 11 s
     last = script.steps[-1]
-    assert (last.index, last.path, last.args["value"]) == (1_000_000, "2[1000000].1", 1)
+    assert (last.index, last.path, last.args.value) == (1_000_000, "2[1000000].1", 1)
     bound = prepare(script, SimBackend())
     assert len(bound) == 1_000_001 and bound[1] is bound[-1]  # one bound dict per written step
 

@@ -238,7 +238,7 @@ def test_a_buffer_step_stays_inside_its_buffer(tmp_path: Path) -> None:
     assert_names(load_error(path, ScriptRangeError), path, "1", "offset", "beyond buffer 'b'")
     # in bounds: the whole buffer by default, or a slice of it
     script = load_script(write(tmp_path, base + 'op = "read"\nbuffer = "b"\noffset = 4\n', name="ok.toml"))
-    assert script.steps[0].args["length"] == 12
+    assert script.steps[0].args.length == 12
 
 
 # --- ScriptNameError --------------------------------------------------------------------------------
@@ -412,7 +412,7 @@ def test_include_labels_and_relative_paths(tmp_path: Path) -> None:
     ]
     assert script.steps[1].file == str((tmp_path / "lib" / "reset.toml").resolve())
     assert script.steps[0].file == str(path)
-    assert script.steps[2].args["port"] == 0x08
+    assert script.steps[2].args.port == 0x08
 
 
 def test_error_inside_a_repeat_names_the_expanded_path(tmp_path: Path) -> None:
@@ -470,12 +470,12 @@ def test_expressions_with_vars_registers_and_constants(tmp_path: Path) -> None:
     script = load_script(path)
     assert script.variables == {"sector": 512, "sectors": 2, "total": 1024, "ch": 2}
     s = [st.args for st in script.steps]
-    assert s[0]["port"] == PORTS["ch2.count"] == 0x05 and s[0]["value"] == 0xFF
-    assert s[1]["port"] == 0x0B and s[1]["value"] == 0x40 | 0x04 | 0x10 | 2
-    assert s[2]["port"] == 0xD0 and s[2]["expect"] == 4 and s[2]["mask"] == 0x0F
-    assert s[3]["port"] == 0x18  # a register name inside arithmetic: the DMA1 mirror
-    assert s[4]["channel"] == 2 and s[4]["mode"] == 0x54 and s[4]["addr"] == 0x20400 and s[4]["length"] == 1024
-    assert s[5]["mode"] == 0x80 | 0x08 | 0x20
+    assert s[0].port == PORTS["ch2.count"] == 0x05 and s[0].value == 0xFF
+    assert s[1].port == 0x0B and s[1].value == 0x40 | 0x04 | 0x10 | 2
+    assert s[2].port == 0xD0 and s[2].expect == 4 and s[2].mask == 0x0F
+    assert s[3].port == 0x18  # a register name inside arithmetic: the DMA1 mirror
+    assert s[4].channel == 2 and s[4].mode == 0x54 and s[4].addr == 0x20400 and s[4].length == 1024
+    assert s[5].mode == 0x80 | 0x08 | 0x20
 
 
 def test_var_overrides_propagate(tmp_path: Path) -> None:
@@ -488,10 +488,10 @@ def test_var_overrides_propagate(tmp_path: Path) -> None:
         port = 8
         value = "twice"
     """)
-    assert load_script(path).steps[0].args["value"] == 8
+    assert load_script(path).steps[0].args.value == 8
     script = load_script(path, variables={"n": 0x30})
     assert script.variables == {"n": 0x30, "twice": 0x60}
-    assert script.steps[0].args["value"] == 0x60
+    assert script.steps[0].args.value == 0x60
     # an override is range-checked where it is used
     err = load_error(path, ScriptRangeError, variables={"n": 0x80})
     assert_names(err, path, "1", "value", "'twice' = 256")
@@ -542,11 +542,11 @@ def test_data_sources(tmp_path: Path) -> None:
         length = 5000
     """)
     s = load_script(path).steps
-    assert s[0].args["data"] == bytes.fromhex("deadbeef")
-    assert s[1].args["data"] == bytes([1, 2, 3, 1, 2, 3, 1]) and s[1].args["length"] == 7
-    assert s[2].args["data"] == b"hi"
-    assert s[3].args["data"] == bytes(range(5))
-    assert s[4].args["record"] == "digest"  # longer than 4096 bytes: a digest unless asked
+    assert s[0].args.data == bytes.fromhex("deadbeef")
+    assert s[1].args.data == bytes([1, 2, 3, 1, 2, 3, 1]) and s[1].args.length == 7
+    assert s[2].args.data == b"hi"
+    assert s[3].args.data == bytes(range(5))
+    assert s[4].args.record == "digest"  # longer than 4096 bytes: a digest unless asked
 
 
 # --- two-phase binding ------------------------------------------------------------------------------
@@ -578,8 +578,8 @@ BUFFERED = """
 async def test_buffer_expressions_are_resolved_after_placement(tmp_path: Path) -> None:
     script = load_script(write(tmp_path, BUFFERED))
     # loading leaves the buffer expressions symbolic ...
-    assert isinstance(script.steps[0].args["value"], Expr)
-    assert isinstance(script.steps[2].args["addr"], Expr) and script.steps[2].args["buffer"] == "second"
+    assert isinstance(script.steps[0].args.value, Expr)
+    assert isinstance(script.steps[2].args.addr, Expr) and script.steps[2].args.buffer == "second"
     # ... binding evaluates them against where the zone placed the buffers
     from hil.runner import place_buffers
 
@@ -588,10 +588,10 @@ async def test_buffer_expressions_are_resolved_after_placement(tmp_path: Path) -
     assert placed["first"] == 0x10000  # the zone starts at 64 KiB, in declaration order
     assert placed["second"] >= placed["first"] + 0x800 and placed["second"] % 2 == 0
     bound = prepare(script, be)
-    assert bound[0]["value"] == placed["first"] >> 16
-    assert bound[1]["value"] == placed["first"] & 0xFF
-    assert bound[2]["addr"] == placed["second"] + 0x10 and bound[2]["length"] == 4
-    assert bind(script.steps[2], {"first": 0, "second": 0x30000}, script)["addr"] == 0x30010
+    assert bound[0].value == placed["first"] >> 16
+    assert bound[1].value == placed["first"] & 0xFF
+    assert bound[2].addr == placed["second"] + 0x10 and bound[2].length == 4
+    assert bind(script.steps[2], {"first": 0, "second": 0x30000}, script).addr == 0x30010
 
 
 def test_binding_arithmetic_error_is_a_range_error(tmp_path: Path) -> None:

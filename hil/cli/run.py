@@ -20,6 +20,7 @@ from hil.journal import RunResult
 if TYPE_CHECKING:
     from hil.backends.base import Backend
     from hil.script.model import Script
+    from hil.script.steps import StepArgs
 
 #: Backend schemes each of whose opens is a machine of its own, at power-on, shared with nobody:
 #: the in-process simulator and a QEMU this process starts. Each script after the first gets a
@@ -171,7 +172,7 @@ async def cmd_run(args: argparse.Namespace) -> int:
     # agent got BUSY while the first one was still closing. Each later script gets fresh
     # host-side state (start_fresh), or a machine of its own where opening is that (FRESH_PER_OPEN).
     async with backend as be:
-        plans: list[list[dict[str, Any]] | None] = []  # bound steps, or None: skip
+        plans: list[list[StepArgs] | None] = []  # bound steps, or None: skip
         needs: list[list[str]] = []
         try:
             with _sigint_raises():  # ... and bind all against the backend: no I/O yet
@@ -185,7 +186,7 @@ async def cmd_run(args: argparse.Namespace) -> int:
 
 
 async def _run_all(args: argparse.Namespace, be: Backend, scripts: list[Script], journals: list[str | None],
-                   plans: list[list[dict[str, Any]] | None], needs: list[list[str]], progress: Progress) -> int:
+                   plans: list[list[StepArgs] | None], needs: list[list[str]], progress: Progress) -> int:
     """Run (or record as skipped) each checked script on the one backend, printing as it goes."""
     from hil.journal import junit
     from hil.runner import record_skip, run_script, start_fresh

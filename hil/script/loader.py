@@ -9,6 +9,7 @@ Every refusal is a :class:`ScriptError` naming file, step, key and rule.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import re
@@ -16,6 +17,7 @@ import stat
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +44,7 @@ from hil.script.model import (
     StepList,
     Tolerance,
 )
+from hil.script.steps import KINDS, MAX_DATA, Arg, Kind, StepArgs, allowed_keys, step_args
 
 #: names every expression may use besides variables and buffers
 CONSTANTS: dict[str, int] = {
@@ -61,7 +64,6 @@ CONSTANTS: dict[str, int] = {
 }
 PORTS = port_names()
 MAX_REPEAT = 1_000_000
-MAX_DATA = 16 << 20  #: bytes of one step's data, and of one data file
 # --- limits (docs/scripts.md "Limits"): what a script may cost before anything runs -------------
 MAX_STEPS = 2_000_000  #: flat steps after expanding every repeat and include (a full repeat and more)
 MAX_HELD_BYTES = 64 << 20  #: data bytes the loaded steps hold in memory (each written step once)
@@ -74,35 +76,6 @@ MAX_IDENT = 64  #: characters of a variable or buffer name
 MAX_TEXT = 4096  #: characters of a description or note
 TOLERANCE_KEYS = ("diff_mask", "may_differ", "note")  #: a repeat or include passes these down
 COMMON_KEYS = {"op", "name", *TOLERANCE_KEYS}
-ADDR_KEYS = {"addr", "buffer", "offset"}
-DATA_KEYS = {"hex", "pattern", "text", "file", "length"}
-
-# key -> (kind, required)
-SPECS: dict[Op, dict[str, tuple[str, bool]]] = {
-    Op.OUT: {"port": ("port", True), "value": ("value", True), "width": ("width", False)},
-    Op.IN: {"port": ("port", True), "width": ("width", False), "expect": ("value", False), "mask": ("value", False)},
-    Op.FILL: {"pattern": ("hexstr", False), "length": ("length", False), **{k: ("addr", False) for k in ADDR_KEYS}},
-    Op.WRITE: {**{k: ("data", False) for k in DATA_KEYS}, **{k: ("addr", False) for k in ADDR_KEYS}},
-    Op.READ: {"length": ("length", False), "expect_hex": ("hexstr", False), "expect_digest": ("digest", False),
-              "record": ("record", False), **{k: ("addr", False) for k in ADDR_KEYS}},
-    Op.PROGRAM: {"channel": ("channel", True), "mode": ("mode", True), "length": ("length", False),
-                 "enable": ("bool", False), "unchecked": ("bool", False), **{k: ("addr", False) for k in ADDR_KEYS}},
-    Op.ENABLE: {"channel": ("channel", True), "unchecked": ("bool", False)},
-    Op.DISABLE: {"channel": ("channel", True)},
-    Op.RESIDUE: {"channel": ("channel", True), "expect": ("int", False)},
-    Op.WAIT_TC: {"channel": ("channel", True), "timeout": ("seconds", False), "expect_complete": ("bool", False)},
-    Op.DEVICE: {"channel": ("channel", True), "kind": ("device_kind", True), "dreq": ("bool", False),
-                "capacity": ("int", False), **{k: ("data", False) for k in DATA_KEYS}},
-    Op.DREQ: {"channel": ("channel", True), "level": ("bool", True)},
-    Op.DELAY: {"us": ("micros", True)},
-    Op.SETTLE: {"timeout": ("seconds", False)},
-    Op.SUSPEND: {},
-    Op.RESUME: {"lose_state": ("bool", False)},
-    Op.REPEAT: {"count": ("count", True), "steps": ("steps", True)},
-    Op.INCLUDE: {"file": ("str", True)},
-}
-
-
 class _Ctx:
     """Where we are, for error messages."""
 
@@ -388,14 +361,20 @@ class _Body:
     depth: int  #: repeats and includes nested inside it
 
 
-def _moved(op: Op, args: dict[str, Any]) -> int:
-    match op:
-        case Op.WRITE | Op.DEVICE:
-            return len(args.get("data", b""))
-        case Op.FILL | Op.READ:
-            return int(args["length"])
-        case _:
-            return 0
+@dataclass(frozen=True)
+class _Field:
+    """One field of a step class, as :meth:`_StepLoader.read_field` needs it."""
+
+    name: str
+    arg: Arg
+    keys: tuple[str, ...]
+    default: Any
+    cls: type[StepArgs]
+
+
+@cache
+def _keys(op: Op) -> dict[str, bool]:
+    return allowed_keys(KINDS[op])
 
 
 class _StepLoader:
@@ -434,12 +413,12 @@ class _StepLoader:
                 ops = ", ".join(o.value for o in Op)
                 raise ctx.err(ScriptStructureError, "op", f"unknown op {op_name!r}; ops: {ops}") from None
             ctx.op = op.value
-            spec = SPECS[op]
+            spec = _keys(op)
             unknown = set(table) - COMMON_KEYS - set(spec)
             if unknown:
                 allowed = ", ".join(sorted(set(spec) | COMMON_KEYS))
                 raise ctx.err(ScriptStructureError, sorted(unknown)[0], f"unknown key for {op.value}; allowed: {allowed}")
-            for key, (_, required) in spec.items():
+            for key, required in spec.items():
                 if required and key not in table:
                     raise ctx.err(ScriptStructureError, key, "missing required key")
             if isinstance(table, dict) and inherited:
@@ -483,8 +462,8 @@ class _StepLoader:
                     note=self.text(table.get("note", ""), ctx, "note", MAX_TEXT),
                 )
                 name = self.text(table.get("name", ""), ctx, "name", MAX_NAME)
-                node = Step(-1, str(i), op, args, tol, str(file), name)
-                node_steps, node_moved, node_depth, limit_key = 1, _moved(op, args), 0, None
+                node = Step(-1, str(i), args, tol, str(file), name)
+                node_steps, node_moved, node_depth, limit_key = 1, args.moved(), 0, None
             steps += node_steps
             moved += node_moved
             inner_depth = max(inner_depth, node_depth)
@@ -662,86 +641,102 @@ class _StepLoader:
             raise ctx.err(ScriptRangeError, key, f"{length} bytes at offset {offset} run past the end of buffer "
                                                  f"{spec.name!r} ({spec.size} bytes)")
 
-    def load_args(self, op: Op, t: dict[str, Any], ctx: _Ctx, file: Path) -> dict[str, Any]:
-        a: dict[str, Any] = {}
-        width = self.static(t.get("width", 8), ctx, "width", 8, 16) if "width" in t else 8
-        if width not in (8, 16):
-            raise ctx.err(ScriptRangeError, "width", f"width {width}: use 8 or 16")
-        vmax = (1 << width) - 1
-        if op in (Op.OUT, Op.IN):
-            a["width"] = width
-            a["port"] = self.deferred(t["port"], ctx, "port", 0, 0xFFFF - (width == 16))
-        if op is Op.OUT:
-            a["value"] = self.deferred(t["value"], ctx, "value", 0, vmax)
-        if op is Op.IN:
-            if "expect" in t:
-                a["expect"] = self.deferred(t["expect"], ctx, "expect", 0, vmax)
-            a["mask"] = self.deferred(t["mask"], ctx, "mask", 0, vmax) if "mask" in t else vmax
-        if op in (Op.FILL, Op.WRITE, Op.READ, Op.PROGRAM):
-            self.address(t, ctx, a, need_length=op is not Op.WRITE)
-        if op is Op.FILL:
-            a["pattern"] = self.hexbytes(t.get("pattern", "00"), ctx, "pattern")
-            if not a["pattern"]:
-                raise ctx.err(ScriptRangeError, "pattern", "an empty pattern fills nothing")
-        if op is Op.WRITE:
-            a["data"] = self.data(t, ctx, file, a.get("length"))
-            a["length"] = len(a["data"])
-            if "buffer" in t and "length" not in t:
-                self.within_buffer(ctx, t, a["length"], next(k for k in ("hex", "pattern", "text", "file") if k in t))
-        if op is Op.READ:
-            if "expect_hex" in t:
-                a["expect_hex"] = self.hold(self.hexbytes(t["expect_hex"], ctx, "expect_hex"), ctx, "expect_hex")
-                if len(a["expect_hex"]) != a["length"]:
-                    raise ctx.err(ScriptRangeError, "expect_hex",
-                                  f"{len(a['expect_hex'])} bytes expected but length is {a['length']}")
-            if "expect_digest" in t:
-                d = t["expect_digest"]
+    def load_args(self, op: Op, t: dict[str, Any], ctx: _Ctx, file: Path) -> StepArgs:
+        """The typed arguments of a step: each field of its class read by the reader of its
+        :class:`~hil.script.steps.Kind`, in field order, so the first error is the first field's.
+        A reader may set later fields too (an address sets ``length`` and ``buffer``)."""
+        cls = KINDS[op]
+        got: dict[str, Any] = {}
+        for f, a, keys in step_args(cls):
+            if f.name in got:
+                continue
+            if a.kind is Kind.DERIVED:
+                if f.default is not dataclasses.MISSING:
+                    got[f.name] = f.default
+                continue
+            got[f.name] = self.read_field(_Field(f.name, a, keys, f.default, cls), t, ctx, file, got)
+        return cls(**got)
+
+    def read_field(self, f: _Field, t: dict[str, Any], ctx: _Ctx, file: Path, got: dict[str, Any]) -> Any:
+        """One field's value from the step table ``t`` (``got``: the fields read before it)."""
+        key, present = f.name, f.name in t
+        match f.arg.kind:
+            case Kind.WIDTH:
+                width = self.static(t[key], ctx, key, 8, 16) if present else f.default
+                if width not in (8, 16):
+                    raise ctx.err(ScriptRangeError, key, f"width {width}: use 8 or 16")
+                return width
+            case Kind.PORT:
+                return self.deferred(t[key], ctx, key, 0, 0xFFFF - (got["width"] == 16))
+            case Kind.VALUE:
+                vmax = (1 << got["width"]) - 1
+                if present:
+                    return self.deferred(t[key], ctx, key, 0, vmax)
+                return vmax if f.default is dataclasses.MISSING else f.default
+            case Kind.ADDRESS:
+                self.address(t, ctx, got, need_length=not any(a.kind is Kind.DATA for _, a, _ in step_args(f.cls)))
+                return got["addr"]
+            case Kind.PATTERN:
+                pattern = self.hexbytes(t[key], ctx, key) if present else f.default
+                if not pattern:
+                    raise ctx.err(ScriptRangeError, key, "an empty pattern fills nothing")
+                return pattern
+            case Kind.EXPECT_HEX:
+                if not present:
+                    return f.default
+                expect = self.hold(self.hexbytes(t[key], ctx, key), ctx, key)
+                if len(expect) != got["length"]:
+                    raise ctx.err(ScriptRangeError, key, f"{len(expect)} bytes expected but length is {got['length']}")
+                return expect
+            case Kind.DIGEST:
+                if not present:
+                    return f.default
+                d = t[key]
                 if not isinstance(d, str) or not re.fullmatch(r"sha256:[0-9a-f]{64}", d):
-                    raise ctx.err(ScriptTypeError, "expect_digest", "expected \"sha256:<64 lowercase hex digits>\"")
-                a["expect_digest"] = d
-            rec = t.get("record", "bytes" if a["length"] <= 4096 else "digest")
-            if rec not in ("bytes", "digest"):
-                raise ctx.err(ScriptRangeError, "record", f"{rec!r}: use \"bytes\" or \"digest\"")
-            a["record"] = rec
-        if "channel" in SPECS[op]:
-            ch = self.static(t["channel"], ctx, "channel", 0, 7)
-            if ch == CASCADE_CHANNEL and op is not Op.RESIDUE:
-                raise ctx.err(ScriptRangeError, "channel", "channel 4 is the cascade: it carries no transfers")
-            a["channel"] = ch
-        if op is Op.PROGRAM:
-            a["mode"] = self.mode(t["mode"], ctx)
-            a["enable"] = self.boolean(t.get("enable", True), ctx, "enable")
-            a["unchecked"] = self.boolean(t.get("unchecked", False), ctx, "unchecked")
-        if op is Op.ENABLE:
-            a["unchecked"] = self.boolean(t.get("unchecked", False), ctx, "unchecked")
-        if op is Op.RESIDUE and "expect" in t:
-            a["expect"] = self.static(t["expect"], ctx, "expect", 0, 0x20000)
-        if op is Op.WAIT_TC:
-            a["timeout"] = self.number(t.get("timeout", 1.0), ctx, "timeout", 3600)
-            a["expect_complete"] = self.boolean(t.get("expect_complete", True), ctx, "expect_complete")
-        if op is Op.DEVICE:
-            kind = t["kind"]
-            if kind not in ("source", "sink"):
-                raise ctx.err(ScriptRangeError, "kind", f"{kind!r}: use \"source\" or \"sink\"")
-            a["kind"] = kind
-            a["dreq"] = self.boolean(t.get("dreq", True), ctx, "dreq")
-            if kind == "source":
-                length = self.static(t["length"], ctx, "length", 0, MAX_DATA) if "length" in t else None
-                a["data"] = self.data(t, ctx, file, length)
-            else:
-                bad = set(t) & DATA_KEYS
+                    raise ctx.err(ScriptTypeError, key, "expected \"sha256:<64 lowercase hex digits>\"")
+                return d
+            case Kind.RECORD:
+                rec = t.get(key, "bytes" if got["length"] <= 4096 else "digest")
+                if rec not in ("bytes", "digest"):
+                    raise ctx.err(ScriptRangeError, key, f"{rec!r}: use \"bytes\" or \"digest\"")
+                return rec
+            case Kind.CHANNEL:
+                ch = self.static(t[key], ctx, key, 0, 7)
+                if ch == CASCADE_CHANNEL and not f.arg.cascade:
+                    raise ctx.err(ScriptRangeError, key, "channel 4 is the cascade: it carries no transfers")
+                return ch
+            case Kind.MODE:
+                return self.mode(t[key], ctx)
+            case Kind.BOOL:
+                return self.boolean(t[key] if present else f.default, ctx, key)
+            case Kind.INT:
+                return self.static(t[key], ctx, key, 0, int(f.arg.hi or 0)) if present else f.default
+            case Kind.NUMBER:
+                return self.number(t[key], ctx, key, f.arg.hi or 0) if present else f.default
+            case Kind.DEVICE_KIND:
+                kind = t[key]
+                if kind not in ("source", "sink"):
+                    raise ctx.err(ScriptRangeError, key, f"{kind!r}: use \"source\" or \"sink\"")
+                return kind
+            case Kind.DATA:  # with a length field of its own, and an address
+                data = self.data(t, ctx, file, got.get("length"))
+                got["length"] = len(data)
+                if "buffer" in t and "length" not in t:
+                    self.within_buffer(ctx, t, len(data), next(k for k in ("hex", "pattern", "text", "file") if k in t))
+                return data
+            case Kind.SOURCE_DATA:
+                if got["kind"] == "source":
+                    length = self.static(t["length"], ctx, "length", 0, MAX_DATA) if "length" in t else None
+                    return self.data(t, ctx, file, length)
+                bad = set(t) & set(f.keys)
                 if bad:
                     raise ctx.err(ScriptStructureError, sorted(bad)[0], "a sink takes no data; use capacity")
-                a["capacity"] = self.static(t["capacity"], ctx, "capacity", 0, MAX_DATA) if "capacity" in t else None
-        if op is Op.DREQ:
-            a["level"] = self.boolean(t["level"], ctx, "level")
-        if op is Op.DELAY:
-            a["us"] = self.number(t["us"], ctx, "us", 3.6e9)
-        if op is Op.SETTLE:
-            a["timeout"] = self.number(t["timeout"], ctx, "timeout", 3600) if "timeout" in t else None
-        if op is Op.RESUME:
-            a["lose_state"] = self.boolean(t.get("lose_state", False), ctx, "lose_state")
-        return a
+                return f.default
+            case Kind.CAPACITY:
+                if got["kind"] == "source" or not present:
+                    return f.default
+                return self.static(t[key], ctx, key, 0, int(f.arg.hi or 0))
+        raise AssertionError(f"{f.cls.__name__}.{key}: kind {f.arg.kind} is read by load_list")  # Repeat, Include
 
     def mode(self, value: object, ctx: _Ctx) -> int:
         if isinstance(value, dict):
@@ -772,48 +767,50 @@ def digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def bind(step: Step, buffers: Mapping[str, int], script: Script) -> dict[str, Any]:
-    """Evaluate the expressions of ``step`` now that buffers are placed; check their ranges."""
+def bind(step: Step, buffers: Mapping[str, int], script: Script) -> StepArgs:
+    """The arguments of ``step`` with their expressions evaluated now that buffers are placed,
+    and their ranges checked. A step without expressions is returned as it is."""
+    args = step.args
+    pending = [(f.name, a.kind, v) for f, a, _ in step_args(type(args))
+               if isinstance(v := getattr(args, f.name), Expr)]
+    if not pending:
+        return args
     env = {**_env_names(script.variables), **buffers}
     ctx = _Ctx(Path(step.file), step.path, step.op.value)
-    out = dict(step.args)
-    limits: dict[str, tuple[int, int]] = {
-        "addr": (0, (1 << 32) - 1),
-        "port": (0, 0xFFFF),
-        "value": (0, (1 << step.args.get("width", 8)) - 1),
-        "expect": (0, (1 << step.args.get("width", 8)) - 1),
-        "mask": (0, (1 << step.args.get("width", 8)) - 1),
-    }
-    for key, value in step.args.items():
-        if isinstance(value, Expr):
-            try:
-                v = value.evaluate(env)
-            except ExprLimitError as e:
-                raise _expr_limit(ctx, key, e) from None
-            except ExprError as e:
-                cls = ScriptNameError if "unknown name" in str(e) else ScriptRangeError
-                raise ctx.err(cls, key, str(e)) from None
-            lo, hi = limits.get(key, (0, (1 << 32) - 1))
-            if not lo <= v <= hi:
-                raise ctx.err(ScriptRangeError, key, f"{value.text!r} = {v} is outside {lo}..{hi}")
-            out[key] = v
-    return out
+    out: dict[str, int] = {}
+    for key, kind, value in pending:
+        try:
+            v = value.evaluate(env)
+        except ExprLimitError as e:
+            raise _expr_limit(ctx, key, e) from None
+        except ExprError as e:
+            cls = ScriptNameError if "unknown name" in str(e) else ScriptRangeError
+            raise ctx.err(cls, key, str(e)) from None
+        match kind:
+            case Kind.PORT:
+                lo, hi = 0, 0xFFFF
+            case Kind.VALUE:
+                lo, hi = 0, (1 << getattr(args, "width", 8)) - 1
+            case _:
+                lo, hi = 0, (1 << 32) - 1
+        if not lo <= v <= hi:
+            raise ctx.err(ScriptRangeError, key, f"{value.text!r} = {v} is outside {lo}..{hi}")
+        out[key] = v
+    return dataclasses.replace(args, **out)
 
 
-
-
-def bind_all(script: Script, buffers: Mapping[str, int]) -> list[dict[str, Any]]:
+def bind_all(script: Script, buffers: Mapping[str, int]) -> list[StepArgs]:
     """:func:`bind` for every step of ``script``, in order. Every pass of a repeat has the same
     arguments, so a repeat's body is bound once (errors name its first pass, as a flat bind
-    would find them) and its dicts are shared by all passes, which must not mutate them: a
-    million-step repeat binds one step, not a million."""
+    would find them) and its (frozen) arguments are shared by all passes: a million-step
+    repeat binds one step, not a million."""
     steps = script.steps
     if not isinstance(steps, StepList):
         return [bind(step, buffers, script) for step in steps]
-    done: dict[int, dict[str, Any]] = {}  # id(template.args) -> bound; shared fragments too
+    done: dict[int, StepArgs] = {}  # id(template.args) -> bound; shared fragments too
 
-    def walk(nodes: tuple[Node, ...], prefix: str) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
+    def walk(nodes: tuple[Node, ...], prefix: str) -> list[StepArgs]:
+        out: list[StepArgs] = []
         for node in nodes:
             if isinstance(node, Step):
                 args = done.get(id(node.args))

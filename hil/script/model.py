@@ -13,15 +13,15 @@ million-step repeat costs what one step costs at load.
 
 from __future__ import annotations
 
-import enum
 import itertools
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, overload
+from typing import overload
 
 from hil.errors import HilError
+from hil.script.steps import Op, StepArgs
 
 #: C0 and C1 control characters and DEL: a terminal acts on them (ANSI escapes start with ESC),
 #: plus the Unicode bidi embeddings, overrides and isolates, which reorder what is shown
@@ -96,31 +96,6 @@ class ScriptCapabilityError(ScriptError):
     """The backend lacks a capability the script or a step requires."""
 
 
-class Op(enum.StrEnum):
-    OUT = "out"
-    IN = "in"
-    FILL = "fill"
-    WRITE = "write"
-    READ = "read"
-    PROGRAM = "program"
-    ENABLE = "enable"
-    DISABLE = "disable"
-    RESIDUE = "residue"
-    WAIT_TC = "wait_tc"
-    DEVICE = "device"
-    DREQ = "dreq"
-    DELAY = "delay"
-    SETTLE = "settle"
-    SUSPEND = "suspend"
-    RESUME = "resume"
-    REPEAT = "repeat"
-    INCLUDE = "include"
-
-
-#: steps that need a backend capability beyond port I/O and memory
-OP_CAPABILITY = {Op.DEVICE: "devices", Op.DREQ: "dreq"}
-
-
 @dataclass(frozen=True)
 class Tolerance:
     """How ``hil diff`` may treat this step's observation."""
@@ -137,11 +112,14 @@ class Step:
 
     index: int  #: position in the flat list, 0-based
     path: str  #: stable label for reports and alignment: "3", "5[2].1", "4:reset.toml/2"
-    op: Op
-    args: dict[str, Any]  #: key -> int | Expr | bytes | bool | float | str
+    args: StepArgs  #: the typed arguments; its class is the step's kind
     tolerance: Tolerance
     file: str
     name: str = ""
+
+    @property
+    def op(self) -> Op:
+        return self.args.op
 
     def describe(self) -> str:
         return f"step {self.path} ({self.op.value}{': ' + self.name if self.name else ''})"
