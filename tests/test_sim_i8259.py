@@ -421,3 +421,15 @@ def test_profiles_use_their_pair():
     assert type(machine_for("intel").pic) is PicPair
     assert type(machine_for("qemu").pic) is QemuPicPair
     assert isinstance(machine_for("qemu").pic.master, I8259)
+
+
+@pytest.mark.parametrize("url", ["sim", "sim:?profile=qemu", "sim:?strict=1"])
+async def test_backends_decode_the_pic_ports(url):
+    """docs/reference/8259.md §5, §6 'probe_8259A': through the backend interface, the PIC answers
+    (it was an undecoded 0xFF before; strict mode no longer refuses these four ports)."""
+    from hil.backends import open_backend
+
+    async with open_backend(url) as be:
+        await be.outb(0x21, 0xFB)
+        assert await be.inb(0x21) == 0xFB
+        assert await be.inb(0xA0) == 0x00

@@ -129,8 +129,9 @@ def test_self_rescheduling_timer_does_not_settle():
     assert m.now_ns <= 1_000_000 + 100_000
 
 
-def test_reset_drops_every_timer(m_profile="qemu"):
-    m = machine_for(m_profile)
+@pytest.mark.parametrize("profile", ["intel", "qemu"])
+def test_reset_drops_every_timer(profile):
+    m = machine_for(profile)
     fired: list[int] = []
     m.timers.at(m.now_ns + 10, fired.append, now_ns=m.now_ns)
     m.reset()
