@@ -229,7 +229,7 @@ async def test_registry_lists_sim():
 # undecoded ports, strict mode
 
 
-@pytest.mark.parametrize("port", [0x3F8, 0x0020, 0x00BF, 0x00E0, 0x0480, 0xFFFF])
+@pytest.mark.parametrize("port", [0x3F8, 0x0022, 0x00BF, 0x00E0, 0x0480, 0xFFFF])
 async def test_undecoded_port_floats(be, port):
     """docs/reference/8237.md §2.12 / §1.4: a port nothing decodes reads the floating bus 0xFF and writes to it are
     lost (they change no DMA state)."""

@@ -25,6 +25,13 @@ they like per grant and choose the direction, decrementing chunks moved forward.
 differences are in the controller classes of :mod:`hil.sim.i8237`. :func:`machine_for` builds
 the machine of a profile name.
 
+Interrupts and port-mapped devices (docs/reference/8259.md §1, §8): the 8259A pair of
+:mod:`hil.sim.i8259` decodes 0x20/0x21 and 0xA0/0xA1 on both profiles; ISA IRQ lines
+(:meth:`Machine.irq_line`, :meth:`Machine.set_irq`) feed it and count rising edges
+(:meth:`Machine.irq_count`). :meth:`Machine.plug` maps an :class:`hil.sim.isa.IsaDevice`'s ports
+into the decoder. Device timers (:mod:`hil.sim.timers`, :attr:`Machine.timers`) fire in time
+order between DMA grants while time advances; with none pending, time advances as before.
+
 There is no I/O and no asyncio here; the backend in :mod:`hil.backends.sim` wraps it.
 """
 
@@ -32,6 +39,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import ClassVar
 
 from hil.errors import DeviceError, MemoryRangeError, SettleTimeout, UndecodedPortError
@@ -54,6 +62,10 @@ from hil.ports import (
 )
 from hil.sim.devices import Device, Direction
 from hil.sim.i8237 import FLOAT, I8237, Controller, QemuI8257
+from hil.sim.i8259 import PORTS as PIC_PORTS
+from hil.sim.i8259 import PicPair, QemuPicPair
+from hil.sim.isa import DmaPort, IrqBus, IrqLine, IsaDevice, isa_line
+from hil.sim.timers import Scheduler
 
 log = get_logger("hil.sim")
 
@@ -98,6 +110,10 @@ class Machine:
     page_ports: ClassVar[tuple[int, ...]] = tuple(PAGE_FILE)
     #: the AT BIOS programs channel 4 as cascade and unmasks it at POST (docs/reference/8237.md §3.6)
     post_by_default: ClassVar[bool] = True
+    #: the interrupt controllers (docs/reference/8259.md §7 for the QEMU variant)
+    pic_pair: ClassVar[type[PicPair]] = PicPair
+    #: while DMA runs, :meth:`wait_irq` looks at the line at least this often (virtual ns)
+    wait_slice_ns: ClassVar[int] = 10_000
 
     def __init__(
         self,
@@ -119,6 +135,13 @@ class Machine:
         self._warned: set[tuple[str, int]] = set()
         self._readers: dict[int, Callable[[], int]] = {}
         self._writers: dict[int, Callable[[int], None]] = {}
+        self.pic: PicPair = self.pic_pair()
+        self.irq_bus = IrqBus(self.pic.set_irq)
+        self.timers = Scheduler()
+        self._timer_heap = self.timers.heap  #: the same list: the fast path's one look-up
+        self.isa_devices: list[IsaDevice] = []
+        self._wide: dict[int, IsaDevice] = {}  #: ports answering a 16-bit access in one cycle
+        self._own_lines: dict[int, IrqLine] = {}  #: drivers behind set_irq
         self._build_decoder()
         if post if post is not None else self.post_by_default:
             self.bios_post()
@@ -133,6 +156,22 @@ class Machine:
             self._map(port, self.dma1, port & 0x0F)
         for port in self.page_ports:
             self._map_page(port - PAGE_BASE)
+        for port in PIC_PORTS:
+            self._map_pic(port)
+        for device in self.isa_devices:
+            self._map_device(device)
+
+    def _map_pic(self, port: int) -> None:
+        self._readers[port] = lambda: self.pic.read(port)
+        self._writers[port] = lambda value: self.pic.write(port, value)
+
+    def _map_device(self, device: IsaDevice) -> None:
+        for span in device.ports:
+            for port in span:
+                self._readers[port] = partial(device.io_read, port)
+                self._writers[port] = partial(device.io_write, port)
+        for port in device.wide_ports:
+            self._wide[port] = device
 
     def _map_page(self, index: int) -> None:
         self._readers[PAGE_BASE + index] = lambda: self.pages[index]
@@ -163,6 +202,9 @@ class Machine:
     def io_read(self, port: int, width: int = 8) -> int:
         """One CPU ``in``. A 16-bit access to 8-bit registers is split by the bus, low first."""
         if width == 16:
+            if self._wide and port in self._wide:  # a card that asserts IOCS16#: one word cycle
+                self.advance(self.timing.port_ns)
+                return self._wide[port].io_read(port, 16)
             if not self._splits_word(port, self._readers):
                 return self.io_read(port) | (FLOAT << 8)
             return self.io_read(port) | (self.io_read(port + 1) << 8)
@@ -175,6 +217,10 @@ class Machine:
 
     def io_write(self, port: int, value: int, width: int = 8) -> None:
         if width == 16:
+            if self._wide and port in self._wide:
+                self.advance(self.timing.port_ns)
+                self._wide[port].io_write(port, value, 16)
+                return
             self.io_write(port, value & 0xFF)
             if self._splits_word(port, self._writers):  # see io_read: else the high byte is lost
                 self.io_write(port + 1, value >> 8)
@@ -226,6 +272,9 @@ class Machine:
             raise DeviceError("channel 4 is the cascade input from DMA1; no device can use it")
         if not isinstance(device, Device):
             raise DeviceError(f"{device!r} is not a hil.sim.devices.Device")
+        held = self.devices.get(channel)
+        if isinstance(held, DmaPort) and held is not device:
+            raise DeviceError(f"channel {channel} belongs to {held.owner.name}; unplug it first")
         self.detach(channel)
         self.devices[channel] = device
         device._bind(lambda: self._dreq_changed(channel))
@@ -242,6 +291,107 @@ class Machine:
         self._idle = False
         device = self.devices.get(channel)
         self._ctl(channel).dreq_edge(channel & 3, bool(device and device.dreq))
+
+    # --- ISA devices and IRQ lines ---------------------------------------------------------
+    def plug(self, device: IsaDevice) -> IsaDevice:
+        """Map ``device``'s ports, IRQ lines and DMA channels; refuses a port another owner
+        decodes, or a channel another device holds, naming both."""
+        if not isinstance(device, IsaDevice):
+            raise DeviceError(f"{device!r} is not a hil.sim.isa.IsaDevice")
+        if device.machine is not None:
+            raise DeviceError(f"{device.name} is already plugged")
+        for span in device.ports:
+            for port in span:
+                if port in self._readers:
+                    owner = next((d.name for d in self.isa_devices if any(port in p for p in d.ports)), None)
+                    raise DeviceError(
+                        f"{device.name}: port 0x{port:04X} (in {span}) is already decoded by "
+                        f"{owner or 'the motherboard (DMA, page or interrupt controller)'}"
+                    )
+        for port in device.wide_ports:
+            if not any(port in span for span in device.ports):
+                raise DeviceError(f"{device.name}: 16-bit port 0x{port:04X} is not one of its ports")
+        for channel in device.dma_channels:
+            if channel in self.devices:
+                raise DeviceError(f"{device.name}: DMA channel {channel} already has {self.devices[channel]!r}")
+            if type(channel) is not int or channel not in range(8) or channel == CASCADE_CHANNEL:
+                raise DeviceError(f"{device.name}: channel {channel!r}: devices attach to channels 0-3 and 5-7")
+        device.machine = self
+        device.irq_lines = {n: IrqLine(self.irq_bus, n) for n in device.irqs}
+        device.dma_ports = {}
+        for channel in device.dma_channels:
+            port_dev = DmaPort(device, channel)
+            device.dma_ports[channel] = port_dev
+            self.attach(channel, port_dev)
+        self.isa_devices.append(device)
+        self._map_device(device)
+        device.plugged()
+        return device
+
+    def unplug(self, device: IsaDevice) -> None:
+        """Remove ``device``: its ports float again, its lines drop, its channels are free."""
+        if device not in self.isa_devices:
+            raise DeviceError(f"{device.name} is not plugged into this machine")
+        for line in device.irq_lines.values():
+            line.lower()
+        for channel in device.dma_ports:
+            self.detach(channel)
+        self.isa_devices.remove(device)
+        for span in device.ports:
+            for port in span:
+                self._readers.pop(port, None)
+                self._writers.pop(port, None)
+        for port in device.wide_ports:
+            self._wide.pop(port, None)
+        device.machine = None
+        device.irq_lines, device.dma_ports = {}, {}
+
+    def irq_line(self, n: int) -> IrqLine:
+        """A new driver on ISA IRQ ``n`` (for a device outside :class:`IsaDevice`, or a test)."""
+        return IrqLine(self.irq_bus, n)
+
+    def set_irq(self, n: int, level: bool) -> None:
+        """Drive ISA IRQ ``n`` from the machine's own driver of that line."""
+        wire = isa_line(n)
+        line = self._own_lines.get(wire)
+        if line is None:
+            line = self._own_lines[wire] = IrqLine(self.irq_bus, wire)
+        line.set(level)
+
+    def irq_level(self, n: int) -> bool:
+        """The level of ISA IRQ ``n`` (the wire, whoever drives it); IRQ 2 reads IRQ 9."""
+        return self.irq_bus.level(n)
+
+    def irq_count(self, n: int) -> int:
+        """Rising edges of ISA IRQ ``n`` since the machine was built or reset."""
+        return self.irq_bus.count(n)
+
+    def wait_irq(self, n: int, level: bool = True, timeout_ns: int = 1_000_000_000) -> bool:
+        """Let virtual time pass until IRQ ``n`` is at ``level``; False after ``timeout_ns``.
+
+        With DMA idle the clock jumps from timer to timer; while DMA runs it advances by at
+        most :attr:`wait_slice_ns` between looks, so the return is that close to the edge."""
+        if self.irq_bus.level(n) == level:
+            return True
+        deadline = self.now_ns + timeout_ns
+        while self.now_ns < deadline:
+            if self.idle_dma:
+                nxt = self.timers.next_ns()
+                step = deadline - self.now_ns if nxt is None or nxt > deadline else max(0, nxt - self.now_ns)
+            else:
+                step = min(deadline - self.now_ns, self.wait_slice_ns)
+            self.advance(step)
+            if self.irq_bus.level(n) == level:
+                return True
+        return False
+
+    def next_event_ns(self) -> int | None:
+        """Virtual ns until something can happen without a CPU access: 0 while DMA can be
+        serviced, the delay to the earliest timer, None when nothing is pending."""
+        if not self.idle_dma:
+            return 0
+        nxt = self.timers.next_ns()
+        return None if nxt is None else max(0, nxt - self.now_ns)
 
     # --- wiring -------------------------------------------------------------------------
     def _ctl(self, channel: int) -> Controller:
@@ -299,11 +449,44 @@ class Machine:
 
     # --- time ---------------------------------------------------------------------------
     def advance(self, ns: int) -> None:
-        """Let ``ns`` of virtual time pass, servicing DMA requests as the arbiters grant them."""
+        """Let ``ns`` of virtual time pass, servicing DMA requests as the arbiters grant them
+        and firing device timers in time order between grants (a timer due while a burst holds
+        the bus fires when the burst ends). Timers due exactly at the end fire too."""
         deadline = self.now_ns + ns
-        if self._idle:
+        if self._timer_heap:
+            self._advance_timed(deadline)
+        elif self._idle:  # the common case of a port access: nothing to service
             self.now_ns = deadline
+        else:
+            self._advance_dma(deadline)
+            if self._timer_heap:  # a DMA cycle scheduled a device event before the deadline
+                self._advance_timed(deadline)
+
+    def _advance_timed(self, deadline: int) -> None:
+        timers = self.timers
+        while True:
+            when = timers.next_ns()
+            if when is None or when > deadline:
+                self._advance_dma(deadline)
+                if self.now_ns < deadline or ((when := timers.next_ns()) is not None and when <= deadline):
+                    continue  # stopped for a timer a DMA cycle scheduled (or cancelled) on the way
+                return
+            if when > self.now_ns:
+                self._advance_dma(when)
+            self._fire_due()
+
+    def _fire_due(self) -> None:
+        """Fire every timer due by now, in (time, scheduling order); a callback may schedule more."""
+        while (timer := self.timers.pop_due(self.now_ns)) is not None:
+            timer.callback(timer.when_ns)
+
+    def _advance_dma(self, deadline: int) -> None:
+        """DMA service up to ``deadline``; returns early when a DMA cycle schedules a timer due
+        by then, so the caller fires it in order."""
+        if self._idle:
+            self.now_ns = max(self.now_ns, deadline)
             return
+        heap = self._timer_heap
         while self.now_ns < deadline:
             waiting = self.requesters()
             if not waiting:
@@ -311,34 +494,68 @@ class Machine:
                 self.now_ns = deadline
                 return
             self.now_ns += self._service(waiting[0], deadline - self.now_ns, alone=len(waiting) == 1)
+            if heap and heap[0].when_ns <= deadline:
+                return
 
     def run_until_idle(self, limit_ns: int = 10_000_000_000) -> int:
         """Service requests until none is left; return the virtual ns that took.
 
         Raises :class:`SettleTimeout` when activity goes on past ``limit_ns`` (an autoinit
         channel fed by a device that never drops DREQ, for instance).
+
+        Idle means no channel can be serviced and no *busy* timer is pending
+        (:mod:`hil.sim.timers`): the clock runs on through busy timers due within the limit, since
+        what a script settles for (a seek, then the transfer) may follow them; a busy timer due
+        beyond the limit is activity that goes on past it. Background timers (``busy=False``)
+        fire on the way but never keep the machine busy.
         """
         start = self.now_ns
-        while not self._idle:
-            waiting = self.requesters()
-            if not waiting:
-                self._idle = True
+        timers = self.timers
+        while True:
+            while not self._idle:
+                waiting = self.requesters()
+                if not waiting:
+                    self._idle = True
+                    break
+                elapsed = self.now_ns - start
+                if elapsed >= limit_ns:
+                    raise SettleTimeout(
+                        f"DMA still active after {limit_ns / 1e9:g} s of virtual time on channel(s) "
+                        f"{', '.join(map(str, waiting))}: an autoinit channel, or a bus master on a cascade "
+                        f"channel, whose device never drops DREQ does not settle; use delay instead of settle"
+                    )
+                budget = limit_ns - elapsed  # a bus master with no cycles of its own holds the bus this long
+                if timers.heap and (nxt := timers.next_ns()) is not None:
+                    if nxt <= self.now_ns:
+                        self._fire_due()
+                        continue
+                    budget = min(budget, nxt - self.now_ns)
+                self.now_ns += self._service(waiting[0], budget, alone=len(waiting) == 1)
+            busy = timers.next_busy_ns()
+            if busy is None:
                 break
-            elapsed = self.now_ns - start
-            if elapsed >= limit_ns:
+            if busy - start > limit_ns:
+                pending = next(t for t in timers.pending() if t.busy)
                 raise SettleTimeout(
-                    f"DMA still active after {limit_ns / 1e9:g} s of virtual time on channel(s) "
-                    f"{', '.join(map(str, waiting))}: an autoinit channel, or a bus master on a cascade "
-                    f"channel, whose device never drops DREQ does not settle; use delay instead of settle"
+                    f"device event {pending.name or pending.callback!r} still pending "
+                    f"{(busy - self.now_ns) / 1e9:g} s ahead, beyond the {limit_ns / 1e9:g} s of virtual "
+                    f"time settle waits: a device that keeps scheduling work does not settle; "
+                    f"use delay instead of settle"
                 )
-            self.now_ns += self._service(waiting[0], limit_ns - elapsed, alone=len(waiting) == 1)
+            self.advance(max(0, busy - self.now_ns))
         return self.now_ns - start
 
     @property
-    def idle(self) -> bool:
+    def idle_dma(self) -> bool:
+        """No channel can be serviced (timers aside)."""
         if not self._idle and not self.requesters():
             self._idle = True
         return self._idle
+
+    @property
+    def idle(self) -> bool:
+        """Nothing can change without a CPU access: no DMA to service and no timer pending."""
+        return self.idle_dma and self.timers.next_ns() is None
 
     # --- transfers ----------------------------------------------------------------------
     def _unit_ns(self, ctl: Controller) -> int:
@@ -563,6 +780,11 @@ class Machine:
         self._readers.clear()
         self._writers.clear()
         self._build_decoder()
+        self.timers.clear()  # RESET DRV: no device event survives a reset
+        self.pic.reset()
+        for device in self.isa_devices:
+            device.reset()
+        self.irq_bus.clear_counts()
         for channel in self.devices:
             self._dreq_changed(channel)
         if post if post is not None else self.post_by_default:
@@ -595,6 +817,7 @@ class QemuMachine(Machine):
 
     profile = "qemu"
     controller = QemuI8257
+    pic_pair = QemuPicPair
     mirror_ports = ()  #: 0x10-0x1F are not decoded
     page_ports = tuple(sorted(PAGE_CHANNEL))  #: the eight channel page registers only
     #: QEMU driven by a halt firmware has run no BIOS: channel 4 stays as reset left it
