@@ -22,14 +22,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from hil.errors import DeviceError
 from hil.sim.devices import Device, Direction
-from hil.sim.timers import Timer, TimerCallback
+from hil.sim.timers import Scheduler, Timer, TimerCallback
 
-if TYPE_CHECKING:
-    from hil.sim.machine import Machine
+
+class Host(Protocol):
+    """What a plugged device sees of its machine: the clock and the timers. A protocol rather
+    than :class:`hil.sim.machine.Machine` itself, so the machine builds on this module and not
+    the other way round."""
+
+    now_ns: int
+    timers: Scheduler
 
 IRQ_LINES = 16
 #: the ISA slot's IRQ 2 pin is wired to the AT's IRQ 9 (docs/reference/8259.md §1)
@@ -184,7 +190,7 @@ class IsaDevice:
             isa_line(n)
         self.dma_channels = tuple(dma)
         self.wide_ports = frozenset(wide_ports)
-        self.machine: Machine | None = None  #: set while plugged
+        self.machine: Host | None = None  #: set while plugged
         self.irq_lines: dict[int, IrqLine] = {}
         self.dma_ports: dict[int, DmaPort] = {}
 
@@ -230,7 +236,7 @@ class IsaDevice:
         return 1
 
     # --- services -------------------------------------------------------------------------
-    def _machine(self) -> Machine:
+    def _machine(self) -> Host:
         if self.machine is None:
             raise DeviceError(f"{self.name}: not plugged into a machine")
         return self.machine
