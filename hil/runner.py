@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from hil.backends.base import Backend, Capability
-from hil.backends.ops import DevAttach, DevDreq, DeviceState, DevState, PowerReset
 from hil.buffers import DmaZone
 from hil.dma import DmaSnapshot, IsaDma, forget_host_state
 from hil.errors import (
@@ -30,6 +29,7 @@ from hil.errors import (
 )
 from hil.journal import Journal, Observation, RunResult
 from hil.log import get_logger
+from hil.ops import DevAttach, DevDreq, DeviceState, DevState, PowerReset
 from hil.ports import MODE_DECREMENT, ModeSelect
 from hil.rules import check_buffer
 from hil.script.loader import bind_all, digest

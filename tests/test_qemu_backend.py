@@ -24,7 +24,6 @@ import pytest
 
 from hil.backends import available_backends, open_backend
 from hil.backends.base import Capability
-from hil.backends.ops import Delay, In, MemFill, MemRead, MemWrite, Out, Poll
 from hil.backends.qemu import (
     INSTALL_HINT,
     QemuBackend,
@@ -46,6 +45,7 @@ from hil.errors import (
     InvalidAccessError,
     MemoryRangeError,
 )
+from hil.ops import Delay, In, MemFill, MemRead, MemWrite, Out, Poll
 from hil.testing import require
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -63,7 +63,6 @@ from typing import Any, BinaryIO
 from hil.allowlist import AllowList, AllowListError, parse_range
 from hil.backends import BackendURL
 from hil.backends.base import Backend, Capabilities, Capability
-from hil.backends.ops import DEVICE_OPS, Delay, In, MemFill, MemRead, MemWrite, Op, Out, Poll, Result, Settle
 from hil.backends.qtest import (
     MEM_CHUNK,
     IrqEvent,
@@ -88,6 +87,22 @@ from hil.errors import (
     SettleTimeout,
 )
 from hil.log import get_logger
+from hil.ops import (
+    DEVICE_OPS,
+    Delay,
+    In,
+    MemFill,
+    MemRead,
+    MemWrite,
+    Op,
+    Out,
+    Poll,
+    Result,
+    Settle,
+    is_device_op,
+    memory_access,
+    port_access,
+)
 from hil.ports import DMA1, DMA2, DMA_PORT_RANGES
 
 log = get_logger("hil.qemu")
@@ -107,7 +122,6 @@ BYTE_ONLY_PORTS: tuple[range, ...] = DMA_PORT_RANGES
 
 #: the operations QEMU runs: port I/O, memory, delay, poll and settle; the simulator's device
 #: operations cannot run here (QEMU has its own devices)
-_SIM_DEVICE_OPS: tuple[type, ...] = DEVICE_OPS
 _RUNNABLE_OPS: tuple[type, ...] = (Out, In, MemWrite, MemRead, MemFill, Delay, Poll, Settle)
 
 OPTIONS = {
@@ -512,7 +526,7 @@ class QemuBackend(Backend):
     """A QEMU PC this backend starts, owns and stops. ``.pid``, ``.floppy_path``, IRQ tracking."""
 
     scheme = "qemu"
-    OPS = _RUNNABLE_OPS + _SIM_DEVICE_OPS  #: Settle natively; device ops reach its own, clearer refusal
+    OPS = _RUNNABLE_OPS + DEVICE_OPS  #: Settle natively; device ops reach its own, clearer refusal
 
     def __init__(self, url: str = "qemu:", config: QemuConfig | None = None) -> None:
         super().__init__(url)
@@ -727,33 +741,29 @@ class QemuBackend(Backend):
         super().check(ops)
         mem = self.config.mem
         for op in ops:
-            if _SIM_DEVICE_OPS and isinstance(op, _SIM_DEVICE_OPS):
+            if is_device_op(op):
                 raise DeviceError(f"{type(op).__name__}: the qemu backend has QEMU's own devices (FDC, SB16), "
                                   f"not the simulator's (capability 'devices')")
             if not isinstance(op, _RUNNABLE_OPS):
                 raise InvalidAccessError(f"the qemu backend cannot run {type(op).__name__}")
-            if isinstance(op, (Out, In, Poll)):
-                port, width = op.port, op.width
+            if (io := port_access(op)) is not None:
+                port, width = io.port, io.width
                 if width == 16 and not self.config.wide and any(p in r for r in BYTE_ONLY_PORTS for p in (port, port + 1)):
                     raise InvalidAccessError(
                         f"16-bit access to port 0x{port:04X}: the qemu backend accesses the DMA and page "
                         f"ports byte-wide only (QEMU hands a word access to the owner of the first port, "
                         f"docs/reference/qemu-qtest.md §3.5); use two 8-bit accesses, or qemu:?wide=pass")
-                if isinstance(op, Out) and FORBIDDEN_PORTS & {port, port + width // 8 - 1}:
+                if io.write and FORBIDDEN_PORTS & {port, io.last}:
                     raise AccessDeniedError(f"write to port 0x{port:04X} refused: it resets or stops the "
                                             f"emulated PC")
                 if not self.allowlist.port_allowed(port, width):
-                    verb = "write to" if isinstance(op, Out) else "read of"
+                    verb = "write to" if io.write else "read of"
                     raise AccessDeniedError(
                         f"{verb} port 0x{port:04X} ({width}-bit) refused: outside the qemu backend's "
                         f"allow-list ({self._ports_text()}); attach the device (floppy=, sb16=1) or add "
                         f"the ports with qemu:?allow=0xLO-0xHI")
-            elif isinstance(op, (MemRead, MemFill)):
-                if op.addr + op.length > mem:
-                    raise MemoryRangeError(op.addr, op.length, mem, "the QEMU guest's RAM")
-            elif isinstance(op, MemWrite):
-                if op.addr + len(op.data) > mem:
-                    raise MemoryRangeError(op.addr, len(op.data), mem, "the QEMU guest's RAM")
+            if (area := memory_access(op)) is not None and area.addr + area.length > mem:
+                raise MemoryRangeError(area.addr, area.length, mem, "the QEMU guest's RAM")
 
     def _ports_text(self) -> str:
         return ", ".join(f"0x{r.start:X}-0x{r.stop - 1:X}" for r in self.allowlist.ports)
