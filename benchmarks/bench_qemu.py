@@ -27,10 +27,10 @@ from pathlib import Path
 
 from hil.backends import open_backend
 from hil.backends.base import Backend
-from hil.backends.ops import DevAttach, In, Out
 from hil.backends.qemu import QemuBackend, floppy_image, qemu_available
 from hil.dma import DMA_MODE_READ, IsaDma
 from hil.logconfig import configure
+from hil.ops import DevAttach, In, Out
 from hil.runner import run_script
 from hil.script import load_script
 

@@ -12,9 +12,9 @@ import asyncio
 import time
 
 from hil.backends import open_backend
-from hil.backends.ops import DevAttach, In, Out
 from hil.dma import DMA_MODE_READ, IsaDma
 from hil.logconfig import configure
+from hil.ops import DevAttach, In, Out
 from hil.ports import Mode, ModeSelect, TransferType, channel_ports
 
 MiB = 1 << 20

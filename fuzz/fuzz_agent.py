@@ -46,7 +46,9 @@ from hil.agent.protocol import (
 from hil.agent.server import AgentCore, Connection
 from hil.allowlist import AllowList
 from hil.backends.base import Backend, Capabilities
-from hil.backends.ops import (
+from hil.backends.sim import SimBackend
+from hil.errors import AccessDeniedError, HilError
+from hil.ops import (
     ALL_OPS,
     Delay,
     In,
@@ -59,8 +61,6 @@ from hil.backends.ops import (
     Result,
     Settle,
 )
-from hil.backends.sim import SimBackend
-from hil.errors import AccessDeniedError, HilError
 
 TOKEN = b"fuzz-token"
 WINDOW = range(0x10000, 0x90000)

@@ -14,8 +14,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from hil.backends.ops import In, MemFill, MemRead, MemWrite, Op, Out, Poll
 from hil.errors import AccessDeniedError, HilError
+from hil.ops import Op, memory_access, port_access
 from hil.ports import DMA_LIMIT, DMA_PORT_RANGES
 
 
@@ -123,14 +123,10 @@ class AllowList:
     def check(self, ops: Iterable[Op]) -> None:
         """Refuse a whole program before any of it runs."""
         for op in ops:
-            if isinstance(op, Out):
-                self.check_port(op.port, op.width, write=True)
-            elif isinstance(op, (In, Poll)):
-                self.check_port(op.port, op.width, write=False)
-            elif isinstance(op, (MemRead, MemFill)):
-                self.check_mem(op.addr, op.length)
-            elif isinstance(op, MemWrite):
-                self.check_mem(op.addr, len(op.data))
+            if (io := port_access(op)) is not None:
+                self.check_port(io.port, io.width, write=io.write)
+            if (mem := memory_access(op)) is not None:
+                self.check_mem(mem.addr, mem.length)
 
     def describe(self) -> str:
         mem = ", ".join(_fmt_window(r) for r in self.memory) or "none"

@@ -25,7 +25,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 from hil.backends.base import Backend, Capability
-from hil.backends.ops import In, Op, Out
 from hil.errors import (
     ChannelBusyError,
     ChannelNotProgrammedError,
@@ -34,6 +33,7 @@ from hil.errors import (
     TransferIncompleteError,
 )
 from hil.log import get_logger
+from hil.ops import In, Op, Out
 from hil.ports import (
     CASCADE_CHANNEL,
     CONTROLLERS,

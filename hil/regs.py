@@ -24,7 +24,7 @@ import enum
 from dataclasses import dataclass
 
 from hil.backends.base import Backend, Capabilities
-from hil.backends.ops import In, Op, Out
+from hil.ops import In, Op, Out
 from hil.ports import (
     CONTROLLERS,
     PAGE_CHANNEL,

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hil.backends.base import Backend, Capability
-from hil.backends.ops import DevAttach, DevDreq, DeviceState, DevState, PowerReset
 from hil.buffers import DmaZone
 from hil.dma import DmaSnapshot, IsaDma, forget_host_state
 from hil.errors import (
@@ -29,6 +28,7 @@ from hil.errors import (
 )
 from hil.journal import DeviceObs, ErrorObs, InObs, Journal, Observation, ReadObs, ResidueObs, RunResult, WaitTcObs
 from hil.log import get_logger
+from hil.ops import DevAttach, DevDreq, DeviceState, DevState, PowerReset
 from hil.ports import MODE_DECREMENT, ModeSelect
 from hil.rules import check_buffer
 from hil.script.loader import bind_all, digest

@@ -16,8 +16,8 @@ import pytest
 import structlog
 
 from hil.backends import open_backend
-from hil.backends.ops import In, Out
 from hil.backends.sim import SimBackend
+from hil.ops import In, Out
 from hil.ports import ControllerPorts, channel_ports, controller_of
 
 URLS = {"intel": "sim", "qemu": "sim:?profile=qemu"}

@@ -19,11 +19,11 @@ from hil.agent.server import AgentCore, start
 from hil.allowlist import AllowList
 from hil.backends import open_backend
 from hil.backends.agent import AgentAccessDenied, AgentRefusedError, AgentResetError
-from hil.backends.ops import DevAttach, In, MemRead, MemWrite, Out
 from hil.backends.recording import RecordingBackend
 from hil.diff import compare
 from hil.dma import DMA_MODE_READ, IsaDma
 from hil.errors import BackendError
+from hil.ops import DevAttach, In, MemRead, MemWrite, Out
 from hil.runner import run_script
 from hil.script import load_script
 

@@ -32,7 +32,7 @@ from hil.agent.protocol import (
 from hil.agent.server import AgentCore
 from hil.allowlist import AllowList
 from hil.backends import open_backend
-from hil.backends.ops import Delay, In, MemFill, MemRead, MemWrite, Out, Poll
+from hil.ops import Delay, In, MemFill, MemRead, MemWrite, Out, Poll
 
 DOC = (Path(__file__).resolve().parent.parent / "docs" / "agent-protocol.md").read_text(encoding="utf-8")
 EXAMPLES = {m.group(1): bytes.fromhex(m.group(2)) for m in re.finditer(r"```hex example=(\w+)\n(.*?)```", DOC, re.S)}

@@ -28,9 +28,9 @@ from hil.agent.server import AgentCore, Connection, start
 from hil.allowlist import AllowList
 from hil.backends import open_backend
 from hil.backends.agent import AgentAccessDenied, AgentRefusedError
-from hil.backends.ops import DevState, In, MemRead, MemWrite, Out, Poll, Settle
 from hil.backends.recording import RecordingBackend
 from hil.errors import HilError
+from hil.ops import DevState, In, MemRead, MemWrite, Out, Poll, Settle
 
 WHOLE_MEMORY = [range(1 << 24)]
 TOKEN = b"s3cret"

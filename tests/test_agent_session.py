@@ -18,8 +18,8 @@ from hil.agent.server import AgentCore, start
 from hil.allowlist import AllowList
 from hil.backends import open_backend
 from hil.backends.agent import AgentRefusedError
-from hil.backends.ops import DevAttach, DevState, In, MemRead, MemWrite, Out
 from hil.diff import compare, load_deviations
+from hil.ops import DevAttach, DevState, In, MemRead, MemWrite, Out
 from hil.runner import run_script
 from hil.script import load_script
 

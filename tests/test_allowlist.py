@@ -9,8 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hil.allowlist import AllowList, AllowListError, parse_window
-from hil.backends.ops import In, MemRead, MemWrite, Out
 from hil.errors import AccessDeniedError
+from hil.ops import In, MemRead, MemWrite, Out
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "configs" / "allowlist.example.toml"
 

@@ -17,7 +17,6 @@ import pytest
 
 from hil.backends import available_backends, connect, open_backend
 from hil.backends.base import Backend, Capabilities, Capability
-from hil.backends.ops import Delay, DevAttach, DevState, In, MemFill, MemRead, MemWrite, Op, Out, Poll, Result
 from hil.errors import (
     BackendClosedError,
     BackendOptionError,
@@ -31,6 +30,7 @@ from hil.errors import (
     UnknownBackendError,
     ValueWidthError,
 )
+from hil.ops import Delay, DevAttach, DevState, In, MemFill, MemRead, MemWrite, Op, Out, Poll, Result
 from hil.ports import DMA1, DMA2, channel_ports
 
 # ---------------------------------------------------------------------------------------

@@ -23,12 +23,12 @@ import structlog
 
 from hil.backends import _REGISTRY
 from hil.backends.base import Backend, Capabilities
-from hil.backends.ops import ALL_OPS, DevAttach, In, Op, Out, Result
 from hil.backends.qemu import qemu_available
 from hil.backends.recording import RecordingBackend
 from hil.backends.sim import SimBackend
 from hil.cli import build_parser, main
 from hil.cli.registers import port_arg
+from hil.ops import ALL_OPS, DevAttach, In, Op, Out, Result
 from hil.ports import port_names
 from hil.regs import Profile, read_registers, residue
 from hil.runner import run_script

@@ -26,7 +26,6 @@ from hil.allowlist import AllowList
 from hil.backends import BackendURL, available_backends, open_backend
 from hil.backends.base import Capability
 from hil.backends.devport import DevPortBackend, Host, MaskTracker, from_url, parse_window
-from hil.backends.ops import Delay, In, MemFill, MemRead, MemWrite, Out, Poll
 from hil.dma import DMA_MODE_READ, IsaDma
 from hil.errors import (
     AccessDeniedError,
@@ -40,6 +39,7 @@ from hil.errors import (
     StrictDevmemError,
     WideAccessError,
 )
+from hil.ops import Delay, In, MemFill, MemRead, MemWrite, Out, Poll
 
 PORT_SIZE = 0x10000
 MEM_SIZE = 0x100000
@@ -520,8 +520,8 @@ async def test_direct_construction_clips_the_allow_list_to_the_mapped_window(fil
 async def test_operations_it_cannot_do_are_refused_not_skipped(tmp_path):
     """A simulated-device op on real hardware is an error before anything runs; Settle becomes
     the backend's own settle(), between the parts of the program, under the one lock."""
-    from hil.backends.ops import DevAttach, In, Out, Settle
     from hil.errors import UnsupportedOperationError
+    from hil.ops import DevAttach, In, Out, Settle
 
     port, mem = tmp_path / "port", tmp_path / "mem"
     port.write_bytes(bytes(0x10000))

@@ -7,7 +7,6 @@ import asyncio
 import pytest
 
 from hil.backends import open_backend
-from hil.backends.ops import DevAttach, DevState
 from hil.backends.recording import RecordingBackend
 from hil.dma import DMA_MODE_READ, DMA_MODE_WRITE, FlipFlopError, InvalidModeError, IsaDma
 from hil.errors import (
@@ -22,6 +21,7 @@ from hil.errors import (
     TransferIncompleteError,
     TransferLengthError,
 )
+from hil.ops import DevAttach, DevState
 from hil.ports import DMA1, DMA2
 
 

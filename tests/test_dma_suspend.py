@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from hil.backends import open_backend
-from hil.backends.ops import DevAttach, PowerReset
 from hil.dma import DMA_AUTOINIT, DMA_MODE_CASCADE, DMA_MODE_READ, DMA_MODE_WRITE, IsaDma
+from hil.ops import DevAttach, PowerReset
 from hil.ports import DMA1, DMA2, PAGE_FILE, Ctrl, channel_ports
 
 PROGRAM = {  # channel: (mode, phys, nbytes)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from hil.backends import open_backend
-from hil.backends.ops import DevAttach
 from hil.backends.recording import RecordingBackend
 from hil.dma import DMA_AUTOINIT, DMA_MODE_CASCADE, DMA_MODE_READ, DMA_MODE_WRITE, IsaDma
 from hil.errors import ChannelBusyError, HilError, InvalidChannelError
+from hil.ops import DevAttach
 
 DATA_CHANNELS = [0, 1, 2, 3, 5, 6, 7]
 # docs/reference/linux-isa-dma.md §1.1 per-channel ports, written out as the reference table gives them

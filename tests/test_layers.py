@@ -37,11 +37,9 @@ UPPER = {"hil.runner", "hil.script", "hil.journal", "hil.diff", "hil.workers", "
 #: package-level strongly connected components that may remain, each with its reason. A cycle
 #: found must lie inside one of these; shrink an entry when its reason is gone.
 ALLOWED_CYCLES: dict[frozenset[str], str] = {
-    frozenset({"hil.agent", "hil.allowlist", "hil.backends"}):
-        "the op vocabulary is hil/backends/ops.py, used by hil.agent.protocol and hil.allowlist, until it "
-        "moves to the bottom layer as hil/ops.py (issue 12 item 5); the agent client is hil/backends/agent.py "
-        "while its protocol and links are in hil/agent/ (and hil.agent.server runs programs on a "
-        "hil.backends.base.Backend), so {hil.agent, hil.backends} stays until the client moves into hil/agent/",
+    frozenset({"hil.agent", "hil.backends"}):
+        "the agent client is hil/backends/agent.py while its protocol and links are in hil/agent/, and "
+        "hil.agent.server runs programs on a hil.backends.base.Backend",
 }
 
 

@@ -29,7 +29,18 @@ from hil.backends import open_backend
 from hil.backends.agent import AgentRefusedError
 from hil.backends.base import Backend, Capabilities
 from hil.backends.devport import DevPortBackend
-from hil.backends.ops import (
+from hil.backends.sim import SimBackend
+from hil.errors import (
+    AccessDeniedError,
+    DeviceError,
+    HilError,
+    InvalidAccessError,
+    MemoryRangeError,
+    UndecodedPortError,
+    UnsupportedOperationError,
+    WideAccessError,
+)
+from hil.ops import (
     Delay,
     DevAppend,
     DevAttach,
@@ -43,17 +54,6 @@ from hil.backends.ops import (
     Poll,
     Result,
     Settle,
-)
-from hil.backends.sim import SimBackend
-from hil.errors import (
-    AccessDeniedError,
-    DeviceError,
-    HilError,
-    InvalidAccessError,
-    MemoryRangeError,
-    UndecodedPortError,
-    UnsupportedOperationError,
-    WideAccessError,
 )
 from hil.testing import require
 

@@ -25,7 +25,6 @@ import pytest
 
 from hil.backends import available_backends, open_backend
 from hil.backends.base import Capability
-from hil.backends.ops import Delay, In, MemFill, MemRead, MemWrite, Out, Poll
 from hil.backends.qemu import (
     INSTALL_HINT,
     QemuBackend,
@@ -47,6 +46,7 @@ from hil.errors import (
     InvalidAccessError,
     MemoryRangeError,
 )
+from hil.ops import Delay, In, MemFill, MemRead, MemWrite, Out, Poll
 from hil.testing import require
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from hil.backends import open_backend
-from hil.backends.ops import In, Out
 from hil.backends.qemu import SECTOR, floppy_image, floppy_sector, qemu_available
 from hil.errors import SettleTimeout
 from hil.journal import RunResult
+from hil.ops import In, Out
 from hil.runner import run_script
 from hil.script import load_script
 from hil.sim.devices import Source

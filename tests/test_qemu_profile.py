@@ -21,8 +21,8 @@ import os
 import pytest
 
 from hil.backends import open_backend
-from hil.backends.ops import In, Out
 from hil.backends.qemu import qemu_available
+from hil.ops import In, Out
 from hil.qemu.randprog import (
     ALL_PORTS,
     RESET_OPS,

@@ -105,8 +105,8 @@ def test_sim_handle_of_the_first_example_attaches_the_same_device(tmp_path: Path
     after = README.read_text(encoding="utf-8").split(BLOCKS[0], 1)[1]
     snippet = re.search(r"`(be\.machine\.attach\(.*?\))`", after)
     attach = re.search(r"^( *)await be\.execute\(\[DevAttach\(.*$", BLOCKS[0], re.M)
-    assert snippet and attach and "from hil.backends.ops import DevAttach\n" in BLOCKS[0]
+    assert snippet and attach and "from hil.ops import DevAttach\n" in BLOCKS[0]
     variant = BLOCKS[0].replace(attach.group(0), attach.group(1) + snippet.group(1)).replace(
-        "from hil.backends.ops import DevAttach\n", "from hil.sim.devices import Source\n")
+        "from hil.ops import DevAttach\n", "from hil.sim.devices import Source\n")
     assert "DevAttach" not in variant and "be.machine.attach(" in variant
     assert run_example(variant, tmp_path).splitlines() == commented_results(BLOCKS[0])

@@ -13,10 +13,10 @@ import inspect
 import pytest
 
 from hil.backends.base import Backend, Capability
-from hil.backends.ops import DevAttach, DeviceState, DevState, In, MemRead, Out, Settle
 from hil.backends.recording import RecordingBackend
 from hil.backends.sim import SimBackend
 from hil.errors import BackendClosedError, MemoryRangeError
+from hil.ops import DevAttach, DeviceState, DevState, In, MemRead, Out, Settle
 
 #: every public name of the interface, so a method added to Backend is covered without editing here
 INTERFACE = sorted(name for name in dir(Backend) if not name.startswith("_"))

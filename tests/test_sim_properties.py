@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hil.backends import open_backend
-from hil.backends.ops import In, Out
+from hil.ops import In, Out
 from hil.ports import DMA1, DMA2, PAGE_PORT, POST_PORT, channel_ports
 from hil.sim.devices import Source
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from hil.backends.ops import In, Out
+from hil.ops import In, Out
 from hil.sim.devices import Sink, Source
 
 

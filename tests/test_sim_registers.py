@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from hil.backends.ops import In, Out
+from hil.ops import In, Out
 from hil.ports import (
     DMA1,
     DMA2,

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from hil.backends.ops import In, Out
 from hil.errors import DeviceError
+from hil.ops import In, Out
 from hil.ports import DMA1, DMA2, channel_ports
 from hil.sim.devices import BusMaster, Device, Sink, Source
 

@@ -23,23 +23,9 @@ import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from hil.backends.ops import (
-    Delay,
-    DevAppend,
-    DevAttach,
-    DevDreq,
-    DeviceState,
-    DevState,
-    In,
-    MemFill,
-    MemRead,
-    MemWrite,
-    Op,
-    Out,
-    Poll,
-    PowerReset,
-    Settle,
-)
+from hil.errors import InvalidAccessError
+from hil.ops import BY_OPCODE, DevState, Op, Result, result_size, wait_us, wire_of
+from hil.ops import Opcode as Opcode  # the opcodes are rows of hil.ops.TABLE; named here too, next to Status
 
 VERSION = 1
 HEADER = struct.Struct("<BBHH")  #: version, type, seq, payload length
@@ -84,24 +70,6 @@ class Status(enum.IntEnum):
     BUSY = 0x0B  #: another client holds the link
 
 
-class Opcode(enum.IntEnum):
-    OUT8 = 0x01  #: port:u16 value:u8
-    OUT16 = 0x02  #: port:u16 value:u16
-    IN8 = 0x03  #: port:u16                           -> u8
-    IN16 = 0x04  #: port:u16                          -> u16
-    MEM_WRITE = 0x05  #: addr:u32 len:u16 data[len]
-    MEM_READ = 0x06  #: addr:u32 len:u16               -> data[len]
-    MEM_FILL = 0x07  #: addr:u32 len:u32 value:u8
-    DELAY = 0x08  #: us:u32
-    POLL = 0x09  #: port:u16 width:u8 mask:u16 expect:u16 timeout_us:u32 interval_us:u32 -> value:u16 met:u8
-    SETTLE = 0x0A  #: timeout_us:u32
-    DEV_ATTACH = 0x10  #: channel:u8 kind:u8 (1 source, 2 sink) dreq:u8 capacity:u32 (0xFFFFFFFF: none) len:u16 data[len]
-    DEV_APPEND = 0x11  #: channel:u8 len:u16 data[len]
-    DEV_DREQ = 0x12  #: channel:u8 level:u8
-    DEV_STATE = 0x13  #: channel:u8 max_bytes:u16 -> kind:u8 tc:u32 moved:u32 under:u32 over:u32 digest[32] n:u16 head[n]
-    POWER_RESET = 0x14  #: (none)
-
-
 class Feature(enum.IntFlag):
     POLL = 0x01
     MEM_FILL = 0x02
@@ -124,9 +92,8 @@ class HelloFlag(enum.IntFlag):
 SECRET_SIZE = 16  #: bytes of a session secret (feature SESSION_SECRET, HELLO flag RESUME)
 
 
-DEVICE_KINDS = {"source": 1, "sink": 2}
-NO_CAPACITY = 0xFFFFFFFF
-STATE_FIXED = 1 + 16 + 32 + 2  #: DEV_STATE reply bytes before the head
+STATE_FIXED = result_size(DevState(0, 0))  #: DEV_STATE reply bytes before the head
+REPLY_HEADER = struct.Struct("<BHB")  #: EXEC_REPLY: status, index, reason length (the reason follows)
 
 
 # --- CRC and COBS ---------------------------------------------------------------------------
@@ -373,6 +340,10 @@ class HelloReply:
             out += self.secret
         return bytes(out)
 
+    def limits(self) -> Limits:
+        """What this agent refuses, for the host to judge programs by before it sends them."""
+        return Limits(self.max_payload, self.max_payload, self.max_ops, self.max_op_us, self.max_program_us)
+
     def info_value(self, key: str) -> str | None:
         return next((v for k, v in self.info if k == key), None)
 
@@ -422,46 +393,22 @@ class ErrorReply:
 
 
 def encode_program(ops: Sequence[Op]) -> bytes:
+    """The EXEC payload of ``ops``: each op's opcode, fixed operands (``hil.ops.TABLE``) and data."""
     out = bytearray()
     for op in ops:
-        if isinstance(op, Out):
-            out += struct.pack("<BHB", Opcode.OUT8, op.port, op.value) if op.width == 8 else \
-                struct.pack("<BHH", Opcode.OUT16, op.port, op.value)
-        elif isinstance(op, In):
-            out += struct.pack("<BH", Opcode.IN8 if op.width == 8 else Opcode.IN16, op.port)
-        elif isinstance(op, MemWrite):
-            if len(op.data) > 0xFFFF:
-                raise ValueError("a MEM_WRITE op carries at most 65535 bytes; split it")
-            out += struct.pack("<BIH", Opcode.MEM_WRITE, op.addr, len(op.data)) + bytes(op.data)
-        elif isinstance(op, MemRead):
-            if op.length > 0xFFFF:
-                raise ValueError("a MEM_READ op reads at most 65535 bytes; split it")
-            out += struct.pack("<BIH", Opcode.MEM_READ, op.addr, op.length)
-        elif isinstance(op, MemFill):
-            out += struct.pack("<BIIB", Opcode.MEM_FILL, op.addr, op.length, op.value)
-        elif isinstance(op, Delay):
-            out += struct.pack("<BI", Opcode.DELAY, min(0xFFFFFFFF, round(op.us)))
-        elif isinstance(op, Poll):
-            out += struct.pack("<BHBHHII", Opcode.POLL, op.port, op.width, op.mask, op.expect,
-                               min(0xFFFFFFFF, round(op.timeout_us)), max(1, min(0xFFFFFFFF, round(op.interval_us))))
-        elif isinstance(op, Settle):
-            out += struct.pack("<BI", Opcode.SETTLE, min(0xFFFFFFFF, round(op.timeout_us)))
-        elif isinstance(op, DevAttach):
-            if len(op.data) > 0xFFFF:
-                raise ValueError("DEV_ATTACH carries at most 65535 bytes; send the rest with DEV_APPEND")
-            cap = NO_CAPACITY if op.capacity is None else op.capacity
-            out += struct.pack("<BBBBIH", Opcode.DEV_ATTACH, op.channel, DEVICE_KINDS[op.kind], int(op.dreq), cap,
-                               len(op.data)) + bytes(op.data)
-        elif isinstance(op, DevAppend):
-            out += struct.pack("<BBH", Opcode.DEV_APPEND, op.channel, len(op.data)) + bytes(op.data)
-        elif isinstance(op, DevDreq):
-            out += struct.pack("<BBB", Opcode.DEV_DREQ, op.channel, int(op.level))
-        elif isinstance(op, DevState):
-            out += struct.pack("<BBH", Opcode.DEV_STATE, op.channel, op.max_bytes)
-        elif isinstance(op, PowerReset):
-            out += bytes([Opcode.POWER_RESET])
+        try:
+            wire = wire_of(op)
+        except InvalidAccessError:
+            raise ValueError(f"{op!r} cannot be sent to an agent") from None
+        why = wire.limit(op)
+        if why is not None:
+            raise ValueError(why)
+        out.append(wire.opcode)
+        if wire.data is None:
+            out += wire.request.pack(*wire.operands(op))
         else:
-            raise ValueError(f"{op!r} cannot be sent to an agent")
+            data = wire.data(op)
+            out += wire.request.pack(*wire.operands(op), len(data)) + data
     return bytes(out)
 
 
@@ -469,82 +416,88 @@ def decode_program(p: bytes, max_ops: int = 0xFFFF) -> list[Op]:
     """Parse a whole program; raises ProtocolError (BAD_OP with the op index) if malformed."""
     r = _Reader(p)
     ops: list[Op] = []
+    limits = Limits(MAX_PAYLOAD_LIMIT, MAX_PAYLOAD_LIMIT, max_ops)
     while not r.done():
         index = len(ops)
-        if index >= max_ops:
+        if not limits.ops_fit(index + 1):
             raise ProtocolError(Status.TOO_LARGE, f"more than {max_ops} operations", index)
         try:
             code = r.u8()
-            if code == Opcode.OUT8:
-                ops.append(Out(r.u16(), r.u8(), 8))
-            elif code == Opcode.OUT16:
-                port, value = r.u16(), r.u16()
-                ops.append(Out(port, value, 16))
-            elif code == Opcode.IN8:
-                ops.append(In(r.u16(), 8))
-            elif code == Opcode.IN16:
-                ops.append(In(r.u16(), 16))
-            elif code == Opcode.MEM_WRITE:
-                addr, n = r.u32(), r.u16()
-                ops.append(MemWrite(addr, r.take(n)))
-            elif code == Opcode.MEM_READ:
-                ops.append(MemRead(r.u32(), r.u16()))
-            elif code == Opcode.MEM_FILL:
-                ops.append(MemFill(r.u32(), r.u32(), r.u8()))
-            elif code == Opcode.DELAY:
-                ops.append(Delay(r.u32()))
-            elif code == Opcode.POLL:
-                port, width, mask, expect, timeout, interval = r.u16(), r.u8(), r.u16(), r.u16(), r.u32(), r.u32()
-                ops.append(Poll(port, mask, expect, timeout, max(1, interval), width))
-            elif code == Opcode.SETTLE:
-                ops.append(Settle(r.u32()))
-            elif code == Opcode.DEV_ATTACH:
-                channel, kind, dreq, cap, n = r.u8(), r.u8(), r.u8(), r.u32(), r.u16()
-                names = {v: k for k, v in DEVICE_KINDS.items()}
-                if kind not in names:
-                    raise ProtocolError(Status.BAD_OP, f"unknown device kind {kind}", index)
-                ops.append(DevAttach(channel, names[kind], r.take(n), bool(dreq), None if cap == NO_CAPACITY else cap))
-            elif code == Opcode.DEV_APPEND:
-                channel, n = r.u8(), r.u16()
-                ops.append(DevAppend(channel, r.take(n)))
-            elif code == Opcode.DEV_DREQ:
-                ops.append(DevDreq(r.u8(), bool(r.u8())))
-            elif code == Opcode.DEV_STATE:
-                ops.append(DevState(r.u8(), r.u16()))
-            elif code == Opcode.POWER_RESET:
-                ops.append(PowerReset())
-            else:
+            wire = BY_OPCODE.get(code)
+            if wire is None:
                 raise ProtocolError(Status.BAD_OP, f"unknown opcode 0x{code:02X}", index)
+            fields = wire.request.unpack(r.take(wire.request.size))
+            data = b""
+            if wire.data is not None:
+                if wire.check is not None:
+                    wire.check(fields)
+                fields, data = fields[:-1], r.take(fields[-1])
+            ops.append(wire.build(fields, data))
         except ProtocolError as e:
             raise ProtocolError(e.status, f"op {index}: {e}", index) from None
-        except ValueError as e:  # an op refusing its own operands (width, value range)
+        except (ValueError, InvalidAccessError) as e:  # an op refusing its own operands (width, value range)
             raise ProtocolError(Status.BAD_OP, f"op {index}: {e}", index) from None
     return ops
 
 
 def op_duration_us(op: Op) -> int:
     """The time an op may take by its operands (DELAY, POLL timeout, SETTLE timeout), in µs."""
-    match op:
-        case Delay(us=us):
-            return round(us)
-        case Poll(timeout_us=us) | Settle(timeout_us=us):
-            return round(us)
-    return 0
+    return round(wait_us(op))
 
 
 def reply_size(ops: Sequence[Op]) -> int:
-    """Payload bytes of the EXEC_REPLY to ``ops`` when everything succeeds."""
-    size = 4  # status, index, reason length
-    for op in ops:
-        if isinstance(op, In):
-            size += op.width // 8
-        elif isinstance(op, MemRead):
-            size += op.length
-        elif isinstance(op, Poll):
-            size += 3
-        elif isinstance(op, DevState):
-            size += STATE_FIXED + op.max_bytes
-    return size
+    """Payload bytes of the EXEC_REPLY to ``ops`` when everything succeeds (a DEV_STATE's head
+    counted at its ``max_bytes``)."""
+    return REPLY_HEADER.size + sum(result_size(op) for op in ops)
+
+
+class Limit(enum.Enum):
+    """Which advertised limit a frame or program exceeds."""
+
+    REQUEST = "request payload"
+    OPS = "operations"
+    REPLY = "reply payload"
+    OP_TIME = "time per op"
+    PROGRAM_TIME = "time per program"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The limits an agent advertises, judged the same way at both ends: the host plans frames
+    and refuses programs with them before sending, the agent refuses what exceeds them."""
+
+    max_request: int
+    max_reply: int
+    max_ops: int
+    max_op_us: int = 0
+    max_program_us: int = 0
+
+    def request_fits(self, size: int) -> bool:
+        return size <= self.max_request
+
+    def ops_fit(self, n_ops: int) -> bool:
+        return n_ops <= self.max_ops
+
+    def reply_fits(self, size: int) -> bool:
+        return size <= self.max_reply
+
+    def frame_excess(self, n_ops: int, request: int, reply: int) -> Limit | None:
+        """The first limit a frame of ``n_ops`` ops, ``request`` and ``reply`` payload bytes exceeds."""
+        if not self.request_fits(request):
+            return Limit.REQUEST
+        if not self.ops_fit(n_ops):
+            return Limit.OPS
+        if not self.reply_fits(reply):
+            return Limit.REPLY
+        return None
+
+    def time_excess(self, op_us: int, total_us: int) -> Limit | None:
+        """Whether one op's ``op_us``, or the program's ``total_us`` so far, is over the time limits."""
+        if op_us > self.max_op_us:
+            return Limit.OP_TIME
+        if total_us > self.max_program_us:
+            return Limit.PROGRAM_TIME
+        return None
 
 
 @dataclass
@@ -555,40 +508,23 @@ class ExecReply:
     status: Status = Status.OK
     index: int = 0xFFFF
     reason: str = ""
-    results: list[int | bytes | DeviceState] = field(default_factory=list)
+    results: list[Result] = field(default_factory=list)
     polls_met: list[bool] = field(default_factory=list)
 
     def encode(self, ops: Sequence[Op]) -> bytes:
         reason = self.reason.encode()[:255]
-        out = bytearray(struct.pack("<BHB", self.status, self.index, len(reason)) + reason)
+        out = bytearray(REPLY_HEADER.pack(self.status, self.index, len(reason)) + reason)
         it = iter(self.results)
         met = iter(self.polls_met)
         for op in ops:
-            if isinstance(op, In):
-                v = next(it, None)
-                if v is None:
-                    break
-                out += struct.pack("<B" if op.width == 8 else "<H", v)
-            elif isinstance(op, MemRead):
-                v = next(it, None)
-                if v is None:
-                    break
-                out += bytes(v)  # type: ignore[arg-type]  # results follow the reading ops: a MemRead's is bytes
-            elif isinstance(op, Poll):
-                v = next(it, None)
-                if v is None:
-                    break
-                out += struct.pack("<HB", v, 1 if next(met, False) else 0)
-            elif isinstance(op, DevState):
-                st = next(it, None)
-                if st is None:
-                    break
-                assert isinstance(st, DeviceState)  # results follow the reading ops: a DevState's
-                kind = {"none": 0, **DEVICE_KINDS}.get(st.kind, 0)
-                digest = bytes.fromhex(st.digest.split(":", 1)[1]) if st.digest else bytes(32)
-                head = st.head[: op.max_bytes]
-                out += struct.pack("<BIIII", kind, st.tc_count, st.moved, st.underruns, st.overruns)
-                out += digest + struct.pack("<H", len(head)) + head
+            wire = wire_of(op)
+            if wire.reply is None or wire.reply_fields is None:
+                continue
+            v = next(it, None)
+            if v is None:
+                break
+            fields, tail = wire.reply_fields(op, v, next(met, False) if wire.met else False)
+            out += wire.reply.pack(*fields) + tail
         return bytes(out)
 
     @classmethod
@@ -602,20 +538,13 @@ class ExecReply:
         ran = len(ops) if status == Status.OK else \
             min(index, len(ops)) if status == Status.IO_ERROR and index != 0xFFFF else 0
         for op in ops[:ran]:
-            if isinstance(op, In):
-                reply.results.append(r.u8() if op.width == 8 else r.u16())
-            elif isinstance(op, MemRead):
-                reply.results.append(r.take(op.length))
-            elif isinstance(op, Poll):
-                reply.results.append(r.u16())
-                reply.polls_met.append(bool(r.u8()))
-            elif isinstance(op, DevState):
-                kind = {0: "none", **{v: k for k, v in DEVICE_KINDS.items()}}.get(r.u8(), "none")
-                tc, moved, under, over = r.u32(), r.u32(), r.u32(), r.u32()
-                digest = r.take(32)
-                head = r.take(r.u16())
-                reply.results.append(DeviceState(kind, tc, moved, under, over,
-                                                 "sha256:" + digest.hex() if kind == "sink" else "", head))
+            wire = wire_of(op)
+            if wire.reply is None or wire.result is None:
+                continue
+            fields = wire.reply.unpack(r.take(wire.reply.size))
+            reply.results.append(wire.result(op, fields, r.take(wire.reply_tail(op, fields))))
+            if wire.met:
+                reply.polls_met.append(bool(fields[-1]))
         r.end()
         return reply
 

@@ -35,6 +35,8 @@ from hil.agent.protocol import (
     Hello,
     HelloFlag,
     HelloReply,
+    Limit,
+    Limits,
     MsgType,
     ProtocolError,
     Status,
@@ -44,19 +46,9 @@ from hil.agent.protocol import (
 )
 from hil.allowlist import AllowList
 from hil.backends.base import Backend, Capability
-from hil.backends.ops import (
-    DEVICE_OPS,
-    DevState,
-    In,
-    MemFill,
-    MemRead,
-    MemWrite,
-    Op,
-    Poll,
-    Result,
-)
 from hil.errors import AccessDeniedError, HilError, MemoryRangeError, UndecodedPortError
 from hil.log import get_logger
+from hil.ops import Op, Poll, Result, is_device_op, is_reading, memory_access
 
 if TYPE_CHECKING:
     import serial  # pyserial, imported where a serial line is opened
@@ -314,32 +306,38 @@ class AgentCore:
         self.stats.refused += 1
         return ExecReply(status, index, reason).encode(ops or [])
 
+    def limits(self) -> Limits:
+        """What this agent advertises and refuses beyond (replies: the size agreed at HELLO)."""
+        return Limits(self.max_payload, self._reply_payload, self.max_ops, self.max_op_us, self.max_program_us)
+
     async def _execute(self, payload: bytes) -> bytes:
-        if len(payload) > self.max_payload:
+        limits = self.limits()
+        if not limits.request_fits(len(payload)):
             return self._refuse(Status.TOO_LARGE, 0xFFFF, f"a {len(payload)}-byte program exceeds the "
                                                           f"advertised max_payload {self.max_payload}")
         try:
-            ops = decode_program(payload, self.max_ops)
+            ops = decode_program(payload, limits.max_ops)
         except ProtocolError as e:
             return self._refuse(e.status, e.index, str(e))
         total_us = 0
         for i, op in enumerate(ops):  # validate everything before anything runs
-            if isinstance(op, DEVICE_OPS) and not self._devices:
+            if is_device_op(op) and not self._devices:
                 return self._refuse(Status.UNSUPPORTED, i, "this agent's I/O has no simulated devices", ops)
             try:
                 self.allow.check([op])
             except AccessDeniedError as e:
-                status = Status.MEM_DENIED if isinstance(op, (MemRead, MemWrite, MemFill)) else Status.PORT_DENIED
+                status = Status.MEM_DENIED if memory_access(op) is not None else Status.PORT_DENIED
                 return self._refuse(status, i, str(e), ops)
             us = op_duration_us(op)
             total_us += us
-            if us > self.max_op_us:
-                return self._refuse(Status.TOO_LARGE, i, f"{type(op).__name__} of {us} us exceeds the "
-                                                         f"advertised max_op_us {self.max_op_us}", ops)
-            if total_us > self.max_program_us:
-                return self._refuse(Status.TOO_LARGE, i, f"the program's delays and timeouts exceed the "
-                                                         f"advertised max_program_us {self.max_program_us}", ops)
-        if reply_size(ops) > self._reply_payload:
+            match limits.time_excess(us, total_us):
+                case Limit.OP_TIME:
+                    return self._refuse(Status.TOO_LARGE, i, f"{type(op).__name__} of {us} us exceeds the "
+                                                             f"advertised max_op_us {self.max_op_us}", ops)
+                case Limit.PROGRAM_TIME:
+                    return self._refuse(Status.TOO_LARGE, i, f"the program's delays and timeouts exceed the "
+                                                             f"advertised max_program_us {self.max_program_us}", ops)
+        if not limits.reply_fits(reply_size(ops)):
             return self._refuse(Status.TOO_LARGE, 0, f"reply of {reply_size(ops)} bytes exceeds "
                                                      f"{self._reply_payload}", ops)
         try:
@@ -357,9 +355,8 @@ class AgentCore:
             log.error("io_error", error=str(e))
             return ExecReply(Status.IO_ERROR, 0xFFFF, str(e)).encode(ops)
         self.stats.executed += 1
-        reading = [op for op in ops if isinstance(op, (In, MemRead, Poll, DevState))]
-        met = [(r & op.mask) == op.expect  # type: ignore[operator]  # a Poll's result is the int it read last
-               for op, r in zip(reading, results) if isinstance(op, Poll)]
+        reading = [op for op in ops if is_reading(op)]
+        met = [op.met(r) for op, r in zip(reading, results) if isinstance(op, Poll) and isinstance(r, int)]
         return ExecReply(Status.OK, 0xFFFF, "", list(results), met).encode(ops)
 
     async def _run_io(self, ops: list[Op]) -> list[Result]:

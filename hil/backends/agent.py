@@ -19,12 +19,13 @@ import asyncio
 import contextlib
 import secrets
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import ClassVar
 
 from hil.agent.links import Link, LinkError, open_link, parse_ftdi_url, split_query
 from hil.agent.protocol import (
     DEFAULT_MAX_PAYLOAD,
+    REPLY_HEADER,
     STATE_FIXED,
     ErrorReply,
     ExecReply,
@@ -34,6 +35,8 @@ from hil.agent.protocol import (
     Hello,
     HelloFlag,
     HelloReply,
+    Limit,
+    Limits,
     MsgType,
     ProtocolError,
     Status,
@@ -43,26 +46,25 @@ from hil.agent.protocol import (
 )
 from hil.backends import BackendURL
 from hil.backends.base import Backend, Capabilities, Capability
-from hil.backends.ops import (
+from hil.errors import AccessDeniedError, BackendError, BackendOptionError
+from hil.log import get_logger
+from hil.ops import (
     ALL_OPS,
-    Delay,
     DevAppend,
     DevAttach,
-    DevDreq,
     DevState,
-    In,
-    MemFill,
     MemRead,
     MemWrite,
     Op,
-    Out,
-    Poll,
-    PowerReset,
     Result,
     Settle,
+    is_reading,
+    memory_access,
+    port_access,
+    request_size,
+    result_size,
+    wait_us,
 )
-from hil.errors import AccessDeniedError, BackendError, BackendOptionError
-from hil.log import get_logger
 
 log = get_logger("hil.agent.client")
 
@@ -113,41 +115,9 @@ class LinkStatistics:
     discarded_bytes: int = 0
 
 
-# request payload bytes of each op, and reply bytes
-def _req_size(op: Op) -> int:
-    if isinstance(op, Out):
-        return 4 if op.width == 8 else 5
-    if isinstance(op, In):
-        return 3
-    if isinstance(op, MemWrite):
-        return 7 + len(op.data)
-    if isinstance(op, MemRead):
-        return 7
-    if isinstance(op, MemFill):
-        return 10
-    if isinstance(op, (Delay, Settle)):
-        return 5
-    if isinstance(op, DevAttach):
-        return 10 + len(op.data)
-    if isinstance(op, DevAppend):
-        return 4 + len(op.data)
-    if isinstance(op, DevDreq):
-        return 3
-    if isinstance(op, DevState):
-        return 4
-    if isinstance(op, PowerReset):
-        return 1
-    return 17  # Poll
-
-
-def _rep_size(op: Op) -> int:
-    if isinstance(op, In):
-        return op.width // 8
-    if isinstance(op, MemRead):
-        return op.length
-    if isinstance(op, DevState):
-        return STATE_FIXED + op.max_bytes
-    return 3 if isinstance(op, Poll) else 0
+# request payload bytes of each op, and reply bytes: both from the op table, as the codec is
+_req_size = request_size
+_rep_size = result_size
 
 
 @dataclass
@@ -167,28 +137,26 @@ def plan(ops: Sequence[Op], max_request: int | Callable[[], int], max_reply: int
     merged: list[tuple[Op, list[tuple[int, int]]]] = []
     reading = 0
     for op in ops:
-        if isinstance(op, MemRead):
-            prev = merged[-1] if merged else None
-            if prev is not None and isinstance(prev[0], MemRead) and prev[0].addr + prev[0].length == op.addr:
-                merged[-1] = (MemRead(prev[0].addr, prev[0].length + op.length), prev[1] + [(reading, op.length)])
-            else:
-                merged.append((op, [(reading, op.length)]))
+        prev = merged[-1][0] if merged else None
+        if isinstance(op, MemRead) and isinstance(prev, MemRead) and prev.addr + prev.length == op.addr:
+            merged[-1] = (MemRead(prev.addr, prev.length + op.length), merged[-1][1] + [(reading, op.length)])
             reading += 1
-        elif isinstance(op, (In, Poll, DevState)):
-            merged.append((op, [(reading, 0)]))
+        elif is_reading(op):
+            merged.append((op, [(reading, op.length if isinstance(op, MemRead) else 0)]))
             reading += 1
         else:
             merged.append((op, []))
     chunk = _Chunk([], [])
-    req, rep = 0, 4
+    req, rep = 0, REPLY_HEADER.size
     for op, parts in merged:
         for piece, piece_parts in _pieces(op, parts, req_limit, rep_limit):
-            if chunk.ops and (req + _req_size(piece) > req_limit() or rep + _rep_size(piece) > rep_limit()
-                              or len(chunk.ops) >= max_ops):
+            limits = Limits(req_limit(), rep_limit(), max_ops)
+            if chunk.ops and limits.frame_excess(len(chunk.ops) + 1, req + _req_size(piece),
+                                                 rep + _rep_size(piece)) is not None:
                 yield chunk
-                chunk, req, rep = _Chunk([], []), 0, 4
+                chunk, req, rep = _Chunk([], []), 0, REPLY_HEADER.size
             chunk.ops.append(piece)
-            if isinstance(piece, (In, MemRead, Poll, DevState)):
+            if is_reading(piece):
                 chunk.parts.append(piece_parts)
             req += _req_size(piece)
             rep += _rep_size(piece)
@@ -198,42 +166,44 @@ def plan(ops: Sequence[Op], max_request: int | Callable[[], int], max_reply: int
 
 def _pieces(op: Op, parts: list[tuple[int, int]], req_limit: Callable[[], int],
             rep_limit: Callable[[], int]) -> Iterator[tuple[Op, list[tuple[int, int]]]]:
-    """``op`` cut to the sizes in force when each piece is made."""
-    if isinstance(op, DevState) and 4 + STATE_FIXED + op.max_bytes > rep_limit():
-        yield DevState(op.channel, max(0, rep_limit() - 4 - STATE_FIXED)), parts  # the digest covers the rest
-    elif isinstance(op, MemRead) and 4 + op.length > rep_limit():
-        queue = list(parts)
-        addr, left = op.addr, op.length
-        while left:
-            n = min(rep_limit() - 4, left)
-            piece_parts, need = [], n
-            while need:
-                idx, count = queue[0]
-                take = min(count, need)
-                piece_parts.append((idx, take))
-                need -= take
-                if take == count:
-                    queue.pop(0)
-                else:
-                    queue[0] = (idx, count - take)
-            yield MemRead(addr, n), piece_parts
-            addr, left = addr + n, left - n
-    elif isinstance(op, MemWrite) and 7 + len(op.data) > req_limit():
-        i = 0
-        while i < len(op.data):
-            step = req_limit() - 7
-            yield MemWrite(op.addr + i, op.data[i : i + step]), []
-            i += step
-    elif isinstance(op, DevAttach) and 10 + len(op.data) > req_limit():
-        step = req_limit() - 10
-        yield DevAttach(op.channel, op.kind, op.data[:step], op.dreq, op.capacity), []
-        i = step
-        while i < len(op.data):
-            step = req_limit() - 4
-            yield DevAppend(op.channel, op.data[i : i + step]), []
-            i += step
-    else:
-        yield op, parts
+    """``op`` cut to the sizes in force when each piece is made (the fixed sizes from the op table)."""
+    match op:
+        case DevState() if REPLY_HEADER.size + _rep_size(op) > rep_limit():
+            yield DevState(op.channel, max(0, rep_limit() - REPLY_HEADER.size - STATE_FIXED)), parts  # the digest covers the rest
+        case MemRead() if REPLY_HEADER.size + op.length > rep_limit():
+            queue = list(parts)
+            addr, left = op.addr, op.length
+            while left:
+                n = min(rep_limit() - REPLY_HEADER.size, left)
+                piece_parts, need = [], n
+                while need:
+                    idx, count = queue[0]
+                    take = min(count, need)
+                    piece_parts.append((idx, take))
+                    need -= take
+                    if take == count:
+                        queue.pop(0)
+                    else:
+                        queue[0] = (idx, count - take)
+                yield MemRead(addr, n), piece_parts
+                addr, left = addr + n, left - n
+        case MemWrite() if _req_size(op) > req_limit():
+            fixed = _req_size(MemWrite(op.addr, b""))
+            i = 0
+            while i < len(op.data):
+                step = req_limit() - fixed
+                yield MemWrite(op.addr + i, op.data[i : i + step]), []
+                i += step
+        case DevAttach() if _req_size(op) > req_limit():
+            step = req_limit() - _req_size(replace(op, data=b""))
+            yield DevAttach(op.channel, op.kind, op.data[:step], op.dreq, op.capacity), []
+            i = step
+            while i < len(op.data):
+                step = req_limit() - _req_size(DevAppend(op.channel, b""))
+                yield DevAppend(op.channel, op.data[i : i + step]), []
+                i += step
+        case _:
+            yield op, parts
 
 
 MIN_FRAME = 64  #: the adaptive frame size never goes below this many payload bytes
@@ -645,27 +615,24 @@ class AgentBackend(Backend):
         frames would otherwise have run its first frames), and, with feature LIMITS, ops and
         programs longer than its limits."""
         total = 0
+        limits = info.limits()
         for i, op in enumerate(ops):
-            match op:
-                case MemRead(addr=addr, length=n) | MemFill(addr=addr, length=n):
-                    self._check_memory(i, addr, n, info)
-                case MemWrite(addr=addr, data=data):
-                    self._check_memory(i, addr, len(data), info)
-                case Out(port=port, width=width) | In(port=port, width=width) | Poll(port=port, width=width):
-                    last = port + width // 8 - 1
-                    if not any(lo <= port and last <= hi for lo, hi in info.ports):
-                        raise AgentAccessDenied(Status.PORT_DENIED, i, f"port 0x{port:04X} is outside the agent's "
-                                                                       f"allow-list")
+            if (mem := memory_access(op)) is not None:
+                self._check_memory(i, mem.addr, mem.length, info)
+            if (io := port_access(op)) is not None and not any(lo <= io.port and io.last <= hi for lo, hi in info.ports):
+                raise AgentAccessDenied(Status.PORT_DENIED, i, f"port 0x{io.port:04X} is outside the agent's "
+                                                               f"allow-list")
             if not info.features & Feature.LIMITS:
                 continue
             us = op_duration_us(op)
             total += us
-            if us > info.max_op_us:
-                raise AgentRefusedError(Status.TOO_LARGE, i, f"{type(op).__name__} of {us / 1e6:g} s exceeds the "
-                                                             f"agent's limit of {info.max_op_us / 1e6:g} s per op")
-            if total > info.max_program_us:
-                raise AgentRefusedError(Status.TOO_LARGE, i, f"the program's delays and timeouts exceed the agent's "
-                                                             f"limit of {info.max_program_us / 1e6:g} s per program")
+            match limits.time_excess(us, total):
+                case Limit.OP_TIME:
+                    raise AgentRefusedError(Status.TOO_LARGE, i, f"{type(op).__name__} of {us / 1e6:g} s exceeds the "
+                                                                 f"agent's limit of {info.max_op_us / 1e6:g} s per op")
+                case Limit.PROGRAM_TIME:
+                    raise AgentRefusedError(Status.TOO_LARGE, i, f"the program's delays and timeouts exceed the agent's "
+                                                                 f"limit of {info.max_program_us / 1e6:g} s per program")
 
     @staticmethod
     def _check_memory(index: int, addr: int, length: int, info: HelloReply) -> None:
@@ -701,8 +668,7 @@ class AgentBackend(Backend):
 
     async def _exec_chunk(self, chunk: _Chunk, generation: int, seq: int) -> ExecReply:
         """One frame of a program, sent as ``seq`` (admitted by the window)."""
-        extra = sum(op.us for op in chunk.ops if isinstance(op, Delay)) / 1e6
-        extra += sum(op.timeout_us for op in chunk.ops if isinstance(op, (Poll, Settle))) / 1e6
+        extra = sum(wait_us(op) for op in chunk.ops) / 1e6
         if generation != self._generation:
             raise self._reset_error()
         frame = Frame(MsgType.EXEC, seq, encode_program(chunk.ops))

@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, ClassVar
 
-from hil.backends.ops import (
-    DEVICE_OPS,
+from hil.errors import BackendClosedError, InvalidAccessError, UnsupportedOperationError
+from hil.log import get_logger
+from hil.ops import (
     Delay,
     In,
     MemFill,
@@ -30,9 +31,9 @@ from hil.backends.ops import (
     Result,
     Settle,
     check_program,
+    durations,
+    is_device_op,
 )
-from hil.errors import BackendClosedError, InvalidAccessError, UnsupportedOperationError
-from hil.log import get_logger
 
 log = get_logger("hil.backend")
 
@@ -177,16 +178,10 @@ class Backend(abc.ABC):
                 raise UnsupportedOperationError(
                     f"backend {self.url} cannot run {type(op).__name__}"
                     + (": simulated devices need a sim: backend (or an agent serving one)"
-                       if isinstance(op, DEVICE_OPS) else "")
+                       if is_device_op(op) else "")
                 )
-            match op:
-                case Delay(us=us):
-                    _check_duration(i, "delay", us)
-                case Poll(timeout_us=timeout, interval_us=interval):
-                    _check_duration(i, "poll timeout", timeout)
-                    _check_duration(i, "poll interval", interval)
-                case Settle(timeout_us=timeout):
-                    _check_duration(i, "settle timeout", timeout)
+            for name, us in durations(op):
+                _check_duration(i, name, us)
 
     @abc.abstractmethod
     async def _execute(self, ops: Sequence[Op]) -> list[Result]: ...

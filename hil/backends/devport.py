@@ -46,7 +46,6 @@ from hil import oserrors
 from hil.allowlist import AllowList, AllowListError, parse_window
 from hil.backends import BackendURL
 from hil.backends.base import Backend, Capabilities, Capability
-from hil.backends.ops import Delay, In, MemFill, MemRead, MemWrite, Op, Out, Poll, Result
 from hil.errors import (
     BackendError,
     BackendOptionError,
@@ -56,6 +55,7 @@ from hil.errors import (
     WideAccessError,
 )
 from hil.log import get_logger
+from hil.ops import Delay, In, MemFill, MemRead, MemWrite, Op, Out, Poll, Result, port_access
 from hil.ports import CASCADE_CHANNEL, DMA_LIMIT, MASK_SET, PortRole, Reg, channel_ports, controller_of, decode_port
 
 log = get_logger("hil.devport")
@@ -256,6 +256,11 @@ class MaskTracker:
                 for ch in sorted(self.enabled) if ch != CASCADE_CHANNEL]
 
 
+def _window(mem: _MemWindow | _DryMem | None) -> _MemWindow | _DryMem:
+    assert mem is not None  # the allow-list has no memory without a window
+    return mem
+
+
 def _sleep_us(us: float) -> None:
     """Wall-clock delay: sleep the bulk, spin the tail (sleep alone overshoots short delays)."""
     deadline = time.perf_counter() + us / 1e6
@@ -406,8 +411,8 @@ class DevPortBackend(Backend):
         and ports and memory outside the allow-list (whose memory is the mapped window)."""
         super().check(ops)
         for op in ops:
-            if isinstance(op, (Out, In, Poll)) and op.width != 8:
-                raise WideAccessError(op.port, op.width, isinstance(op, Out), WIDE_REASON)
+            if (io := port_access(op)) is not None and io.width != 8:
+                raise WideAccessError(io.port, io.width, io.write, WIDE_REASON)
         self.allow.check(ops)
 
     async def _execute(self, ops: Sequence[Op]) -> list[Result]:
@@ -431,15 +436,12 @@ class DevPortBackend(Backend):
                     _sleep_us(op.us)
                 case Poll():
                     results.append(self._poll(op))
-                case _:
-                    assert mem is not None  # the allow-list has no memory without a window
-                    match op:
-                        case MemRead():
-                            results.append(mem.read(op.addr, op.length))
-                        case MemWrite():
-                            mem.write(op.addr, op.data)
-                        case MemFill():
-                            mem.fill(op.addr, op.length, op.value)
+                case MemRead():
+                    results.append(_window(mem).read(op.addr, op.length))
+                case MemWrite():
+                    _window(mem).write(op.addr, op.data)
+                case MemFill():
+                    _window(mem).fill(op.addr, op.length, op.value)
         return results
 
     def _poll(self, op: Poll) -> int:

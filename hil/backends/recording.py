@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from hil.backends.base import Backend, Capabilities
-from hil.backends.ops import ALL_OPS, READING_OPS, In, Op, Out, Poll, Result
+from hil.ops import ALL_OPS, Op, Result, is_reading, port_access
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +69,7 @@ class RecordingBackend(Backend):
         results = await self.inner.execute(ops)
         it = iter(results)
         for op in ops:
-            self.trace.append(TraceEntry(op, next(it) if isinstance(op, READING_OPS) else None, self.programs))
+            self.trace.append(TraceEntry(op, next(it) if is_reading(op) else None, self.programs))
         self.programs += 1
         return results
 
@@ -84,9 +84,11 @@ class RecordingBackend(Backend):
         """``("W", port, value)`` / ``("R", port, value)`` for every byte port access."""
         out: list[tuple[str, int, int]] = []
         for entry in self.trace:
-            op = entry.op
-            if isinstance(op, Out):
-                out.append(("W", op.port, op.value))
-            elif isinstance(op, (In, Poll)):
-                out.append(("R", op.port, entry.result))  # type: ignore[arg-type]  # an In's or Poll's is an int
+            io = port_access(entry.op)
+            if io is None:
+                continue
+            if io.write:
+                out.append(("W", io.port, io.value))
+            else:
+                out.append(("R", io.port, entry.result))  # type: ignore[arg-type]  # an In's or Poll's is an int
         return out

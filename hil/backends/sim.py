@@ -15,7 +15,14 @@ from collections.abc import Sequence
 
 from hil.backends import BackendURL
 from hil.backends.base import Backend, Capabilities, Capability
-from hil.backends.ops import (
+from hil.errors import (
+    BackendClosedError,
+    BackendOptionError,
+    DeviceError,
+    MemoryRangeError,
+    UndecodedPortError,
+)
+from hil.ops import (
     ALL_OPS,
     Delay,
     DevAppend,
@@ -33,13 +40,9 @@ from hil.backends.ops import (
     PowerReset,
     Result,
     Settle,
-)
-from hil.errors import (
-    BackendClosedError,
-    BackendOptionError,
-    DeviceError,
-    MemoryRangeError,
-    UndecodedPortError,
+    device_use,
+    memory_access,
+    port_access,
 )
 from hil.ports import CASCADE_CHANNEL
 from hil.sim.devices import Device, Sink, Source
@@ -134,27 +137,23 @@ class SimBackend(Backend):
         size = len(m.memory)
         takes_data = {ch: isinstance(d, Source) for ch, d in m.devices.items()}  #: channel -> a source?
         for op in ops:
-            match op:
-                case Out(port=port, width=width) | In(port=port, width=width) | Poll(port=port, width=width):
-                    if m.strict:
-                        for p in range(port, port + width // 8):
-                            if not m.decodes(p):
-                                raise UndecodedPortError(p, isinstance(op, Out))
-                case MemRead(addr=addr, length=length) | MemFill(addr=addr, length=length):
-                    if addr + length > size:
-                        raise MemoryRangeError(addr, length, size, "the simulated memory")
-                case MemWrite(addr=addr, data=data):
-                    if addr + len(data) > size:
-                        raise MemoryRangeError(addr, len(data), size, "the simulated memory")
-                case DevAttach(channel=channel, kind=kind):
-                    if channel == CASCADE_CHANNEL:
-                        raise DeviceError("channel 4 is the cascade input from DMA1; no device can use it")
-                    takes_data[channel] = kind == "source"
-                case DevAppend(channel=channel) | DevDreq(channel=channel) | DevState(channel=channel):
-                    if channel not in takes_data:
-                        raise DeviceError(f"no device attached to channel {channel}")
-                    if isinstance(op, DevAppend) and not takes_data[channel]:
-                        raise DeviceError(f"channel {channel}: only a source takes more data")
+            if (io := port_access(op)) is not None and m.strict:
+                for p in range(io.port, io.last + 1):
+                    if not m.decodes(p):
+                        raise UndecodedPortError(p, io.write)
+            if (mem := memory_access(op)) is not None and mem.addr + mem.length > size:
+                raise MemoryRangeError(mem.addr, mem.length, size, "the simulated memory")
+            if (dev := device_use(op)) is None:
+                continue
+            if dev.attaches is not None:
+                if dev.channel == CASCADE_CHANNEL:
+                    raise DeviceError("channel 4 is the cascade input from DMA1; no device can use it")
+                takes_data[dev.channel] = dev.attaches == "source"
+                continue
+            if dev.channel not in takes_data:
+                raise DeviceError(f"no device attached to channel {dev.channel}")
+            if dev.feeds and not takes_data[dev.channel]:
+                raise DeviceError(f"channel {dev.channel}: only a source takes more data")
 
     async def _execute(self, ops: Sequence[Op]) -> list[Result]:
         return self._run(ops)
@@ -180,30 +179,27 @@ class SimBackend(Backend):
                     results.append(self._poll(op))
                 case Settle():
                     m.run_until_idle(round(op.timeout_us * 1000))
-                case _:
-                    results.extend(self._device_op(op))
+                case DevAttach():
+                    m.attach(op.channel, Source(op.data, dreq=op.dreq) if op.kind == "source"
+                             else Sink(op.dreq, op.capacity))
+                case DevAppend():
+                    device = self._device(op.channel)
+                    if not isinstance(device, Source):
+                        raise DeviceError(f"channel {op.channel}: only a source takes more data")
+                    device.append(op.data)
+                case DevDreq():
+                    self._device(op.channel).dreq = op.level
+                case DevState():
+                    results.append(device_state(self._device(op.channel), op.max_bytes))
+                case PowerReset():
+                    m.reset(post=False)
         return results
 
-    def _device_op(self, op: Op) -> list[Result]:
-        m = self.machine
-        if isinstance(op, DevAttach):
-            attached = Source(op.data, dreq=op.dreq) if op.kind == "source" else Sink(op.dreq, op.capacity)
-            m.attach(op.channel, attached)
-        elif isinstance(op, (DevAppend, DevDreq, DevState)):
-            device = m.devices.get(op.channel)
-            if device is None:
-                raise DeviceError(f"no device attached to channel {op.channel}")
-            if isinstance(op, DevAppend):
-                if not isinstance(device, Source):
-                    raise DeviceError(f"channel {op.channel}: only a source takes more data")
-                device.append(op.data)
-            elif isinstance(op, DevDreq):
-                device.dreq = op.level
-            else:
-                return [device_state(device, op.max_bytes)]
-        elif isinstance(op, PowerReset):
-            m.reset(post=False)
-        return []
+    def _device(self, channel: int) -> Device:
+        device = self.machine.devices.get(channel)
+        if device is None:
+            raise DeviceError(f"no device attached to channel {channel}")
+        return device
 
     def _poll(self, op: Poll) -> int:
         m = self.machine

@@ -26,9 +26,9 @@ from hil.agent.server import AgentCore, serve_link, start
 from hil.allowlist import AllowList
 from hil.backends import open_backend
 from hil.backends.agent import AgentBackend
-from hil.backends.ops import In, MemRead, Op, Out
 from hil.dma import DMA_MODE_READ, IsaDma
 from hil.doctor.agent import Env
+from hil.ops import In, MemRead, Op, Out
 from hil.ports import channel_ports
 from hil.regs import dump_program, read_registers
 

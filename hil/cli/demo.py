@@ -1,7 +1,7 @@
 """``hil demo``: one floppy-style transfer, shown end to end.
 
 The simulated drive is attached with the device operations of an ``execute()`` program
-(:class:`~hil.backends.ops.DevAttach`, :class:`~hil.backends.ops.DevState`), never through a
+(:class:`~hil.ops.DevAttach`, :class:`~hil.ops.DevState`), never through a
 backend's internals, so the demo runs on every backend with the ``devices`` capability: the
 in-process simulator and an agent serving one (``hil agent --io sim``) alike.
 """
@@ -12,9 +12,9 @@ import argparse
 import json
 
 from hil.backends.base import Backend, Capability
-from hil.backends.ops import DevAttach, DeviceState, DevState
 from hil.cli.common import add_common, number, with_backend
 from hil.errors import HilError
+from hil.ops import DevAttach, DeviceState, DevState
 
 CHANNEL = 2  #: the floppy's channel on a PC (docs/reference/linux-isa-dma.md §2)
 

@@ -1,6 +1,6 @@
 """Random register programs over the DMA and page ports, for checking a model against QEMU.
 
-A program is a list of byte-wide :class:`~hil.backends.ops.Out` / :class:`~hil.backends.ops.In`
+A program is a list of byte-wide :class:`~hil.ops.Out` / :class:`~hil.ops.In`
 operations on the ports the PC/AT DMA subsystem owns (both controllers with DMA2's odd aliases,
 DMA1's undecoded 0x10-0x1F mirror block, the whole page file 0x80-0x8F); optionally some 16-bit
 accesses too (``wide=``), which check how QEMU dispatches a word access to byte registers. No
@@ -19,7 +19,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from hil.backends.ops import In, Op, Out
+from hil.ops import In, Op, Out, port_access
 from hil.ports import DMA1, DMA2, PAGE_FILE, PAGE_PORT, ControllerPorts, Reg
 
 #: channel register ports: DMA1 0x00-0x07, DMA2 0xC0-0xCF including the odd aliases
@@ -84,15 +84,14 @@ class Program:
 
 
 def format_ops(ops: Sequence[Op]) -> str:
+    """The port accesses of ``ops`` (random programs hold nothing else) in that notation."""
     parts = []
     for op in ops:
-        match op:
-            case Out():
-                wide = "w" if op.width == 16 else ""
-                parts.append(f"{op.port:02x}←{wide}{op.value:0{4 if wide else 2}x}")
-            case In():
-                wide = "w" if op.width == 16 else ""
-                parts.append(f"in{wide} {op.port:02x}")
+        io = port_access(op)
+        if io is None:
+            continue
+        wide = "w" if io.width == 16 else ""
+        parts.append(f"{io.port:02x}←{wide}{io.value:0{4 if wide else 2}x}" if io.write else f"in{wide} {io.port:02x}")
     return "; ".join(parts)
 
 

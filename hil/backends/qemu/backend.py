@@ -23,7 +23,6 @@ from hil import oserrors
 from hil.allowlist import AllowList
 from hil.backends import BackendURL
 from hil.backends.base import Backend, Capabilities, Capability
-from hil.backends.ops import Op, Result
 from hil.backends.qemu.config import QemuConfig, parse_config
 from hil.backends.qemu.firmware import floppy_image, halt_firmware
 from hil.backends.qemu.process import (
@@ -50,6 +49,7 @@ from hil.backends.qemu.translate import RUNNABLE_OPS, SIM_DEVICE_OPS, check_prog
 from hil.backends.qtest import IrqEvent, QemuExitedError, QtestClient
 from hil.errors import BackendError
 from hil.log import get_logger
+from hil.ops import Op, Result
 
 log = get_logger("hil.qemu")
 

@@ -13,7 +13,6 @@ import time
 from collections.abc import Sequence
 
 from hil.allowlist import AllowList
-from hil.backends.ops import DEVICE_OPS, Delay, In, MemFill, MemRead, MemWrite, Op, Out, Poll, Result, Settle
 from hil.backends.qemu.config import QemuConfig
 from hil.backends.qemu.settle import settle_on
 from hil.backends.qtest import (
@@ -28,6 +27,22 @@ from hil.backends.qtest import (
     parse_int_reply,
 )
 from hil.errors import AccessDeniedError, DeviceError, InvalidAccessError, MemoryRangeError
+from hil.ops import (
+    DEVICE_OPS,
+    Delay,
+    In,
+    MemFill,
+    MemRead,
+    MemWrite,
+    Op,
+    Out,
+    Poll,
+    Result,
+    Settle,
+    is_device_op,
+    memory_access,
+    port_access,
+)
 from hil.ports import DMA_PORT_RANGES
 
 #: ports that reset or stop the emulated PC: keyboard controller (0xFE = reset), port 92 (fast
@@ -52,33 +67,29 @@ def check_program(ops: Sequence[Op], config: QemuConfig, allowlist: AllowList) -
     the backend's own refusals, after :meth:`Backend.check <hil.backends.base.Backend.check>`'s."""
     mem = config.mem
     for op in ops:
-        if SIM_DEVICE_OPS and isinstance(op, SIM_DEVICE_OPS):
+        if is_device_op(op):
             raise DeviceError(f"{type(op).__name__}: the qemu backend has QEMU's own devices (FDC, SB16), "
                               f"not the simulator's (capability 'devices')")
         if not isinstance(op, RUNNABLE_OPS):
             raise InvalidAccessError(f"the qemu backend cannot run {type(op).__name__}")
-        if isinstance(op, (Out, In, Poll)):
-            port, width = op.port, op.width
+        if (io := port_access(op)) is not None:
+            port, width = io.port, io.width
             if width == 16 and not config.wide and any(p in r for r in BYTE_ONLY_PORTS for p in (port, port + 1)):
                 raise InvalidAccessError(
                     f"16-bit access to port 0x{port:04X}: the qemu backend accesses the DMA and page "
                     f"ports byte-wide only (QEMU hands a word access to the owner of the first port, "
                     f"docs/reference/qemu-qtest.md §3.5); use two 8-bit accesses, or qemu:?wide=pass")
-            if isinstance(op, Out) and FORBIDDEN_PORTS & {port, port + width // 8 - 1}:
+            if io.write and FORBIDDEN_PORTS & {port, io.last}:
                 raise AccessDeniedError(f"write to port 0x{port:04X} refused: it resets or stops the "
                                         f"emulated PC")
             if not allowlist.port_allowed(port, width):
-                verb = "write to" if isinstance(op, Out) else "read of"
+                verb = "write to" if io.write else "read of"
                 raise AccessDeniedError(
                     f"{verb} port 0x{port:04X} ({width}-bit) refused: outside the qemu backend's "
                     f"allow-list ({ports_text(allowlist)}); attach the device (floppy=, sb16=1) or add "
                     f"the ports with qemu:?allow=0xLO-0xHI")
-        elif isinstance(op, (MemRead, MemFill)):
-            if op.addr + op.length > mem:
-                raise MemoryRangeError(op.addr, op.length, mem, "the QEMU guest's RAM")
-        elif isinstance(op, MemWrite):
-            if op.addr + len(op.data) > mem:
-                raise MemoryRangeError(op.addr, len(op.data), mem, "the QEMU guest's RAM")
+        if (area := memory_access(op)) is not None and area.addr + area.length > mem:
+            raise MemoryRangeError(area.addr, area.length, mem, "the QEMU guest's RAM")
 
 
 async def run_program(client: QtestClient, ops: Sequence[Op], url: str) -> list[Result]:
