@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from hil.agent.links import Link, LinkError
-from hil.agent.protocol import SECRET_SIZE, ExecReply, Feature, Frame, HelloReply, MsgType, decode_frame
+from hil.agent.protocol import SECRET_SIZE, Feature, Frame, HelloReply, MsgType, decode_frame
 from hil.agent.server import AgentCore, Connection, serve_link
 from hil.allowlist import AllowList
 from hil.backends import open_backend
@@ -390,3 +390,142 @@ async def test_settle_on_an_agent_without_the_bit_is_refused():
     async with bench(core_cls=Modest) as b, b.backend() as be:
         with pytest.raises(AgentUnsupportedError, match="SETTLE"):
             await be.settle(0.01)
+
+
+# --- item 8: multi-frame programs through faults, reconnects and lost sessions --------------------
+
+WINDOW = 4
+FRAME = 128  #: the agent's max_payload: the program below is some 36 frames
+
+
+def big_program(seed: int) -> list[Op]:
+    """Writes and reads of 1000 bytes each (about 9 frames apiece), between 8237 address writes
+    and reads through the byte-pointer flip-flop: a frame that ran twice shifts the flip-flop
+    and changes the address read back, so it shows in the results, not only in the counts."""
+    rng = random.Random(seed)
+    a, b = rng.randbytes(1000), rng.randbytes(1000)
+    return [Out(0x0C, 0), Out(0x04, 0x34), MemWrite(0x40000, a), Out(0x04, 0x12), MemWrite(0x48000, b),
+            Out(0x0C, 0), In(0x04), MemRead(0x40000, 1000), In(0x04), MemRead(0x48000, 1000),
+            Out(0x81, seed & 0xFF), In(0x81)]
+
+
+def mark(b: Bench) -> tuple[int, int]:
+    """Where the program starts: EXEC frames seen so far, programs the agent executed so far."""
+    b.rec.clear()
+    return len(b.faults.seen.exec_seqs), b.core.stats.executed
+
+
+def assert_ran_once_in_order(b: Bench, program: list[Op], start: tuple[int, int]) -> None:
+    """Every frame the host sent ran once (no refusal, no repeat), and the ops that reached the
+    agent's I/O are the program's, once each, in order (large writes in pieces)."""
+    sent = set(b.faults.seen.exec_seqs[start[0]:])
+    assert len(sent) >= 8, f"the program went out in {len(sent)} frames"
+    assert b.core.stats.executed - start[1] == len(sent), "a frame ran twice, or not at all"
+    ran = [e.op for e in b.rec.trace]
+    assert [op for op in ran if isinstance(op, Out)] == [op for op in program if isinstance(op, Out)]
+    written: dict[int, bytearray] = {}
+    for op in ran:
+        if isinstance(op, MemWrite):
+            base = next(start for start, buf in written.items() if start + len(buf) == op.addr) \
+                if any(start + len(buf) == op.addr for start, buf in written.items()) else None
+            if base is None:
+                written[op.addr] = bytearray(op.data)
+            else:
+                written[base] += op.data
+    assert {addr: bytes(buf) for addr, buf in written.items()} == \
+        {op.addr: op.data for op in program if isinstance(op, MemWrite)}, "memory written twice or in pieces lost"
+
+
+@pytest.mark.parametrize(("fault", "seed"), [("drop", 1), ("duplicate", 2), ("corrupt", 3), ("reorder", 4)])
+async def test_multi_frame_program_under_one_fault_kind_runs_once_and_matches_the_sim(fault, seed):
+    """§6: frames in a window of 4, each fault 10 % per EXEC and EXEC_REPLY frame. A reordered
+    frame is held by the agent until the gap fills, so reordering alone costs no retransmission."""
+    program = big_program(seed)
+    faults = Faults(seed, {fault: 0.1})
+    async with bench(faults, window=WINDOW, max_payload=FRAME) as b:
+        timeout = 0.5 if fault == "reorder" else 0.02  # reorder: no frame may need its timeout
+        async with b.backend(timeout=timeout) as be:
+            start = mark(b)
+            got = await be.execute(program)
+            assert got == await on_sim(program)
+            assert_ran_once_in_order(b, program, start)
+            assert faults.seen.faults.get(fault, 0) >= 3, faults.seen.faults
+            assert faults.seen.most_in_flight <= WINDOW, "the host sent beyond its window"
+            if fault == "reorder":
+                assert be.stats.retries == 0, "a reordered frame was not held: it had to be retransmitted"
+                assert faults.seen.most_in_flight == WINDOW, "frames did not go out a window at a time"
+            if fault == "duplicate":
+                assert b.core.stats.replayed > 0
+        assert_each_link_closed_once(b.device)
+
+
+@pytest.mark.parametrize("seed", [5, 6])
+async def test_multi_frame_programs_under_all_faults_both_ways(seed):
+    program = big_program(seed)
+    faults = Faults(seed, {"drop": 0.05, "duplicate": 0.05, "corrupt": 0.05, "reorder": 0.05}, exec_only=False)
+    async with bench(faults, window=8, max_payload=FRAME) as b, b.backend(timeout=0.02) as be:
+        start = mark(b)
+        assert await be.execute(program) == await on_sim(program)
+        assert_ran_once_in_order(b, program, start)
+        assert set(faults.seen.faults) == {"drop", "duplicate", "corrupt", "reorder"}
+        assert faults.seen.most_in_flight <= 8
+
+
+async def test_line_cut_after_frame_k_reconnects_once_resumes_and_completes():
+    """§6: the line breaks after the 6th frame with frames in flight; the host reconnects once,
+    closes the old link first, resumes its session (HELLO RESUME): frames that ran are answered
+    from the replay cache, the rest run, each once."""
+    program = big_program(7)
+    faults = Faults(7)
+    async with bench(faults, window=WINDOW, max_payload=FRAME) as b:
+        async with b.backend() as be:
+            start = mark(b)
+            opened = b.device.opened
+            faults.on_exec = lambda n: b.cut() if n == start[0] + 6 else None
+            assert await be.execute(program) == await on_sim(program)
+            assert_ran_once_in_order(b, program, start)
+            assert b.device.opened == opened + 1, "one reconnect for the whole backend"
+            assert be.stats.resets == 0 and b.core.stats.replayed + be.stats.retries > 0
+        assert_each_link_closed_once(b.device)
+
+
+async def test_session_lost_mid_program_is_said_hello_again_and_completes():
+    """§6: the agent detaches the session after the 6th frame (its end of a serial line hung up
+    and came back): the frames after it get NO_SESSION, the host sends HELLO again, resumes
+    the same session and sends them again, each runs once."""
+    program = big_program(8)
+    faults = Faults(8)
+    async with bench(faults, window=WINDOW, max_payload=FRAME) as b:
+        async with b.backend() as be:
+            start, hellos = mark(b), faults.seen.hellos
+            faults.on_exec = lambda n: b.core.detach(b.lines[-1][2]) if n == start[0] + 6 else None
+            assert await be.execute(program) == await on_sim(program)
+            assert_ran_once_in_order(b, program, start)
+            assert faults.seen.hellos > hellos and b.core.stats.refused > 0  # NO_SESSION, then HELLO
+            assert be.stats.resets == 0 and b.device.opened == 1  # the same line, the same session
+
+
+async def test_agent_restarted_mid_program_fails_it_with_the_reset_error_never_half_silently():
+    """§6: after the 6th frame the line breaks and a new agent (new boot nonce, fresh machine)
+    answers the reconnect: the program fails with AgentResetError, none of its frames runs on
+    the new agent, and the next program runs there."""
+    program = big_program(9)
+    faults = Faults(9)
+    async with bench(faults, window=WINDOW, max_payload=FRAME) as b, open_backend("sim") as io2:
+        rec2 = RecordingBackend(io2)
+        fresh = AgentCore(rec2, AllowList.default(WHOLE_MEMORY), io_thread=False, window=WINDOW, max_payload=FRAME)
+
+        def restart(n: int) -> None:
+            if n == before + 6:
+                b.cut()
+                b.core = fresh
+
+        async with b.backend() as be:
+            before = len(faults.seen.exec_seqs)
+            faults.on_exec = restart
+            with pytest.raises(AgentResetError, match="restarted"):
+                await be.execute(program)
+            assert rec2.trace == [] and be.stats.resets == 1
+            assert await be.execute([Out(0x81, 0x42), In(0x81)]) == [0x42]
+            assert [e.op for e in rec2.trace] == [Out(0x81, 0x42), In(0x81)]
+        await fresh.aclose()
