@@ -8,7 +8,9 @@ flight), ``max_payload``, ``token``; anything else stays on the pyserial URL.
 
 A program becomes as few frames as the agent's sizes allow (adjacent memory reads coalesced,
 large ones split), all sent at once up to the window. The agent executes frames strictly in
-sequence order and exactly once, so the host may retry any frame it has no reply for. A
+sequence order and exactly once, so the host may retry any frame it has no reply for. An op
+whose feature bit the agent did not advertise (POLL, MEM_FILL, SETTLE, DEVICES) is refused with
+:class:`AgentUnsupportedError` before any frame of its program is sent. A
 changed boot nonce means the agent was restarted: the program in flight fails with
 :class:`AgentResetError` and the backend's reset listeners (the driver layer's restore) run.
 """
@@ -303,10 +305,11 @@ class _Wire:
     The reader turns bytes into frames and hands each to ``route``; the writer sends queued
     frames one at a time, so two frames in flight never interleave on the line. The link going
     away (EOF, :class:`LinkError`, ``OSError``) only marks the wire ``down``: the next frame
-    reconnects. Anything else that ends either task is a crash and goes to ``crashed`` as itself
-    (the backend fails the frames waiting for replies with it). The link is closed exactly once,
-    by one task that :meth:`close` awaits, so a reconnect never opens the next link (a second open
-    of a serial device) while the old one is still closing."""
+    reconnects. Anything else is a crash and reaches someone as itself: a write's goes to the
+    senders of the frames it held, the reader's (the router's included) to ``crashed``, which
+    fails the frames waiting for replies with it. Either way the wire is down. The link is
+    closed exactly once, by one task that :meth:`close` awaits, so a reconnect never opens the
+    next link (a second open of a serial device) while the old one is still closing."""
 
     def __init__(self, link: Link, route: Callable[[Frame], None], crashed: Callable[[BaseException], None],
                  stats: LinkStatistics, name: str) -> None:
