@@ -193,8 +193,7 @@ async def test_a_reconnecting_host_resumes_and_takes_over_its_half_open_connecti
     async with tcp_agent(token=TOKEN) as (address, core, _), open_backend(f"agent+{address}?token=s3cret") as be:
         await be.outb(0x81, 0x21)
         session = core.session
-        old = be._link
-        be._link = None  # the host believes its link dropped; the agent still holds the old connection
+        old, be._wire = be._wire, None  # the host forgot its link (half-open); the agent still holds the connection
         assert await be.inb(0x81) == 0x21  # reconnected, resumed: no BUSY, no reset
         assert core.session is session and be.stats.resets == 0
         await old.close()

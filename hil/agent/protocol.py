@@ -24,7 +24,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from hil.errors import InvalidAccessError
-from hil.ops import BY_OPCODE, DevState, Op, Result, result_size, wait_us, wire_of
+from hil.ops import BY_OPCODE, DEVICE_OPS, DevState, MemFill, Op, Poll, Result, Settle, result_size, wait_us, wire_of
 from hil.ops import Opcode as Opcode  # the opcodes are rows of hil.ops.TABLE; named here too, next to Status
 
 VERSION = 1
@@ -80,6 +80,16 @@ class Feature(enum.IntFlag):
     INFO = 0x40  #: HELLO_REPLY ends with the info block (key=value pairs: io, profile)
     LIMITS = 0x80  #: HELLO_REPLY carries max_op_us and max_program_us; longer programs are refused
     SESSION_SECRET = 0x100  #: HELLO_REPLY carries the session secret a reconnecting host resumes with
+
+
+#: the feature bit an agent must advertise to run an op class (absent: every agent runs it); a
+#: host refuses an op its agent did not advertise before sending anything
+OP_FEATURES: dict[type, Feature] = {
+    Poll: Feature.POLL,
+    MemFill: Feature.MEM_FILL,
+    Settle: Feature.SETTLE,
+    **dict.fromkeys(DEVICE_OPS, Feature.DEVICES),
+}
 
 
 class HelloFlag(enum.IntFlag):

@@ -8,7 +8,9 @@ flight), ``max_payload``, ``token``; anything else stays on the pyserial URL.
 
 A program becomes as few frames as the agent's sizes allow (adjacent memory reads coalesced,
 large ones split), all sent at once up to the window. The agent executes frames strictly in
-sequence order and exactly once, so the host may retry any frame it has no reply for. A
+sequence order and exactly once, so the host may retry any frame it has no reply for. An op
+whose feature bit the agent did not advertise (POLL, MEM_FILL, SETTLE, DEVICES) is refused with
+:class:`AgentUnsupportedError` before any frame of its program is sent. A
 changed boot nonce means the agent was restarted: the program in flight fails with
 :class:`AgentResetError` and the backend's reset listeners (the driver layer's restore) run.
 """
@@ -16,7 +18,6 @@ changed boot nonce means the agent was restarted: the program in flight fails wi
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import secrets
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -25,6 +26,7 @@ from typing import ClassVar
 from hil.agent.links import Link, LinkError, open_link, parse_ftdi_url, split_query
 from hil.agent.protocol import (
     DEFAULT_MAX_PAYLOAD,
+    OP_FEATURES,
     REPLY_HEADER,
     STATE_FIXED,
     ErrorReply,
@@ -46,7 +48,13 @@ from hil.agent.protocol import (
 )
 from hil.backends import BackendURL
 from hil.backends.base import Backend, Capabilities, Capability
-from hil.errors import AccessDeniedError, BackendError, BackendOptionError
+from hil.errors import (
+    AccessDeniedError,
+    BackendClosedError,
+    BackendError,
+    BackendOptionError,
+    UnsupportedOperationError,
+)
 from hil.log import get_logger
 from hil.ops import (
     ALL_OPS,
@@ -101,6 +109,15 @@ class AgentRefusedError(AgentError):
 
 class AgentAccessDenied(AgentRefusedError, AccessDeniedError):
     pass
+
+
+class AgentUnsupportedError(AgentRefusedError, UnsupportedOperationError):
+    """An op whose feature bit the agent did not advertise in HELLO_REPLY: refused by the host
+    before any frame of the program is sent (docs/agent-protocol.md §3, features)."""
+
+    def __init__(self, index: int, op: str, agent: str, feature: Feature) -> None:
+        super().__init__(Status.UNSUPPORTED, index, f"{op}: {agent} does not advertise feature {feature.name}")
+        self.op, self.agent, self.feature = op, agent, feature
 
 
 @dataclass
@@ -239,6 +256,107 @@ class FrameSizer:
             self._clean = 0
 
 
+class _Wire:
+    """One open link and the two tasks that move its bytes, owned together.
+
+    The reader turns bytes into frames and hands each to ``route``; the writer sends queued
+    frames one at a time, so two frames in flight never interleave on the line. The link going
+    away (EOF, :class:`LinkError`, ``OSError``) only marks the wire ``down``: the next frame
+    reconnects. Anything else is a crash and reaches someone as itself: a write's goes to the
+    senders of the frames it held, the reader's (the router's included) to ``crashed``, which
+    fails the frames waiting for replies with it. Either way the wire is down. The link is
+    closed exactly once, by one task that :meth:`close` awaits, so a reconnect never opens the
+    next link (a second open of a serial device) while the old one is still closing."""
+
+    def __init__(self, link: Link, route: Callable[[Frame], None], crashed: Callable[[BaseException], None],
+                 stats: LinkStatistics, name: str) -> None:
+        self.link, self._route, self._crashed, self._stats, self._name = link, route, crashed, stats, name
+        self.down = False
+        self._frames = FrameReader()
+        self._queue: asyncio.Queue[tuple[bytes, asyncio.Future[None]]] = asyncio.Queue()
+        self._closer: asyncio.Task[None] | None = None
+        self._tasks = (asyncio.create_task(self._read(), name=f"{name} reader"),
+                       asyncio.create_task(self._write(), name=f"{name} writer"))
+        for task in self._tasks:
+            task.add_done_callback(self._ended)
+
+    async def send(self, data: bytes) -> None:
+        """Queue ``data`` and return once it is written; :class:`LinkError` if the link is down."""
+        if self.down:
+            raise LinkError(f"{self.link.name}: link down")
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((data, done))
+        await done
+
+    async def _read(self) -> None:
+        while True:
+            try:
+                data = await self.link.read()
+            except (LinkError, OSError) as e:
+                log.warning("link_read_failed", backend=self._name, error=str(e))
+                data = b""
+            if not data:
+                log.warning("link_closed", backend=self._name)
+                return
+            self._stats.bytes_in += len(data)
+            for frame in self._frames.feed(data):
+                self._route(frame)
+            self._stats.discarded_bytes = self._frames.discarded
+
+    async def _write(self) -> None:
+        while True:
+            data, done = await self._queue.get()
+            if done.done():  # its sender gave up waiting
+                continue
+            try:
+                await self.link.write(data)
+            except (LinkError, OSError) as e:
+                self._fail_queued(LinkError(f"{self.link.name}: write failed: {e}"), done)
+                return
+            except asyncio.CancelledError:
+                self._fail_queued(LinkError(f"{self.link.name}: closed"), done)
+                raise
+            except Exception as e:  # not the link going away: its senders get it as it is
+                log.error("agent_link_write_failed", backend=self._name, error=repr(e))
+                self._fail_queued(e, done)
+                return
+            if not done.done():
+                done.set_result(None)
+
+    def _fail_queued(self, exc: BaseException, first: asyncio.Future[None] | None = None) -> None:
+        self.down = True
+        waiting = [first] if first is not None else []
+        while not self._queue.empty():
+            waiting.append(self._queue.get_nowait()[1])
+        for fut in waiting:
+            if not fut.done():
+                fut.set_exception(exc)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        self.down = True
+        exc = task.exception()
+        if exc is not None:
+            self._crashed(exc)
+        if self._closer is None:  # not left open: a half-closed socket would hold the agent
+            self._closer = asyncio.get_running_loop().create_task(self._close_link(), name=f"{self._name} close")
+
+    async def _close_link(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.link.close()
+
+    async def close(self) -> None:
+        """Stop both tasks and close the link (once); return when it is closed."""
+        self.down = True
+        if self._closer is None:
+            self._closer = asyncio.get_running_loop().create_task(self._close_link(), name=f"{self._name} close")
+        await asyncio.shield(self._closer)
+        self._fail_queued(LinkError(f"{self.link.name}: closed"))
+
+
 def from_url(url: BackendURL) -> AgentBackend:
     raw = url.raw
     rest = raw.split(":", 1)[1] if ":" in raw else ""
@@ -294,9 +412,9 @@ class AgentBackend(Backend):
         self._seq = 0
         #: replies are routed by (kind, seq): a HELLO may share its seq with the EXEC that follows it
         self._pending: dict[tuple[str, int], asyncio.Future[Frame]] = {}
-        self._link: Link | None = None
-        self._reader_task: asyncio.Task[None] | None = None
-        self._frames = FrameReader()
+        self._wire: _Wire | None = None  #: the link and its reader and writer tasks
+        #: a reader or writer crash no waiting frame took: raised by the next execute() or close()
+        self._crash: BaseException | None = None
         self.agent: HelloReply | None = None
         self.boot_nonce: int | None = None
         self.stats = LinkStatistics()
@@ -324,44 +442,52 @@ class AgentBackend(Backend):
         self._start_link(await self._link_factory())
         await self._hello()
 
+    @property
+    def _link(self) -> Link | None:
+        """The link frames go out on, None while it is down (the next frame reconnects)."""
+        wire = self._wire
+        return wire.link if wire is not None and not wire.down else None
+
     def _start_link(self, link: Link) -> None:
-        self._link = link
-        self._frames = FrameReader()
-        self._reader_task = asyncio.create_task(self._read_loop(link))
+        self._wire = _Wire(link, self._route, self._crashed, self.stats, self.url)
 
     async def _drop_link(self) -> None:
-        if self._reader_task is not None:
-            self._reader_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._reader_task
-            self._reader_task = None
-        if self._link is not None:
-            await self._link.close()
-            self._link = None
+        wire, self._wire = self._wire, None
+        if wire is not None:
+            await wire.close()
+
+    def _lose_link(self) -> None:
+        """The link is gone (a send failed): the next frame reconnects, closing it first."""
+        if self._wire is not None:
+            self._wire.down = True
+
+    def _crashed(self, exc: BaseException) -> None:
+        """A reader or writer task died of something that is not the link going away: the frames
+        waiting for replies fail with it as it is; with none waiting, the next caller gets it."""
+        log.error("agent_link_task_failed", backend=self.url, error=repr(exc))
+        if not self._fail_pending(exc):
+            self._crash = exc
+
+    def _raise_crash(self) -> None:
+        crash, self._crash = self._crash, None
+        if crash is not None:
+            raise crash
 
     async def _close(self) -> None:
         log.info("link_stats", backend=self.url, **asdict(self.stats))
-        await self._drop_link()
+        async with self._connect_lock:  # a reconnect in progress ends before the link is dropped
+            await self._drop_link()
         self._fail_pending(AgentError(f"{self.url}: backend closed"))
+        self._raise_crash()
 
-    def _fail_pending(self, exc: BaseException, kind: str | None = None) -> None:
+    def _fail_pending(self, exc: BaseException, kind: str | None = None) -> int:
+        """Fail the requests waiting for a reply (of ``kind``, or all); return how many."""
+        failed = 0
         for (k, _), fut in list(self._pending.items()):
             if (kind is None or k == kind) and not fut.done():
                 fut.set_exception(exc)
-
-    async def _read_loop(self, link: Link) -> None:
-        while True:
-            data = await link.read()
-            if not data:
-                log.warning("link_closed", backend=self.url)
-                if self._link is link:
-                    self._link = None
-                await link.close()  # not left open: a half-closed socket would hold the agent
-                return
-            self.stats.bytes_in += len(data)
-            for frame in self._frames.feed(data):
-                self._route(frame)
-            self.stats.discarded_bytes = self._frames.discarded
+                failed += 1
+        return failed
 
     #: which waiting request a reply type answers (an ERROR may answer any of them)
     _REPLY_KINDS: ClassVar[dict[int, tuple[str, ...]]] = {
@@ -397,18 +523,15 @@ class AgentBackend(Backend):
         async with self._connect_lock:
             if self._link is not None:
                 return
-            await self._drop_link()
+            if self._closed:
+                raise BackendClosedError(self.url)
+            await self._drop_link()  # the old link closed before the next one opens
             self._start_link(await self._link_factory())
             try:
                 await self._hello()
             except BaseException:
                 await self._drop_link()
                 raise
-
-    async def _discard_link(self) -> None:
-        link, self._link = self._link, None
-        if link is not None:
-            await link.close()
 
     async def _round_trip(self, kind: str, frame: Frame, extra_s: float = 0.0, *, generation: int | None = None,
                           size: int = 0) -> Frame:
@@ -435,14 +558,14 @@ class AgentBackend(Backend):
                         await self._ensure_link()
                     if generation is not None and generation != self._generation:
                         raise self._reset_error()
-                    if self._link is None:
+                    if self._wire is None:
                         raise LinkError(f"{self.link_url}: link down")
-                    await self._link.write(wire)
+                    await self._wire.send(wire)
                     self.stats.bytes_out += len(wire)
                     self.stats.frames_sent += 1
                 except (LinkError, OSError) as e:
                     log.warning("send_failed", error=str(e))
-                    await self._discard_link()
+                    self._lose_link()
                     await asyncio.sleep(min(wait, 0.2))
                     continue
                 done, _ = await asyncio.wait((fut,), timeout=wait)  # the future outlives a timeout
@@ -555,6 +678,7 @@ class AgentBackend(Backend):
             raise
 
     async def _execute(self, ops: Sequence[Op]) -> list[Result]:
+        self._raise_crash()
         info = self.agent
         assert info is not None
         self._check(ops, info)  # before planning: a refused program sends no frame at all
@@ -610,13 +734,17 @@ class AgentBackend(Backend):
         return [v for _, v in sorted(results.items())]
 
     def _check(self, ops: Sequence[Op], info: HelloReply) -> None:
-        """What the agent would refuse, refused here before any frame is planned or sent: memory
-        outside the window and ports outside the allow-list it advertised (a program of many
-        frames would otherwise have run its first frames), and, with feature LIMITS, ops and
-        programs longer than its limits."""
+        """What the agent would refuse, refused here before any frame is planned or sent: ops
+        whose feature bit it did not advertise, memory outside the window and ports outside the
+        allow-list it advertised (a program of many frames would otherwise have run its first
+        frames), and, with feature LIMITS, ops and programs longer than its limits."""
         total = 0
         limits = info.limits()
         for i, op in enumerate(ops):
+            feature = OP_FEATURES.get(type(op))
+            if feature is not None and not info.features & feature:
+                raise AgentUnsupportedError(i, type(op).__name__, f"agent {info.agent_name} {info.agent_version} via "
+                                                                  f"{self.link_url}", feature)
             if (mem := memory_access(op)) is not None:
                 self._check_memory(i, mem.addr, mem.length, info)
             if (io := port_access(op)) is not None and not any(lo <= io.port and io.last <= hi for lo, hi in info.ports):
