@@ -23,16 +23,12 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from hil.errors import BackendError
+from hil.errors import LinkError as LinkError  # defined there; importable from here as before
 from hil.log import get_logger
 
 log = get_logger("hil.link")
 
 READ_CHUNK = 65536
-
-
-class LinkError(BackendError):
-    """The link could not be opened or broke."""
 
 
 @dataclass
@@ -367,7 +363,8 @@ async def open_link(url: str, *, baud: int = 115200) -> Link:
     try:
         port = serial.serial_for_url(path, **_serial_kwargs(baud))
     except (serial.SerialException, OSError, ValueError) as e:
-        raise LinkError(f"{path}: cannot open: {e}") from None
+        # pyftdi says "No USB device matches URL ..." in a plain exception: read here, once
+        raise LinkError(f"{path}: cannot open: {e}", device_missing="No USB device" in str(e)) from None
     ftdi = getattr(port, "udev", None)
     if ftdi is not None and hasattr(ftdi, "set_latency_timer"):
         # USB latency: 16 ms by default, and pyftdi's UART adds dynamic latency up to 200 ms when

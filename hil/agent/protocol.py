@@ -40,6 +40,7 @@ from hil.backends.ops import (
     PowerReset,
     Settle,
 )
+from hil.errors import ProtocolError as ProtocolError  # defined there; importable from here as before
 
 VERSION = 1
 HEADER = struct.Struct("<BBHH")  #: version, type, seq, payload length
@@ -47,14 +48,6 @@ CRC = struct.Struct("<I")
 OVERHEAD = HEADER.size + CRC.size
 DEFAULT_MAX_PAYLOAD = 4096
 MAX_PAYLOAD_LIMIT = 0xFFFF
-
-
-class ProtocolError(ValueError):
-    """A frame or message that does not follow the protocol (carries the status to answer)."""
-
-    def __init__(self, status: Status, message: str, index: int = 0xFFFF) -> None:
-        super().__init__(message)
-        self.status, self.index = status, index
 
 
 class MsgType(enum.IntEnum):
@@ -178,10 +171,10 @@ def cobs_decode(data: bytes) -> bytes:
             i = end
             continue
         if code == 0:
-            raise ValueError("zero byte inside a COBS frame")
+            raise ProtocolError(Status.BAD_FRAME, "zero byte inside a COBS frame")
         end = i + code
         if end > n:
-            raise ValueError("COBS block runs past the end of the frame")
+            raise ProtocolError(Status.BAD_FRAME, "COBS block runs past the end of the frame")
         out += data[i + 1 : end]
         i = end
         if code != 0xFF and i < n:
@@ -205,18 +198,18 @@ class Frame:
 
 
 def decode_frame(raw: bytes) -> Frame:
-    """Decode the bytes between two delimiters. Raises ValueError for anything malformed."""
+    """Decode the bytes between two delimiters. Raises ProtocolError (BAD_FRAME) for anything malformed."""
     body = cobs_decode(raw)
     if len(body) < OVERHEAD:
-        raise ValueError(f"frame of {len(body)} bytes is shorter than the {OVERHEAD}-byte minimum")
+        raise ProtocolError(Status.BAD_FRAME, f"frame of {len(body)} bytes is shorter than the {OVERHEAD}-byte minimum")
     (crc,) = CRC.unpack_from(body, len(body) - CRC.size)
     if crc32(body[: -CRC.size]) != crc:
-        raise ValueError("CRC mismatch")
+        raise ProtocolError(Status.BAD_FRAME, "CRC mismatch")
     version, mtype, seq, length = HEADER.unpack_from(body)
     if length != len(body) - OVERHEAD:
-        raise ValueError(f"length field {length} does not match the {len(body) - OVERHEAD} payload bytes")
+        raise ProtocolError(Status.BAD_FRAME, f"length field {length} does not match the {len(body) - OVERHEAD} payload bytes")
     if version != VERSION:
-        raise ValueError(f"protocol version {version}, expected {VERSION}")
+        raise ProtocolError(Status.VERSION, f"protocol version {version}, expected {VERSION}")
     return Frame(mtype, seq, bytes(body[HEADER.size : -CRC.size]))
 
 
@@ -262,7 +255,7 @@ class FrameReader:
         if len(raw) <= self.max_wire:
             try:
                 return decode_frame(raw), len(raw)
-            except ValueError:
+            except ProtocolError:
                 pass
         tail = raw[-self.max_wire:]
         n = len(tail)
@@ -276,7 +269,7 @@ class FrameReader:
                 continue
             try:
                 return decode_frame(tail[i:]), n - i
-            except ValueError:
+            except ProtocolError:
                 continue
         return None, 0
 
@@ -310,7 +303,7 @@ class Hello:
         out += bytes([int(self.flags)])
         if self.flags & HelloFlag.RESUME:
             if len(self.secret) != SECRET_SIZE:
-                raise ValueError(f"a RESUME HELLO carries a {SECRET_SIZE}-byte session secret")
+                raise ProtocolError(Status.BAD_FRAME, f"a RESUME HELLO carries a {SECRET_SIZE}-byte session secret")
             out += self.secret
         return out
 
@@ -369,7 +362,7 @@ class HelloReply:
             out += struct.pack("<II", self.max_op_us, self.max_program_us)
         if self.features & Feature.SESSION_SECRET:
             if len(self.secret) != SECRET_SIZE:
-                raise ValueError(f"feature SESSION_SECRET needs a {SECRET_SIZE}-byte secret")
+                raise ProtocolError(Status.BAD_FRAME, f"feature SESSION_SECRET needs a {SECRET_SIZE}-byte secret")
             out += self.secret
         return bytes(out)
 
@@ -431,11 +424,11 @@ def encode_program(ops: Sequence[Op]) -> bytes:
             out += struct.pack("<BH", Opcode.IN8 if op.width == 8 else Opcode.IN16, op.port)
         elif isinstance(op, MemWrite):
             if len(op.data) > 0xFFFF:
-                raise ValueError("a MEM_WRITE op carries at most 65535 bytes; split it")
+                raise ProtocolError(Status.TOO_LARGE, "a MEM_WRITE op carries at most 65535 bytes; split it")
             out += struct.pack("<BIH", Opcode.MEM_WRITE, op.addr, len(op.data)) + bytes(op.data)
         elif isinstance(op, MemRead):
             if op.length > 0xFFFF:
-                raise ValueError("a MEM_READ op reads at most 65535 bytes; split it")
+                raise ProtocolError(Status.TOO_LARGE, "a MEM_READ op reads at most 65535 bytes; split it")
             out += struct.pack("<BIH", Opcode.MEM_READ, op.addr, op.length)
         elif isinstance(op, MemFill):
             out += struct.pack("<BIIB", Opcode.MEM_FILL, op.addr, op.length, op.value)
@@ -448,7 +441,7 @@ def encode_program(ops: Sequence[Op]) -> bytes:
             out += struct.pack("<BI", Opcode.SETTLE, min(0xFFFFFFFF, round(op.timeout_us)))
         elif isinstance(op, DevAttach):
             if len(op.data) > 0xFFFF:
-                raise ValueError("DEV_ATTACH carries at most 65535 bytes; send the rest with DEV_APPEND")
+                raise ProtocolError(Status.TOO_LARGE, "DEV_ATTACH carries at most 65535 bytes; send the rest with DEV_APPEND")
             cap = NO_CAPACITY if op.capacity is None else op.capacity
             out += struct.pack("<BBBBIH", Opcode.DEV_ATTACH, op.channel, DEVICE_KINDS[op.kind], int(op.dreq), cap,
                                len(op.data)) + bytes(op.data)
@@ -461,7 +454,7 @@ def encode_program(ops: Sequence[Op]) -> bytes:
         elif isinstance(op, PowerReset):
             out += bytes([Opcode.POWER_RESET])
         else:
-            raise ValueError(f"{op!r} cannot be sent to an agent")
+            raise ProtocolError(Status.BAD_OP, f"{op!r} cannot be sent to an agent")
     return bytes(out)
 
 

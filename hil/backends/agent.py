@@ -61,7 +61,29 @@ from hil.backends.ops import (
     Result,
     Settle,
 )
-from hil.errors import AccessDeniedError, BackendError, BackendOptionError
+from hil.errors import (  # the agent's errors were defined here; their names stay importable from here
+    AccessDeniedError,
+    BackendNotOpenError,
+    BackendOptionError,
+    HilError,
+    MemoryRangeError,
+    refusal_text,
+)
+from hil.errors import (
+    AgentAccessDenied as AgentAccessDenied,
+)
+from hil.errors import (
+    AgentError as AgentError,
+)
+from hil.errors import (
+    AgentRefusedError as AgentRefusedError,
+)
+from hil.errors import (
+    AgentResetError as AgentResetError,
+)
+from hil.errors import (
+    AgentTimeoutError as AgentTimeoutError,
+)
 from hil.log import get_logger
 
 log = get_logger("hil.agent.client")
@@ -75,30 +97,6 @@ OPTIONS = {
     "token": "token for an agent listening beyond loopback",
     "keep": "1: keep the I/O state earlier clients left on a simulated agent (default 0: start afresh)",
 }
-
-
-class AgentError(BackendError):
-    pass
-
-
-class AgentTimeoutError(AgentError):
-    pass
-
-
-class AgentResetError(AgentError):
-    """The agent restarted: its controller state was lost and the program in flight may not
-    have run. The driver layer restores its shadow state before this reaches the caller."""
-
-
-class AgentRefusedError(AgentError):
-    def __init__(self, status: Status, index: int, reason: str) -> None:
-        where = f" at op {index}" if index != 0xFFFF else ""
-        super().__init__(f"agent refused the program{where}: {status.name}: {reason}")
-        self.status, self.index, self.reason = status, index, reason
-
-
-class AgentAccessDenied(AgentRefusedError, AccessDeniedError):
-    pass
 
 
 @dataclass
@@ -586,7 +584,8 @@ class AgentBackend(Backend):
 
     async def _execute(self, ops: Sequence[Op]) -> list[Result]:
         info = self.agent
-        assert info is not None
+        if info is None:  # execute() refuses an unopened backend; this is the link's own view
+            raise BackendNotOpenError(self.url)
         self._check(ops, info)  # before planning: a refused program sends no frame at all
         self.stats.programs += 1
         sizer = self.sizer
@@ -654,8 +653,8 @@ class AgentBackend(Backend):
                 case Out(port=port, width=width) | In(port=port, width=width) | Poll(port=port, width=width):
                     last = port + width // 8 - 1
                     if not any(lo <= port and last <= hi for lo, hi in info.ports):
-                        raise AgentAccessDenied(Status.PORT_DENIED, i, f"port 0x{port:04X} is outside the agent's "
-                                                                       f"allow-list")
+                        raise AccessDeniedError(refusal_text(Status.PORT_DENIED, i, f"port 0x{port:04X} is outside "
+                                                                                    f"the agent's allow-list"), index=i)
             if not info.features & Feature.LIMITS:
                 continue
             us = op_duration_us(op)
@@ -672,8 +671,10 @@ class AgentBackend(Backend):
         end = addr + max(length, 1) - 1
         if not any(lo <= addr and end <= hi for lo, hi in info.memory):
             window = ", ".join(f"0x{lo:X}-0x{hi + 1:X}" for lo, hi in info.memory) or "none"
-            raise AgentAccessDenied(Status.MEM_DENIED, index, f"{length} bytes at 0x{addr:X} are outside the "
-                                                              f"agent's memory window ({window})")
+            windows = [range(lo, hi + 1) for lo, hi in info.memory]
+            reason = f"{length} bytes at 0x{addr:X} are outside the agent's memory window ({window})"
+            raise MemoryRangeError(addr, length, max((r.stop for r in windows), default=0), windows=windows,
+                                   message=refusal_text(Status.MEM_DENIED, index, reason), index=index)
 
     async def _admit(self, generation: int) -> int:
         """The sequence number of the next frame, once it is within the window of the oldest
@@ -721,8 +722,7 @@ class AgentBackend(Backend):
         except ProtocolError as e:
             raise AgentError(f"{self.url}: malformed reply: {e}") from None
         if result.status != Status.OK:
-            cls = AgentAccessDenied if result.status in (Status.PORT_DENIED, Status.MEM_DENIED) else AgentRefusedError
-            raise cls(result.status, result.index, result.reason)
+            raise _refusal(result, chunk.ops, self.agent)
         return result
 
     async def _settle(self, timeout_s: float | None) -> None:
@@ -739,3 +739,24 @@ class AgentBackend(Backend):
             await self._round_trip("ping", Frame(MsgType.PING, self._seq, b""))  # PING does not consume a seq
         return loop.time() - t0
 
+def _refusal(result: ExecReply, ops: Sequence[Op], info: HelloReply | None) -> HilError:
+    """The class an agent's refusal is on every backend: ports and memory as the simulator's and
+    devport's refusals are, any other status as :class:`AgentRefusedError` with its code."""
+    text = refusal_text(result.status, result.index, result.reason)
+    index = result.index if result.index < len(ops) else None
+    match result.status:
+        case Status.PORT_DENIED:
+            return AccessDeniedError(text, index=index)
+        case Status.MEM_DENIED:
+            op = ops[index] if index is not None else None
+            match op:
+                case MemRead(addr=addr, length=length) | MemFill(addr=addr, length=length):
+                    pass
+                case MemWrite(addr=addr, data=data):
+                    length = len(data)
+                case _:
+                    addr = length = 0
+            windows = [range(lo, hi + 1) for lo, hi in info.memory] if info is not None else []
+            return MemoryRangeError(addr, length, max((r.stop for r in windows), default=0), windows=windows,
+                                    message=text, index=index)
+    return AgentRefusedError(result.status, result.index, result.reason)

@@ -80,13 +80,16 @@ from hil.backends.qtest import (
 )
 from hil.errors import (
     AccessDeniedError,
-    BackendError,
+    BackendNotOpenError,
     BackendOptionError,
-    DeviceError,
-    InvalidAccessError,
     MemoryRangeError,
     SettleTimeout,
+    UnsupportedOperationError,
+    WideAccessError,
 )
+from hil.errors import QemuNotFoundError as QemuNotFoundError  # these three were defined here
+from hil.errors import QemuStartError as QemuStartError
+from hil.errors import QemuVersionError as QemuVersionError
 from hil.log import get_logger
 from hil.ports import DMA1, DMA2, DMA_PORT_RANGES
 
@@ -130,18 +133,6 @@ SETTLE_POLL_S = 0.01
 
 FLOPPY_SECTORS = 2880  #: 1.44 MB: 80 cylinders, 2 heads, 18 sectors of 512 bytes
 SECTOR = 512
-
-
-class QemuNotFoundError(BackendError):
-    """No usable qemu-system-x86_64."""
-
-
-class QemuVersionError(BackendError):
-    """The QEMU found is older than the one the backend was checked against."""
-
-
-class QemuStartError(BackendError):
-    """QEMU exited or did not connect while starting."""
 
 
 # --- files the backend makes ---------------------------------------------------------------------
@@ -417,7 +408,6 @@ class QemuConfig:
         if self.sb16:
             ports.append(SB16_PORTS)
         return (*ports, *self.allow)
-
 
 
 def _log_file_problem(value: str) -> str | None:
@@ -728,17 +718,17 @@ class QemuBackend(Backend):
         mem = self.config.mem
         for op in ops:
             if _SIM_DEVICE_OPS and isinstance(op, _SIM_DEVICE_OPS):
-                raise DeviceError(f"{type(op).__name__}: the qemu backend has QEMU's own devices (FDC, SB16), "
+                raise UnsupportedOperationError(f"{type(op).__name__}: the qemu backend has QEMU's own devices (FDC, SB16), "
                                   f"not the simulator's (capability 'devices')")
             if not isinstance(op, _RUNNABLE_OPS):
-                raise InvalidAccessError(f"the qemu backend cannot run {type(op).__name__}")
+                raise UnsupportedOperationError(f"the qemu backend cannot run {type(op).__name__}")
             if isinstance(op, (Out, In, Poll)):
                 port, width = op.port, op.width
                 if width == 16 and not self.config.wide and any(p in r for r in BYTE_ONLY_PORTS for p in (port, port + 1)):
-                    raise InvalidAccessError(
+                    raise WideAccessError(port, width, isinstance(op, Out), "byte-wide only", message=(
                         f"16-bit access to port 0x{port:04X}: the qemu backend accesses the DMA and page "
                         f"ports byte-wide only (QEMU hands a word access to the owner of the first port, "
-                        f"docs/reference/qemu-qtest.md §3.5); use two 8-bit accesses, or qemu:?wide=pass")
+                        f"docs/reference/qemu-qtest.md §3.5); use two 8-bit accesses, or qemu:?wide=pass"))
                 if isinstance(op, Out) and FORBIDDEN_PORTS & {port, port + width // 8 - 1}:
                     raise AccessDeniedError(f"write to port 0x{port:04X} refused: it resets or stops the "
                                             f"emulated PC")
@@ -760,7 +750,7 @@ class QemuBackend(Backend):
 
     def _live_client(self) -> QtestClient:
         if self._client is None:
-            raise BackendError(f"backend {self.url} is not open")
+            raise BackendNotOpenError(self.url)
         return self._client
 
     async def _execute(self, ops: Sequence[Op]) -> list[Result]:

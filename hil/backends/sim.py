@@ -35,7 +35,6 @@ from hil.backends.ops import (
     Settle,
 )
 from hil.errors import (
-    BackendClosedError,
     BackendOptionError,
     DeviceError,
     MemoryRangeError,
@@ -119,8 +118,7 @@ class SimBackend(Backend):
     async def execute(self, ops: Sequence[Op]) -> list[Result]:
         # The model runs synchronously inside one event-loop step, so a program cannot be
         # interleaved with another task's: atomic without taking the lock.
-        if self._closed:
-            raise BackendClosedError(self.url)
+        self._check_open()
         self.check(ops)
         return self._run(ops)
 
@@ -232,8 +230,7 @@ class SimBackend(Backend):
         return self.machine.now_ns
 
     async def settle(self, timeout_s: float | None = None) -> None:
-        if self._closed:
-            raise BackendClosedError(self.url)
+        self._check_open()
         await self._settle(timeout_s)
 
     async def _settle(self, timeout_s: float | None) -> None:
