@@ -45,6 +45,7 @@ from hil.backends import BackendURL
 from hil.backends.base import Backend, Capabilities, Capability
 from hil.backends.ops import (
     ALL_OPS,
+    DEVICE_OPS,
     Delay,
     DevAppend,
     DevAttach,
@@ -67,6 +68,7 @@ from hil.errors import (  # the agent's errors were defined here; their names st
     BackendOptionError,
     HilError,
     MemoryRangeError,
+    UnsupportedOperationError,
     refusal_text,
 )
 from hil.errors import (
@@ -642,9 +644,13 @@ class AgentBackend(Backend):
         """What the agent would refuse, refused here before any frame is planned or sent: memory
         outside the window and ports outside the allow-list it advertised (a program of many
         frames would otherwise have run its first frames), and, with feature LIMITS, ops and
-        programs longer than its limits."""
+        programs longer than its limits, and device ops an agent without feature DEVICES would
+        refuse as UNSUPPORTED."""
         total = 0
         for i, op in enumerate(ops):
+            if isinstance(op, DEVICE_OPS) and not info.features & Feature.DEVICES:
+                raise UnsupportedOperationError(refusal_text(Status.UNSUPPORTED, i, "this agent's I/O has no "
+                                                                                    "simulated devices"))
             match op:
                 case MemRead(addr=addr, length=n) | MemFill(addr=addr, length=n):
                     self._check_memory(i, addr, n, info)
