@@ -106,7 +106,7 @@ def test_a_malformed_record_is_a_hil_error_that_says_so(record):
     assert type(back) is HilError and str(back).startswith("malformed error record")
 
 
-async def test_a_workers_error_comes_back_typed_not_scraped(tmp_path):
+async def test_a_workers_error_comes_back_typed_not_scraped(tmp_path: Path) -> None:
     """The worker fails opening devport (no such node): the parent gets the DeviceMissingError
     itself, fields and all, from the worker's record."""
     script = load_script(ROOT / "configs" / "scripts" / "verify-mode.toml")
@@ -115,5 +115,5 @@ async def test_a_workers_error_comes_back_typed_not_scraped(tmp_path):
     grid = await run_on_backends([script], [url], journal_dir=tmp_path / "j", errors=found)
     assert grid == [[None]]
     err = found[0]
-    assert type(err) is DeviceMissingError and err.path == f"{tmp_path}/no-port" and err.errno == 2  # type: ignore[attr-defined]
-    assert "CONFIG_DEVPORT" in err.fix  # type: ignore[attr-defined]
+    assert isinstance(err, DeviceMissingError) and type(err) is DeviceMissingError
+    assert err.path == f"{tmp_path}/no-port" and err.errno == 2 and "CONFIG_DEVPORT" in err.fix
