@@ -117,3 +117,14 @@ async def test_a_workers_error_comes_back_typed_not_scraped(tmp_path: Path) -> N
     err = found[0]
     assert isinstance(err, DeviceMissingError) and type(err) is DeviceMissingError
     assert err.path == f"{tmp_path}/no-port" and err.errno == 2 and "CONFIG_DEVPORT" in err.fix
+
+
+def test_a_usage_error_is_recorded_too(tmp_path: Path) -> None:
+    """Even an error argparse finds reaches the parent typed (hil.workers passes --error-file first)."""
+    from hil.cli import main
+
+    record = tmp_path / "error.json"
+    with pytest.raises(SystemExit):
+        main(["--error-file", str(record), "run"])
+    back = error_from_record(json.loads(record.read_text(encoding="utf-8")))
+    assert type(back) is errors.UsageError and "SCRIPT" in str(back)

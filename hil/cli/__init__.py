@@ -47,6 +47,12 @@ def _json_error(message: str, command: str | None) -> None:
     print(json.dumps({"error": message, "command": command}))
 
 
+def _write_error(path: str, error: HilError) -> None:
+    """The error as a JSON record for the process that started this one (after the event loop
+    has ended, so the write blocks nothing)."""
+    Path(path).write_text(json.dumps(error_record(error)), encoding="utf-8")
+
+
 def _main(argv: list[str]) -> int:
     try:
         args = build_parser().parse_args(argv)
@@ -56,6 +62,8 @@ def _main(argv: list[str]) -> int:
         if "--json" in argv:
             command = e.parser.prog.removeprefix("hil").strip() or next((a for a in argv if a[:1] != "-"), None)
             _json_error(e.message, command)
+        if argv[:1] == ["--error-file"] and len(argv) > 1:  # where hil.workers puts it; unparsed here
+            _write_error(argv[1], e)
         sys.stdout.flush()
         raise SystemExit(2) from None
     configure(args.log_format, args.verbose)
@@ -66,7 +74,7 @@ def _main(argv: list[str]) -> int:
         if getattr(args, "json", False):
             _json_error(str(e), args.command)
         if args.error_file:
-            Path(args.error_file).write_text(json.dumps(error_record(e)), encoding="utf-8")
+            _write_error(args.error_file, e)
         return 2
     except KeyboardInterrupt:
         note = getattr(args, "interrupt_note", "")  # where it stopped, if the command said
