@@ -318,6 +318,8 @@ class Fuzzer:
                 del self.sent[old]  # far behind the replay cache: never asked again
 
     async def run(self, frames: int) -> Counts:
+        for backend in (self.sim, self.ref, self.guard):  # every backend refuses use before open
+            await backend.open()
         await self.hello()
         while self.counts.frames < frames:
             await self.step()

@@ -14,13 +14,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from hil.errors import AccessDeniedError, HilError
+from hil.errors import (
+    AccessDeniedError,
+    AllowListError as AllowListError,  # defined there; importable from here as before
+    MemoryRangeError,
+)
 from hil.ops import Op, memory_access, port_access
 from hil.ports import DMA_LIMIT, DMA_PORT_RANGES
-
-
-class AllowListError(HilError):
-    """The allow-list file or option is malformed."""
 
 
 def _fmt(r: range) -> str:
@@ -116,8 +116,9 @@ class AllowList:
     def check_mem(self, addr: int, length: int) -> None:
         if not self.mem_allowed(addr, length):
             windows = ", ".join(_fmt_window(r) for r in self.memory) or "none configured"
-            raise AccessDeniedError(
-                f"memory 0x{addr:X}+0x{length:X} refused: outside the allowed window(s) ({windows})"
+            raise MemoryRangeError(
+                addr, length, max((r.stop for r in self.memory), default=0), windows=self.memory,
+                message=f"memory 0x{addr:X}+0x{length:X} refused: outside the allowed window(s) ({windows})",
             )
 
     def check(self, ops: Iterable[Op]) -> None:

@@ -44,7 +44,16 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from hil.errors import AllocationError, AllocationTimeout
+from hil.errors import (  # the zone's errors were defined here; their names stay importable from here
+    AllocationTimeout,
+    DoubleFreeError,
+    ForeignBufferError,
+    InvalidRequestError,
+    ReservedBufferError,
+    ZoneConfigError,
+    ZoneExhaustedError,
+    ZoneTooSmallError,
+)
 from hil.log import get_logger
 from hil.ports import DMA_LIMIT
 from hil.rules import ChannelRules, check_buffer, rules_for
@@ -69,41 +78,6 @@ SleepFn = Callable[[float], Awaitable[object]]
 
 
 # --- errors ---------------------------------------------------------------------------------
-
-
-class ZoneConfigError(AllocationError, ValueError):
-    """A zone window or backoff setting that no allocator could honour."""
-
-
-class InvalidRequestError(AllocationError, ValueError):
-    """An argument of a request (not a DMA rule) is malformed, e.g. a negative timeout."""
-
-
-class ZoneTooSmallError(AllocationError):
-    """The request could not be placed even if the whole zone were free.
-
-    Raised at once rather than after a wait: it follows from the zone's geometry, so waiting
-    would be forever. This is not a remembered limit; nothing learned from a failure is kept.
-    """
-
-
-class ZoneExhaustedError(AllocationError):
-    """A ``*_nowait`` request could not be satisfied now; nothing was kept (all-or-nothing)."""
-
-
-class DoubleFreeError(AllocationError):
-    """The buffer was given out by this zone but has already been freed."""
-
-
-class ForeignBufferError(AllocationError):
-    """The buffer was not given out by this zone (another zone, or made by hand)."""
-
-
-class ReservedBufferError(ForeignBufferError):
-    """The buffer is a partial grant still held by a waiting :meth:`DmaZone.alloc_many`.
-
-    Its requester has not received it yet; cancel that request to release it.
-    """
 
 
 # --- values ---------------------------------------------------------------------------------

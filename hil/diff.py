@@ -16,14 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hil.errors import HilError
+from hil.errors import (
+    DeviationFileError as DeviationFileError,  # defined there; importable from here as before
+    )
 from hil.journal import DeviceObs, ErrorObs, InObs, Observation, ReadObs, ResidueObs, RunResult, WaitTcObs
 from hil.ports import PortRole, Reg, decode_port, port_names
 from hil.script.model import escape_controls
-
-
-class DeviationFileError(HilError):
-    pass
 
 
 @dataclass(frozen=True)

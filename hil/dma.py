@@ -30,6 +30,9 @@ from hil.errors import (
     ChannelNotProgrammedError,
     ChannelNotRequestedError,
     DmaRuleError,
+    FlipFlopError,
+    InvalidModeError,
+    LockError,
     TransferIncompleteError,
 )
 from hil.log import get_logger
@@ -58,18 +61,6 @@ DMA_MODE_READ = 0x44  #: I/O -> memory, single, increment, no autoinit
 DMA_MODE_WRITE = 0x48  #: memory -> I/O, single, increment, no autoinit
 DMA_MODE_CASCADE = 0xC0  #: pass DREQ -> HRQ, DACK <- HLDA (bus masters)
 DMA_AUTOINIT = 0x10
-
-
-class FlipFlopError(DmaRuleError):
-    """A 16-bit register access was attempted with the byte-pointer flip-flop set."""
-
-
-class InvalidModeError(DmaRuleError):
-    pass
-
-
-class LockError(DmaRuleError):
-    pass
 
 
 # --- shadow state -----------------------------------------------------------------------

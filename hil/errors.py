@@ -1,10 +1,37 @@
-"""Typed errors. Every error the package raises on purpose is a :class:`HilError`.
+"""Typed errors. Every error the package raises on purpose is a :class:`HilError`, defined here.
 
 Messages name the value and the rule that refused it, so that a bench user can act on the
-message alone; the CLI prints ``str(error)`` and never a traceback for these.
+message alone; the CLI prints ``str(error)`` and never a traceback for these. Programs read the
+fields (``status``, ``rule``, ``port``, ...), never the message. One refusal is one class on
+every backend (the table is in README.md, "Errors"); the message may say how that backend
+refuses it. The modules that raised these before they moved here import them from here, so
+``hil.buffers.ZoneExhaustedError`` and the like still work.
 """
 
 from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import argparse
+
+#: An agent protocol status (a :class:`hil.agent.protocol.Status` member). Typed by its base
+#: class here: this module imports nothing of the package, so that anything may import it.
+Status = enum.IntEnum
+
+#: C0 and C1 control characters and DEL: a terminal acts on them (ANSI escapes start with ESC),
+#: plus the Unicode bidi embeddings, overrides and isolates, which reorder what is shown
+CONTROL_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with every control character written as a Python escape (``\\x1b``), so that a
+    message quoting a hostile name or path cannot drive the terminal it is printed on."""
+    return CONTROL_CHARS.sub(lambda m: repr(m.group())[1:-1], text)
 
 
 class HilError(Exception):
@@ -38,13 +65,6 @@ class ValueWidthError(InvalidAccessError):
         self.value, self.width, self.port = value, width, port
 
 
-class MemoryRangeError(InvalidAccessError):
-    def __init__(self, addr: int, length: int, size: int, what: str = "physical memory") -> None:
-        super().__init__(
-            f"memory access 0x{addr:X}+0x{length:X} (ends at 0x{addr + length:X}) is outside "
-            f"{what} 0x0..0x{size:X}"
-        )
-        self.addr, self.length, self.size = addr, length, size
 
 
 class UndecodedPortError(HilError):
@@ -57,7 +77,38 @@ class UndecodedPortError(HilError):
 
 
 class AccessDeniedError(HilError):
-    """A hardware backend refused an access outside its allow-list."""
+    """A backend refused an access outside what it may touch: its port allow-list, a port whose
+    write would stop the machine. ``index`` is the refused op's place in the program where the
+    backend says (the agent does)."""
+
+    def __init__(self, message: str, *, index: int | None = None) -> None:
+        super().__init__(message)
+        self.index = index
+
+
+class MemoryRangeError(AccessDeniedError):
+    """Memory outside the backend's window (``Capabilities.memory_window``): past the end of the
+    simulator's or the guest's RAM, outside devport's mapped window or the agent's. ``windows``
+    are the ranges that may be reached; ``size`` is where the last of them ends."""
+
+    def __init__(self, addr: int, length: int, size: int, what: str = "physical memory", *,
+                 message: str | None = None, windows: Sequence[range] | None = None,
+                 index: int | None = None) -> None:
+        super().__init__(message if message is not None else (
+            f"memory access 0x{addr:X}+0x{length:X} (ends at 0x{addr + length:X}) is outside "
+            f"{what} 0x0..0x{size:X}"), index=index)
+        self.addr, self.length, self.size = addr, length, size
+        self.windows = tuple(windows) if windows is not None else (range(0, size),)
+
+
+class WideAccessError(AccessDeniedError):
+    """A 16-bit access to a port the backend reaches only byte-wide (the DMA and page ports on
+    devport and qemu): refused rather than split, because the split is not one bus cycle."""
+
+    def __init__(self, port: int, width: int, write: bool, reason: str, *, message: str | None = None) -> None:
+        verb = "out to" if write else "in from"
+        super().__init__(message if message is not None else f"{width}-bit {verb} port 0x{port:04X} refused: {reason}")
+        self.port, self.width, self.write = port, width, write
 
 
 # --- opening backends ----------------------------------------------------------------------
@@ -80,12 +131,33 @@ class BackendOptionError(BackendError):
 
 
 class UnsupportedOperationError(BackendError):
-    """A program holds an operation this backend cannot perform (refused before anything ran)."""
+    """A program holds an operation this backend cannot perform (refused before anything ran).
+    Where the backend knows them: ``index`` and ``op`` name the op, ``agent`` the agent that
+    lacks it and ``feature`` the feature bit it did not advertise."""
+
+    def __init__(self, message: str, *, index: int | None = None, op: str | None = None, agent: str | None = None,
+                 feature: str | None = None) -> None:
+        super().__init__(message)
+        self.index, self.op, self.agent, self.feature = index, op, agent, feature
 
 
 class BackendClosedError(BackendError):
+    """The backend was used after ``close()``. (Closing twice is not an error: the second
+    ``close()`` does nothing, as for a file.)"""
+
     def __init__(self, name: str) -> None:
         super().__init__(f"backend {name} is closed")
+        self.url = name
+
+
+class BackendNotOpenError(BackendError):
+    """The backend was used before ``open()`` (or ``async with``): on every backend, the
+    simulator included, so a program that forgets to open fails on the bench as it does in CI."""
+
+    def __init__(self, url: str, message: str | None = None) -> None:
+        super().__init__(message if message is not None else
+                         f"backend {url} is not open: use `async with open_backend(url)`")
+        self.url = url
 
 
 class SettleTimeout(BackendError):
@@ -208,10 +280,267 @@ class MemoryWindowError(DiagnosedError):
     """The configured physical memory window cannot be used as given."""
 
 
-class WideAccessError(AccessDeniedError):
-    """A backend refused a port access wider than it can perform as one bus cycle."""
+# --- backends: how each reaches its machine ----------------------------------------------
 
-    def __init__(self, port: int, width: int, write: bool, reason: str) -> None:
-        verb = "out to" if write else "in from"
-        super().__init__(f"{width}-bit {verb} port 0x{port:04X} refused: {reason}")
-        self.port, self.width, self.write = port, width, write
+
+class QtestError(BackendError):
+    """QEMU answered FAIL, or a reply did not have the expected form."""
+
+
+class QemuExitedError(BackendError):
+    """The QEMU process went away (EOF on the qtest socket)."""
+
+
+class QemuNotFoundError(BackendError):
+    """No usable qemu-system-x86_64."""
+
+
+class QemuVersionError(BackendError):
+    """The QEMU found is older than the one the backend was checked against."""
+
+
+class QemuStartError(BackendError):
+    """QEMU exited or did not connect while starting."""
+
+
+class LinkError(BackendError):
+    """The link could not be opened or broke. ``device_missing``: the adapter or node it names
+    is not there (pyftdi finds no USB device for the URL), which unplugging explains."""
+
+    def __init__(self, message: str, *, device_missing: bool = False) -> None:
+        super().__init__(message)
+        self.device_missing = device_missing
+
+
+class ProtocolError(HilError):
+    """A frame or message that does not follow the agent protocol; ``status`` is the status to
+    answer with, ``index`` the op it is about (0xFFFF: the whole message)."""
+
+    def __init__(self, status: Status, message: str, index: int = 0xFFFF) -> None:
+        super().__init__(message)
+        self.status, self.index = status, index
+
+
+class AgentError(BackendError):
+    """The agent backend could not do what was asked (a malformed reply, an unexpected message)."""
+
+
+class AgentTimeoutError(AgentError):
+    """No reply within the timeout, retries included."""
+
+
+class AgentResetError(AgentError):
+    """The agent restarted: its controller state was lost and the program in flight may not
+    have run. The driver layer restores its shadow state before this reaches the caller."""
+
+
+def refusal_text(status: Status, index: int, reason: str) -> str:
+    """How the agent backend words a refusal, whichever class carries it."""
+    where = f" at op {index}" if index != 0xFFFF else ""
+    return f"agent refused the program{where}: {status.name}: {reason}"
+
+
+class AgentRefusedError(AgentError):
+    """The agent answered with a refusal status that no backend-independent class names
+    (AUTH, BUSY, VERSION, TOO_LARGE, IO_ERROR, UNSUPPORTED, ...): ``status`` is the protocol's
+    code. Ports and memory outside what the agent advertised are :class:`AccessDeniedError`
+    and :class:`MemoryRangeError`, as on every backend."""
+
+    def __init__(self, status: Status, index: int, reason: str) -> None:
+        super().__init__(refusal_text(status, index, reason))
+        self.status, self.index, self.reason = status, index, reason
+
+
+#: An op whose feature bit the agent did not advertise, refused by the host before any frame is
+#: sent (docs/agent-protocol.md §3): the one class of that refusal, with its fields filled in.
+AgentUnsupportedError = UnsupportedOperationError
+
+#: The old name of the agent's port refusal: it is the one class every backend raises.
+AgentAccessDenied = AccessDeniedError
+
+
+class AllowListError(HilError):
+    """The allow-list file or option is malformed."""
+
+
+# --- the driver layer's register rules (hil.dma) -----------------------------------------
+
+
+class FlipFlopError(DmaRuleError):
+    """A 16-bit register access was attempted with the byte-pointer flip-flop set."""
+
+
+class InvalidModeError(DmaRuleError):
+    """A mode byte the driver layer does not program (docs/reference/8237.md §3)."""
+
+
+class LockError(DmaRuleError):
+    """The controller lock was used against its rules (released without being held)."""
+
+
+# --- the DMA zone (hil.buffers) --------------------------------------------------------------
+
+
+class ZoneConfigError(AllocationError, ValueError):
+    """A zone window or backoff setting that no allocator could honour."""
+
+
+class InvalidRequestError(AllocationError, ValueError):
+    """An argument of a request (not a DMA rule) is malformed, e.g. a negative timeout."""
+
+
+class ZoneTooSmallError(AllocationError):
+    """The request could not be placed even if the whole zone were free.
+
+    Raised at once rather than after a wait: it follows from the zone's geometry, so waiting
+    would be forever. This is not a remembered limit; nothing learned from a failure is kept.
+    """
+
+
+class ZoneExhaustedError(AllocationError):
+    """A ``*_nowait`` request could not be satisfied now; nothing was kept (all-or-nothing)."""
+
+
+class DoubleFreeError(AllocationError):
+    """The buffer was given out by this zone but has already been freed."""
+
+
+class ForeignBufferError(AllocationError):
+    """The buffer was not given out by this zone (another zone, or made by hand)."""
+
+
+class ReservedBufferError(ForeignBufferError):
+    """The buffer is a partial grant still held by a waiting :meth:`DmaZone.alloc_many`.
+
+    Its requester has not received it yet; cancel that request to release it.
+    """
+
+
+# --- scripts, expressions, journals, deviations, the command line ----------------------------
+
+
+class ExprError(HilError):
+    """An expression in a script is not one the evaluator takes, or names what is not there."""
+
+
+class ExprLimitError(ExprError):
+    """An expression is over a size limit: text length or value magnitude."""
+
+
+class ExprNameError(ExprError):
+    """An expression names a variable, buffer or register that is not defined (``name``)."""
+
+    def __init__(self, message: str, name: str) -> None:
+        super().__init__(message)
+        self.name = name
+
+
+class ScriptError(HilError):
+    """A transfer script is wrong. ``file``, ``step`` (path label), ``key`` say where. The
+    message has its control characters escaped: it quotes names and paths from the script."""
+
+    def __init__(self, file: str | Path, step: str | None, key: str | None, message: str, op: str | None = None):
+        where = str(file)
+        if step is not None:
+            where += f": step {step}" + (f" ({op})" if op else "")
+        if key is not None:
+            where += f": key {key!r}"
+        super().__init__(escape_controls(f"{where}: {message}"))
+        self.file, self.step, self.key, self.detail = str(file), step, key, message
+
+
+class ScriptSyntaxError(ScriptError):
+    """The file is not valid TOML."""
+
+
+class ScriptStructureError(ScriptError):
+    """Unknown op, unknown key, missing key, misplaced table."""
+
+
+class ScriptTypeError(ScriptError):
+    """A value has the wrong type."""
+
+
+class ScriptRangeError(ScriptError):
+    """A value is out of range for its key."""
+
+
+class ScriptNameError(ScriptError):
+    """An expression names an unknown variable, buffer or register."""
+
+
+class ScriptIncludeError(ScriptError):
+    """An included fragment is missing or includes itself."""
+
+
+class ScriptFileError(ScriptIncludeError):
+    """A data or include file breaks a file rule: outside the allowed directories, not a regular
+    file, too big, or a path that cannot name a file (NUL byte, symlink loop). ``rule`` says which."""
+
+    def __init__(self, file: str | Path, step: str | None, key: str | None, message: str, op: str | None = None,
+                 *, rule: str = ""):
+        super().__init__(file, step, key, message, op)
+        self.rule = rule
+
+
+class ScriptLimitError(ScriptRangeError):
+    """The script is over one of the loader's size limits (expanded steps, bytes, nesting,
+    expression or name size). ``limit`` names the limit, ``maximum`` is its value."""
+
+    def __init__(self, file: str | Path, step: str | None, key: str | None, message: str, op: str | None = None,
+                 *, limit: str = "", maximum: int = 0):
+        super().__init__(file, step, key, message, op)
+        self.limit, self.maximum = limit, maximum
+
+
+class ScriptCapabilityError(ScriptError):
+    """The backend lacks a capability the script or a step requires."""
+
+
+class JournalError(HilError):
+    """A journal cannot be written where asked, or a file is not a journal at all."""
+
+
+class DeviationFileError(HilError):
+    """A deviations file (``hil diff --deviations``) is malformed."""
+
+
+class UsageError(HilError):
+    """The ``hil`` command line is wrong: argparse's error, sent back to ``hil.cli.main`` (which
+    prints the parser's usage, the message, and under ``--json`` a JSON line) instead of exiting
+    from deep inside argparse. A HilError because a program that drives ``build_parser()``
+    itself catches it as it catches any other refusal."""
+
+    def __init__(self, parser: argparse.ArgumentParser, message: str) -> None:
+        super().__init__(message)
+        self.parser, self.message = parser, message
+
+
+# --- errors across a process boundary (hil.workers) ----------------------------------------
+
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def error_record(error: HilError) -> dict[str, object]:
+    """``error`` as JSON-ready data: its class name, message and plain fields (an IntEnum such
+    as ``status`` is written as its number), so that a process can hand its error to another."""
+    fields = {k: v for k, v in vars(error).items() if isinstance(v, _PLAIN)}
+    return {"type": type(error).__name__, "message": str(error), "fields": fields}
+
+
+def error_from_record(record: object) -> HilError:
+    """The typed error an :func:`error_record` describes: its class from this module (a plain
+    :class:`HilError` for a name that is not one of ours), its message and fields restored
+    without re-running the constructor, which wants the arguments, not the message."""
+    if not isinstance(record, dict) or not isinstance(record.get("message"), str):
+        return HilError(f"malformed error record {str(record)[:80]!r}")
+    cls = globals().get(str(record.get("type")))
+    if not (isinstance(cls, type) and issubclass(cls, HilError)):
+        cls = HilError
+    error = cls.__new__(cls)
+    Exception.__init__(error, record["message"])
+    fields = record.get("fields")
+    if isinstance(fields, dict):
+        error.__dict__.update({str(k): v for k, v in fields.items() if isinstance(v, _PLAIN)})
+    return error
+

@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import IO, Any, ClassVar
 
 from hil import oserrors
-from hil.errors import HilError
+from hil.errors import (
+    JournalError as JournalError,  # defined there; importable from here as before
+)
 
 JOURNAL_VERSION = 1
 SHOWN_BYTES = 32  #: hex bytes of data shown in a one-line description
@@ -338,10 +340,6 @@ def junit(results: Sequence[RunResult], name: str = "hil run") -> str:
                 case "error" | "interrupted" | "running":
                     ET.SubElement(case, "error", message=r.error or r.status).text = "\n".join(fails) or None
     return ET.tostring(suites, encoding="unicode")
-
-
-class JournalError(HilError, ValueError):
-    """A journal cannot be written where asked, or a file is not a journal at all."""
 
 
 @dataclass(frozen=True)

@@ -10,12 +10,14 @@ Scripts run one after another within a backend (a link or a board is one resourc
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from hil.errors import HilError, error_from_record
 from hil.journal import JournalError, RunResult, journal_names, read_journal
 from hil.log import get_logger
 from hil.script.model import Script
@@ -33,10 +35,11 @@ async def run_on_backends(
     variables: Sequence[str] = (),
     allow_paths: Sequence[str] = (),
     on_done: Callable[[str, int], None] | None = None,
-    errors: dict[int, str] | None = None,
+    errors: dict[int, HilError] | None = None,
 ) -> list[list[RunResult | None]]:
     """``result[b][s]``: script ``s`` on backend ``b`` (None if its journal never appeared).
-    ``errors``, if given, receives backend index -> the worker's error line when it exited 2."""
+    ``errors``, if given, receives backend index -> the worker's error, typed as it was raised
+    in the worker (which writes it as a JSON record: see :func:`hil.errors.error_record`)."""
     base = Path(journal_dir) if journal_dir else Path(tempfile.mkdtemp(prefix="hil-diff-"))
     names = journal_names([s.file for s in scripts])  # what each ``hil run`` worker names them
 
@@ -45,8 +48,10 @@ async def run_on_backends(
         out.mkdir(parents=True, exist_ok=True)
         for name in names:  # a reused --journal-dir must not yield a stale run
             (out / name).unlink(missing_ok=True)
-        cmd = [sys.executable, "-m", "hil", "run", "--backend", url, "--journal-dir", str(out), "-q",
-               "--log-format", "json", *(f"--var={v}" for v in variables),
+        error_file = out / "worker-error.json"
+        error_file.unlink(missing_ok=True)
+        cmd = [sys.executable, "-m", "hil", "--error-file", str(error_file), "run", "--backend", url,
+               "--journal-dir", str(out), "-q", "--log-format", "json", *(f"--var={v}" for v in variables),
                *(f"--allow-path={d}" for d in allow_paths), *(s.file for s in scripts)]
         proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE,
                                                     stderr=asyncio.subprocess.PIPE)
@@ -58,11 +63,9 @@ async def run_on_backends(
         rc = proc.returncode or 0
         log.info("worker_done", backend=url, rc=rc)
         if rc == 2:
-            text = stderr.decode(errors="replace")
-            log.warning("worker_error", backend=url, stderr=text[-2000:])
+            log.warning("worker_error", backend=url, stderr=stderr.decode(errors="replace")[-2000:])
             if errors is not None:
-                lines = [ln for ln in text.splitlines() if ln.startswith("hil run: error:")]
-                errors[b] = lines[-1].removeprefix("hil run: error:").strip() if lines else f"exit status {rc}"
+                errors[b] = await asyncio.to_thread(_worker_error, error_file, rc)
         if on_done is not None:
             on_done(url, rc)
         return rc
@@ -80,9 +83,17 @@ async def run_on_backends(
             except JournalError as e:  # a worker's journal that is not one: no run to compare
                 row.append(None)
                 if errors is not None:
-                    errors.setdefault(b, str(e))
+                    errors.setdefault(b, e)
         results.append(row)
     return results
+
+
+def _worker_error(path: Path, rc: int) -> HilError:
+    """The error a worker wrote (its record, back as the typed error), or what its exit says."""
+    try:
+        return error_from_record(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError):  # no record (killed, or died before main), or a torn one
+        return HilError(f"exit status {rc}")
 
 
 async def _stop(proc: asyncio.subprocess.Process, url: str) -> None:

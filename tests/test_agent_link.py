@@ -19,11 +19,12 @@ from hil.agent.server import AgentCore, start
 from hil.allowlist import AllowList
 from hil.backends import open_backend
 from hil.backends.agent import AgentAccessDenied, AgentRefusedError, AgentResetError
+from hil.backends.mock import MockBackend
 from hil.backends.recording import RecordingBackend
 from hil.diff import compare
 from hil.dma import DMA_MODE_READ, IsaDma
-from hil.errors import BackendError
-from hil.ops import DevAttach, In, MemRead, MemWrite, Out
+from hil.errors import BackendError, UnsupportedOperationError
+from hil.ops import Delay, DevAttach, In, MemFill, MemRead, MemWrite, Out, Poll, Settle
 from hil.runner import run_script
 from hil.script import load_script
 
@@ -304,22 +305,22 @@ async def test_agent_killed_and_restarted_is_detected_and_restored():
 
 
 async def test_devices_need_the_feature():
-    """A DEVICES op to an agent whose I/O has no simulated devices is refused as UNSUPPORTED."""
-
-    class NoDevices(RecordingBackend):
-        @property
-        def capabilities(self):
-            caps = self.inner.capabilities
-            return type(caps)(caps.backend, caps.identity, frozenset(), caps.memory_window)
-
-    async with open_backend("sim") as io:
-        core = AgentCore(NoDevices(io), AllowList.default(WHOLE_MEMORY))
+    """A DEVICES op to an agent whose I/O has no simulated devices is refused as an unsupported
+    operation, as on every backend, before the I/O sees any op of the program."""
+    seen = []
+    io = MockBackend(lambda op: seen.append(op), ops=(Out, In, MemWrite, MemRead, MemFill, Delay, Poll, Settle),
+                     memory_window=(0, 1 << 24))
+    async with io:
+        core = AgentCore(io, AllowList.default(WHOLE_MEMORY))
         listener = await start(core, "tcp://127.0.0.1:0")
         try:
             async with open_backend(url_for(listener)) as be:
                 assert "devices" not in {c.value for c in be.capabilities.features}
-                with pytest.raises(AgentRefusedError, match="UNSUPPORTED"):
-                    await be.execute([DevAttach(2, "source", b"x")])
+                with pytest.raises(UnsupportedOperationError, match="at op 1: UNSUPPORTED") as err:
+                    await be.execute([Out(0x81, 0x12), DevAttach(2, "source", b"x")])
+                assert type(err.value) is UnsupportedOperationError and seen == []  # the host refused, from HELLO
+                await be.outb(0x81, 0x12)
+                assert seen == [Out(0x81, 0x12)]  # the same I/O runs what it supports
         finally:
             listener.close()
 

@@ -7,8 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from hil.agent.protocol import (
     ErrorReply,
@@ -133,8 +132,9 @@ def test_length_field_must_match():
     body = bytearray(cobs_decode(EXAMPLES["hello"][:-1]))
     body[4] += 1  # length field
     body[-4:] = crc32(bytes(body[:-4])).to_bytes(4, "little")
-    with pytest.raises(ValueError, match="length field"):
+    with pytest.raises(ProtocolError, match="length field") as err:
         decode_frame(cobs_encode(bytes(body)))
+    assert err.value.status is Status.BAD_FRAME and not isinstance(err.value, ValueError)
 
 
 ops_strategy = st.lists(
@@ -205,5 +205,5 @@ def test_limits_and_secret_ride_on_their_feature_bits_after_the_info_block():
     assert HelloReply.decode(REPLY_INFO.encode()).max_op_us == 0  # an agent without LIMITS: none known
     resume = Hello.decode(decode_frame(EXAMPLES["hello_resume"][:-1]).payload)
     assert resume.flags == HelloFlag.RESUME and resume.secret == bytes(range(16))
-    with pytest.raises(ValueError, match="16-byte"):
+    with pytest.raises(ProtocolError, match="16-byte"):
         Hello(1, flags=HelloFlag.RESUME, secret=b"short").encode()

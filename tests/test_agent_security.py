@@ -28,6 +28,7 @@ from hil.agent.server import AgentCore, Connection, start
 from hil.allowlist import AllowList
 from hil.backends import open_backend
 from hil.backends.agent import AgentAccessDenied, AgentRefusedError
+from hil.backends.mock import MockBackend
 from hil.backends.recording import RecordingBackend
 from hil.errors import HilError
 from hil.ops import DevState, In, MemRead, MemWrite, Out, Poll, Settle
@@ -314,21 +315,26 @@ async def test_a_program_larger_than_the_advertised_max_payload_is_refused():
 # --- item 11: IO_ERROR names the agent's reason ---------------------------------------------------
 
 
-class FailingBus(RecordingBackend):
-    """An I/O backend whose bus fails while a program runs (after every check passed)."""
-
-    async def _execute(self, ops):
-        raise HilError("the LPC bus hung")
-
-
 async def test_io_error_of_a_reading_program_shows_the_agents_reason():
-    async with open_backend("sim") as io:
-        core = AgentCore(FailingBus(io), AllowList.default(WHOLE_MEMORY))
+    """An I/O backend whose bus fails at the second op of a program, after every check passed:
+    the agent answers IO_ERROR with the bus's own words."""
+    seen = []
+
+    def bus(op):
+        seen.append(op)
+        if isinstance(op, MemRead):
+            raise HilError("the LPC bus hung")
+        return 0x5A
+
+    async with MockBackend(bus) as io:
+        core = AgentCore(io, AllowList.default(WHOLE_MEMORY))
         listener = await start(core, "tcp://127.0.0.1:0")
         try:
             async with open_backend(f"agent+{listener.address}") as be:
-                with pytest.raises(AgentRefusedError, match="IO_ERROR: the LPC bus hung"):
+                with pytest.raises(AgentRefusedError, match="IO_ERROR: the LPC bus hung") as err:
                     await be.execute([In(0x08), MemRead(0x30000, 4), In(0x08)])
+                assert err.value.status is Status.IO_ERROR
+                assert seen == [In(0x08), MemRead(0x30000, 4)]  # the third op never reached the bus
         finally:
             listener.close()
             await core.aclose()

@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
 from hil.allowlist import AllowList, AllowListError, parse_window
 from hil.errors import AccessDeniedError

@@ -17,6 +17,7 @@ import subprocess
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import structlog
@@ -86,6 +87,9 @@ class Opaque(Backend):
         super().__init__(url)
         self._inner = SimBackend()
 
+    async def _open(self) -> None:
+        await self._inner.open()
+
     @property
     def capabilities(self) -> Capabilities:
         return self._inner.capabilities
@@ -124,9 +128,17 @@ def test_residue_is_linux_get_dma_residue() -> None:
     assert residue(7, 0xFFFF) == 0
 
 
+B = TypeVar("B", bound=Backend)
+
+
+async def _opened(backend: B) -> B:
+    await backend.open()
+    return backend
+
+
 async def _after_tc(url_profile: str = "intel") -> SimBackend:
     """Channel 2 moved 16 bytes to TC; nothing has read the status yet."""
-    be = SimBackend(profile=url_profile)
+    be = await _opened(SimBackend(profile=url_profile))
     await be.execute([DevAttach(2, "source", bytes(16)), Out(0x0A, 0x06), Out(0x0C, 0), Out(0x0B, 0x46),
                       Out(0x81, 0x02), Out(0x04, 0x00), Out(0x04, 0x34), Out(0x05, 0x0F), Out(0x05, 0x00),
                       Out(0x0A, 0x02)])
@@ -147,7 +159,7 @@ async def test_dump_after_tc_says_zero_left_and_that_it_cleared_tc() -> None:
 
 
 async def test_dump_without_tc_has_no_tc_footnote_and_singular_residue() -> None:
-    text = (await read_registers(SimBackend())).format()
+    text = (await read_registers(await _opened(SimBackend()))).format()
     assert "cleared the TC bits" not in text
     assert "1 bytes" not in text
     assert "ch0: current address 0x0000  current count 0x0000 (residue 1 byte)" in text
@@ -157,13 +169,13 @@ async def test_dump_without_tc_has_no_tc_footnote_and_singular_residue() -> None
 async def test_dump_labels_write_only_ports_per_profile() -> None:
     """Intel: the mask reads at 0x0F/0xDE, 0x09/0xD2 are write-only. QEMU: the mask reads at 0x09/0xD2
     (0xFF after reset), 0x0F/0xDE read 0, there is no temporary register."""
-    intel = await read_registers(SimBackend())
+    intel = await read_registers(await _opened(SimBackend()))
     text = intel.format()
     assert intel.profile is Profile.INTEL
     assert "mask@0x0F 0x0F (masked 0,1,2,3)" in text and "0x09 write-only" in text
     assert "mask@0x09" not in text and "mask@0xD2" not in text
     assert "mask@0xDE 0x0E (masked 5,6,7)" in text and "0xD2 write-only" in text  # BIOS unmasked the cascade
-    qemu = await read_registers(SimBackend(profile="qemu"))
+    qemu = await read_registers(await _opened(SimBackend(profile="qemu")))
     text = qemu.format()
     assert "mask@0x09 0xFF" in text and "mask@0xD2 0xFF" in text
     assert "0x0F write-only" in text and "mask@0x0F" not in text and "temp none" in text
@@ -175,7 +187,7 @@ async def test_dump_labels_write_only_ports_per_profile() -> None:
 async def test_dump_reads_only_the_ports_the_profile_defines() -> None:
     """The sweep itself never reads a write-only port or one the backend does not decode."""
     for profile, unread in (("intel", {0x09, 0xD2}), ("qemu", {0x0F, 0xDE, 0x0D, 0xDA, 0x80, 0x84, 0x8E})):
-        rec = RecordingBackend(SimBackend(profile=profile))
+        rec = RecordingBackend(await _opened(SimBackend(profile=profile)))
         await read_registers(rec)
         read = {entry.op.port for entry in rec.trace if isinstance(entry.op, In)}
         assert read and not read & unread, (profile, sorted(read & unread))

@@ -19,8 +19,7 @@ from typing import Any
 
 import pytest
 import structlog
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from hil.allowlist import AllowList
 from hil.backends import BackendURL, available_backends, open_backend

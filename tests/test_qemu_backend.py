@@ -42,9 +42,9 @@ from hil.errors import (
     AccessDeniedError,
     BackendClosedError,
     BackendOptionError,
-    DeviceError,
-    InvalidAccessError,
     MemoryRangeError,
+    UnsupportedOperationError,
+    WideAccessError,
 )
 from hil.ops import Delay, In, MemFill, MemRead, MemWrite, Out, Poll
 from hil.testing import require
@@ -327,9 +327,9 @@ async def test_memory_by_base64(qemu_be):
 async def test_refused_before_anything_is_sent(qemu_be):
     client = qemu_be._client
     before = client.sent
-    with pytest.raises(InvalidAccessError, match=r"byte-wide only .*docs/reference/qemu-qtest.md §3.5"):
+    with pytest.raises(WideAccessError, match=r"byte-wide only .*docs/reference/qemu-qtest.md §3.5"):
         await qemu_be.execute([Out(0x0C, 0), In(0x82, 16)])
-    with pytest.raises(InvalidAccessError, match="byte-wide only"):
+    with pytest.raises(WideAccessError, match="byte-wide only"):
         await qemu_be.outw(0xC4, 0x1234)
     with pytest.raises(AccessDeniedError, match=r"port 0x03F5 .*allow-list.*floppy="):
         await qemu_be.execute([Out(0x0C, 0), Out(0x3F5, 0x08)])
@@ -352,7 +352,7 @@ async def test_settle_op_runs_and_simulator_device_ops_are_refused(qemu_be):
         assert time.perf_counter() - t0 < 0.5
     if hasattr(ops, "DevAttach"):
         before = qemu_be._client.sent
-        with pytest.raises(DeviceError, match="QEMU's own devices"):
+        with pytest.raises(UnsupportedOperationError, match="QEMU's own devices"):
             await qemu_be.execute([Out(0x87, 0x44), ops.DevAttach(2, "source", b"x")])
         assert qemu_be._client.sent == before and await qemu_be.inb(0x87) == 0x33
 

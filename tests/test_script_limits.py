@@ -20,8 +20,7 @@ import pytest
 
 from hil.backends.sim import SimBackend
 from hil.runner import prepare
-from hil.script import load_script
-from hil.script import loader as loader_mod
+from hil.script import load_script, loader as loader_mod
 from hil.script.model import (
     ScriptError,
     ScriptFileError,

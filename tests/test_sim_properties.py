@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from array import array
 
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from hil.backends import open_backend
 from hil.ops import In, Out

@@ -24,16 +24,14 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from hil import oserrors
-from hil.errors import BackendError
+from hil.errors import (
+    LinkError as LinkError,  # defined there; importable from here as before
+)
 from hil.log import get_logger
 
 log = get_logger("hil.link")
 
 READ_CHUNK = 65536
-
-
-class LinkError(BackendError):
-    """The link could not be opened or broke."""
 
 
 @dataclass
@@ -368,7 +366,9 @@ async def open_link(url: str, *, baud: int = 115200) -> Link:
     try:
         port = serial.serial_for_url(path, **_serial_kwargs(baud))
     except (serial.SerialException, OSError, ValueError) as e:
-        raise oserrors.failure(path, "cannot open", e, LinkError) from None
+        err = oserrors.failure(path, "cannot open", e, LinkError)
+        err.device_missing = "No USB device" in str(e)  # pyftdi says so in a plain exception: read here, once
+        raise err from None
     ftdi = getattr(port, "udev", None)
     if ftdi is not None and hasattr(ftdi, "set_latency_timer"):
         # USB latency: 16 ms by default, and pyftdi's UART adds dynamic latency up to 200 ms when

@@ -23,9 +23,24 @@ import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from hil.errors import InvalidAccessError
-from hil.ops import BY_OPCODE, DEVICE_OPS, DevState, MemFill, Op, Poll, Result, Settle, result_size, wait_us, wire_of
-from hil.ops import Opcode as Opcode  # the opcodes are rows of hil.ops.TABLE; named here too, next to Status
+from hil.errors import (
+    InvalidAccessError,
+    ProtocolError as ProtocolError,  # defined there; importable from here as before
+)
+from hil.ops import (
+    BY_OPCODE,
+    DEVICE_OPS,
+    DevState,
+    MemFill,
+    Op,
+    Opcode as Opcode,  # the opcodes are rows of hil.ops.TABLE; named here too, next to Status
+    Poll,
+    Result,
+    Settle,
+    result_size,
+    wait_us,
+    wire_of,
+)
 
 VERSION = 1
 HEADER = struct.Struct("<BBHH")  #: version, type, seq, payload length
@@ -33,14 +48,6 @@ CRC = struct.Struct("<I")
 OVERHEAD = HEADER.size + CRC.size
 DEFAULT_MAX_PAYLOAD = 4096
 MAX_PAYLOAD_LIMIT = 0xFFFF
-
-
-class ProtocolError(ValueError):
-    """A frame or message that does not follow the protocol (carries the status to answer)."""
-
-    def __init__(self, status: Status, message: str, index: int = 0xFFFF) -> None:
-        super().__init__(message)
-        self.status, self.index = status, index
 
 
 class MsgType(enum.IntEnum):
@@ -155,10 +162,10 @@ def cobs_decode(data: bytes) -> bytes:
             i = end
             continue
         if code == 0:
-            raise ValueError("zero byte inside a COBS frame")
+            raise ProtocolError(Status.BAD_FRAME, "zero byte inside a COBS frame")
         end = i + code
         if end > n:
-            raise ValueError("COBS block runs past the end of the frame")
+            raise ProtocolError(Status.BAD_FRAME, "COBS block runs past the end of the frame")
         out += data[i + 1 : end]
         i = end
         if code != 0xFF and i < n:
@@ -182,18 +189,18 @@ class Frame:
 
 
 def decode_frame(raw: bytes) -> Frame:
-    """Decode the bytes between two delimiters. Raises ValueError for anything malformed."""
+    """Decode the bytes between two delimiters. Raises ProtocolError (BAD_FRAME) for anything malformed."""
     body = cobs_decode(raw)
     if len(body) < OVERHEAD:
-        raise ValueError(f"frame of {len(body)} bytes is shorter than the {OVERHEAD}-byte minimum")
+        raise ProtocolError(Status.BAD_FRAME, f"frame of {len(body)} bytes is shorter than the {OVERHEAD}-byte minimum")
     (crc,) = CRC.unpack_from(body, len(body) - CRC.size)
     if crc32(body[: -CRC.size]) != crc:
-        raise ValueError("CRC mismatch")
+        raise ProtocolError(Status.BAD_FRAME, "CRC mismatch")
     version, mtype, seq, length = HEADER.unpack_from(body)
     if length != len(body) - OVERHEAD:
-        raise ValueError(f"length field {length} does not match the {len(body) - OVERHEAD} payload bytes")
+        raise ProtocolError(Status.BAD_FRAME, f"length field {length} does not match the {len(body) - OVERHEAD} payload bytes")
     if version != VERSION:
-        raise ValueError(f"protocol version {version}, expected {VERSION}")
+        raise ProtocolError(Status.VERSION, f"protocol version {version}, expected {VERSION}")
     return Frame(mtype, seq, bytes(body[HEADER.size : -CRC.size]))
 
 
@@ -239,7 +246,7 @@ class FrameReader:
         if len(raw) <= self.max_wire:
             try:
                 return decode_frame(raw), len(raw)
-            except ValueError:
+            except ProtocolError:
                 pass
         tail = raw[-self.max_wire:]
         n = len(tail)
@@ -253,7 +260,7 @@ class FrameReader:
                 continue
             try:
                 return decode_frame(tail[i:]), n - i
-            except ValueError:
+            except ProtocolError:
                 continue
         return None, 0
 
@@ -287,7 +294,7 @@ class Hello:
         out += bytes([int(self.flags)])
         if self.flags & HelloFlag.RESUME:
             if len(self.secret) != SECRET_SIZE:
-                raise ValueError(f"a RESUME HELLO carries a {SECRET_SIZE}-byte session secret")
+                raise ProtocolError(Status.BAD_FRAME, f"a RESUME HELLO carries a {SECRET_SIZE}-byte session secret")
             out += self.secret
         return out
 
@@ -346,7 +353,7 @@ class HelloReply:
             out += struct.pack("<II", self.max_op_us, self.max_program_us)
         if self.features & Feature.SESSION_SECRET:
             if len(self.secret) != SECRET_SIZE:
-                raise ValueError(f"feature SESSION_SECRET needs a {SECRET_SIZE}-byte secret")
+                raise ProtocolError(Status.BAD_FRAME, f"feature SESSION_SECRET needs a {SECRET_SIZE}-byte secret")
             out += self.secret
         return bytes(out)
 
@@ -409,10 +416,10 @@ def encode_program(ops: Sequence[Op]) -> bytes:
         try:
             wire = wire_of(op)
         except InvalidAccessError:
-            raise ValueError(f"{op!r} cannot be sent to an agent") from None
+            raise ProtocolError(Status.BAD_OP, f"{op!r} cannot be sent to an agent") from None
         why = wire.limit(op)
         if why is not None:
-            raise ValueError(why)
+            raise ProtocolError(Status.TOO_LARGE, why)
         out.append(wire.opcode)
         if wire.data is None:
             out += wire.request.pack(*wire.operands(op))

@@ -228,7 +228,7 @@ class AgentCore:
         try:
             hello = Hello.decode(frame.payload)
         except ProtocolError as e:
-            return self._error(frame.seq, e.status, str(e))
+            return self._error(frame.seq, Status(e.status), str(e))
         old = self._session
         if self.token and not secrets.compare_digest(hello.token, self.token):
             log.warning("hello_refused", reason="token", host=hello.name, conn=conn.name)
@@ -318,7 +318,7 @@ class AgentCore:
         try:
             ops = decode_program(payload, limits.max_ops)
         except ProtocolError as e:
-            return self._refuse(e.status, e.index, str(e))
+            return self._refuse(Status(e.status), e.index, str(e))
         total_us = 0
         for i, op in enumerate(ops):  # validate everything before anything runs
             if is_device_op(op) and not self._devices:

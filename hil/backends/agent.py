@@ -48,12 +48,20 @@ from hil.agent.protocol import (
 )
 from hil.backends import BackendURL
 from hil.backends.base import Backend, Capabilities, Capability
-from hil.errors import (
+from hil.errors import (  # the agent's errors were defined here; their names stay importable from here
     AccessDeniedError,
+    AgentAccessDenied as AgentAccessDenied,
+    AgentError as AgentError,
+    AgentRefusedError as AgentRefusedError,
+    AgentResetError as AgentResetError,
+    AgentTimeoutError as AgentTimeoutError,
+    AgentUnsupportedError as AgentUnsupportedError,
     BackendClosedError,
-    BackendError,
+    BackendNotOpenError,
     BackendOptionError,
-    UnsupportedOperationError,
+    HilError,
+    MemoryRangeError,
+    refusal_text,
 )
 from hil.log import get_logger
 from hil.ops import (
@@ -85,39 +93,6 @@ OPTIONS = {
     "token": "token for an agent listening beyond loopback",
     "keep": "1: keep the I/O state earlier clients left on a simulated agent (default 0: start afresh)",
 }
-
-
-class AgentError(BackendError):
-    pass
-
-
-class AgentTimeoutError(AgentError):
-    pass
-
-
-class AgentResetError(AgentError):
-    """The agent restarted: its controller state was lost and the program in flight may not
-    have run. The driver layer restores its shadow state before this reaches the caller."""
-
-
-class AgentRefusedError(AgentError):
-    def __init__(self, status: Status, index: int, reason: str) -> None:
-        where = f" at op {index}" if index != 0xFFFF else ""
-        super().__init__(f"agent refused the program{where}: {status.name}: {reason}")
-        self.status, self.index, self.reason = status, index, reason
-
-
-class AgentAccessDenied(AgentRefusedError, AccessDeniedError):
-    pass
-
-
-class AgentUnsupportedError(AgentRefusedError, UnsupportedOperationError):
-    """An op whose feature bit the agent did not advertise in HELLO_REPLY: refused by the host
-    before any frame of the program is sent (docs/agent-protocol.md §3, features)."""
-
-    def __init__(self, index: int, op: str, agent: str, feature: Feature) -> None:
-        super().__init__(Status.UNSUPPORTED, index, f"{op}: {agent} does not advertise feature {feature.name}")
-        self.op, self.agent, self.feature = op, agent, feature
 
 
 @dataclass
@@ -680,7 +655,8 @@ class AgentBackend(Backend):
     async def _execute(self, ops: Sequence[Op]) -> list[Result]:
         self._raise_crash()
         info = self.agent
-        assert info is not None
+        if info is None:  # execute() refuses an unopened backend; this is the link's own view
+            raise BackendNotOpenError(self.url)
         self._check(ops, info)  # before planning: a refused program sends no frame at all
         self.stats.programs += 1
         sizer = self.sizer
@@ -743,13 +719,17 @@ class AgentBackend(Backend):
         for i, op in enumerate(ops):
             feature = OP_FEATURES.get(type(op))
             if feature is not None and not info.features & feature:
-                raise AgentUnsupportedError(i, type(op).__name__, f"agent {info.agent_name} {info.agent_version} via "
-                                                                  f"{self.link_url}", feature)
+                raise AgentUnsupportedError(
+                    refusal_text(Status.UNSUPPORTED, i, f"{type(op).__name__}: agent {info.agent_name} "
+                                                        f"{info.agent_version} via {self.link_url} does not "
+                                                        f"advertise feature {feature.name}"),
+                    index=i, op=type(op).__name__, agent=f"{info.agent_name} {info.agent_version}",
+                    feature=str(feature.name))
             if (mem := memory_access(op)) is not None:
                 self._check_memory(i, mem.addr, mem.length, info)
             if (io := port_access(op)) is not None and not any(lo <= io.port and io.last <= hi for lo, hi in info.ports):
-                raise AgentAccessDenied(Status.PORT_DENIED, i, f"port 0x{io.port:04X} is outside the agent's "
-                                                               f"allow-list")
+                raise AccessDeniedError(refusal_text(Status.PORT_DENIED, i, f"port 0x{io.port:04X} is outside "
+                                                                            f"the agent's allow-list"), index=i)
             if not info.features & Feature.LIMITS:
                 continue
             us = op_duration_us(op)
@@ -767,8 +747,10 @@ class AgentBackend(Backend):
         end = addr + max(length, 1) - 1
         if not any(lo <= addr and end <= hi for lo, hi in info.memory):
             window = ", ".join(f"0x{lo:X}-0x{hi + 1:X}" for lo, hi in info.memory) or "none"
-            raise AgentAccessDenied(Status.MEM_DENIED, index, f"{length} bytes at 0x{addr:X} are outside the "
-                                                              f"agent's memory window ({window})")
+            windows = [range(lo, hi + 1) for lo, hi in info.memory]
+            reason = f"{length} bytes at 0x{addr:X} are outside the agent's memory window ({window})"
+            raise MemoryRangeError(addr, length, max((r.stop for r in windows), default=0), windows=windows,
+                                   message=refusal_text(Status.MEM_DENIED, index, reason), index=index)
 
     async def _admit(self, generation: int) -> int:
         """The sequence number of the next frame, once it is within the window of the oldest
@@ -815,8 +797,7 @@ class AgentBackend(Backend):
         except ProtocolError as e:
             raise AgentError(f"{self.url}: malformed reply: {e}") from None
         if result.status != Status.OK:
-            cls = AgentAccessDenied if result.status in (Status.PORT_DENIED, Status.MEM_DENIED) else AgentRefusedError
-            raise cls(result.status, result.index, result.reason)
+            raise _refusal(result, chunk.ops, self.agent)
         return result
 
     async def _settle(self, timeout_s: float | None) -> None:
@@ -833,3 +814,18 @@ class AgentBackend(Backend):
             await self._round_trip("ping", Frame(MsgType.PING, self._seq, b""))  # PING does not consume a seq
         return loop.time() - t0
 
+def _refusal(result: ExecReply, ops: Sequence[Op], info: HelloReply | None) -> HilError:
+    """The class an agent's refusal is on every backend: ports and memory as the simulator's and
+    devport's refusals are, any other status as :class:`AgentRefusedError` with its code."""
+    text = refusal_text(result.status, result.index, result.reason)
+    index = result.index if result.index < len(ops) else None
+    match result.status:
+        case Status.PORT_DENIED:
+            return AccessDeniedError(text, index=index)
+        case Status.MEM_DENIED:
+            area = memory_access(ops[index]) if index is not None else None
+            addr, length = (area.addr, area.length) if area is not None else (0, 0)
+            windows = [range(lo, hi + 1) for lo, hi in info.memory] if info is not None else []
+            return MemoryRangeError(addr, length, max((r.stop for r in windows), default=0), windows=windows,
+                                    message=text, index=index)
+    return AgentRefusedError(result.status, result.index, result.reason)

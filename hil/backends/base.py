@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, ClassVar
 
-from hil.errors import BackendClosedError, InvalidAccessError, UnsupportedOperationError
+from hil.errors import BackendClosedError, BackendNotOpenError, InvalidAccessError, UnsupportedOperationError
 from hil.log import get_logger
 from hil.ops import (
     Delay,
@@ -120,6 +120,19 @@ class Backend(abc.ABC):
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def opened(self) -> bool:
+        """``open()`` has completed (and stays True after ``close()``: see :attr:`closed`)."""
+        return self._opened
+
+    def _check_open(self) -> None:
+        """Refuse use after ``close()`` and before ``open()`` alike on every backend (the
+        simulator could run unopened, a board cannot: a program must not learn otherwise)."""
+        if self._closed:
+            raise BackendClosedError(self.url)
+        if not self.opened:
+            raise BackendNotOpenError(self.url)
+
     async def __aenter__(self) -> Backend:
         await self.open()
         return self
@@ -140,8 +153,7 @@ class Backend(abc.ABC):
         :meth:`check` sees the whole program before its first op runs: one refused op runs none
         of them, wherever it is, even after a ``Settle`` at which the program is split below.
         """
-        if self._closed:
-            raise BackendClosedError(self.url)
+        self._check_open()
         self.check(ops)
         async with self._lock:
             if Settle in self.OPS or not any(isinstance(op, Settle) for op in ops):
@@ -197,8 +209,7 @@ class Backend(abc.ABC):
 
     async def settle(self, timeout_s: float | None = None) -> None:
         """Return once no DMA activity can progress any more."""
-        if self._closed:
-            raise BackendClosedError(self.url)
+        self._check_open()
         async with self._lock:
             await self._settle(timeout_s)
 

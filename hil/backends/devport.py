@@ -48,6 +48,7 @@ from hil.backends import BackendURL
 from hil.backends.base import Backend, Capabilities, Capability
 from hil.errors import (
     BackendError,
+    BackendNotOpenError,
     BackendOptionError,
     HilError,
     MemoryWindowError,
@@ -417,7 +418,7 @@ class DevPortBackend(Backend):
 
     async def _execute(self, ops: Sequence[Op]) -> list[Result]:
         if self._port is None:
-            raise BackendError(f"backend {self.url} is not open: use `async with open_backend(url)`")
+            raise BackendNotOpenError(self.url)
         return await self._call(self._run, list(ops))
 
     def _run(self, ops: Sequence[Op]) -> list[Result]:
@@ -479,7 +480,7 @@ class DevPortBackend(Backend):
         if not ops:
             return
         if self._port is None:
-            raise BackendError(f"backend {self.url} is not open: use `async with open_backend(url)`")
+            raise BackendNotOpenError(self.url)
         self.check(ops)
         loop = asyncio.get_running_loop()
         limit = SETTLE_DEFAULT_S if timeout_s is None else timeout_s

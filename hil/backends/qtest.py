@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from hil import oserrors
-from hil.errors import BackendError, InvalidAccessError
+from hil.errors import InvalidAccessError, QemuExitedError, QtestError
 from hil.log import get_logger
 
 log = get_logger("hil.qtest")
@@ -36,14 +36,6 @@ IRQ_EVENT_LIMIT = 10_000  #: IRQ events kept (oldest dropped)
 
 _REPLY_INT = re.compile(r"OK 0x([0-9a-fA-F]+)")
 _IRQ = re.compile(r"IRQ (raise|lower) (\d+)")
-
-
-class QtestError(BackendError):
-    """QEMU answered FAIL, or a reply did not have the expected form."""
-
-
-class QemuExitedError(BackendError):
-    """The QEMU process went away (EOF on the qtest socket)."""
 
 
 # --- request formatting: the only way a line is built -------------------------------------------

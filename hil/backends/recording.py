@@ -55,6 +55,11 @@ class RecordingBackend(Backend):
         await self.inner.close()
 
     @property
+    def opened(self) -> bool:
+        """Open once ``inner`` is: wrapping a backend already in use records it as it is."""
+        return self._opened or self.inner.opened
+
+    @property
     def capabilities(self) -> Capabilities:
         return self.inner.capabilities
 

@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from hil.backends import BackendURL
 from hil.backends.base import Backend, Capabilities, Capability
 from hil.errors import (
-    BackendClosedError,
     BackendOptionError,
     DeviceError,
     MemoryRangeError,
@@ -122,8 +121,7 @@ class SimBackend(Backend):
     async def execute(self, ops: Sequence[Op]) -> list[Result]:
         # The model runs synchronously inside one event-loop step, so a program cannot be
         # interleaved with another task's: atomic without taking the lock.
-        if self._closed:
-            raise BackendClosedError(self.url)
+        self._check_open()
         self.check(ops)
         return self._run(ops)
 
@@ -228,8 +226,7 @@ class SimBackend(Backend):
         return self.machine.now_ns
 
     async def settle(self, timeout_s: float | None = None) -> None:
-        if self._closed:
-            raise BackendClosedError(self.url)
+        self._check_open()
         await self._settle(timeout_s)
 
     async def _settle(self, timeout_s: float | None) -> None:

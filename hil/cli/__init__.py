@@ -10,21 +10,16 @@ import asyncio
 import json
 import os
 import sys
+from pathlib import Path
 from typing import NoReturn
 
 from hil import __version__
 from hil.cli import agent, backends, bench, demo, diff, doctor, registers, run
-from hil.errors import HilError
+from hil.errors import HilError, UsageError, error_record
 from hil.logconfig import configure
 
 EXIT_INTERRUPTED = 130  #: 128 + SIGINT, as a shell reports a command stopped by Ctrl-C
 EXIT_BROKEN_PIPE = 141  #: 128 + SIGPIPE, as a shell reports ``yes | head``'s ``yes``
-
-
-class UsageError(Exception):
-    def __init__(self, parser: argparse.ArgumentParser, message: str) -> None:
-        super().__init__(message)
-        self.parser, self.message = parser, message
 
 
 class Parser(argparse.ArgumentParser):
@@ -40,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="hil", description="Hardware-in-the-loop bridge to the PC/AT ISA/LPC 8237A DMA controller."
     )
     parser.add_argument("--version", action="version", version=f"lpc-hil {__version__}")
+    # for hil.workers: an error is also written here as a JSON record, read back as the typed error
+    parser.add_argument("--error-file", metavar="PATH", help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in (demo, backends, registers, run, diff, agent, doctor, bench):
         module.add_parsers(sub)
@@ -48,6 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _json_error(message: str, command: str | None) -> None:
     print(json.dumps({"error": message, "command": command}))
+
+
+def _write_error(path: str, error: HilError) -> None:
+    """The error as a JSON record for the process that started this one (after the event loop
+    has ended, so the write blocks nothing)."""
+    Path(path).write_text(json.dumps(error_record(error)), encoding="utf-8")
 
 
 def _main(argv: list[str]) -> int:
@@ -59,6 +62,8 @@ def _main(argv: list[str]) -> int:
         if "--json" in argv:
             command = e.parser.prog.removeprefix("hil").strip() or next((a for a in argv if a[:1] != "-"), None)
             _json_error(e.message, command)
+        if argv[:1] == ["--error-file"] and len(argv) > 1:  # where hil.workers puts it; unparsed here
+            _write_error(argv[1], e)
         sys.stdout.flush()
         raise SystemExit(2) from None
     configure(args.log_format, args.verbose)
@@ -68,6 +73,8 @@ def _main(argv: list[str]) -> int:
         print(f"hil {args.command}: error: {e}", file=sys.stderr)
         if getattr(args, "json", False):
             _json_error(str(e), args.command)
+        if args.error_file:
+            _write_error(args.error_file, e)
         return 2
     except KeyboardInterrupt:
         note = getattr(args, "interrupt_note", "")  # where it stopped, if the command said

@@ -68,7 +68,7 @@ async def cmd_diff(args: argparse.Namespace) -> int:
             if sys.stderr.isatty():
                 sys.stderr.write(f"{url}: finished ({'ok' if rc == 0 else 'expectations failed' if rc == 1 else 'error'})\n")
 
-        worker_errors: dict[int, str] = {}
+        worker_errors: dict[int, HilError] = {}
         try:
             grid = await run_on_backends(scripts, args.backend, journal_dir=args.journal_dir, variables=args.var,
                                          allow_paths=args.allow_path, on_done=done, errors=worker_errors)

@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from hil.agent.links import LinkKind, link_kind, parse_ftdi_url
+from hil.agent.protocol import Status as ProtocolStatus
 from hil.doctor import CheckResult, Status, fail, ok
-from hil.errors import HilError
+from hil.errors import HilError, LinkError
 
 
 @dataclass
@@ -75,15 +76,15 @@ async def agent_checks(url: Any, env: Any = None) -> list[CheckResult]:
             rtt = await backend.ping()
             results.append(ok("round trip", f"{rtt * 1e3:.2f} ms"))
     except AgentRefusedError as err:
-        fix = "give the agent's token: ?token=..." if "AUTH" in str(err) else (
-            "another host is connected; close it first" if "BUSY" in str(err) else "")
+        fix = {ProtocolStatus.AUTH: "give the agent's token: ?token=...",
+               ProtocolStatus.BUSY: "another host is connected; close it first"}.get(ProtocolStatus(err.status), "")
         results.append(fail("agent", str(err), fix))
     except AgentTimeoutError as err:
         results.append(fail("agent", str(err), "start `hil agent` on the target (same baud rate), "
                                                "check the cable (TX/RX crossed, common ground)"))
     except HilError as err:
         fix = ("plug the adapter in, or name the one you mean (pyftdi's ftdi_urls.py lists attached adapters)"
-               if "No USB device" in str(err) else "")
+               if isinstance(err, LinkError) and err.device_missing else "")
         results.append(fail("agent", str(err), fix))
     return results
 

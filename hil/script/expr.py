@@ -12,6 +12,12 @@ import operator
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from hil.errors import (
+    ExprError as ExprError,  # defined there; importable from here as before
+    ExprLimitError as ExprLimitError,
+    ExprNameError as ExprNameError,
+)
+
 _BINOPS: dict[type[ast.operator], Callable[[int, int], int]] = {
     ast.Add: operator.add,
     ast.Sub: operator.sub,
@@ -32,14 +38,6 @@ _UNOPS: dict[type[ast.unaryop], Callable[[int], int]] = {
 
 MAX_EXPR_CHARS = 256  #: longer texts are refused before parsing (5,000 '-' overflow the parser)
 MAX_MAGNITUDE = 1 << 64  #: no value in a script needs more; an address is at most 32 bits
-
-
-class ExprError(ValueError):
-    pass
-
-
-class ExprLimitError(ExprError):
-    """An expression is over a size limit: text length or value magnitude."""
 
 
 def _dotted(node: ast.AST) -> str | None:
@@ -69,7 +67,7 @@ def _eval(node: ast.AST, env: Mapping[str, int], text: str) -> int:
     name = _dotted(node)
     if name is not None:
         if name not in env:
-            raise ExprError(f"unknown name {name!r} in {text!r}")
+            raise ExprNameError(f"unknown name {name!r} in {text!r}", name)
         return env[name]
     if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
         left, right = _eval(node.left, env, text), _eval(node.right, env, text)

@@ -23,7 +23,7 @@ from typing import Any
 
 from hil import dma as _dma
 from hil.ports import CASCADE_CHANNEL, port_names
-from hil.script.expr import MAX_MAGNITUDE, Expr, ExprError, ExprLimitError, parse
+from hil.script.expr import MAX_MAGNITUDE, Expr, ExprError, ExprLimitError, ExprNameError, parse
 from hil.script.model import (
     CONTROL_CHARS,
     BufferSpec,
@@ -783,9 +783,10 @@ def bind(step: Step, buffers: Mapping[str, int], script: Script) -> StepArgs:
             v = value.evaluate(env)
         except ExprLimitError as e:
             raise _expr_limit(ctx, key, e) from None
+        except ExprNameError as e:
+            raise ctx.err(ScriptNameError, key, str(e)) from None
         except ExprError as e:
-            cls = ScriptNameError if "unknown name" in str(e) else ScriptRangeError
-            raise ctx.err(cls, key, str(e)) from None
+            raise ctx.err(ScriptRangeError, key, str(e)) from None
         match kind:
             case Kind.PORT:
                 lo, hi = 0, 0xFFFF

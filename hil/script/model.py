@@ -14,86 +14,25 @@ million-step repeat costs what one step costs at load.
 from __future__ import annotations
 
 import itertools
-import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import overload
 
-from hil.errors import HilError
+from hil.errors import (  # the script errors were defined here; their names stay importable from here
+    CONTROL_CHARS as CONTROL_CHARS,
+    ScriptCapabilityError as ScriptCapabilityError,
+    ScriptError as ScriptError,
+    ScriptFileError as ScriptFileError,
+    ScriptIncludeError as ScriptIncludeError,
+    ScriptLimitError as ScriptLimitError,
+    ScriptNameError as ScriptNameError,
+    ScriptRangeError as ScriptRangeError,
+    ScriptStructureError as ScriptStructureError,
+    ScriptSyntaxError as ScriptSyntaxError,
+    ScriptTypeError as ScriptTypeError,
+    escape_controls as escape_controls,
+)
 from hil.script.steps import Op, StepArgs
-
-#: C0 and C1 control characters and DEL: a terminal acts on them (ANSI escapes start with ESC),
-#: plus the Unicode bidi embeddings, overrides and isolates, which reorder what is shown
-CONTROL_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
-
-
-def escape_controls(text: str) -> str:
-    """``text`` with every control character written as a Python escape (``\\x1b``), so that a
-    message quoting a hostile name or path cannot drive the terminal it is printed on."""
-    return CONTROL_CHARS.sub(lambda m: repr(m.group())[1:-1], text)
-
-
-class ScriptError(HilError):
-    """A transfer script is wrong. ``file``, ``step`` (path label), ``key`` say where. The
-    message has its control characters escaped: it quotes names and paths from the script."""
-
-    def __init__(self, file: str | Path, step: str | None, key: str | None, message: str, op: str | None = None):
-        where = str(file)
-        if step is not None:
-            where += f": step {step}" + (f" ({op})" if op else "")
-        if key is not None:
-            where += f": key {key!r}"
-        super().__init__(escape_controls(f"{where}: {message}"))
-        self.file, self.step, self.key, self.detail = str(file), step, key, message
-
-
-class ScriptSyntaxError(ScriptError):
-    """The file is not valid TOML."""
-
-
-class ScriptStructureError(ScriptError):
-    """Unknown op, unknown key, missing key, misplaced table."""
-
-
-class ScriptTypeError(ScriptError):
-    """A value has the wrong type."""
-
-
-class ScriptRangeError(ScriptError):
-    """A value is out of range for its key."""
-
-
-class ScriptNameError(ScriptError):
-    """An expression names an unknown variable, buffer or register."""
-
-
-class ScriptIncludeError(ScriptError):
-    """An included fragment is missing or includes itself."""
-
-
-class ScriptFileError(ScriptIncludeError):
-    """A data or include file breaks a file rule: outside the allowed directories, not a regular
-    file, too big, or a path that cannot name a file (NUL byte, symlink loop). ``rule`` says which."""
-
-    def __init__(self, file: str | Path, step: str | None, key: str | None, message: str, op: str | None = None,
-                 *, rule: str = ""):
-        super().__init__(file, step, key, message, op)
-        self.rule = rule
-
-
-class ScriptLimitError(ScriptRangeError):
-    """The script is over one of the loader's size limits (expanded steps, bytes, nesting,
-    expression or name size). ``limit`` names the limit, ``maximum`` is its value."""
-
-    def __init__(self, file: str | Path, step: str | None, key: str | None, message: str, op: str | None = None,
-                 *, limit: str = "", maximum: int = 0):
-        super().__init__(file, step, key, message, op)
-        self.limit, self.maximum = limit, maximum
-
-
-class ScriptCapabilityError(ScriptError):
-    """The backend lacks a capability the script or a step requires."""
 
 
 @dataclass(frozen=True)

@@ -62,8 +62,7 @@ from hil.ports import (
 )
 from hil.sim.devices import Device, Direction
 from hil.sim.i8237 import FLOAT, I8237, Controller, QemuI8257
-from hil.sim.i8259 import PORTS as PIC_PORTS
-from hil.sim.i8259 import PicPair, QemuPicPair
+from hil.sim.i8259 import PORTS as PIC_PORTS, PicPair, QemuPicPair
 from hil.sim.isa import DmaPort, IrqBus, IrqLine, IsaDevice, isa_line
 from hil.sim.timers import Scheduler
 

@@ -43,11 +43,10 @@ from hil.backends.qemu.process import (
     stop_group,
     sweep_stale_workdirs,
 )
-from hil.backends.qemu.settle import settle_on
-from hil.backends.qemu.settle import wait_irq as wait_irq_line
+from hil.backends.qemu.settle import settle_on, wait_irq as wait_irq_line
 from hil.backends.qemu.translate import RUNNABLE_OPS, SIM_DEVICE_OPS, check_program, run_program
 from hil.backends.qtest import IrqEvent, QemuExitedError, QtestClient
-from hil.errors import BackendError
+from hil.errors import BackendNotOpenError
 from hil.log import get_logger
 from hil.ops import Op, Result
 
@@ -280,7 +279,7 @@ class QemuBackend(Backend):
 
     def _live_client(self) -> QtestClient:
         if self._client is None:
-            raise BackendError(f"backend {self.url} is not open")
+            raise BackendNotOpenError(self.url)
         return self._client
 
     async def _execute(self, ops: Sequence[Op]) -> list[Result]:

@@ -25,7 +25,11 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from hil.errors import BackendError
+from hil.errors import (
+    QemuNotFoundError as QemuNotFoundError,  # the three were defined here
+    QemuStartError as QemuStartError,
+    QemuVersionError as QemuVersionError,
+)
 from hil.log import get_logger
 
 log = get_logger("hil.qemu")
@@ -36,16 +40,6 @@ MIN_VERSION = (7, 2)  #: the version docs/reference/qemu-qtest.md and the sim's 
 INSTALL_HINT = "install it with: apt-get install qemu-system-x86 (Debian 12 ships 7.2), or give qemu:?binary=PATH"
 
 
-class QemuNotFoundError(BackendError):
-    """No usable qemu-system-x86_64."""
-
-
-class QemuVersionError(BackendError):
-    """The QEMU found is older than the one the backend was checked against."""
-
-
-class QemuStartError(BackendError):
-    """QEMU exited or did not connect while starting."""
 
 
 # --- finding QEMU --------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from hil.backends.qtest import (
     parse_b64_reply,
     parse_int_reply,
 )
-from hil.errors import AccessDeniedError, DeviceError, InvalidAccessError, MemoryRangeError
+from hil.errors import AccessDeniedError, MemoryRangeError, UnsupportedOperationError, WideAccessError
 from hil.ops import (
     DEVICE_OPS,
     Delay,
@@ -68,17 +68,17 @@ def check_program(ops: Sequence[Op], config: QemuConfig, allowlist: AllowList) -
     mem = config.mem
     for op in ops:
         if is_device_op(op):
-            raise DeviceError(f"{type(op).__name__}: the qemu backend has QEMU's own devices (FDC, SB16), "
-                              f"not the simulator's (capability 'devices')")
+            raise UnsupportedOperationError(f"{type(op).__name__}: the qemu backend has QEMU's own devices "
+                                            f"(FDC, SB16), not the simulator's (capability 'devices')")
         if not isinstance(op, RUNNABLE_OPS):
-            raise InvalidAccessError(f"the qemu backend cannot run {type(op).__name__}")
+            raise UnsupportedOperationError(f"the qemu backend cannot run {type(op).__name__}")
         if (io := port_access(op)) is not None:
             port, width = io.port, io.width
             if width == 16 and not config.wide and any(p in r for r in BYTE_ONLY_PORTS for p in (port, port + 1)):
-                raise InvalidAccessError(
+                raise WideAccessError(port, width, io.write, "byte-wide only", message=(
                     f"16-bit access to port 0x{port:04X}: the qemu backend accesses the DMA and page "
                     f"ports byte-wide only (QEMU hands a word access to the owner of the first port, "
-                    f"docs/reference/qemu-qtest.md §3.5); use two 8-bit accesses, or qemu:?wide=pass")
+                    f"docs/reference/qemu-qtest.md §3.5); use two 8-bit accesses, or qemu:?wide=pass"))
             if io.write and FORBIDDEN_PORTS & {port, io.last}:
                 raise AccessDeniedError(f"write to port 0x{port:04X} refused: it resets or stops the "
                                         f"emulated PC")
