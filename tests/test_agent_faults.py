@@ -19,12 +19,12 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from hil.agent.client import AgentBackend, AgentResetError, AgentUnsupportedError
 from hil.agent.links import Link, LinkError
 from hil.agent.protocol import SECRET_SIZE, Feature, Frame, HelloReply, MsgType, decode_frame
 from hil.agent.server import AgentCore, Connection, serve_link
 from hil.allowlist import AllowList
 from hil.backends import open_backend
-from hil.backends.agent import AgentBackend, AgentResetError, AgentUnsupportedError
 from hil.backends.ops import In, MemFill, MemRead, MemWrite, Op, Out, Poll, Result, Settle
 from hil.backends.recording import RecordingBackend
 from hil.errors import UnsupportedOperationError

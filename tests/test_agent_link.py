@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from hil.agent.client import AgentAccessDenied, AgentRefusedError, AgentResetError
 from hil.agent.server import AgentCore, start
 from hil.allowlist import AllowList
 from hil.backends import open_backend
-from hil.backends.agent import AgentAccessDenied, AgentRefusedError, AgentResetError
 from hil.backends.mock import MockBackend
 from hil.backends.recording import RecordingBackend
 from hil.diff import compare
@@ -422,8 +422,8 @@ async def test_restart_mid_session_one_reconnect_reset_detected_and_restored():
     """Issue 11 item 7: after SIGKILL and restart a 32 KiB write (8+ frames) reconnects once for
     the whole backend, not once per frame; the old link is closed; the reset is reported as
     AgentResetError after IsaDma restored its shadow, and later programs run (no BUSY)."""
+    from hil.agent.client import AgentBackend
     from hil.agent.links import open_link
-    from hil.backends.agent import AgentBackend
 
     port = _free_port()
     proc = await _spawn_agent(port)

@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from hil.agent.client import AgentAccessDenied, AgentRefusedError
 from hil.agent.protocol import (
     SECRET_SIZE,
     ErrorReply,
@@ -27,7 +28,6 @@ from hil.agent.protocol import (
 from hil.agent.server import AgentCore, Connection, start
 from hil.allowlist import AllowList
 from hil.backends import open_backend
-from hil.backends.agent import AgentAccessDenied, AgentRefusedError
 from hil.backends.mock import MockBackend
 from hil.backends.recording import RecordingBackend
 from hil.errors import HilError

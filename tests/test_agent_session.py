@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from hil.agent.client import AgentRefusedError
 from hil.agent.protocol import Feature, Frame, Hello, HelloFlag, HelloReply, MsgType
 from hil.agent.server import AgentCore, start
 from hil.allowlist import AllowList
 from hil.backends import open_backend
-from hil.backends.agent import AgentRefusedError
 from hil.diff import compare, load_deviations
 from hil.ops import DevAttach, DevState, In, MemRead, MemWrite, Out
 from hil.runner import run_script

@@ -55,7 +55,7 @@ def test_every_exception_class_of_the_package_is_a_hil_error_defined_in_hil_erro
 def test_the_old_import_paths_name_the_same_classes():
     moved = {
         "hil.agent.protocol": ["ProtocolError"], "hil.agent.links": ["LinkError"], "hil.allowlist": ["AllowListError"],
-        "hil.backends.agent": ["AgentError", "AgentTimeoutError", "AgentResetError", "AgentRefusedError",
+        "hil.agent.client": ["AgentError", "AgentTimeoutError", "AgentResetError", "AgentRefusedError",
                                "AgentAccessDenied"],
         "hil.backends.qemu": ["QemuNotFoundError", "QemuVersionError", "QemuStartError"],
         "hil.backends.qtest": ["QtestError", "QemuExitedError"], "hil.cli": ["UsageError"],

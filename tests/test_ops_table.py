@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 import hil.backends.ops as compat_ops
 from hil import ops
+from hil.agent import client as agent_client
 from hil.agent.protocol import (
     REPLY_HEADER,
     ExecReply,
@@ -28,7 +29,6 @@ from hil.agent.protocol import (
     encode_program,
     reply_size,
 )
-from hil.backends import agent as agent_client
 from hil.ops import (
     ALL_OPS,
     TABLE,

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import pytest
 
+from hil.agent.client import AgentRefusedError
 from hil.agent.protocol import Status
 from hil.allowlist import AllowList
 from hil.backends import open_backend
-from hil.backends.agent import AgentRefusedError
 from hil.backends.base import Backend, Capabilities
 from hil.backends.devport import DevPortBackend
 from hil.backends.sim import SimBackend

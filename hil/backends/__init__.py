@@ -104,9 +104,9 @@ _REGISTRY: dict[str, str | Factory] = {
     "sim": "hil.backends.sim:from_url",
     "devport": "hil.backends.devport:from_url",
     "qemu": "hil.backends.qemu:from_url",
-    "agent+serial": "hil.backends.agent:from_url",
-    "agent+tcp": "hil.backends.agent:from_url",
-    "agent+ftdi": "hil.backends.agent:from_url",
+    "agent+serial": "hil.agent.client:from_url",
+    "agent+tcp": "hil.agent.client:from_url",
+    "agent+ftdi": "hil.agent.client:from_url",
 }
 _DESCRIPTIONS: dict[str, str] = {
     "sim": "in-process PC/AT 8237A model (profiles: intel, qemu); no hardware",
@@ -117,7 +117,7 @@ _DESCRIPTIONS: dict[str, str] = {
     "agent+ftdi": "agent behind an FTDI UART via pyftdi: agent+ftdi://ftdi:232h/1?baud=3000000",
 }
 #: ``agent+<any pyserial URL scheme>`` (socket, rfc2217, loop, spy, ...) also reaches the agent backend
-_PREFIXES: dict[str, str] = {"agent+": "hil.backends.agent:from_url"}
+_PREFIXES: dict[str, str] = {"agent+": "hil.agent.client:from_url"}
 
 
 def register_backend(scheme: str, factory: str | Factory, description: str = "", *, host_port: bool = False) -> None:

@@ -21,11 +21,11 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from hil.agent.client import AgentBackend
 from hil.agent.links import Link, LinkKind, link_kind
 from hil.agent.server import AgentCore, serve_link, start
 from hil.allowlist import AllowList
 from hil.backends import open_backend
-from hil.backends.agent import AgentBackend
 from hil.dma import DMA_MODE_READ, IsaDma
 from hil.doctor.agent import Env
 from hil.ops import In, MemRead, Op, Out

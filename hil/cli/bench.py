@@ -35,7 +35,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 async def cmd_bench(args: argparse.Namespace) -> int:
-    from hil.backends.agent import AgentBackend
+    from hil.agent.client import AgentBackend
     from hil.bench.link import bench_backend, bench_pty, bench_shaped, floor_for
 
     if args.backend:

@@ -52,7 +52,7 @@ def _user_groups() -> list[str]:
 
 
 async def agent_checks(url: Any, env: Any = None) -> list[CheckResult]:
-    from hil.backends.agent import AgentRefusedError, AgentTimeoutError, from_url
+    from hil.agent.client import AgentRefusedError, AgentTimeoutError, from_url
 
     e = env if isinstance(env, Env) else Env()
     try:
