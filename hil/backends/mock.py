@@ -25,19 +25,7 @@ from collections.abc import Callable, Sequence
 from hil.backends import register_backend
 from hil.backends.base import Backend, Capabilities, Capability
 from hil.errors import BackendError, MemoryRangeError
-from hil.ops import (
-    ALL_OPS,
-    DeviceState,
-    DevState,
-    In,
-    MemFill,
-    MemRead,
-    MemWrite,
-    Op,
-    Poll,
-    Result,
-    Settle,
-)
+from hil.ops import ALL_OPS, Op, Result, Settle, is_reading, memory_access, port_access, spec_of
 
 #: what a handler returns for one op: its result, or None for an op that reads nothing
 Handler = Callable[[Op], Result | None]
@@ -78,23 +66,17 @@ class MockBackend(Backend):
         super().check(ops)
         start, end = self.memory_window
         for i, op in enumerate(ops):
-            match op:
-                case MemRead(addr=addr, length=length) | MemFill(addr=addr, length=length):
-                    pass
-                case MemWrite(addr=addr, data=data):
-                    length = len(data)
-                case _:
-                    continue
-            if addr < start or addr + length > end:
-                raise MemoryRangeError(addr, length, end, "the mock's memory window", windows=[range(start, end)],
-                                       index=i)
+            area = memory_access(op)
+            if area is not None and (area.addr < start or area.addr + area.length > end):
+                raise MemoryRangeError(area.addr, area.length, end, "the mock's memory window",
+                                       windows=[range(start, end)], index=i)
 
     async def _execute(self, ops: Sequence[Op]) -> list[Result]:
         self.programs.append(tuple(ops))
         results: list[Result] = []
         for op in ops:
             result = self.handler(op)
-            if isinstance(op, (In, Poll, MemRead, DevState)):
+            if is_reading(op):
                 results.append(_checked(op, result))
             elif result is not None:
                 raise BackendError(f"mock handler returned {result!r} for {op!r}, which reads nothing")
@@ -106,18 +88,16 @@ class MockBackend(Backend):
 
 
 def _checked(op: Op, result: Result | None) -> Result:
-    """``result`` if it is what ``op`` reads; a handler's mistake is named with its op."""
-    match op:
-        case In(width=width) | Poll(width=width):
-            if type(result) is int and 0 <= result < 1 << width:
-                return result
-        case MemRead(length=length):
-            if isinstance(result, bytes) and len(result) == length:
-                return result
-        case DevState():
-            if isinstance(result, DeviceState):
-                return result
-    raise BackendError(f"mock handler returned {result!r} for {op!r}")
+    """``result`` if it is what ``op`` reads (the op table's result type, an int within the port
+    width, bytes of the length read); a handler's mistake is named with its op."""
+    spec, io, area = spec_of(op), port_access(op), memory_access(op)
+    want = spec.result if spec is not None else None
+    fits = (want is not None and isinstance(result, want) and not isinstance(result, bool)
+            and not (isinstance(result, int) and io is not None and not 0 <= result < 1 << io.width)
+            and not (isinstance(result, bytes) and area is not None and len(result) != area.length))
+    if not fits or result is None:
+        raise BackendError(f"mock handler returned {result!r} for {op!r}")
+    return result
 
 
 def register_mock(scheme: str, handler: Handler, description: str = "a mock backend (tests)", **options: object) -> None:
