@@ -48,7 +48,7 @@ from hil.ops import (
 from hil.ports import CASCADE_CHANNEL
 from hil.sim.devices import Device, Sink, Source
 from hil.sim.machine import PROFILES, Timing, machine_for
-from hil.sim.sb16 import SoundBlaster16
+from hil.sim.sb16 import card_for
 
 OPTIONS = {
     "profile": "intel|qemu",
@@ -112,7 +112,7 @@ class SimBackend(Backend):
     ) -> None:
         super().__init__(url)
         self.machine = machine_for(profile, mem_size=mem_size, strict=strict, post=post, timing=timing)
-        self.sb16 = self.machine.plug(SoundBlaster16(self.machine.profile)) if sb16 else None
+        self.sb16 = self.machine.plug(card_for(self.machine.profile)) if sb16 else None
 
     @property
     def capabilities(self) -> Capabilities:

@@ -14,17 +14,19 @@ DA/D9 (exit auto-init after the block), D1/D3 speaker, D8 speaker status, E0 (id
 
 Two DMA engines (:class:`Engine`): 8-bit on DMA 1, 16-bit on DMA 5. Each moves one unit (a byte on
 channel 1, a word on channel 5) per sample period in virtual time, so the 8237's count falls at the
-audio rate. The DSP's own length counter ends a block, not the 8237's TC (devices.md §5
+audio rate. The DSP's own length counter ends a block, not the 8237's TC (docs/reference/devices.md §5
 'Behaviour'): single-cycle raises the IRQ once and drops DREQ; auto-init raises it at the end of
 every block and carries on. The interrupt goes out on the line mixer 0x80 selects (IRQ 5 at reset).
 
-The ``qemu`` profile (:data:`QUIRKS`) is QEMU 7.2's ``hw/audio/sb16.c`` where it differs, as
-measured in docs/reference/qemu-qtest.md §7: DREQ is held for the whole transfer and the data moves
+The ``qemu`` profile (:class:`QemuSoundBlaster16`, a subclass that overrides only where QEMU
+differs; :func:`card_for` picks the class of a machine's profile) is QEMU 7.2's
+``hw/audio/sb16.c``, as measured in docs/reference/qemu-qtest.md §7: DREQ is held for the whole transfer and the data moves
 in chunks when QEMU's audio timer frees room, not one request per sample; the handler returns its
 position modulo the channel length, so the channel reads its base values at the end and TC is
 never set; only playback runs (input commands start nothing); the IRQ stays on line 5 whatever
 mixer 0x80 says; D0/D5, D4/D6 and DA/D9 act on whichever transfer runs; the output buffer is read
-last-in first-out; mixer 0x82 reads 0x40 until the first DSP reset; any acknowledge lowers the line.
+last-in first-out; mixer 0x82 reads 0x40 until the first DSP reset; any acknowledge lowers the line;
+one transfer runs at a time.
 
 Not modelled: the DSP busy bit (0x22C always reads ready), channel changes through mixer 0x81 (it
 reads back what was written; the card stays on DMA 1 and 5), E2's DMA identification byte, the
@@ -35,8 +37,9 @@ mixer's volume registers beyond storage, ADPCM, MIDI and the FM ports 0x220-0x22
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
+from typing import ClassVar
 
 from hil.errors import DeviceError
 from hil.log import get_logger
@@ -72,7 +75,7 @@ IRQ_SELECT = {0: 2, 1: 5, 2: 7, 3: 10}
 STATUS_8BIT, STATUS_16BIT = 0x01, 0x02  #: mixer 0x82 bits 0 and 1
 
 #: QEMU's audio timer period (``-audiodev none``'s default timer-period, 10 ms): data moves in
-#: chunks this far apart in the qemu profile (about 404 bytes per 50 ms at 8 kHz, qemu-qtest.md §7)
+#: chunks this far apart in the qemu profile (about 404 bytes per 50 ms at 8 kHz, docs/reference/qemu-qtest.md §7)
 QEMU_AUDIO_PERIOD_NS = 10_000_000
 QEMU_RATE_MIN, QEMU_RATE_MAX = 5000, 45000  #: QEMU clamps the sample rate to this range
 DEFAULT_RATE = 11025  #: the rate before any 40h/41h (QEMU's; the Creative guide gives none)
@@ -120,35 +123,6 @@ QEMU_ARGS: dict[int, int] = {**{k: v for k, v in ARGS.items() if k != Cmd.DMA8_S
              0x04: 1, 0x05: 2, 0x0E: 2, 0x0F: 1, 0x10: 1, 0x74: 2, 0x75: 2, 0x76: 2, 0x77: 2, 0x80: 2, 0xF9: 1}
 
 
-@dataclass(frozen=True)
-class Quirks:
-    """Where a profile's card differs; the device class reads these and nothing else."""
-
-    profile: str
-    held_dreq: bool  #: DREQ held for the whole transfer, data moved in audio-timer chunks
-    wraps_channel: bool  #: the handler's position is modulo the channel length: no TC, base again
-    input_dma: bool  #: ADC commands (Bx/Cx bit 3, 24h, 2Ch) move data to memory
-    fixed_irq: bool  #: mixer 0x80 is stored but the interrupt stays on IRQ 5
-    one_engine: bool  #: pause/continue/exit-auto-init act on whichever transfer runs
-    lifo_output: bool  #: the DSP's output bytes are read newest first
-    any_ack_lowers: bool  #: an acknowledge lowers the line even if the other status bit is set
-    status_at_power_on: int  #: mixer 0x82 before the first DSP reset
-    clamp_rate: bool  #: sample rates outside 5000-45000 Hz are clamped
-    args: dict[int, int] = field(default_factory=dict)
-
-
-QUIRKS = {
-    "intel": Quirks("intel", held_dreq=False, wraps_channel=False, input_dma=True, fixed_irq=False,
-                    one_engine=False, lifo_output=False, any_ack_lowers=False, status_at_power_on=0x00,
-                    clamp_rate=False, args=dict(ARGS)),
-    # QEMU 7.2 hw/audio/sb16.c: realize sets 0x82 to 2 << 5; reset() clears it (qemu-qtest.md §7
-    # reads 0x00 after the runs)
-    "qemu": Quirks("qemu", held_dreq=True, wraps_channel=True, input_dma=False, fixed_irq=True,
-                   one_engine=True, lifo_output=True, any_ack_lowers=True, status_at_power_on=0x40,
-                   clamp_rate=True, args=QEMU_ARGS),
-}
-
-
 @dataclass
 class Engine:
     """One DSP DMA engine: its channel and the transfer it runs (units are the channel's:
@@ -182,17 +156,23 @@ class Engine:
         return 0x0000 if self.signed else 0x8000
 
 
+
 class SoundBlaster16(IsaDevice):
-    """The card (see the module docstring); ``profile`` picks the :data:`QUIRKS`."""
+    """The card as the Creative guide describes it (profile ``intel``; see the module docstring)."""
 
     name = "sb16"
+    profile: ClassVar[str] = "intel"
+    #: argument bytes per command (the generic Bx/Cx commands take 3 whatever this says)
+    arg_counts: ClassVar[dict[int, int]] = ARGS
+    #: the ISA lines the card can drive (mixer 0x80 selects one)
+    irq_choices: ClassVar[tuple[int, ...]] = tuple(IRQ_SELECT.values())
+    #: mixer 0x82 before the first DSP reset
+    status_at_power_on: ClassVar[int] = 0x00
+    #: ADC commands (Bx/Cx bit 3, 24h, 2Ch) move data to memory
+    input_dma: ClassVar[bool] = True
 
-    def __init__(self, profile: str = "intel") -> None:
-        if profile not in QUIRKS:
-            raise DeviceError(f"sb16: unknown profile {profile!r}; profiles: {', '.join(QUIRKS)}")
-        self.quirks = QUIRKS[profile]
-        irqs = (IRQ,) if self.quirks.fixed_irq else tuple(IRQ_SELECT.values())
-        super().__init__(ports=[PortRange(BASE, 16)], irqs=irqs, dma=(DMA8, DMA16), name="sb16")
+    def __init__(self) -> None:
+        super().__init__(ports=[PortRange(BASE, 16)], irqs=self.irq_choices, dma=(DMA8, DMA16), name="sb16")
         self.eng8 = Engine(8, DMA8, STATUS_8BIT)
         self.eng16 = Engine(16, DMA16, STATUS_16BIT)
         self.mixer = bytearray(256)
@@ -204,7 +184,7 @@ class SoundBlaster16(IsaDevice):
         self._reset_mixer()
         self.mixer[MIXER_IRQ] = 0x02  # IRQ 5
         self.mixer[MIXER_DMA] = (1 << DMA8) | (1 << DMA16)
-        self.mixer[MIXER_STATUS] = self.quirks.status_at_power_on
+        self.mixer[MIXER_STATUS] = self.status_at_power_on
         self.mixer_index = 0
         self.reset_latch = False
         self.out: list[int] = []
@@ -220,18 +200,10 @@ class SoundBlaster16(IsaDevice):
         self._irq_line = IRQ
 
     def _reset_mixer(self) -> None:
-        """Mixer register 0x00 (and power-on): volumes to their defaults; 0x80-0x82 stay."""
-        if self.quirks.profile == "qemu":  # the values QEMU's reset_mixer leaves
-            keep = self.mixer[0x7F:0x83]
-            self.mixer[:] = b"\xff" * 256
-            self.mixer[0x7F:0x83] = keep
-            for reg, value in ((0x02, 4), (0x06, 4), (0x08, 0), (0x0A, 0), (0x0C, 0), (0x0E, 0),
-                               (0x04, 0x88), (0x22, 0x88), (0x26, 0x88)):
-                self.mixer[reg] = value
-            self.mixer[0x30:0x48] = b"\x20" * 0x18
-        else:  # the model keeps no volume defaults: storage only
-            self.mixer[0x00:0x80] = bytes(0x80)
-            self.mixer[0x83:] = bytes(256 - 0x83)
+        """Mixer register 0x00 (and power-on); 0x80-0x82 stay. The model keeps no volume
+        defaults (the reference gives none): the other registers are plain storage, cleared."""
+        self.mixer[0x00:0x80] = bytes(0x80)
+        self.mixer[0x83:] = bytes(256 - 0x83)
 
     def reset(self) -> None:
         """Machine reset (RESET DRV): the card powers on again."""
@@ -240,11 +212,6 @@ class SoundBlaster16(IsaDevice):
         super().reset()
         self._power_on()
 
-    def plugged(self) -> None:
-        if self.quirks.held_dreq:  # QEMU's SB16 only reads memory (its DMA handler is playback)
-            for channel in (DMA8, DMA16):
-                self.dma_port(channel).direction = Direction.FROM_MEMORY
-
     # --- ports ------------------------------------------------------------------------------
     def io_read(self, port: int, width: int = 8) -> int:
         match port:
@@ -252,12 +219,10 @@ class SoundBlaster16(IsaDevice):
                 return self.mixer[self.mixer_index]
             case Port.DSP_READ:
                 if self.out:
-                    self.last_read = self.out.pop() if self.quirks.lifo_output else self.out.pop(0)
+                    self.last_read = self._next_out()
                 return self.last_read  # empty: the last byte again
             case Port.DSP_WRITE:
                 return 0x00  # bit 7 clear: ready for a command (busy time not modelled)
-            case Port.QEMU_TIMER_CLEAR if self.quirks.profile == "qemu":
-                return 0x00
             case Port.DSP_STATUS:
                 value = 0x80 if self.out else 0x00  # bits 0-6: the guide defines none; 0 here
                 self._ack(STATUS_8BIT)
@@ -287,7 +252,7 @@ class SoundBlaster16(IsaDevice):
         match reg:
             case 0x00:
                 self._reset_mixer()
-            case 0x80 if not self.quirks.fixed_irq:
+            case 0x80:
                 self.mixer[reg] = value
                 self._route_irq()
                 return
@@ -297,8 +262,7 @@ class SoundBlaster16(IsaDevice):
 
     # --- interrupts ---------------------------------------------------------------------------
     def _selected_irq(self) -> int | None:
-        if self.quirks.fixed_irq:
-            return IRQ
+        """The line mixer 0x80 selects (the lowest bit set wins; none set: no line)."""
         sel = self.mixer[MIXER_IRQ]
         return next((irq for bit, irq in IRQ_SELECT.items() if sel & (1 << bit)), None)
 
@@ -324,72 +288,70 @@ class SoundBlaster16(IsaDevice):
         if not self.mixer[MIXER_STATUS] & bit:
             return
         self.mixer[MIXER_STATUS] &= ~bit
-        still = self.mixer[MIXER_STATUS] & (STATUS_8BIT | STATUS_16BIT)
-        if self.irq_lines and (self.quirks.any_ack_lowers or not still):
+        if self.irq_lines and self._ack_lowers():
             self.irq(self._irq_line).lower()
+
+    def _ack_lowers(self) -> bool:
+        """The line stays up while the other interrupt is still pending (they share it)."""
+        return not self.mixer[MIXER_STATUS] & (STATUS_8BIT | STATUS_16BIT)
 
     # --- the DSP ------------------------------------------------------------------------------
     def _dsp_reset(self) -> None:
         """Reset (docs/reference/devices.md §5 '0x226'): transfers stop, 0xAA waits at 0x22A."""
-        qemu_pulse = self.quirks.profile == "qemu" and self.current.auto
         for engine in (self.eng8, self.eng16):
             self._stop(engine)
             engine.auto = False
         self.mixer[MIXER_STATUS] = 0
         if self.irq_lines:
             self.irq(self._irq_line).lower()
-            if qemu_pulse:  # QEMU's reset() pulses the line when auto-init was on
-                self.irq(self._irq_line).pulse()
         self.out = [READY]
         self.pending_cmd, self.args = None, []
         self.speaker = False
         self.block_size = None
-        if self.quirks.profile == "qemu":
-            self.rate = DEFAULT_RATE  # QEMU's legacy_reset; its time constant survives
 
     def _put(self, *data: int) -> None:
         """Bytes for the host to read at 0x22A, in the order the guide gives them."""
-        if self.quirks.lifo_output:
-            self.out.extend(reversed(data))  # QEMU pushes them so that the newest is read first
-        else:
-            self.out.extend(data)
+        self.out.extend(data)
+
+    def _next_out(self) -> int:
+        return self.out.pop(0)
+
+    def _needs(self, cmd: int) -> int:
+        return 3 if 0xB0 <= cmd <= 0xCF else self.arg_counts.get(cmd, 0)
 
     def _dsp_byte(self, value: int) -> None:
         if self.pending_cmd is None:
-            cmd = value
-            need = 3 if 0xB0 <= cmd <= 0xCF else self.quirks.args.get(cmd, 0)
-            if need:
-                self.pending_cmd, self.args = cmd, []
+            if self._needs(value):
+                self.pending_cmd, self.args = value, []
             else:
-                self._command(cmd, [])
+                self._command(value, [])
             return
         self.args.append(value)
         cmd = self.pending_cmd
-        if len(self.args) == (3 if 0xB0 <= cmd <= 0xCF else self.quirks.args.get(cmd, 0)):
+        if len(self.args) == self._needs(cmd):
             self.pending_cmd = None
             self._command(cmd, self.args)
 
     def _command(self, cmd: int, a: list[int]) -> None:
-        q = self.quirks
         if 0xB0 <= cmd <= 0xCF:
             self._generic(cmd, a[0], a[1] | a[2] << 8)
             return
         match cmd:
             case Cmd.DMA8_SINGLE_OUT:
                 self._start8(auto=False, output=True, length=(a[0] | a[1] << 8) + 1)
-            case Cmd.DMA8_SINGLE_IN if q.input_dma:
+            case Cmd.DMA8_SINGLE_IN if self.input_dma:
                 self._start8(auto=False, output=False, length=(a[0] | a[1] << 8) + 1)
             case Cmd.DMA8_AUTO_OUT | Cmd.HIGHSPEED_AUTO_OUT:
                 self._start8(auto=True, output=True, length=None)
             case Cmd.HIGHSPEED_SINGLE_OUT:
                 self._start8(auto=False, output=True, length=None)
-            case Cmd.DMA8_AUTO_IN if q.input_dma:
+            case Cmd.DMA8_AUTO_IN if self.input_dma:
                 self._start8(auto=True, output=False, length=None)
             case Cmd.TIME_CONSTANT:
                 self.time_constant = a[0]
             case Cmd.OUTPUT_RATE | Cmd.INPUT_RATE:
                 self.time_constant = None
-                self.rate = self._clamp(a[0] << 8 | a[1])  # high byte first (devices.md §5)
+                self.rate = self._clamp(a[0] << 8 | a[1])  # high byte first (docs/reference/devices.md §5)
             case Cmd.BLOCK_SIZE:
                 self.block_size = (a[0] | a[1] << 8) + 1
             case Cmd.PAUSE8 | Cmd.PAUSE16:
@@ -402,12 +364,8 @@ class SoundBlaster16(IsaDevice):
                 self.speaker = True
             case Cmd.SPEAKER_OFF:
                 self.speaker = False
-            case Cmd.SPEAKER_STATUS if q.profile == "intel":
-                self._put(0xFF if self.speaker else 0x00)
             case Cmd.IDENTIFY:
-                if q.profile == "qemu":
-                    self.out = []  # QEMU drops what was waiting
-                self._put(~a[0] & 0xFF)
+                self._identify(a[0])
             case Cmd.VERSION:
                 self._put(*VERSION)
             case Cmd.WRITE_TEST:
@@ -415,72 +373,48 @@ class SoundBlaster16(IsaDevice):
             case Cmd.READ_TEST:
                 self._put(self.test_reg)
             case Cmd.FORCE_IRQ8 | Cmd.FORCE_IRQ16:
-                if q.profile == "qemu":
-                    self._put(READY)  # QEMU also queues 0xAA
-                self._interrupt(STATUS_8BIT if cmd == Cmd.FORCE_IRQ8 else STATUS_16BIT)
+                self._force_irq(STATUS_8BIT if cmd == Cmd.FORCE_IRQ8 else STATUS_16BIT)
             case _:
-                log.debug("sb16_command_ignored", command=f"0x{cmd:02X}", args=a)
+                self._other_command(cmd, a)
+
+    def _other_command(self, cmd: int, a: list[int]) -> None:
+        """Commands only one profile knows: D8h speaker status here."""
+        if cmd == Cmd.SPEAKER_STATUS:
+            self._put(0xFF if self.speaker else 0x00)
+        else:
+            log.debug("sb16_command_ignored", command=f"0x{cmd:02X}", args=a)
+
+    def _identify(self, value: int) -> None:
+        self._put(~value & 0xFF)
+
+    def _force_irq(self, bit: int) -> None:
+        self._interrupt(bit)
 
     def _target(self, sixteen: bool) -> Engine:
-        if self.quirks.one_engine:
-            return self.current
+        """The engine D0/D4/DA (8-bit) or D5/D6/D9 (16-bit) act on."""
         return self.eng16 if sixteen else self.eng8
 
     def _clamp(self, rate: int) -> int:
-        return min(max(rate, QEMU_RATE_MIN), QEMU_RATE_MAX) if self.quirks.clamp_rate else rate
+        return rate
 
     # --- starting transfers ----------------------------------------------------------------
     def _start8(self, *, auto: bool, output: bool, length: int | None) -> None:
-        """The 8-bit legacy commands (14h/1Ch/24h/2Ch/90h/91h): mono, unsigned."""
-        e = self.eng8
-        if self.quirks.profile == "qemu":
-            # QEMU's dma_cmd8: stereo from the SB Pro mixer switch (0x0E bit 1); a 40h time
-            # constant sets the rate (rounded); 14h sets the block size, 1Ch uses 48h's
-            stereo = bool(self.mixer[0x0E] & 2)
-            if self.time_constant is not None:
-                tmp = 256 - self.time_constant
-                self.rate = (1_000_000 + tmp // 2) // tmp
-            self.rate = self._clamp(self.rate)
-            if length is not None:
-                self.block_size = length << stereo
-            elif self.block_size is not None and stereo:
-                self.block_size &= ~1
-            self.rate >>= stereo  # QEMU keeps the halved rate
-            ups = self.rate << stereo
-            block = self.block_size
-        else:  # 14h/24h carry their length; 1Ch/2Ch/90h/91h use 48h's block size
-            stereo = False
-            ups = self._intel_units_per_s(stereo)
-            block = length if length is not None else self.block_size
-        self._begin(e, auto=auto, output=output, signed=False, stereo=stereo, block=block, ups=ups)
+        """The 8-bit legacy commands: mono, unsigned; 14h/24h carry their length, 1Ch/2Ch/90h/91h
+        use 48h's block size."""
+        block = length if length is not None else self.block_size
+        self._begin(self.eng8, auto=auto, output=output, signed=False, stereo=False, block=block,
+                    ups=self._units_per_s(stereo=False))
 
     def _generic(self, cmd: int, mode: int, length: int) -> None:
         """Bx (16-bit, DMA 5) / Cx (8-bit, DMA 1): bit 3 input, bit 2 auto-init, bit 1 FIFO; mode
         byte bit 4 signed, bit 5 stereo; length - 1 in units (docs/reference/devices.md §5; Linux
         sends period bytes, halved for 16-bit, minus 1: docs/reference/linux-isa-dma.md §2(b))."""
-        q = self.quirks
-        sixteen = cmd < 0xC0
-        e = self.eng16 if sixteen else self.eng8
-        output, auto = not cmd & 0x08, bool(cmd & 0x04)
-        signed, stereo = bool(mode & 0x10), bool(mode & 0x20)
-        if q.profile == "qemu":
-            if not output:
-                log.debug("sb16_adc_not_supported", command=f"0x{cmd:02X}")  # QEMU logs and does nothing
-                return
-            if self.time_constant is not None:
-                tmp = 256 - self.time_constant
-                self.rate = (1_000_000 + tmp // 2) // tmp
-                self.time_constant = None
-            block = length + 1
-            if not auto:
-                block <<= stereo  # QEMU doubles a stereo single-cycle length
-            ups = self.rate << stereo
-        else:
-            block = length + 1
-            ups = self._intel_units_per_s(stereo)
-        self._begin(e, auto=auto, output=output, signed=signed, stereo=stereo, block=block, ups=ups)
+        e = self.eng16 if cmd < 0xC0 else self.eng8
+        stereo = bool(mode & 0x20)
+        self._begin(e, auto=bool(cmd & 0x04), output=not cmd & 0x08, signed=bool(mode & 0x10), stereo=stereo,
+                    block=length + 1, ups=self._units_per_s(stereo=stereo))
 
-    def _intel_units_per_s(self, stereo: bool) -> int:
+    def _units_per_s(self, *, stereo: bool) -> int:
         """A 40h time constant is the transfer period in us (256 - 10^6 / (channels x rate));
         41h/42h give samples per second per channel."""
         if self.time_constant is not None:
@@ -489,57 +423,32 @@ class SoundBlaster16(IsaDevice):
 
     def _begin(self, e: Engine, *, auto: bool, output: bool, signed: bool, stereo: bool,
                block: int | None, ups: int) -> None:
-        if self.quirks.one_engine:
-            other = self.eng16 if e is self.eng8 else self.eng8
-            self._stop(other)
-            self.current = e
         self._stop(e)
+        self.current = e
         e.auto, e.output, e.signed, e.stereo = auto, output, signed, stereo
         e.block = block or 0
         e.left = e.block
         e.units_per_s = max(1, ups)
         e.running, e.paused = True, False
-        if self.quirks.profile == "qemu":
-            self.speaker = True  # QEMU switches the speaker on with every transfer
         if not e.block:
             log.warning("sb16_no_block_size", channel=e.channel, note="1Ch/90h/91h before 48h: nothing moves")
         self._pace(e)
 
-    # --- pacing --------------------------------------------------------------------------------
+    # --- pacing: one request per unit at the sample rate -------------------------------------
     def _pace(self, e: Engine) -> None:
         """(Re)start the clock of a running, unpaused engine from now."""
         e.t0_ns, e.paced, e.credit = self.now_ns, 0, 0
-        if self.quirks.held_dreq:
-            self.dma_port(e.channel).dreq = True  # QEMU's hold_DREQ for the whole transfer
-            e.timer = self.after(QEMU_AUDIO_PERIOD_NS, partial(self._audio_tick, e), name="sb16 audio")
-        else:
-            self._request(e, self.now_ns)
-
-    def _due(self, e: Engine, when: int) -> int:
-        """Units the audio clock has reached at ``when`` since the engine's t0."""
-        return (when - e.t0_ns) * e.units_per_s // 1_000_000_000
+        self._request(e, self.now_ns)
 
     def _next_ns(self, e: Engine, k: int) -> int:
         """When unit ``k`` since t0 is due (the first at t0): ceil(k / rate)."""
         return e.t0_ns + -(-k * 1_000_000_000 // e.units_per_s)
 
     def _request(self, e: Engine, when: int) -> None:
-        """intel: one DREQ per unit at the sample rate (the timer that raised it has fired)."""
+        """The sample clock ticked: request the next unit."""
         e.timer = None
         if e.running and not e.paused and e.block:
             self.dma_port(e.channel).dreq = True
-
-    def _audio_tick(self, e: Engine, when: int) -> None:
-        """qemu: the audio timer freed room for the units played since the last tick."""
-        e.timer = None
-        if not (e.running and not e.paused):
-            return
-        due = self._due(e, when)
-        e.credit += due - e.paced
-        e.paced = due
-        e.timer = self.at(when + QEMU_AUDIO_PERIOD_NS, partial(self._audio_tick, e), name="sb16 audio")
-        if e.credit > 0:
-            self.dma_port(e.channel).wake()
 
     def _stop(self, e: Engine) -> None:
         e.running = e.paused = False
@@ -567,20 +476,6 @@ class SoundBlaster16(IsaDevice):
     def _engine(self, channel: int) -> Engine:
         return self.eng16 if channel == DMA16 else self.eng8
 
-    def dma_ready(self, channel: int) -> bool:
-        e = self._engine(channel)
-        return not self.quirks.held_dreq or (e.running and not e.paused and e.block > 0 and e.credit > 0)
-
-    def dma_wraps_at_length(self, channel: int) -> bool:
-        return self.quirks.wraps_channel
-
-    def dma_burst_units(self, channel: int, width: int, limit: int) -> int:
-        if not self.quirks.held_dreq:
-            return 1  # one request per sample
-        e = self._engine(channel)
-        n = min(limit, max(0, e.credit))
-        return min(n, e.left) if not e.auto else n  # single-cycle stops at the block's end
-
     def dma_accept(self, channel: int, value: int, width: int) -> None:
         self._unit(self._engine(channel))
 
@@ -590,34 +485,192 @@ class SoundBlaster16(IsaDevice):
         return e.silence
 
     def _unit(self, e: Engine) -> None:
-        """One DACK cycle: the DSP's length counter counts it."""
+        """One DACK cycle: the DSP's length counter counts it, then the next request is timed."""
+        if not self._count_unit(e):
+            return
+        self.dma_port(e.channel).dreq = False  # one transfer per request
+        e.paced += 1
+        self.cancel(e.timer)  # a unit without a request (block mode) must not add a second clock
+        e.timer = self.at(max(self.now_ns, self._next_ns(e, e.paced)), partial(self._request, e), name="sb16 sample")
+
+    def _count_unit(self, e: Engine) -> bool:
+        """Count one unit against the block; False when the engine stopped (or was not running)."""
         if not e.running or e.paused or not e.block:
             e.overruns += 1
-            return
+            return False
         e.moved += 1
         e.left -= 1
-        if self.quirks.held_dreq:
-            e.credit -= 1
-        else:
-            self.dma_port(e.channel).dreq = False
-            e.paced += 1
         if e.left <= 0:
             e.blocks += 1
             self._interrupt(e.status_bit)
             if not e.auto:
                 self._stop(e)
-                return
+                return False
             while e.left <= 0:
                 e.left += e.block
-        if not self.quirks.held_dreq:
-            self.cancel(e.timer)  # a unit without a request (block mode) must not add a second clock
-            when = max(self.now_ns, self._next_ns(e, e.paced))
-            e.timer = self.at(when, partial(self._request, e), name="sb16 sample")
+        return True
 
 
-def sb16_for(profile: str) -> SoundBlaster16:
+class QemuSoundBlaster16(SoundBlaster16):
+    """QEMU 7.2's ``-device sb16`` (profile ``qemu``), where it differs from the guide's card
+    (docs/reference/qemu-qtest.md §7; read in QEMU's ``hw/audio/sb16.c``)."""
+
+    profile = "qemu"
+    #: QEMU also takes argument bytes for commands it does not model (CSP 04/05/0E/0F, 10h, ADPCM
+    #: 74-77, silence 80h, F9h), so the byte stream stays aligned with QEMU's; 24h is unknown to it
+    arg_counts = QEMU_ARGS
+    irq_choices = (IRQ,)  #: the line is chosen when QEMU builds the card; 0x80 writes do not move it
+    status_at_power_on = 0x40  #: QEMU's realize sets 2 << 5; the first DSP reset clears it
+    input_dma = False  #: QEMU logs "ADC not yet supported" and starts nothing
+
+    def plugged(self) -> None:
+        for channel in (DMA8, DMA16):  # QEMU's handler only reads memory (playback)
+            self.dma_port(channel).direction = Direction.FROM_MEMORY
+
+    def _reset_mixer(self) -> None:
+        """The values QEMU's mixer reset leaves: 0xFF but for a few volumes; 0x7F-0x82 untouched."""
+        keep = self.mixer[0x7F:0x83]
+        self.mixer[:] = b"\xff" * 256
+        self.mixer[0x7F:0x83] = keep
+        for reg, value in ((0x02, 4), (0x06, 4), (0x08, 0), (0x0A, 0), (0x0C, 0), (0x0E, 0),
+                           (0x04, 0x88), (0x22, 0x88), (0x26, 0x88)):
+            self.mixer[reg] = value
+        self.mixer[0x30:0x48] = b"\x20" * 0x18
+
+    def io_read(self, port: int, width: int = 8) -> int:
+        if port == Port.QEMU_TIMER_CLEAR:
+            return 0x00  # QEMU answers its "timer interrupt clear" offset with 0
+        return super().io_read(port, width)
+
+    def _mixer_write(self, reg: int, value: int) -> None:
+        if reg == MIXER_IRQ:
+            self.mixer[reg] = value  # stored, read back; QEMU keeps raising the line it was built with
+            return
+        super()._mixer_write(reg, value)
+
+    def _selected_irq(self) -> int | None:
+        return IRQ
+
+    def _ack_lowers(self) -> bool:
+        return True  # QEMU lowers the line on either acknowledge
+
+    def _dsp_reset(self) -> None:
+        """QEMU's reset also pulses the line when auto-init was on, and sets the rate to 11025 Hz
+        (its time constant survives)."""
+        pulse = self.current.auto
+        super()._dsp_reset()
+        if pulse:
+            self.irq(self._irq_line).pulse()
+        self.rate = DEFAULT_RATE
+
+    def _put(self, *data: int) -> None:
+        self.out.extend(reversed(data))  # QEMU's buffer is a stack: pushed so the first is on top
+
+    def _next_out(self) -> int:
+        return self.out.pop()
+
+    def _other_command(self, cmd: int, a: list[int]) -> None:
+        log.debug("sb16_command_ignored", command=f"0x{cmd:02X}", args=a)  # no D8h in QEMU
+
+    def _identify(self, value: int) -> None:
+        self.out = []  # QEMU drops what was waiting
+        super()._identify(value)
+
+    def _force_irq(self, bit: int) -> None:
+        self._put(READY)  # QEMU also queues 0xAA
+        super()._force_irq(bit)
+
+    def _target(self, sixteen: bool) -> Engine:
+        return self.current  # one set of state: D0/D5, D4/D6, DA/D9 act on the running transfer
+
+    def _clamp(self, rate: int) -> int:
+        return min(max(rate, QEMU_RATE_MIN), QEMU_RATE_MAX)
+
+    def _qemu_rate_from_time_constant(self) -> None:
+        if self.time_constant is not None:
+            tmp = 256 - self.time_constant
+            self.rate = (1_000_000 + tmp // 2) // tmp  # rounded, as QEMU computes it
+
+    def _start8(self, *, auto: bool, output: bool, length: int | None) -> None:
+        """QEMU's 8-bit path: stereo from the SB Pro mixer switch (0x0E bit 1), the rate halved
+        for stereo and kept so; 14h's length (doubled for stereo) becomes the block size that
+        1Ch and 90h/91h use."""
+        stereo = bool(self.mixer[0x0E] & 2)
+        self._qemu_rate_from_time_constant()
+        self.rate = self._clamp(self.rate) >> stereo
+        if length is not None:
+            self.block_size = length << stereo
+        elif self.block_size is not None and stereo:
+            self.block_size &= ~1
+        self._begin(self.eng8, auto=auto, output=output, signed=False, stereo=stereo, block=self.block_size,
+                    ups=self.rate << stereo)
+
+    def _generic(self, cmd: int, mode: int, length: int) -> None:
+        """QEMU's Bx/Cx: playback only; a time constant, if set, gives the rate and is spent; a
+        stereo single-cycle length is doubled."""
+        if cmd & 0x08:
+            log.debug("sb16_adc_not_supported", command=f"0x{cmd:02X}")
+            return
+        self._qemu_rate_from_time_constant()
+        self.time_constant = None
+        auto, stereo = bool(cmd & 0x04), bool(mode & 0x20)
+        block = (length + 1) << (stereo and not auto)
+        e = self.eng16 if cmd < 0xC0 else self.eng8
+        self._begin(e, auto=auto, output=True, signed=bool(mode & 0x10), stereo=stereo, block=block,
+                    ups=self.rate << stereo)
+
+    def _begin(self, e: Engine, *, auto: bool, output: bool, signed: bool, stereo: bool,
+               block: int | None, ups: int) -> None:
+        self._stop(self.eng16 if e is self.eng8 else self.eng8)  # one transfer at a time
+        self.speaker = True  # QEMU switches the speaker on with every transfer
+        super()._begin(e, auto=auto, output=output, signed=signed, stereo=stereo, block=block, ups=ups)
+
+    # --- pacing: DREQ held, data in audio-timer chunks -------------------------------------------
+    def _pace(self, e: Engine) -> None:
+        """QEMU holds DREQ for the whole transfer; nothing moves before the first audio tick."""
+        e.t0_ns, e.paced, e.credit = self.now_ns, 0, 0
+        self.dma_port(e.channel).dreq = True
+        e.timer = self.after(QEMU_AUDIO_PERIOD_NS, partial(self._audio_tick, e), name="sb16 audio")
+
+    def _audio_tick(self, e: Engine, when: int) -> None:
+        """The audio timer freed room for the units played since the last tick."""
+        e.timer = None
+        if not e.running or e.paused:
+            return
+        due = (when - e.t0_ns) * e.units_per_s // 1_000_000_000
+        e.credit += due - e.paced
+        e.paced = due
+        e.timer = self.at(when + QEMU_AUDIO_PERIOD_NS, partial(self._audio_tick, e), name="sb16 audio")
+        if e.credit > 0:
+            self.dma_port(e.channel).wake()
+
+    def dma_ready(self, channel: int) -> bool:
+        e = self._engine(channel)
+        return e.running and not e.paused and e.block > 0 and e.credit > 0
+
+    def dma_wraps_at_length(self, channel: int) -> bool:
+        return True  # the handler returns its position modulo the channel length
+
+    def dma_burst_units(self, channel: int, width: int, limit: int) -> int:
+        e = self._engine(channel)
+        n = min(limit, max(0, e.credit))
+        return n if e.auto else min(n, e.left)  # single-cycle stops at the block's end
+
+    def _unit(self, e: Engine) -> None:
+        if self._count_unit(e):
+            e.credit -= 1
+
+
+#: the card of each simulator profile, by name
+CARDS: dict[str, type[SoundBlaster16]] = {cls.profile: cls for cls in (SoundBlaster16, QemuSoundBlaster16)}
+
+
+def card_for(profile: str) -> SoundBlaster16:
     """The card of a simulator profile (``intel`` or ``qemu``)."""
-    return SoundBlaster16(profile)
+    cls = CARDS.get(profile)
+    if cls is None:
+        raise DeviceError(f"sb16: unknown profile {profile!r}; profiles: {', '.join(CARDS)}")
+    return cls()
 
 
-__all__ = ["QUIRKS", "Engine", "Quirks", "SoundBlaster16", "sb16_for"]
+__all__ = ["CARDS", "Engine", "QemuSoundBlaster16", "SoundBlaster16", "card_for"]
