@@ -37,7 +37,7 @@ def card(profile: str) -> tuple[Machine, SoundBlaster16]:
 
 
 def dsp(m: Machine, *data: int) -> None:
-    """Command/data bytes to 0x22C, each after the write status says ready (devices.md §5)."""
+    """Command/data bytes to 0x22C, each after the write status says ready (docs/reference/devices.md §5)."""
     for b in data:
         assert m.io_read(WRITE) & 0x80 == 0
         m.io_write(WRITE, b)
@@ -78,7 +78,7 @@ def profile(request) -> str:
     return request.param
 
 
-# --- both profiles: the register subset of devices.md §5 ------------------------------------------
+# --- both profiles: the register subset of docs/reference/devices.md §5 -----------------
 
 
 def test_reset_leaves_0xaa_and_version_is_4_05(profile):
@@ -106,7 +106,7 @@ def test_mixer_setup_registers_at_reset(profile):
 
 def test_forced_interrupts_and_their_acknowledge_ports(profile):
     """F2/F3 set 0x82 bit 0 / bit 1 and raise IRQ 5; reading 0x22E acknowledges only the 8-bit
-    one, 0x22F only the 16-bit one (devices.md §5)."""
+    one, 0x22F only the 16-bit one (docs/reference/devices.md §5)."""
     m, _ = card(profile)
     dsp_reset(m)
     m.io_read(READ)
@@ -126,7 +126,7 @@ def test_forced_interrupts_and_their_acknowledge_ports(profile):
 
 def test_single_cycle_count_falls_at_the_sample_rate_then_one_irq(profile):
     """8 kHz (time constant 0x83), 2000 bytes: ~80 bytes per 10 ms of virtual time; the block ends
-    after 250 ms with one IRQ 5 and DREQ dropped (devices.md §5 'Behaviour')."""
+    after 250 ms with one IRQ 5 and DREQ dropped (docs/reference/devices.md §5 'Behaviour')."""
     m, sb = card(profile)
     dsp_reset(m)
     m.io_read(READ)
@@ -150,7 +150,7 @@ def test_single_cycle_count_falls_at_the_sample_rate_then_one_irq(profile):
 
 def test_auto_init_interrupts_per_block_and_exit_after_the_block(profile):
     """48h block 500 bytes in a 2000-byte ring at 8 kHz: one IRQ per 62.5 ms; DAh ends auto-init
-    after the current block (devices.md §5)."""
+    after the current block (docs/reference/devices.md §5)."""
     m, sb = card(profile)
     dsp_reset(m)
     m.io_read(READ)
@@ -227,7 +227,7 @@ def test_machine_reset_powers_the_card_on_again(profile):
     assert not sb.eng8.running and not sb.dma_port(1).dreq and m.timers.next_ns() is None
 
 
-# --- the AT profile only (devices.md §5) ----------------------------------------------------------
+# --- the AT profile only (docs/reference/devices.md §5) ---------------------------------------
 
 
 def test_intel_mixer_0x80_moves_the_interrupt_line():
@@ -249,7 +249,7 @@ def test_intel_mixer_0x80_moves_the_interrupt_line():
 
 def test_intel_dsp_length_ends_the_block_not_the_8237_tc():
     """One 2000-byte auto-init 8237 ring, 48h block 1000: the DSP interrupts every 1000 bytes, the
-    8237 reaches TC (and reloads, docs/reference/8237.md §3.2) every 2000 (devices.md §5 'Behaviour')."""
+    8237 reaches TC (and reloads, docs/reference/8237.md §3.2) every 2000 (docs/reference/devices.md §5 'Behaviour')."""
     m, sb = card("intel")
     program_ch1(m, 2000, mode=0x59)
     dsp(m, 0x41, 0x2B, 0x11, 0x48, 0xE7, 0x03, 0x1C)  # 11025 Hz
