@@ -10,7 +10,8 @@ Every example in configs/scripts/ that can run on both (its capabilities are met
   must be needed.
 
 The QEMU-device examples (qemu-*.toml with requires = ["fdc"] / ["sb16"]) are refused on the
-simulator with a capability error, and the examples that need the simulator's devices are refused
+simulator with a capability error (the qemu-sb16-* ones run on it with sb16=1:
+tests/test_sim_sb16_examples.py), and the examples that need the simulator's devices are refused
 on qemu:. Their runs on QEMU are in tests/test_qemu_devices.py.
 """
 
@@ -59,6 +60,9 @@ EXAMPLES = sorted(p.name for p in SCRIPTS.glob("*.toml"))
 BOTH = [n for n in EXAMPLES if n != FAILING and runs_on(n, "sim") and runs_on(n, QEMU_URL)]
 QEMU_ONLY = [n for n in EXAMPLES if not runs_on(n, "sim") and runs_on(n, QEMU_URL)]
 SIM_ONLY = [n for n in EXAMPLES if runs_on(n, "sim") and not runs_on(n, QEMU_URL)]
+#: QEMU-device examples the simulator runs with its Sound Blaster 16 (tests/test_sim_sb16_examples.py)
+SB16_URLS = {"intel": "sim:?sb16=1", "simqemu": "sim:?profile=qemu&sb16=1", "qemu": "qemu:?sb16=1"}
+SB16_EXAMPLES = [n for n in QEMU_ONLY if runs_on(n, SB16_URLS["intel"])]
 
 
 @functools.cache
@@ -67,14 +71,14 @@ def run(name: str, which: str) -> RunResult:
 
     async def go() -> RunResult:
         script = load_script(SCRIPTS / name)
-        async with open_backend(URLS[which]) as be:
+        async with open_backend(URLS.get(which, which)) as be:  # a label of URLS, or a URL
             return await run_script(script, be)
 
     return asyncio.run(go())
 
 
 def diff(names: list[str], a: str, b: str, deviations: list | None) -> DiffReport:
-    report = DiffReport(backends=[URLS[a], URLS[b]])
+    report = DiffReport(backends=[URLS.get(a, a), URLS.get(b, b)])
     for name in names:
         compare([run(name, a), run(name, b)], deviations, report)
     return report
@@ -160,12 +164,14 @@ SIM_RUNNABLE = [n for n in EXAMPLES if n != FAILING and runs_on(n, "sim")]
 
 def intel_vs_qemu(deviations: list | None) -> DiffReport:
     """The whole intel-vs-QEMU picture: sim vs qemu: for the examples both run, and sim vs
-    sim:?profile=qemu for every example the simulator runs."""
+    sim:?profile=qemu for every example the simulator runs, and sim:?sb16=1 vs qemu:?sb16=1 for
+    the Sound Blaster 16 examples."""
     report = diff(BOTH, "intel", "qemu", deviations)
-    other = diff(SIM_RUNNABLE, "intel", "simqemu", deviations)
-    report.divergences += other.divergences
-    report.errors += other.errors
-    report.compared += other.compared
+    for other in (diff(SIM_RUNNABLE, "intel", "simqemu", deviations),
+                  diff(SB16_EXAMPLES, SB16_URLS["intel"], SB16_URLS["qemu"], deviations)):
+        report.divergences += other.divergences
+        report.errors += other.errors
+        report.compared += other.compared
     return report
 
 

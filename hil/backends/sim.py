@@ -4,7 +4,9 @@ URL options: ``profile`` (``intel``, the default datasheet/chipset behaviour, or
 QEMU 7.2's i8257), ``mem`` (physical memory size: ``16M``, ``640K``, ``0x100000``), ``strict``
 (``1``: accessing a port nothing decodes raises instead of floating), ``post`` (``bios``: channel
 4 set to cascade and unmasked at reset, as an AT BIOS leaves it; ``none``: raw reset state; the
-default is ``bios`` for ``intel`` and ``none`` for ``qemu``, matching QEMU under a halt firmware).
+default is ``bios`` for ``intel`` and ``none`` for ``qemu``, matching QEMU under a halt firmware),
+``sb16`` (``1``: plug a Sound Blaster 16 at 0x220 on DMA 1 and 5, IRQ 5, modelled per the profile:
+:mod:`hil.sim.sb16`; capability ``sb16``).
 """
 
 from __future__ import annotations
@@ -46,12 +48,14 @@ from hil.ops import (
 from hil.ports import CASCADE_CHANNEL
 from hil.sim.devices import Device, Sink, Source
 from hil.sim.machine import PROFILES, Timing, machine_for
+from hil.sim.sb16 import card_for
 
 OPTIONS = {
     "profile": "intel|qemu",
     "mem": "memory size such as 16M, 640K or 0x100000",
     "strict": "0|1, raise on undecoded ports",
     "post": "bios|none, BIOS channel-4 set-up at reset",
+    "sb16": "0|1, plug a Sound Blaster 16 (220h, DMA 1/5, IRQ 5)",
 }
 PROFILE_ALIASES = {"intel": "intel", "default": "intel", "datasheet": "intel", "qemu": "qemu"}
 MIN_MEM, MAX_MEM = 1 << 16, 1 << 30
@@ -85,7 +89,8 @@ def from_url(url: BackendURL) -> SimBackend:
             raise BackendOptionError(url.raw, f"option post={opts['post']!r}: expected bios or none")
         post = opts["post"] == "bios"
     strict = url.flag("strict")
-    return SimBackend(url.raw, profile=PROFILE_ALIASES[name], mem_size=mem, strict=strict, post=post)
+    sb16 = url.flag("sb16")
+    return SimBackend(url.raw, profile=PROFILE_ALIASES[name], mem_size=mem, strict=strict, post=post, sb16=sb16)
 
 
 class SimBackend(Backend):
@@ -103,19 +108,25 @@ class SimBackend(Backend):
         strict: bool = False,
         post: bool | None = None,
         timing: Timing | None = None,
+        sb16: bool = False,
     ) -> None:
         super().__init__(url)
         self.machine = machine_for(profile, mem_size=mem_size, strict=strict, post=post, timing=timing)
+        self.sb16 = self.machine.plug(card_for(self.machine.profile)) if sb16 else None
 
     @property
     def capabilities(self) -> Capabilities:
         m = self.machine
+        features = {Capability.VIRTUAL_TIME, Capability.DEVICES, Capability.DREQ}
+        if self.sb16 is not None:
+            features.add(Capability.SB16)
         return Capabilities(
             backend="sim",
-            identity=f"sim profile={m.profile} mem={len(m.memory) >> 10}KiB{' strict' if m.strict else ''}",
-            features=frozenset({Capability.VIRTUAL_TIME, Capability.DEVICES, Capability.DREQ}),
+            identity=f"sim profile={m.profile} mem={len(m.memory) >> 10}KiB{' strict' if m.strict else ''}"
+                     f"{' sb16' if self.sb16 is not None else ''}",
+            features=frozenset(features),
             memory_window=(0, len(m.memory)),
-            details={"profile": m.profile, "virtual_ns": m.now_ns},
+            details={"profile": m.profile, "virtual_ns": m.now_ns, **({"sb16": True} if self.sb16 is not None else {})},
         )
 
     async def execute(self, ops: Sequence[Op]) -> list[Result]:

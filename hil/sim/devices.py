@@ -92,6 +92,25 @@ class Device:
         """
         return 1 if self._dreq else 0
 
+    # --- QEMU's transfer handlers (used by the qemu profile's machine only) -----------------
+    def ready(self, channel: int) -> bool:
+        """Would the device move data if granted now? QEMU's DMA engine calls a device's
+        transfer handler while its request is held, and the handler may move nothing (the
+        SB16 waits for its audio timer: docs/reference/qemu-qtest.md §7, §8.1); such a channel
+        is not serviced until the device calls :meth:`wake`. Default: always."""
+        return True
+
+    def wraps_at_length(self, channel: int) -> bool:
+        """Does the device's transfer handler return its position modulo the channel's length?
+        QEMU's SB16 does, so its channel restarts at the base values and never shows TC
+        (docs/reference/qemu-qtest.md §7). Default: no, the channel reaches TC."""
+        return False
+
+    def wake(self) -> None:
+        """Tell the machine that :meth:`ready` may have changed (DREQ changes tell it anyway)."""
+        if self._listener is not None:
+            self._listener()
+
     def master_cycles(self, channel: int, memory: bytearray, budget_ns: int) -> int:
         """DACK on a cascade-mode channel: the device is bus master and runs its own cycles.
 

@@ -512,6 +512,11 @@ class QemuI8257(Controller):
     def terminal_count(self, local: int) -> None:
         self.tc |= 1 << local  # "transfer done": no request clear, no mask, no reload
 
+    def rewind(self, local: int) -> None:
+        """A device's handler returned position 0 at the end of the channel (QEMU's SB16 counts
+        modulo the length): the registers read their base values again (docs/reference/qemu-qtest.md §7)."""
+        self.channels[local].pos = 0
+
     def current(self, local: int) -> tuple[int, int]:
         return self._current(local, 0) >> self.dshift & 0xFFFF, self._current(local, 1) >> self.dshift & 0xFFFF
 

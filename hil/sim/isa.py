@@ -136,6 +136,12 @@ class DmaPort(Device):
     def burst_units(self, channel: int, width: int, limit: int) -> int:
         return self.owner.dma_burst_units(channel, width, limit) if self.dreq else 0
 
+    def ready(self, channel: int) -> bool:
+        return self.owner.dma_ready(channel)
+
+    def wraps_at_length(self, channel: int) -> bool:
+        return self.owner.dma_wraps_at_length(channel)
+
     def __repr__(self) -> str:
         return f"DmaPort({self.owner.name}, ch{self.channel}, dreq={self.dreq})"
 
@@ -234,6 +240,15 @@ class IsaDevice:
         """How many of the next ``limit`` units move while DREQ stays up (see
         :meth:`hil.sim.devices.Device.burst_units`). Default 1: DREQ is re-checked every unit."""
         return 1
+
+    def dma_ready(self, channel: int) -> bool:
+        """QEMU profile: would the device move data now (see :meth:`hil.sim.devices.Device.ready`)?"""
+        return True
+
+    def dma_wraps_at_length(self, channel: int) -> bool:
+        """QEMU profile: position modulo the channel length, no TC (see
+        :meth:`hil.sim.devices.Device.wraps_at_length`)."""
+        return False
 
     # --- services -------------------------------------------------------------------------
     def _machine(self) -> Host:

@@ -838,7 +838,8 @@ class QemuMachine(Machine):
         out = []
         for ctl, first in ((self.dma1, 0), (self.dma2, 4)):
             dreq = self._dreq_bits(first)
-            out += [first + c for c in range(4) if first + c in self.devices and ctl.wants_service(c, dreq)]
+            out += [first + c for c in range(4)
+                    if first + c in self.devices and ctl.wants_service(c, dreq) and self.devices[first + c].ready(first + c)]
         return out
 
     def _grant(
@@ -846,7 +847,8 @@ class QemuMachine(Machine):
     ) -> tuple[int, bool]:
         """No modes: QEMU's device handler moves as much as it likes while its request stays set
         (no bus arbitration either: docs/reference/qemu-qtest.md §8 'modes single / block / demand /
-        cascade')."""
+        cascade'). A handler that returns its position modulo the length (the SB16,
+        docs/reference/qemu-qtest.md §7) restarts the channel at its base instead of reaching TC."""
         left = ctl.units_to_tc(channel & 3)
         if device is not None and device.dreq:
             units = max(1, device.burst_units(channel, width, left))
@@ -854,7 +856,11 @@ class QemuMachine(Machine):
             units = left
         t = self.timing
         cost = t.acquire_clocks * t.clock_ns + units * self._unit_ns(ctl)
-        return cost, self._move(ctl, channel, device, units, width)
+        tc = self._move(ctl, channel, device, units, width)
+        if tc and device is not None and device.wraps_at_length(channel) and isinstance(ctl, QemuI8257):
+            ctl.rewind(channel & 3)  # the handler returned position 0: base values again, no TC
+            tc = False
+        return cost, tc
 
     def _dack_seen(self, ctl: Controller) -> bool:
         return True  # no DACK sense: the command register is never consulted
