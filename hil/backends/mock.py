@@ -2,10 +2,11 @@
 
 In the manner of httpx's ``MockTransport``: the handler gets each op of a program in order and
 returns its result (an int for ``In``/``Poll``, bytes for ``MemRead``, a ``DeviceState`` for
-``DevState``, None for the rest) or raises, which is how a test makes a fault at exactly one
-op without a simulator. The handler sees ops, not whole programs, so that a reply is written
-for one op and the mock, not every handler, assembles the program's result list and checks it
-(a handler that returns a wrong kind of result is named with the op it answered). Programs
+``DevState``, an ``IrqLines`` for ``IrqState``/``WaitIrq``, None for the rest) or raises, which
+is how a test makes a fault at exactly one op without a simulator. The handler sees ops, not
+whole programs, so that a reply is written for one op and the mock, not every handler,
+assembles the program's result list and checks it (a handler that returns a wrong kind of
+result is named with the op it answered). Programs
 stay visible as programs: :attr:`MockBackend.programs` keeps each one ``execute`` ran.
 
 Everything else is the common interface: the mock opens and closes like any backend, and its
@@ -30,6 +31,8 @@ from hil.ops import (
     DeviceState,
     DevState,
     In,
+    IrqLines,
+    IrqState,
     MemFill,
     MemRead,
     MemWrite,
@@ -37,6 +40,8 @@ from hil.ops import (
     Poll,
     Result,
     Settle,
+    WaitIrq,
+    is_reading,
 )
 
 #: what a handler returns for one op: its result, or None for an op that reads nothing
@@ -67,6 +72,7 @@ class MockBackend(Backend):
         self.features = features
         self.identity = identity
         self.programs: list[tuple[Op, ...]] = []  #: every program execute() ran, in order
+        self._irq = IrqLines()  #: the last IrqLines the handler answered (irq_level/irq_count with ``irq``)
 
     @property
     def capabilities(self) -> Capabilities:
@@ -94,11 +100,16 @@ class MockBackend(Backend):
         results: list[Result] = []
         for op in ops:
             result = self.handler(op)
-            if isinstance(op, (In, Poll, MemRead, DevState)):
-                results.append(_checked(op, result))
+            if is_reading(op):
+                results.append(checked := _checked(op, result))
+                if isinstance(checked, IrqLines):
+                    self._irq = checked
             elif result is not None:
                 raise BackendError(f"mock handler returned {result!r} for {op!r}, which reads nothing")
         return results
+
+    def _irq_lines(self) -> IrqLines:
+        return self._irq
 
     async def _settle(self, timeout_s: float | None) -> None:
         """Only reached when ``ops`` leaves out Settle: the handler still sees it, as an op."""
@@ -116,6 +127,9 @@ def _checked(op: Op, result: Result | None) -> Result:
                 return result
         case DevState():
             if isinstance(result, DeviceState):
+                return result
+        case IrqState() | WaitIrq():
+            if isinstance(result, IrqLines):
                 return result
     raise BackendError(f"mock handler returned {result!r} for {op!r}")
 

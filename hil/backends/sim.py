@@ -23,6 +23,7 @@ from hil.errors import (
 )
 from hil.ops import (
     ALL_OPS,
+    IRQ_LINES,
     Delay,
     DevAppend,
     DevAttach,
@@ -30,6 +31,8 @@ from hil.ops import (
     DeviceState,
     DevState,
     In,
+    IrqLines,
+    IrqState,
     MemFill,
     MemRead,
     MemWrite,
@@ -39,6 +42,7 @@ from hil.ops import (
     PowerReset,
     Result,
     Settle,
+    WaitIrq,
     device_use,
     memory_access,
     port_access,
@@ -113,7 +117,7 @@ class SimBackend(Backend):
         return Capabilities(
             backend="sim",
             identity=f"sim profile={m.profile} mem={len(m.memory) >> 10}KiB{' strict' if m.strict else ''}",
-            features=frozenset({Capability.VIRTUAL_TIME, Capability.DEVICES, Capability.DREQ}),
+            features=frozenset({Capability.VIRTUAL_TIME, Capability.DEVICES, Capability.DREQ, Capability.IRQ}),
             memory_window=(0, len(m.memory)),
             details={"profile": m.profile, "virtual_ns": m.now_ns},
         )
@@ -191,7 +195,19 @@ class SimBackend(Backend):
                     results.append(device_state(self._device(op.channel), op.max_bytes))
                 case PowerReset():
                     m.reset(post=False)
+                case IrqState():
+                    results.append(self._irq_lines())
+                case WaitIrq():
+                    m.wait_irq(op.line, op.level, round(op.timeout_us * 1000))
+                    results.append(self._irq_lines())
         return results
+
+    def _irq_lines(self) -> IrqLines:
+        """The machine's lines now: virtual time moves only inside programs, so between them
+        this is the state at the end of the last one. Line 2 reads IRQ 9 (docs/reference/8259.md §1)."""
+        m = self.machine
+        levels = sum(1 << n for n in range(IRQ_LINES) if m.irq_level(n))
+        return IrqLines(levels, tuple(m.irq_count(n) for n in range(IRQ_LINES)))
 
     def _device(self, channel: int) -> Device:
         device = self.machine.devices.get(channel)
