@@ -19,7 +19,18 @@ from typing import Any
 from hil.errors import (
     DeviationFileError as DeviationFileError,  # defined there; importable from here as before
     )
-from hil.journal import DeviceObs, ErrorObs, InObs, Observation, ReadObs, ResidueObs, RunResult, WaitTcObs
+from hil.journal import (
+    DeviceObs,
+    ErrorObs,
+    InObs,
+    IrqObs,
+    Observation,
+    ReadObs,
+    ResidueObs,
+    RunResult,
+    WaitIrqObs,
+    WaitTcObs,
+)
 from hil.ports import PortRole, Reg, decode_port, port_names
 from hil.script.model import escape_controls
 
@@ -206,6 +217,8 @@ def _what(o: Observation) -> str:
             return f"read 0x{addr:X}+{o.length}"
         case DeviceObs():
             return f"device on channel {o.channel} at end of run"
+        case IrqObs():
+            return f"{o.op} IRQ {o.irq}"
     return o.op
 
 
@@ -221,6 +234,8 @@ def _show(o: Observation | None) -> str:
             return d
         case WaitTcObs():
             return f"tc={'yes' if o.tc else 'no'} residue={o.value}"
+        case IrqObs():
+            return o.shown()
         case InObs(value=int(v)):
             return f"0x{v:0{4 if o.width == 16 else 2}X}"
         case ResidueObs(value=int(v)) | DeviceObs(value=int(v)):
@@ -247,6 +262,14 @@ def _meaning(o: Observation, a: Observation, b: Observation, la: str, lb: str, m
                 on, off = (la, lb) if a.tc else (lb, la)
                 return f"channel {o.channel} reached terminal count on {on}, not on {off}"
             return f"channel {o.channel} residue after wait: {a.value} on {la}, {b.value} on {lb}"
+        case WaitIrqObs(), WaitIrqObs(), WaitIrqObs() if a.reached != b.reached:
+            on, off = (la, lb) if a.reached else (lb, la)
+            return f"IRQ {o.irq} reached level {int(o.level or 0)} within the timeout on {on}, not on {off}"
+        case IrqObs(), IrqObs(), IrqObs():
+            if a.level != b.level:
+                high, low = (la, lb) if a.level else (lb, la)
+                return f"IRQ {o.irq} is high on {high}, low on {low}"
+            return f"IRQ {o.irq} rose {a.count} time(s) on {la}, {b.count} on {lb}"
         case ReadObs() | DeviceObs(), ReadObs() | DeviceObs(), ReadObs() | DeviceObs():
             if a.data is not None and b.data is not None:
                 da, db = bytes.fromhex(a.data), bytes.fromhex(b.data)
@@ -298,6 +321,10 @@ def _differs(a: Observation, b: Observation, mask: int) -> bool:
             return (a.digest, a.length, a.value, a.tc) != (b.digest, b.length, b.value, b.tc)
         case WaitTcObs(), WaitTcObs():
             return a.tc != b.tc or a.value != b.value
+        case WaitIrqObs(), WaitIrqObs():
+            return (a.reached, a.level, a.count) != (b.reached, b.level, b.count)
+        case IrqObs(), IrqObs():
+            return (a.level, a.count) != (b.level, b.count)
         case InObs(value=int(va)) | ResidueObs(value=int(va)), InObs(value=int(vb)) | ResidueObs(value=int(vb)):
             return (va & mask) != (vb & mask)
         case InObs() | ResidueObs(), InObs() | ResidueObs():

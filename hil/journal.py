@@ -36,8 +36,9 @@ def clip(text: str, limit: int) -> str:
 
 #: the keys of an observation record, in the order every kind writes them (docs/scripts.md "The
 #: journal"): a kind writes those of its fields that are set, so records stay comparable by eye
-RECORD_KEYS = ("step", "op", "index", "name", "port", "width", "channel", "addr", "length", "value", "tc", "data",
-               "digest", "expect", "mask", "ok", "diff_mask", "may_differ", "error", "t", "vt_ns")
+RECORD_KEYS = ("step", "op", "index", "name", "port", "width", "channel", "irq", "addr", "length", "value", "level",
+               "count", "reached", "tc", "data", "digest", "expect", "mask", "ok", "diff_mask", "may_differ", "error",
+               "t", "vt_ns")
 
 
 @dataclass
@@ -180,6 +181,36 @@ class DeviceObs(Observation):
 
 
 @dataclass
+class IrqObs(Observation):
+    """An ``irq`` step: IRQ line ``irq``'s level and its rising edges since reset (``count``);
+    ``expect`` says what was expected of them (``level=true count=2``)."""
+
+    op: ClassVar[str] = "irq"
+    irq: int | None = None
+    level: bool | None = None
+    count: int | None = None
+    expect: str | None = None
+
+    def shown(self) -> str:
+        return f"level {'high' if self.level else 'low'}, {self.count} rising edge(s)"
+
+    def describe(self) -> str:
+        return f"{self.op} {self.irq}: {self.shown()}" + (f", expected {self.expect}" if self.expect else "")
+
+
+@dataclass
+class WaitIrqObs(IrqObs):
+    """A ``wait_irq`` step: whether the line ``reached`` the level before the timeout, and the
+    line's level and count when the wait ended; ``expect`` is ``reached`` or ``timeout``."""
+
+    op: ClassVar[str] = "wait_irq"
+    reached: bool | None = None
+
+    def shown(self) -> str:
+        return ("reached" if self.reached else "timed out") + f" ({super().shown()})"
+
+
+@dataclass
 class ErrorObs(Observation):
     """A step that could not run: the run's error, recorded at the step (``ok`` false)."""
 
@@ -211,7 +242,8 @@ def _record_keys(kind: type[Observation]) -> tuple[str, ...]:
 
 
 #: the kinds of observation by the op that makes them (ErrorObs: any op)
-OBS_KINDS: dict[str, type[Observation]] = {k.op: k for k in (InObs, ReadObs, ResidueObs, WaitTcObs, DeviceObs)}
+OBS_KINDS: dict[str, type[Observation]] = {k.op: k for k in (InObs, ReadObs, ResidueObs, WaitTcObs, DeviceObs, IrqObs,
+                                                               WaitIrqObs)}
 
 
 @dataclass

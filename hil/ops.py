@@ -3,9 +3,10 @@
 A program is an ordered sequence of these; a backend runs it atomically with respect to other
 users of the same backend and returns one result per *reading* operation (:class:`In` gives an
 int, :class:`MemRead` gives bytes, :class:`Poll` gives the last value read, :class:`DevState` a
-:class:`DeviceState`). One program is one round trip on a link, which is why the driver layer
-builds whole programming sequences as one program. Operations validate themselves on
-construction, so a bad program is refused before anything touches hardware.
+:class:`DeviceState`, :class:`IrqState` and :class:`WaitIrq` an :class:`IrqLines`). One program is
+one round trip on a link, which is why the driver layer builds whole programming sequences as
+one program. Operations validate themselves on construction, so a bad program is refused before
+anything touches hardware.
 
 Operations are behaviourless dataclasses, so everything that must know *which* operation it has
 asks :data:`TABLE` rather than switching over the classes: what an op reads, which port and
@@ -207,6 +208,62 @@ class PowerReset:
     """Simulated power loss of both controllers (what suspend to RAM does to a chipset)."""
 
 
+# --- interrupt lines (capability ``irq``): observed in programs too, so that waiting for an IRQ
+# --- is one round trip on a link, and the state of every line can ride along with a program
+
+IRQ_LINES = 16  #: ISA IRQ 0-15 (docs/reference/8259.md §1)
+
+
+def _check_line(line: object) -> int:
+    if type(line) is not int or not 0 <= line < IRQ_LINES:
+        raise InvalidAccessError(f"IRQ line {line!r}: ISA interrupt lines are 0-{IRQ_LINES - 1}")
+    return line
+
+
+@dataclass(frozen=True, slots=True)
+class IrqState:
+    """Read the level and rising-edge count of every IRQ line (an :class:`IrqLines`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class WaitIrq:
+    """Wait until IRQ ``line`` is at ``level`` or ``timeout_us`` passes (virtual time in the sim).
+
+    The result is the :class:`IrqLines` after the wait; a timeout is not an error at this level
+    (:meth:`reached` says which it was), for the same reason as a :class:`Poll`'s."""
+
+    line: int
+    level: bool = True
+    timeout_us: float = 1e6
+
+    def __post_init__(self) -> None:
+        _check_line(self.line)
+        if type(self.level) is not bool:
+            raise InvalidAccessError(f"wait_irq level {self.level!r} must be true or false")
+        if not isinstance(self.timeout_us, (int, float)) or self.timeout_us < 0:
+            raise InvalidAccessError(f"wait_irq timeout {self.timeout_us!r} us must be a non-negative number")
+
+    def reached(self, lines: IrqLines) -> bool:
+        """Whether the wait ended at the level (a wait that times out ends at the other one)."""
+        return lines.level(self.line) == self.level
+
+
+@dataclass(frozen=True, slots=True)
+class IrqLines:
+    """The IRQ lines as a backend observes them: ``levels`` bit *n* is line *n*'s level,
+    ``counts[n]`` its rising edges since reset (or since the backend opened, where it cannot
+    see a reset: qemu)."""
+
+    levels: int = 0
+    counts: tuple[int, ...] = (0,) * IRQ_LINES
+
+    def level(self, line: int) -> bool:
+        return bool(self.levels >> _check_line(line) & 1)
+
+    def count(self, line: int) -> int:
+        return self.counts[_check_line(line)]
+
+
 @dataclass(frozen=True, slots=True)
 class DeviceState:
     kind: str  #: "source", "sink" or "none"
@@ -218,8 +275,9 @@ class DeviceState:
     head: bytes = b""  #: the first bytes a sink received
 
 
-Op = Out | In | MemWrite | MemRead | MemFill | Delay | Poll | Settle | DevAttach | DevAppend | DevDreq | DevState | PowerReset
-Result = int | bytes | DeviceState
+Op = (Out | In | MemWrite | MemRead | MemFill | Delay | Poll | Settle | DevAttach | DevAppend | DevDreq | DevState
+      | PowerReset | IrqState | WaitIrq)
+Result = int | bytes | DeviceState | IrqLines
 #: every operation class, in the order of the :data:`Op` union (the table must cover exactly these)
 ALL_OPS: tuple[type, ...] = typing.get_args(Op)
 
@@ -281,6 +339,8 @@ class Opcode(enum.IntEnum):
     DEV_DREQ = 0x12  #: channel:u8 level:u8
     DEV_STATE = 0x13  #: channel:u8 max_bytes:u16 -> kind:u8 tc:u32 moved:u32 under:u32 over:u32 digest[32] n:u16 head[n]
     POWER_RESET = 0x14  #: (none)
+    IRQ_STATE = 0x20  #: (none)                     -> levels:u16 counts:16*u16 (mod 65536)
+    WAIT_IRQ = 0x21  #: line:u8 level:u8 timeout_us:u32 -> levels:u16 counts:16*u16 (mod 65536)
 
 
 DEVICE_KINDS = {"source": 1, "sink": 2}
@@ -348,6 +408,7 @@ class OpSpec:
     memory: Callable[[Any], MemoryAccess] | None = None
     device: bool = False  #: a simulated-device op (capability ``devices``)
     device_use: Callable[[Any], DeviceUse] | None = None
+    irq: bool = False  #: an interrupt-line op (capability ``irq``)
     #: the op's durations in µs, named for error messages; the first is how long the op may take
     times: tuple[tuple[str, Callable[[Any], float]], ...] = ()
     #: wire opcodes of this row, filled in from ``wires``
@@ -394,6 +455,18 @@ def _state_fields(op: DevState, st: DeviceState, met: bool) -> tuple[Operands, b
 def _state(op: DevState, f: Operands, head: bytes) -> DeviceState:
     kind = {0: "none", **DEVICE_KIND_NAMES}.get(f[0], "none")
     return DeviceState(kind, f[1], f[2], f[3], f[4], "sha256:" + f[5].hex() if kind == "sink" else "", head)
+
+
+def _lines_fields(op: Any, lines: IrqLines, met: bool) -> tuple[Operands, bytes]:
+    return (lines.levels & 0xFFFF, *(c & 0xFFFF for c in lines.counts)), b""
+
+
+def _lines(op: Any, f: Operands, tail: bytes) -> IrqLines:
+    return IrqLines(f[0], tuple(f[1:]))
+
+
+#: the wire carries counts modulo 65536; :meth:`hil.agent.client.AgentBackend` unwraps them
+_IRQ_REPLY: dict[str, Any] = {"reply": struct.Struct("<H16H"), "reply_fields": _lines_fields, "result": _lines}
 
 
 def _int_reply(fmt: str) -> dict[str, Any]:
@@ -464,6 +537,13 @@ TABLE: dict[type, OpSpec] = {spec.cls: spec for spec in (
     OpSpec(PowerReset, (
         Wire(Opcode.POWER_RESET, _S("<"), lambda op: (), lambda f, d: PowerReset()),
     ), device=True),
+    OpSpec(IrqState, (
+        Wire(Opcode.IRQ_STATE, _S("<"), lambda op: (), lambda f, d: IrqState(), **_IRQ_REPLY),
+    ), result=IrqLines, irq=True),
+    OpSpec(WaitIrq, (
+        Wire(Opcode.WAIT_IRQ, _S("<BBI"), lambda op: (op.line, int(op.level), _us(op.timeout_us)),
+             lambda f, d: WaitIrq(f[0], bool(f[1]), f[2]), **_IRQ_REPLY),
+    ), result=IrqLines, irq=True, times=(("wait_irq timeout", lambda op: op.timeout_us),)),
 )}
 
 #: opcode -> its wire form
@@ -489,6 +569,7 @@ _check_table()
 
 READING_OPS: tuple[type, ...] = tuple(cls for cls, spec in TABLE.items() if spec.result is not None)
 DEVICE_OPS: tuple[type, ...] = tuple(cls for cls, spec in TABLE.items() if spec.device)
+IRQ_OPS: tuple[type, ...] = tuple(cls for cls, spec in TABLE.items() if spec.irq)
 
 
 def spec_of(op: object) -> OpSpec | None:
@@ -515,6 +596,10 @@ def is_reading(op: object) -> bool:
 
 def is_device_op(op: object) -> bool:
     return _spec(op).device
+
+
+def is_irq_op(op: object) -> bool:
+    return _spec(op).irq
 
 
 def port_access(op: object) -> PortAccess | None:
@@ -568,10 +653,11 @@ def check_program(ops: Sequence[object]) -> None:
 
 
 __all__ = [
-    "ALL_OPS", "BY_OPCODE", "DEVICE_KINDS", "DEVICE_OPS", "NO_CAPACITY", "READING_OPS", "TABLE", "WIDTHS",
-    "Delay", "DevAppend", "DevAttach", "DevDreq", "DevState", "DeviceState", "DeviceUse", "In", "MemFill",
-    "MemRead", "MemWrite", "MemoryAccess", "Op", "OpSpec", "Opcode", "Out", "Poll", "PortAccess", "PowerReset",
-    "Result", "Settle", "Wire", "check_port", "check_program", "check_value", "check_width", "device_use",
-    "durations", "is_device_op", "is_reading", "memory_access", "port_access", "request_size", "result_size",
-    "spec_of", "table_gaps", "wait_us", "wire_of",
+    "ALL_OPS", "BY_OPCODE", "DEVICE_KINDS", "DEVICE_OPS", "IRQ_LINES", "IRQ_OPS", "NO_CAPACITY",
+    "READING_OPS", "TABLE", "WIDTHS", "Delay", "DevAppend", "DevAttach", "DevDreq", "DevState", "DeviceState",
+    "DeviceUse", "In", "IrqLines", "IrqState", "MemFill", "MemRead", "MemWrite", "MemoryAccess", "Op",
+    "OpSpec", "Opcode", "Out", "Poll", "PortAccess", "PowerReset", "Result", "Settle", "WaitIrq", "Wire",
+    "check_port", "check_program", "check_value", "check_width", "device_use", "durations", "is_device_op",
+    "is_irq_op", "is_reading", "memory_access", "port_access", "request_size", "result_size", "spec_of",
+    "table_gaps", "wait_us", "wire_of",
 ]

@@ -26,9 +26,21 @@ from hil.errors import (
     HilError,
     TransferLengthError,
 )
-from hil.journal import DeviceObs, ErrorObs, InObs, Journal, Observation, ReadObs, ResidueObs, RunResult, WaitTcObs
+from hil.journal import (
+    DeviceObs,
+    ErrorObs,
+    InObs,
+    IrqObs,
+    Journal,
+    Observation,
+    ReadObs,
+    ResidueObs,
+    RunResult,
+    WaitIrqObs,
+    WaitTcObs,
+)
 from hil.log import get_logger
-from hil.ops import DevAttach, DevDreq, DeviceState, DevState, PowerReset
+from hil.ops import DevAttach, DevDreq, DeviceState, DevState, IrqLines, IrqState, PowerReset, WaitIrq as WaitIrqOp
 from hil.ports import MODE_DECREMENT, ModeSelect
 from hil.rules import check_buffer
 from hil.script.loader import bind_all, digest
@@ -49,6 +61,7 @@ from hil.script.steps import (
     Enable,
     Fill,
     In,
+    Irq,
     Out,
     Program,
     Read,
@@ -57,6 +70,7 @@ from hil.script.steps import (
     Settle,
     StepArgs,
     Suspend,
+    WaitIrq,
     WaitTc,
     Write,
 )
@@ -358,6 +372,13 @@ async def run_script(
     return result
 
 
+async def _irq_lines(be: Backend, op: IrqState | WaitIrqOp) -> IrqLines:
+    """The lines after ``op``: one program, one round trip on a link."""
+    lines = (await be.execute([op]))[0]
+    assert isinstance(lines, IrqLines)  # an IrqState's or WaitIrq's result
+    return lines
+
+
 def _device_observation(ch: int, state: DeviceState) -> DeviceObs:
     """What a device saw, read through the backend (in process or behind an agent link)."""
     if state.kind == "sink":
@@ -434,6 +455,21 @@ async def _run_step(step: Step, a: StepArgs, be: Backend, st: _State, script: Sc
             await be.delay(us)
         case Settle(timeout=timeout):
             await be.settle(timeout)
+        case WaitIrq(irq=line, level=level, timeout=timeout, expect=expect):
+            op = WaitIrqOp(line, level, timeout * 1e6)
+            lines = await _irq_lines(be, op)
+            reached = op.reached(lines)
+            return WaitIrqObs(*at, irq=line, level=lines.level(line), count=lines.count(line), reached=reached,
+                              expect=expect, ok=None if expect is None else reached == (expect == "reached"))
+        case Irq(irq=line, expect_level=expect_level, expect_count=expect_count):
+            lines = await _irq_lines(be, IrqState())
+            level, count = lines.level(line), lines.count(line)
+            wanted = {k: v for k, v in (("level", expect_level), ("count", expect_count)) if v is not None}
+            if not wanted:
+                return IrqObs(*at, irq=line, level=level, count=count)
+            return IrqObs(*at, irq=line, level=level, count=count,
+                          expect=" ".join(f"{k}={str(v).lower()}" for k, v in wanted.items()),
+                          ok=wanted == {k: v for k, v in (("level", level), ("count", count)) if k in wanted})
         case Suspend():
             st.snapshot = await st.dma.suspend()
         case Resume(lose_state=lose_state):

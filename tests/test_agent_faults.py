@@ -25,7 +25,7 @@ from hil.agent.protocol import SECRET_SIZE, Feature, Frame, HelloReply, MsgType,
 from hil.agent.server import AgentCore, Connection, serve_link
 from hil.allowlist import AllowList
 from hil.backends import open_backend
-from hil.backends.ops import In, MemFill, MemRead, MemWrite, Op, Out, Poll, Result, Settle
+from hil.backends.ops import In, IrqState, MemFill, MemRead, MemWrite, Op, Out, Poll, Result, Settle
 from hil.backends.recording import RecordingBackend
 from hil.errors import UnsupportedOperationError
 
@@ -527,5 +527,6 @@ async def test_agent_restarted_mid_program_fails_it_with_the_reset_error_never_h
                 await be.execute(program)
             assert rec2.trace == [] and be.stats.resets == 1
             assert await be.execute([Out(0x81, 0x42), In(0x81)]) == [0x42]
-            assert [e.op for e in rec2.trace] == [Out(0x81, 0x42), In(0x81)]
+            # and the IRQ_STATE the client ends every program with (the agent's I/O has capability irq)
+            assert [e.op for e in rec2.trace] == [Out(0x81, 0x42), In(0x81), IrqState()]
         await fresh.aclose()

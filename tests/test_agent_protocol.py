@@ -31,7 +31,7 @@ from hil.agent.protocol import (
 from hil.agent.server import AgentCore
 from hil.allowlist import AllowList
 from hil.backends import open_backend
-from hil.ops import Delay, In, MemFill, MemRead, MemWrite, Out, Poll
+from hil.ops import Delay, In, IrqLines, IrqState, MemFill, MemRead, MemWrite, Out, Poll, WaitIrq
 
 DOC = (Path(__file__).resolve().parent.parent / "docs" / "agent-protocol.md").read_text(encoding="utf-8")
 EXAMPLES = {m.group(1): bytes.fromhex(m.group(2)) for m in re.finditer(r"```hex example=(\w+)\n(.*?)```", DOC, re.S)}
@@ -39,6 +39,9 @@ EXAMPLES = {m.group(1): bytes.fromhex(m.group(2)) for m in re.finditer(r"```hex 
 FLOPPY = [Out(0x0A, 6), Out(0x0C, 0), Out(0x0B, 0x46), Out(0x81, 0x12), Out(0x04, 0), Out(0x04, 0x34),
           Out(0x05, 0xFF), Out(0x05, 0x23), Out(0x0A, 2)]
 READ = [In(0x08), MemRead(0x12340, 4)]
+WAIT_6 = WaitIrq(6, True, 500_000)
+WAIT = [Out(0x3F5, 0x0F), WAIT_6, IrqState()]
+IRQ6 = IrqLines(1 << 6, tuple(1 if n == 6 else 0 for n in range(16)))
 REPLY_INFO = HelloReply(0xCAFEF00D, "hil-agent", "0.1.0", 4096, 8, 4096, Feature.POLL | Feature.MEM_FILL | Feature.SETTLE,
                         ((0x00, 0x1F), (0x80, 0x8F), (0xC0, 0xDF)), ((0x10000, 0x8FFFF),))
 
@@ -61,6 +64,8 @@ EXPECTED = {
     "exec_floppy_reply": Frame(MsgType.EXEC_REPLY, 0, ExecReply().encode(FLOPPY)),
     "exec_read": Frame(MsgType.EXEC, 1, encode_program(READ)),
     "exec_read_reply": Frame(MsgType.EXEC_REPLY, 1, ExecReply(results=[0x04, b"\xde\xad\xbe\xef"]).encode(READ)),
+    "exec_wait_irq": Frame(MsgType.EXEC, 3, encode_program(WAIT)),
+    "exec_wait_irq_reply": Frame(MsgType.EXEC_REPLY, 3, ExecReply(results=[IRQ6, IRQ6]).encode(WAIT)),
     "denied": Frame(MsgType.EXEC_REPLY, 2, ExecReply(Status.PORT_DENIED, 0, "port 0x3F0").encode([In(0x3F0)])),
     "error_no_session": Frame(MsgType.ERROR, 5, ErrorReply(Status.NO_SESSION, "no session").encode()),
 }
@@ -87,6 +92,9 @@ def test_documented_messages_decode_to_their_meaning():
     assert decode_program(decode_frame(EXAMPLES["exec_floppy"][:-1]).payload) == FLOPPY
     reply = ExecReply.decode(decode_frame(EXAMPLES["exec_read_reply"][:-1]).payload, READ)
     assert reply.status == Status.OK and reply.results == [0x04, b"\xde\xad\xbe\xef"]
+    assert decode_program(decode_frame(EXAMPLES["exec_wait_irq"][:-1]).payload) == WAIT
+    waited = ExecReply.decode(decode_frame(EXAMPLES["exec_wait_irq_reply"][:-1]).payload, WAIT)
+    assert waited.results == [IRQ6, IRQ6] and WAIT_6.reached(IRQ6) and IRQ6.count(6) == 1
     err = ErrorReply.decode(decode_frame(EXAMPLES["error_no_session"][:-1]).payload)
     assert err == ErrorReply(Status.NO_SESSION, "no session")
 

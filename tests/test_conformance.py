@@ -11,6 +11,7 @@ legitimately differ, each one's value is pinned with the reference that document
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
@@ -19,11 +20,14 @@ import pytest
 from hil.agent.server import AgentCore, start
 from hil.allowlist import AllowList
 from hil.backends import Backend, open_backend
+from hil.backends.base import Capability
 from hil.backends.mock import MockBackend
 from hil.backends.ops import (
     Delay,
     DevAttach,
     In,
+    IrqLines,
+    IrqState,
     MemFill,
     MemRead,
     MemWrite,
@@ -32,6 +36,7 @@ from hil.backends.ops import (
     Poll,
     Result,
     Settle,
+    WaitIrq,
 )
 from hil.backends.qemu import qemu_available
 from hil.errors import (
@@ -265,3 +270,51 @@ async def test_poll_that_times_out_returns_the_last_value(make: Make) -> None:
     """A timeout is not an error: the result is the last value read (hil.backends.ops.Poll)."""
     program: list[Op] = [Out(0x81, 0x5A), Poll(0x81, 0xFF, 0x00, 2_000, 500)]
     assert await run(make, program) == [0x5A]
+
+
+# --- interrupt lines (capability ``irq``) ---------------------------------------------------------
+
+#: backends that observe IRQ lines: the simulator, an agent serving it (feature IRQ) and QEMU's
+#: qtest interception (docs/reference/qemu-qtest.md §3.2); devport and the byte store cannot
+IRQ = {"sim", "sim:?profile=qemu", "agent", "qemu"}
+NO_IRQ = IrqLines(0, (0,) * 16)
+
+
+async def test_irq_capability_and_a_fresh_machine(make: Make, kind: str) -> None:
+    """No device has raised a line yet: every line low, no edge counted (qemu: IRQ 0 is the PIT,
+    which the halt firmware leaves running, so lines 1-15 only)."""
+    async with opened(make) as be:
+        assert (Capability.IRQ in be.capabilities) == (kind in IRQ)
+        if kind not in IRQ:
+            for call in (lambda: be.irq_level(6), lambda: be.irq_count(6)):
+                with pytest.raises(UnsupportedOperationError) as err:
+                    call()
+                assert type(err.value) is UnsupportedOperationError
+            return
+        lines = 1 if kind == "qemu" else 0
+        assert [be.irq_count(n) for n in range(lines, 16)] == [0] * (16 - lines)
+        assert not any(be.irq_level(n) for n in range(lines, 16))
+        [state] = await be.execute([IrqState()])
+        assert isinstance(state, IrqLines) and state.counts[lines:] == NO_IRQ.counts[lines:]
+
+
+async def test_wait_irq_that_times_out(make: Make, kind: str) -> None:
+    """Nothing raises IRQ 6: the wait ends at its timeout and says so (False), not an error; on
+    the simulator in virtual time, so a 5 s timeout returns at once (an agent refuses longer
+    than its 10 s per op, like a DELAY)."""
+    async with opened(make) as be:
+        if kind not in IRQ:
+            with pytest.raises(UnsupportedOperationError) as err:
+                await be.execute([Out(0x81, 0x77), WaitIrq(6, True, 1000)])
+            assert type(err.value) is UnsupportedOperationError
+            assert await be.inb(0x81) == 0  # refused before the Out ran
+            with pytest.raises(UnsupportedOperationError):
+                await be.wait_irq(6, timeout=0.01)
+            return
+        timeout = 0.05 if kind == "qemu" else 5.0
+        t0 = time.perf_counter()
+        assert await be.wait_irq(6, timeout=timeout) is False
+        assert time.perf_counter() - t0 < 2.0
+        [lines] = await be.execute([WaitIrq(6, True, 1000)])
+        assert isinstance(lines, IrqLines) and not lines.level(6) and lines.count(6) == 0
+        assert await be.wait_irq(6, level=False, timeout=0) is True  # already low

@@ -24,11 +24,13 @@ from hil.agent.protocol import (
     REPLY_HEADER,
     ExecReply,
     Limits,
+    ProtocolError,
     Status,
     decode_program,
     encode_program,
     reply_size,
 )
+from hil.errors import InvalidAccessError
 from hil.ops import (
     ALL_OPS,
     TABLE,
@@ -39,6 +41,8 @@ from hil.ops import (
     DeviceState,
     DevState,
     In,
+    IrqLines,
+    IrqState,
     MemFill,
     MemRead,
     MemWrite,
@@ -47,6 +51,7 @@ from hil.ops import (
     Poll,
     PowerReset,
     Settle,
+    WaitIrq,
     table_gaps,
 )
 
@@ -92,6 +97,8 @@ STRATEGIES: dict[type, st.SearchStrategy[Op]] = {
     DevDreq: st.builds(DevDreq, u8, st.booleans()),
     DevState: st.builds(DevState, u8, st.integers(0, 100)),
     PowerReset: st.just(PowerReset()),
+    IrqState: st.just(IrqState()),
+    WaitIrq: st.builds(WaitIrq, st.integers(0, 15), st.booleans(), u32),
 }
 
 
@@ -119,6 +126,8 @@ def result_for(draw: st.DrawFn, op: Op) -> tuple[object, bool] | None:
             state = DeviceState(kind, draw(u32), draw(u32), draw(u32), draw(u32), digest,
                                 draw(st.binary(min_size=n, max_size=n)))  # a full head: the planned size
             return state, False
+        case IrqState() | WaitIrq():  # counts as the wire carries them: modulo 65536
+            return IrqLines(draw(u16), tuple(draw(st.lists(u16, min_size=16, max_size=16)))), False
     return None
 
 
@@ -128,6 +137,7 @@ EXAMPLES: dict[type, Op] = {
     MemFill: MemFill(0x3000, 64, 0xAA), Delay: Delay(100), Poll: Poll(0x08, 0x0F, 0x01, 5000, 10, 8),
     Settle: Settle(), DevAttach: DevAttach(2, "sink", b"", True, 512), DevAppend: DevAppend(1, b"xyz"),
     DevDreq: DevDreq(1, True), DevState: DevState(2, 16), PowerReset: PowerReset(),
+    IrqState: IrqState(), WaitIrq: WaitIrq(6, True, 500_000),
 }
 
 
@@ -153,9 +163,10 @@ def test_every_op_has_a_strategy_and_an_example() -> None:
 
 
 def test_derived_sets() -> None:
-    assert ops.READING_OPS == (In, MemRead, Poll, DevState)
+    assert ops.READING_OPS == (In, MemRead, Poll, DevState, IrqState, WaitIrq)
     assert ops.DEVICE_OPS == (DevAttach, DevAppend, DevDreq, DevState, PowerReset)
-    assert len(ops.BY_OPCODE) == 15  # OUT8/OUT16 and IN8/IN16 are two wire forms each
+    assert ops.IRQ_OPS == (IrqState, WaitIrq)
+    assert len(ops.BY_OPCODE) == 17  # OUT8/OUT16 and IN8/IN16 are two wire forms each
 
 
 @pytest.mark.parametrize("cls", ALL_OPS, ids=lambda c: c.__name__)
@@ -165,6 +176,28 @@ def test_client_sizes_equal_the_encoded_sizes(cls: type) -> None:
     op = EXAMPLES[cls]
     assert agent_client._req_size(op) == len(encode_program([op]))
     assert agent_client._rep_size(op) == reply_size([op]) - REPLY_HEADER.size
+
+
+def test_irq_ops_refuse_bad_operands_and_wait_irq_says_whether_it_was_reached() -> None:
+    for bad in (-1, 16, 2.0, None):
+        with pytest.raises(InvalidAccessError, match="ISA interrupt lines are 0-15"):
+            WaitIrq(bad)  # type: ignore[arg-type]  # deliberately wrong
+    with pytest.raises(InvalidAccessError, match="timeout"):
+        WaitIrq(6, True, -1)
+    with pytest.raises(InvalidAccessError, match="level"):
+        WaitIrq(6, 1)  # type: ignore[arg-type]  # an int is not a level
+    lines = IrqLines(1 << 6, (0,) * 6 + (3,) + (0,) * 9)
+    assert WaitIrq(6).reached(lines) and not WaitIrq(6, False).reached(lines) and WaitIrq(5, False).reached(lines)
+    assert lines.level(6) and lines.count(6) == 3 and lines.count(5) == 0
+
+
+def test_wait_irq_decodes_only_lines_0_to_15() -> None:
+    """The op refuses its own operands when decoded, so a bad line from the wire is BAD_OP."""
+    wire = bytearray(encode_program([WaitIrq(15)]))
+    wire[1] = 16
+    with pytest.raises(ProtocolError, match="op 0: IRQ line 16") as err:
+        decode_program(bytes(wire))
+    assert err.value.status == Status.BAD_OP
 
 
 def test_plan_fills_a_frame_with_polls() -> None:

@@ -9,8 +9,11 @@ flight), ``max_payload``, ``token``; anything else stays on the pyserial URL.
 A program becomes as few frames as the agent's sizes allow (adjacent memory reads coalesced,
 large ones split), all sent at once up to the window. The agent executes frames strictly in
 sequence order and exactly once, so the host may retry any frame it has no reply for. An op
-whose feature bit the agent did not advertise (POLL, MEM_FILL, SETTLE, DEVICES) is refused with
-:class:`AgentUnsupportedError` before any frame of its program is sent. A
+whose feature bit the agent did not advertise (POLL, MEM_FILL, SETTLE, DEVICES, IRQ) is refused
+with :class:`AgentUnsupportedError` before any frame of its program is sent. With feature IRQ,
+every program ends with an :class:`~hil.ops.IrqState` the client adds and takes off the results
+again: its 34 reply bytes keep ``irq_level``/``irq_count`` at the state of the end of the last
+program, as on the simulator, without a round trip of their own. A
 changed boot nonce means the agent was restarted: the program in flight fails with
 :class:`AgentResetError` and the backend's reset listeners (the driver layer's restore) run.
 """
@@ -69,9 +72,12 @@ from hil.ops import (
     DevAppend,
     DevAttach,
     DevState,
+    IrqLines,
+    IrqState,
     MemRead,
     MemWrite,
     Op,
+    PowerReset,
     Result,
     Settle,
     is_reading,
@@ -404,6 +410,8 @@ class AgentBackend(Backend):
         self._secret = b""  #: the session secret from HELLO_REPLY: a reconnect resumes with it
         self.sizer = FrameSizer(max_payload)  #: the adaptive frame size (replaced at HELLO)
         self._generation = 0  #: bumped at every agent reset; frames of an older generation never run
+        #: the IRQ lines at the end of the last program (feature IRQ), with counts unwrapped
+        self._irq = IrqLines()
 
     # --- life cycle ---------------------------------------------------------------------
     async def _open(self) -> None:
@@ -600,6 +608,7 @@ class AgentBackend(Backend):
                             old=self.boot_nonce, new=info.boot_nonce)
                 self._fail_pending(self._reset_error(), "exec")
                 self._host_nonce = secrets.randbits(32)  # a fresh session on the fresh agent
+                self._irq = IrqLines()  # its I/O starts at power-on (KEEP: known after the next program)
                 self._secret = b""
                 info = await self._hello_exchange(self._seq)
             self.agent, self.boot_nonce = info, info.boot_nonce
@@ -641,6 +650,8 @@ class AgentBackend(Backend):
         caps = {Capability.RESET_DETECT}
         if info is not None and info.features & Feature.DEVICES:
             caps |= {Capability.DEVICES, Capability.DREQ}
+        if info is not None and info.features & Feature.IRQ:
+            caps.add(Capability.IRQ)
         virtual = info is not None and info.features & Feature.VIRTUAL_TIME
         caps.add(Capability.VIRTUAL_TIME if virtual else Capability.REAL_TIMING)
         return frozenset(caps)
@@ -658,6 +669,9 @@ class AgentBackend(Backend):
         if info is None:  # execute() refuses an unopened backend; this is the link's own view
             raise BackendNotOpenError(self.url)
         self._check(ops, info)  # before planning: a refused program sends no frame at all
+        tracking = bool(info.features & Feature.IRQ)
+        if tracking:
+            ops = [*ops, IrqState()]  # the lines at the program's end ride along (taken off below)
         self.stats.programs += 1
         sizer = self.sizer
         chunks = plan(ops, lambda: sizer.size, lambda: sizer.size, info.max_ops)
@@ -707,7 +721,37 @@ class AgentBackend(Backend):
                     reads.setdefault(index, bytearray()).extend(value[pos : pos + count])
                     pos += count
         results.update((index, bytes(buf)) for index, buf in reads.items())
-        return [v for _, v in sorted(results.items())]
+        ordered = [v for _, v in sorted(results.items())]
+        if tracking:
+            ordered = self._unwrap_irq(ops, ordered)
+            last = ordered.pop()
+            assert isinstance(last, IrqLines)  # the IrqState appended above
+            self._irq = last
+        return ordered
+
+    def _unwrap_irq(self, ops: Sequence[Op], results: list[Result]) -> list[Result]:
+        """The wire carries IRQ counts modulo 65536: each :class:`IrqLines` result counted on from
+        the one before it (a PowerReset in between starts from 0), so counts are exact while a line
+        rises fewer than 65536 times between two observations."""
+        base = self._irq.counts
+        out: list[Result] = []
+        it = iter(results)
+        for op in ops:
+            if isinstance(op, PowerReset):
+                base = IrqLines().counts
+            if not is_reading(op):
+                continue
+            value = next(it)
+            if isinstance(value, IrqLines):
+                counts = tuple(b + ((c - b) & 0xFFFF) for b, c in zip(base, value.counts))
+                value = IrqLines(value.levels, counts)
+                base = counts
+            out.append(value)
+        return out
+
+    def _irq_lines(self) -> IrqLines:
+        """As of the end of the last program (the IrqState every program ends with)."""
+        return self._irq
 
     def _check(self, ops: Sequence[Op], info: HelloReply) -> None:
         """What the agent would refuse, refused here before any frame is planned or sent: ops

@@ -30,6 +30,7 @@ from hil.errors import (
 from hil.ops import (
     BY_OPCODE,
     DEVICE_OPS,
+    IRQ_OPS,
     DevState,
     MemFill,
     Op,
@@ -87,6 +88,7 @@ class Feature(enum.IntFlag):
     INFO = 0x40  #: HELLO_REPLY ends with the info block (key=value pairs: io, profile)
     LIMITS = 0x80  #: HELLO_REPLY carries max_op_us and max_program_us; longer programs are refused
     SESSION_SECRET = 0x100  #: HELLO_REPLY carries the session secret a reconnecting host resumes with
+    IRQ = 0x200  #: the agent's I/O observes IRQ lines (IRQ_STATE, WAIT_IRQ): agents on a simulator or QEMU
 
 
 #: the feature bit an agent must advertise to run an op class (absent: every agent runs it); a
@@ -96,6 +98,7 @@ OP_FEATURES: dict[type, Feature] = {
     MemFill: Feature.MEM_FILL,
     Settle: Feature.SETTLE,
     **dict.fromkeys(DEVICE_OPS, Feature.DEVICES),
+    **dict.fromkeys(IRQ_OPS, Feature.IRQ),
 }
 
 

@@ -48,7 +48,7 @@ from hil.allowlist import AllowList
 from hil.backends.base import Backend, Capability
 from hil.errors import AccessDeniedError, HilError, MemoryRangeError, UndecodedPortError
 from hil.log import get_logger
-from hil.ops import Op, Poll, Result, is_device_op, is_reading, memory_access
+from hil.ops import Op, Poll, Result, is_device_op, is_irq_op, is_reading, memory_access
 
 if TYPE_CHECKING:
     import serial  # pyserial, imported where a serial line is opened
@@ -144,6 +144,7 @@ class AgentCore:
         self._cache_size = max(16, 2 * self.window)
         self._reply_payload = self.max_payload
         self._devices = Capability.DEVICES in self.io.capabilities  #: offer the DEV_* ops
+        self._irq = Capability.IRQ in self.io.capabilities  #: offer IRQ_STATE and WAIT_IRQ
         self._used = False  #: a program ran on the current I/O since it was opened
         self._lock = asyncio.Lock()  #: one program or session change at a time
         self._local = Connection("local")  #: the connection of frames handed in without one
@@ -155,6 +156,8 @@ class AgentCore:
         features = Feature.POLL | Feature.MEM_FILL | Feature.SETTLE | Feature.LIMITS | Feature.SESSION_SECRET
         if self._devices:
             features |= Feature.DEVICES
+        if self._irq:
+            features |= Feature.IRQ
         if Capability.VIRTUAL_TIME in self.io.capabilities:
             features |= Feature.VIRTUAL_TIME
         if self.fresh_io is not None:
@@ -323,6 +326,8 @@ class AgentCore:
         for i, op in enumerate(ops):  # validate everything before anything runs
             if is_device_op(op) and not self._devices:
                 return self._refuse(Status.UNSUPPORTED, i, "this agent's I/O has no simulated devices", ops)
+            if is_irq_op(op) and not self._irq:
+                return self._refuse(Status.UNSUPPORTED, i, "this agent's I/O cannot observe IRQ lines", ops)
             try:
                 self.allow.check([op])
             except AccessDeniedError as e:

@@ -4,6 +4,16 @@ Backends know ports and memory, not DMA rules (those live in :mod:`hil.dma`). Th
 is :meth:`Backend.execute`; every convenience method is a one-program wrapper around it, so a
 backend only has to implement ``_execute`` (and ``_settle``) to get the whole interface, and
 ``check`` for what it refuses: that runs once over the whole program before any of it does.
+
+Interrupt lines (capability ``irq``): ``await wait_irq(n)`` and ``await irq_state()`` are
+programs (:class:`~hil.ops.WaitIrq`, :class:`~hil.ops.IrqState`), one round trip each.
+``irq_level(n)`` and ``irq_count(n)`` are synchronous and answer from the state the backend last
+observed, which each backend keeps current in its own way (:meth:`Backend._irq_lines`): the
+simulator's is the machine itself, whose virtual time moves only inside programs, so it is the
+state at the end of the last program; QEMU's is the event stream qtest reports as it happens;
+an agent's is the :class:`~hil.ops.IrqLines` its client appends to every program, so again the
+state at the end of the last program. A backend without the capability refuses all four with
+:class:`~hil.errors.UnsupportedOperationError`.
 """
 
 from __future__ import annotations
@@ -22,6 +32,8 @@ from hil.log import get_logger
 from hil.ops import (
     Delay,
     In,
+    IrqLines,
+    IrqState,
     MemFill,
     MemRead,
     MemWrite,
@@ -30,9 +42,11 @@ from hil.ops import (
     Poll,
     Result,
     Settle,
+    WaitIrq,
     check_program,
     durations,
     is_device_op,
+    is_irq_op,
 )
 
 log = get_logger("hil.backend")
@@ -186,6 +200,8 @@ class Backend(abc.ABC):
         """
         check_program(ops)
         for i, op in enumerate(ops):  # refuse before anything runs, rather than skip what cannot be done
+            if is_irq_op(op) and Capability.IRQ not in self.capabilities:
+                raise UnsupportedOperationError(self._no_irq(type(op).__name__), index=i, op=type(op).__name__)
             if not isinstance(op, self.OPS) and not isinstance(op, Settle):
                 raise UnsupportedOperationError(
                     f"backend {self.url} cannot run {type(op).__name__}"
@@ -255,6 +271,46 @@ class Backend(abc.ABC):
 
     async def delay(self, us: float) -> None:
         await self.execute((Delay(us),))
+
+    # --- interrupt lines (capability ``irq``) ------------------------------------------------
+
+    def _no_irq(self, what: str) -> str:
+        return (f"backend {self.url} cannot run {what}: it has no capability 'irq' (interrupt lines are "
+                f"observable on sim:, qemu: and agents serving them)")
+
+    def _require_irq(self, what: str) -> None:
+        self._check_open()
+        if Capability.IRQ not in self.capabilities:
+            raise UnsupportedOperationError(self._no_irq(what), op=what)
+
+    def _irq_lines(self) -> IrqLines:
+        """The IRQ lines as last observed (see the module docstring); backends with capability
+        ``irq`` override this, the others never reach it (:meth:`_require_irq` refuses first)."""
+        raise UnsupportedOperationError(self._no_irq("irq_level/irq_count"))
+
+    def irq_level(self, n: int) -> bool:
+        """The level of IRQ ``n`` as last observed (no round trip)."""
+        self._require_irq("irq_level")
+        return self._irq_lines().level(n)
+
+    def irq_count(self, n: int) -> int:
+        """Rising edges of IRQ ``n`` since reset (qemu: since the backend opened), as last observed."""
+        self._require_irq("irq_count")
+        return self._irq_lines().count(n)
+
+    async def irq_state(self) -> IrqLines:
+        """Every line's level and count now: one :class:`~hil.ops.IrqState` program."""
+        self._require_irq("irq_state")
+        return (await self.execute((IrqState(),)))[0]  # type: ignore[return-value]  # an IrqState's result is IrqLines
+
+    async def wait_irq(self, n: int, level: bool = True, timeout: float = 1.0) -> bool:
+        """Wait until IRQ ``n`` is at ``level`` (virtual time on a simulator); False after
+        ``timeout`` seconds. One :class:`~hil.ops.WaitIrq` program."""
+        self._require_irq("wait_irq")
+        op = WaitIrq(n, bool(level), timeout * 1e6)
+        lines = (await self.execute((op,)))[0]
+        assert isinstance(lines, IrqLines)  # a WaitIrq's result
+        return op.reached(lines)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.url}{' closed' if self._closed else ''}>"

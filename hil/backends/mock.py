@@ -2,10 +2,11 @@
 
 In the manner of httpx's ``MockTransport``: the handler gets each op of a program in order and
 returns its result (an int for ``In``/``Poll``, bytes for ``MemRead``, a ``DeviceState`` for
-``DevState``, None for the rest) or raises, which is how a test makes a fault at exactly one
-op without a simulator. The handler sees ops, not whole programs, so that a reply is written
-for one op and the mock, not every handler, assembles the program's result list and checks it
-(a handler that returns a wrong kind of result is named with the op it answered). Programs
+``DevState``, an ``IrqLines`` for ``IrqState``/``WaitIrq``, None for the rest) or raises, which
+is how a test makes a fault at exactly one op without a simulator. The handler sees ops, not
+whole programs, so that a reply is written for one op and the mock, not every handler,
+assembles the program's result list and checks it (a handler that returns a wrong kind of
+result is named with the op it answered). Programs
 stay visible as programs: :attr:`MockBackend.programs` keeps each one ``execute`` ran.
 
 Everything else is the common interface: the mock opens and closes like any backend, and its
@@ -25,7 +26,7 @@ from collections.abc import Callable, Sequence
 from hil.backends import register_backend
 from hil.backends.base import Backend, Capabilities, Capability
 from hil.errors import BackendError, MemoryRangeError
-from hil.ops import ALL_OPS, Op, Result, Settle, is_reading, memory_access, port_access, spec_of
+from hil.ops import ALL_OPS, IrqLines, Op, Result, Settle, is_reading, memory_access, port_access, spec_of
 
 #: what a handler returns for one op: its result, or None for an op that reads nothing
 Handler = Callable[[Op], Result | None]
@@ -55,6 +56,7 @@ class MockBackend(Backend):
         self.features = features
         self.identity = identity
         self.programs: list[tuple[Op, ...]] = []  #: every program execute() ran, in order
+        self._irq = IrqLines()  #: the last IrqLines the handler answered (irq_level/irq_count with ``irq``)
 
     @property
     def capabilities(self) -> Capabilities:
@@ -77,10 +79,15 @@ class MockBackend(Backend):
         for op in ops:
             result = self.handler(op)
             if is_reading(op):
-                results.append(_checked(op, result))
+                results.append(checked := _checked(op, result))
+                if isinstance(checked, IrqLines):
+                    self._irq = checked
             elif result is not None:
                 raise BackendError(f"mock handler returned {result!r} for {op!r}, which reads nothing")
         return results
+
+    def _irq_lines(self) -> IrqLines:
+        return self._irq
 
     async def _settle(self, timeout_s: float | None) -> None:
         """Only reached when ``ops`` leaves out Settle: the handler still sees it, as an op."""

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from hil.backends.base import Backend, Capabilities
-from hil.ops import ALL_OPS, Op, Result, is_reading, port_access
+from hil.ops import ALL_OPS, IrqLines, Op, Result, is_reading, port_access
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,8 +26,8 @@ class RecordingBackend(Backend):
     """Forward to ``inner`` and keep ``trace``; ``programs`` counts round trips.
 
     The wrapper is the :class:`Backend` interface and nothing more: open/close, ``check``,
-    ``execute``, ``settle``, ``capabilities``, ``virtual_time_ns`` and reset notification each
-    forward to ``inner`` by name, and the conveniences are the base class's one-op programs, so
+    ``execute``, ``settle``, ``capabilities``, ``virtual_time_ns``, the last observed IRQ lines
+    and reset notification each forward to ``inner`` by name, and the conveniences are the base class's one-op programs, so
     they are recorded too. Whatever else ``inner`` has (a simulator's ``machine``) stays out of
     reach, so code that works over a recording works over any backend, an agent's included.
     """
@@ -65,6 +65,9 @@ class RecordingBackend(Backend):
 
     def virtual_time_ns(self) -> int | None:
         return self.inner.virtual_time_ns()
+
+    def _irq_lines(self) -> IrqLines:
+        return self.inner._irq_lines()  # the inner backend's last observed lines (irq_level/irq_count)
 
     def check(self, ops: Sequence[Op]) -> None:
         """What the inner backend refuses (``execute`` forwards whole programs to it)."""

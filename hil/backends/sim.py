@@ -25,6 +25,7 @@ from hil.errors import (
 )
 from hil.ops import (
     ALL_OPS,
+    IRQ_LINES,
     Delay,
     DevAppend,
     DevAttach,
@@ -32,6 +33,8 @@ from hil.ops import (
     DeviceState,
     DevState,
     In,
+    IrqLines,
+    IrqState,
     MemFill,
     MemRead,
     MemWrite,
@@ -41,6 +44,7 @@ from hil.ops import (
     PowerReset,
     Result,
     Settle,
+    WaitIrq,
     device_use,
     memory_access,
     port_access,
@@ -117,7 +121,7 @@ class SimBackend(Backend):
     @property
     def capabilities(self) -> Capabilities:
         m = self.machine
-        features = {Capability.VIRTUAL_TIME, Capability.DEVICES, Capability.DREQ}
+        features = {Capability.VIRTUAL_TIME, Capability.DEVICES, Capability.DREQ, Capability.IRQ}
         if self.sb16 is not None:
             features.add(Capability.SB16)
         return Capabilities(
@@ -202,7 +206,19 @@ class SimBackend(Backend):
                     results.append(device_state(self._device(op.channel), op.max_bytes))
                 case PowerReset():
                     m.reset(post=False)
+                case IrqState():
+                    results.append(self._irq_lines())
+                case WaitIrq():
+                    m.wait_irq(op.line, op.level, round(op.timeout_us * 1000))
+                    results.append(self._irq_lines())
         return results
+
+    def _irq_lines(self) -> IrqLines:
+        """The machine's lines now: virtual time moves only inside programs, so between them
+        this is the state at the end of the last one. Line 2 reads IRQ 9 (docs/reference/8259.md §1)."""
+        m = self.machine
+        levels = sum(1 << n for n in range(IRQ_LINES) if m.irq_level(n))
+        return IrqLines(levels, tuple(m.irq_count(n) for n in range(IRQ_LINES)))
 
     def _device(self, channel: int) -> Device:
         device = self.machine.devices.get(channel)

@@ -708,11 +708,18 @@ class _StepLoader:
             case Kind.MODE:
                 return self.mode(t[key], ctx)
             case Kind.BOOL:
-                return self.boolean(t[key] if present else f.default, ctx, key)
+                return self.boolean(t[key], ctx, key) if present else f.default
             case Kind.INT:
                 return self.static(t[key], ctx, key, 0, int(f.arg.hi or 0)) if present else f.default
             case Kind.NUMBER:
                 return self.number(t[key], ctx, key, f.arg.hi or 0) if present else f.default
+            case Kind.OUTCOME:
+                if not present:
+                    return f.default
+                outcome = t[key]
+                if outcome not in ("reached", "timeout", "any"):
+                    raise ctx.err(ScriptRangeError, key, f"{outcome!r}: use \"reached\", \"timeout\" or \"any\"")
+                return None if outcome == "any" else outcome
             case Kind.DEVICE_KIND:
                 kind = t[key]
                 if kind not in ("source", "sink"):

@@ -37,6 +37,8 @@ class Op(enum.StrEnum):
     DREQ = "dreq"
     DELAY = "delay"
     SETTLE = "settle"
+    WAIT_IRQ = "wait_irq"
+    IRQ = "irq"
     SUSPEND = "suspend"
     RESUME = "resume"
     REPEAT = "repeat"
@@ -66,6 +68,7 @@ class Kind(enum.Enum):
     DERIVED = "derived"  #: no key of its own: set while reading another field, else its default
     STEPS = "steps"  #: a repeat's body
     PATH = "path"  #: a fragment's file name
+    OUTCOME = "outcome"  #: a wait's expected end: "reached", "timeout", or "any" (None: no check)
 
 
 @dataclass(frozen=True)
@@ -267,6 +270,34 @@ class Settle(StepArgs):
     timeout: float | None = field(default=None, metadata=arg(Kind.NUMBER, "seconds; the backend's default if absent", hi=3600))
 
 
+IRQ_LINE = arg(Kind.INT, "the ISA IRQ line, 0-15 (2 is the AT's IRQ 9)", required=True, hi=15)
+
+
+@dataclass(frozen=True, kw_only=True)
+class WaitIrq(StepArgs):
+    op = Op.WAIT_IRQ
+    irq: int = field(metadata=IRQ_LINE)
+    level: bool = field(default=True, metadata=arg(Kind.BOOL, "the level waited for"))
+    timeout: float = field(default=1.0, metadata=arg(Kind.NUMBER, "seconds", hi=3600))
+    expect: str | None = field(default="reached", metadata=arg(
+        Kind.OUTCOME, "\"reached\" (the level came), \"timeout\" (it did not) or \"any\" (no check)"))
+
+    def needs(self) -> str | None:
+        return "irq"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Irq(StepArgs):
+    op = Op.IRQ
+    irq: int = field(metadata=IRQ_LINE)
+    expect_level: bool | None = field(default=None, metadata=arg(Kind.BOOL, "the level expected"))
+    expect_count: int | None = field(default=None, metadata=arg(Kind.INT, "the rising edges expected since reset",
+                                                                hi=0xFFFFFFFF))
+
+    def needs(self) -> str | None:
+        return "irq"
+
+
 @dataclass(frozen=True, kw_only=True)
 class Suspend(StepArgs):
     op = Op.SUSPEND
@@ -301,4 +332,4 @@ class Include(StepArgs):
 #: every step kind, by op
 KINDS: dict[Op, type[StepArgs]] = {cls.op: cls for cls in (
     Out, In, Fill, Write, Read, Program, Enable, Disable, Residue, WaitTc, Device, Dreq, Delay, Settle,
-    Suspend, Resume, Repeat, Include)}
+    WaitIrq, Irq, Suspend, Resume, Repeat, Include)}

@@ -44,11 +44,11 @@ from hil.backends.qemu.process import (
     sweep_stale_workdirs,
 )
 from hil.backends.qemu.settle import settle_on, wait_irq as wait_irq_line
-from hil.backends.qemu.translate import RUNNABLE_OPS, SIM_DEVICE_OPS, check_program, run_program
+from hil.backends.qemu.translate import RUNNABLE_OPS, SIM_DEVICE_OPS, check_program, irq_lines, run_program
 from hil.backends.qtest import IrqEvent, QemuExitedError, QtestClient
 from hil.errors import BackendNotOpenError
 from hil.log import get_logger
-from hil.ops import Op, Result
+from hil.ops import IrqLines, Op, Result, WaitIrq
 
 log = get_logger("hil.qemu")
 
@@ -317,13 +317,10 @@ class QemuBackend(Backend):
         await settle_on(client, timeout_s, self.url)
 
     # --- IRQ lines (capability ``irq``) ---------------------------------------------------
-    def irq_level(self, line: int) -> bool:
-        """Current level of IOAPIC input ``line`` (FDC 6, SB16 5), as last reported by QEMU."""
-        return self._live_client().irq_levels.get(line, False)
-
-    def irq_count(self, line: int) -> int:
-        """How often ``line`` was raised since the backend opened."""
-        return self._live_client().irq_raises[line]
+    def _irq_lines(self) -> IrqLines:
+        """IOAPIC inputs 0-15 (FDC 6, SB16 5) as QEMU last reported them: the qtest event stream
+        is read as it arrives, so this may be newer than the end of the last program."""
+        return irq_lines(self._live_client())
 
     @property
     def irq_events(self) -> list[IrqEvent]:
@@ -334,5 +331,9 @@ class QemuBackend(Backend):
         self._live_client().irq_events.clear()
 
     async def wait_irq(self, line: int, level: bool = True, timeout: float = 1.0) -> bool:
-        """Wait until ``line`` is at ``level``; False on timeout."""
+        """Wait until ``line`` is at ``level``; False on timeout. Outside the backend's lock,
+        unlike a :class:`~hil.ops.WaitIrq` in a program: another task's program may be what
+        raises the line (QEMU runs in wall time, so nothing needs this wait to drive it)."""
+        self._require_irq("wait_irq")
+        WaitIrq(line, bool(level), timeout * 1e6)  # the op's own checks of line and timeout
         return await wait_irq_line(self._live_client(), line, level, timeout)

@@ -2,8 +2,10 @@
 into qtest commands and pipelined (docs/reference/qemu-qtest.md §3).
 
 Port and memory operations become ``outb``/``inb``/``b64write``/``b64read``/``memset`` lines,
-sent in pipelined batches; ``Delay``, ``Poll`` and ``Settle`` flush the batch and wait on the
-host. The simulator's device operations are refused: QEMU has its own devices.
+sent in pipelined batches; ``Delay``, ``Poll``, ``Settle`` and ``WaitIrq`` flush the batch and
+wait on the host; ``IrqState`` flushes it and answers from the IRQ events qtest reported (they
+arrive before the replies of the commands that caused them, docs/reference/qemu-qtest.md §3.2).
+The simulator's device operations are refused: QEMU has its own devices.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Sequence
 
 from hil.allowlist import AllowList
 from hil.backends.qemu.config import QemuConfig
-from hil.backends.qemu.settle import settle_on
+from hil.backends.qemu.settle import settle_on, wait_irq
 from hil.backends.qtest import (
     MEM_CHUNK,
     QtestClient,
@@ -29,8 +31,11 @@ from hil.backends.qtest import (
 from hil.errors import AccessDeniedError, MemoryRangeError, UnsupportedOperationError, WideAccessError
 from hil.ops import (
     DEVICE_OPS,
+    IRQ_LINES,
     Delay,
     In,
+    IrqLines,
+    IrqState,
     MemFill,
     MemRead,
     MemWrite,
@@ -39,6 +44,7 @@ from hil.ops import (
     Poll,
     Result,
     Settle,
+    WaitIrq,
     is_device_op,
     memory_access,
     port_access,
@@ -51,10 +57,10 @@ FORBIDDEN_PORTS = frozenset({0x64, 0x92, 0xCF9})
 #: ports a word access must not touch: QEMU would not split it the way an ISA bus does
 BYTE_ONLY_PORTS: tuple[range, ...] = DMA_PORT_RANGES
 
-#: the operations QEMU runs: port I/O, memory, delay, poll and settle; the simulator's device
-#: operations cannot run here (QEMU has its own devices)
+#: the operations QEMU runs: port I/O, memory, delay, poll, settle and the IRQ lines; the
+#: simulator's device operations cannot run here (QEMU has its own devices)
 SIM_DEVICE_OPS: tuple[type, ...] = DEVICE_OPS
-RUNNABLE_OPS: tuple[type, ...] = (Out, In, MemWrite, MemRead, MemFill, Delay, Poll, Settle)
+RUNNABLE_OPS: tuple[type, ...] = (Out, In, MemWrite, MemRead, MemFill, Delay, Poll, Settle, IrqState, WaitIrq)
 
 
 def ports_text(allowlist: AllowList) -> str:
@@ -151,8 +157,21 @@ async def run_program(client: QtestClient, ops: Sequence[Op], url: str) -> list[
             case Settle():
                 await flush()
                 await settle_on(client, op.timeout_us / 1e6, url)
+            case IrqState():
+                await flush()
+                results.append(irq_lines(client))
+            case WaitIrq():
+                await flush()
+                await wait_irq(client, op.line, op.level, op.timeout_us / 1e6)
+                results.append(irq_lines(client))
     await flush()
     return results
+
+
+def irq_lines(client: QtestClient) -> IrqLines:
+    """IOAPIC inputs 0-15 (the ISA lines) as qtest last reported them; counts since QEMU started."""
+    levels = sum(1 << n for n in range(IRQ_LINES) if client.irq_levels.get(n, False))
+    return IrqLines(levels, tuple(client.irq_raises[n] for n in range(IRQ_LINES)))
 
 
 async def poll(client: QtestClient, op: Poll) -> int:
