@@ -1,6 +1,6 @@
 """The simulator's floppy controller (hil/sim/fdc.py): the ``intel`` profile from the datasheet
 facts of docs/reference/devices.md §2, the ``qemu`` profile from QEMU's measured behaviour
-(docs/reference/qemu-qtest.md §6, devices.md §2.5), and the sim backend's ``floppy`` option."""
+(docs/reference/qemu-qtest.md §6, docs/reference/devices.md §2.5), and the sim backend's ``floppy`` option."""
 
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ def seek(m: Machine, cyl: int) -> list[int]:
     return result(m, 2)
 
 
-# --- intel: registers and the command / result phases (devices.md §2.1-§2.3) -----------------------
+# --- intel: registers and the command / result phases (docs/reference/devices.md §2.1-§2.3) -----------------------
 
 
 def test_intel_comes_up_as_a_bios_leaves_it_and_version_dumpreg_lock():
@@ -96,7 +96,7 @@ def test_intel_invalid_command_and_sense_interrupt_without_interrupt():
 
 def test_intel_reset_interrupt_and_four_sense_interrupts():
     """DOR /RESET low then high: an interrupt, then SENSE INTERRUPT STATUS four times gives
-    0xC0 + drive (devices.md §2.2), then none is pending."""
+    0xC0 + drive (docs/reference/devices.md §2.2), then none is pending."""
     m, _ = machine()
     m.io_write(DOR, 0x08)
     assert m.io_read(MSR) == 0x00  # held in reset
@@ -112,7 +112,7 @@ def test_intel_reset_interrupt_and_four_sense_interrupts():
 
 
 def test_intel_dor_bit3_gates_the_interrupt():
-    """On the AT DOR bit 3 gates DRQ and INT (devices.md §2.1)."""
+    """On the AT DOR bit 3 gates DRQ and INT (docs/reference/devices.md §2.1)."""
     m, _ = machine()
     m.io_write(DOR, 0x14)  # motor A, /RESET, no gate
     send(m, 0x07, 0x00)
@@ -142,7 +142,7 @@ def test_intel_seek_takes_its_steps_with_the_drive_busy_bit():
     assert result(m, 1) == [0x28]  # ST3: RDY, two-sided, not track 0 (§2.3)
 
 
-# --- intel: data commands on DMA 2 (devices.md §2.4) ----------------------------------------------------
+# --- intel: data commands on DMA 2 (docs/reference/devices.md §2.4) ----------------------------------------------------
 
 
 def test_intel_read_data_tc_ends_normally_and_the_count_falls_at_the_data_rate():
@@ -165,7 +165,7 @@ def test_intel_read_data_tc_ends_normally_and_the_count_falls_at_the_data_rate()
 
 
 def test_intel_read_to_eot_without_tc_is_abnormal_with_en():
-    """A multi-sector READ that reaches EOT without TC: IC=01 and ST1.EN (devices.md §2.4)."""
+    """A multi-sector READ that reaches EOT without TC: IC=01 and ST1.EN (docs/reference/devices.md §2.4)."""
     m, _ = machine()
     dma2(m, 0x46, 0x0000, 4095, page=3)  # room for 8 sectors, the command wants 2
     send(m, 0x46, 0x00, 0, 0, 1, 2, 2, 0x1B, 0xFF)
@@ -267,7 +267,7 @@ def test_intel_data_rate_mismatch_is_missing_address_mark():
     assert result(m, 7)[:2] == [0x40, 0x01]
 
 
-# --- qemu profile (devices.md §2.5, qemu-qtest.md §6) --------------------------------------------------------
+# --- qemu profile (docs/reference/devices.md §2.5, docs/reference/qemu-qtest.md §6) --------------------------------------------------------
 
 
 def test_qemu_seeks_are_instant_and_format_does_nothing():
@@ -294,7 +294,7 @@ def test_qemu_dor_bit3_is_specifys_nd_bit():
 
 
 def test_qemu_no_en_at_eot_and_the_dma_length_ends_the_command():
-    """qemu-qtest.md §6.3 'Partial transfer': no EN, ST0 0x20, C+1; 'Multi-sector read, short DMA
+    """docs/reference/qemu-qtest.md §6.3 'Partial transfer': no EN, ST0 0x20, C+1; 'Multi-sector read, short DMA
     count': the FDC stops at the DMA length with a normal result."""
     m, _ = machine("qemu")
     dma2(m, 0x46, 0x3000, 1023)
@@ -370,3 +370,37 @@ def test_backend_option_errors(tmp_path: Path):
             pass
     with pytest.raises(DeviceError, match="not a raw image"):
         asyncio.run(go())
+
+
+@pytest.mark.parametrize("name", ["qemu-fdc-read", "qemu-fdc-write"])
+async def test_the_qemu_fdc_examples_pass_on_the_qemu_profile(name: str):
+    """The scripts written against QEMU's FDC (docs/reference/qemu-qtest.md §6.1, §6.2) pass on the model."""
+    from hil.runner import run_script
+    from hil.script import load_script
+
+    script = Path(__file__).resolve().parent.parent / "configs" / "scripts" / f"{name}.toml"
+    async with open_backend("sim:?profile=qemu&floppy=generate") as be:
+        result = await run_script(load_script(script), be)
+    assert result.status == "passed", (result.error, [(o.step, o.name, o.value, o.expect) for o in result.failures])
+
+
+def test_read_id_intel_waits_for_the_next_id_qemu_after_20_ms():
+    """READ ID: the first ID found (docs/reference/devices.md §2.2); QEMU completes it on a 20 ms timer with the
+    current C/H and the next R (§2.5)."""
+    m, _ = machine("intel")
+    seek(m, 5)
+    start = m.now_ns
+    send(m, 0x4A, 0x04)
+    assert m.io_read(MSR) == 0x10
+    assert m.wait_irq(6, timeout_ns=1_000_000_000)
+    assert m.now_ns - start <= 200_000_000 + 40_000_000  # within a revolution, after the head load
+    st = result(m, 7)
+    assert st[:5] == [0x04, 0, 0, 5, 1] and 1 <= st[5] <= 18 and st[6] == 2
+    q, _ = machine("qemu")
+    seek(q, 5)
+    start = q.now_ns
+    send(q, 0x4A, 0x04)
+    assert not q.irq_level(6)
+    assert q.wait_irq(6, timeout_ns=1_000_000_000)
+    assert 20_000_000 <= q.now_ns - start <= 21_000_000
+    assert result(q, 7) == [0x04, 0, 0, 5, 1, 2, 2]

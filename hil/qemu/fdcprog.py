@@ -38,7 +38,7 @@ PAGES = (*range(1, 9), *range(0x11, 0x7F))
 
 
 def command(*values: int) -> list[Op]:
-    """An FDC command: MSR polled before every byte, as a driver does (qemu-qtest.md §6)."""
+    """An FDC command: MSR polled before every byte, as a driver does (docs/reference/qemu-qtest.md §6)."""
     return [op for v in values for op in (In(FDC_MSR), Out(FDC_FIFO, v))]
 
 
@@ -138,8 +138,16 @@ def _misc_command(rng: random.Random) -> list[list[Op]]:
         return [command(0x13, 0x00, rng.choice((0x60, 0x20, 0x40, 0x0A, rng.randrange(128))), rng.randrange(4))]
     if r < 0.84:
         return [command(0x03, rng.randrange(256), rng.randrange(128) << 1)]
-    if r < 0.92:
+    if r < 0.88:
         return [command(rng.choice(INVALID_OPCODES)) + results(rng.choice((1, 2)))]
+    if r < 0.91:  # a data rate the disk was not recorded at (DSR or CCR), sometimes back again
+        port = rng.choice((FDC_MSR, FDC_DIR))
+        return [[Out(port, rng.randrange(4))], _register_reads(rng)]
+    if r < 0.94:  # a reset pulse (DOR or DSR): an interrupt, then the four SENSE INTERRUPT STATUS
+        pulse = [Out(FDC_DOR, 0x18), Out(FDC_DOR, 0x1C)] if rng.random() < 0.5 else [Out(FDC_MSR, 0x80)]
+        return [pulse, *([command(0x08) + results(2)] * rng.choice((2, 4, 5)))]
+    if r < 0.96:  # bytes in the wrong phase: a FIFO read with nothing to read, a command over a result
+        return [[In(FDC_FIFO), In(FDC_MSR)], command(0x10) + command(0x10) + results(2)]
     return [command(0x4D, rng.choice((0, 4)), 0x02, 18, 0x1B, rng.randrange(256)) + results(7)]
 
 

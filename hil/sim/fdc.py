@@ -23,7 +23,7 @@ and its transfer handler: the i8257 calls it with the channel's length, it moves
 min(length, data) bytes through the controller at once, and the result is normal (there is no TC
 line, ST1.EN never comes). Seeks are instant, FORMAT TRACK writes nothing, SPECIFY's ND bit is
 DOR bit 3, READ ID completes after 20 ms, VERSION is 0x90, every sector is 512 bytes and N reads
-back 2 (devices.md §2.5).
+back 2 (docs/reference/devices.md §2.5).
 
 Disks (:class:`Disk`): raw 1.44 MB or 720 KB images, kept in memory; WRITE DATA changes the
 bytes and marks the disk dirty. Reading and writing image files is the backend's business
@@ -52,7 +52,7 @@ NS_PER_MS = 1_000_000
 
 
 class Msr(enum.IntFlag):
-    """Main status register (devices.md §2.1)."""
+    """Main status register (docs/reference/devices.md §2.1)."""
 
     DRV0_BUSY = 0x01
     CMD_BUSY = 0x10
@@ -62,7 +62,7 @@ class Msr(enum.IntFlag):
 
 
 class St0(enum.IntFlag):
-    """ST0 (devices.md §2.3)."""
+    """ST0 (docs/reference/devices.md §2.3)."""
 
     HEAD = 0x04
     EC = 0x10
@@ -91,9 +91,9 @@ DOR_DMA = 0x08  #: DOR bit 3, DMA and interrupt gate on the AT
 DSR_RESET = 0x80
 DSR_POWERDOWN = 0x40
 DIR_DSKCHG = 0x80
-#: data rate code (DSR/CCR bits 1:0) -> bits per second, MFM (devices.md §2.1)
+#: data rate code (DSR/CCR bits 1:0) -> bits per second, MFM (docs/reference/devices.md §2.1)
 RATES = {0: 500_000, 1: 300_000, 2: 250_000, 3: 1_000_000}
-VERSION = 0x90  #: "enhanced controller" (devices.md §2.2)
+VERSION = 0x90  #: "enhanced controller" (docs/reference/devices.md §2.2)
 ROTATION_NS = 200 * NS_PER_MS  #: 300 rpm
 
 
@@ -209,7 +209,7 @@ class FloppyController(IsaDevice):
 
     profile: ClassVar[str] = "intel"
     name = "fdc"
-    #: commands of the 82077AA subset (devices.md §2.2); opcode bits outside the mask are MT/MFM/SK
+    #: commands of the 82077AA subset (docs/reference/devices.md §2.2); opcode bits outside the mask are MT/MFM/SK
     COMMANDS: ClassVar[tuple[Command, ...]] = (
         Command("READ DATA", 0x06, 0x1F, 8),
         Command("WRITE DATA", 0x05, 0x3F, 8),
@@ -303,7 +303,7 @@ class FloppyController(IsaDevice):
 
     # --- lines ---------------------------------------------------------------------------
     def _lines(self) -> None:
-        """DRQ and INT reach the bus only through DOR bit 3 on the AT (devices.md §2.1)."""
+        """DRQ and INT reach the bus only through DOR bit 3 on the AT (docs/reference/devices.md §2.1)."""
         if self.machine is None:
             return
         gate = bool(self.dor & DOR_DMA)
@@ -598,7 +598,7 @@ class FloppyController(IsaDevice):
         self._after(self.chunk() * self.byte_ns(), lambda _: self._slot(), "byte")
 
     def chunk(self) -> int:
-        """Bytes per DRQ: one with the FIFO off, else 16 - threshold (devices.md §2.4)."""
+        """Bytes per DRQ: one with the FIFO off, else 16 - threshold (docs/reference/devices.md §2.4)."""
         return 1 if self.efifo_off else max(1, 16 - (self.fifothr + 1))
 
     def capacity(self) -> int:
@@ -724,7 +724,7 @@ class FloppyController(IsaDevice):
             return
         if last and (not x.mt or x.head == 1):
             # EOT without TC: abnormal termination with EN, except VERIFY with EC=0, whose
-            # EOT is the planned end (devices.md §2.2 notes)
+            # EOT is the planned end (docs/reference/devices.md §2.2 notes)
             self._finish(normal=x.command.name == "VERIFY" and not x.ec, en=True)
             return
         self._next_sector(x, last)
@@ -744,7 +744,7 @@ class FloppyController(IsaDevice):
         self._after(self._until_sector(x.r, spt), lambda _: self._sector_start(), "sector")
 
     def _finish(self, *, normal: bool, en: bool = False) -> None:
-        """Result phase with the next sector's ID as 82077AA Table 5-6 gives it (devices.md §2.2)."""
+        """Result phase with the next sector's ID as 82077AA Table 5-6 gives it (docs/reference/devices.md §2.2)."""
         x = self.xfer
         assert x is not None
         c, h, r = x.c, x.h, x.r
@@ -979,7 +979,7 @@ class QemuFloppyController(FloppyController):
             self.irq().set(level)
 
     def _lines(self) -> None:
-        """QEMU's FDC drives its IRQ whatever DOR bit 3 says (devices.md §2.5)."""
+        """QEMU's FDC drives its IRQ whatever DOR bit 3 says (docs/reference/devices.md §2.5)."""
 
     def reset_irq(self) -> None:
         self.status0 = 0
