@@ -18,6 +18,7 @@ from hil.sim.machine import Machine, machine_for
 
 MSR, FIFO, DOR, DIR = 0x3F4, 0x3F5, 0x3F2, 0x3F7
 IMAGE = generated_image()
+SCRIPTS = Path(__file__).resolve().parent.parent / "configs" / "scripts"
 
 
 def sector(lba: int) -> bytes:
@@ -267,7 +268,7 @@ def test_intel_data_rate_mismatch_is_missing_address_mark():
     assert result(m, 7)[:2] == [0x40, 0x01]
 
 
-# --- qemu profile (docs/reference/devices.md §2.5, docs/reference/qemu-qtest.md §6) --------------------------------------------------------
+# --- qemu profile (docs/reference/devices.md §2.5, docs/reference/qemu-qtest.md §6) ----------------------
 
 
 def test_qemu_seeks_are_instant_and_format_does_nothing():
@@ -378,9 +379,8 @@ async def test_the_qemu_fdc_examples_pass_on_the_qemu_profile(name: str):
     from hil.runner import run_script
     from hil.script import load_script
 
-    script = Path(__file__).resolve().parent.parent / "configs" / "scripts" / f"{name}.toml"
     async with open_backend("sim:?profile=qemu&floppy=generate") as be:
-        result = await run_script(load_script(script), be)
+        result = await run_script(load_script(SCRIPTS / f"{name}.toml"), be)
     assert result.status == "passed", (result.error, [(o.step, o.name, o.value, o.expect) for o in result.failures])
 
 

@@ -144,7 +144,7 @@ def _misc_command(rng: random.Random) -> list[list[Op]]:
         port = rng.choice((FDC_MSR, FDC_DIR))
         return [[Out(port, rng.randrange(4))], _register_reads(rng)]
     if r < 0.94:  # a reset pulse (DOR or DSR): an interrupt, then the four SENSE INTERRUPT STATUS
-        pulse = [Out(FDC_DOR, 0x18), Out(FDC_DOR, 0x1C)] if rng.random() < 0.5 else [Out(FDC_MSR, 0x80)]
+        pulse: list[Op] = [Out(FDC_DOR, 0x18), Out(FDC_DOR, 0x1C)] if rng.random() < 0.5 else [Out(FDC_MSR, 0x80)]
         return [pulse, *([command(0x08) + results(2)] * rng.choice((2, 4, 5)))]
     if r < 0.96:  # bytes in the wrong phase: a FIFO read with nothing to read, a command over a result
         return [[In(FDC_FIFO), In(FDC_MSR)], command(0x10) + command(0x10) + results(2)]
