@@ -22,7 +22,8 @@ TRACK = 18 * 512
 async def read_disk(url: str) -> float:
     start = time.perf_counter()
     async with open_backend(url) as be:
-        await be.execute([Out(0x3F2, 0x1C)])
+        # motor on; CONFIGURE as Linux's floppy driver does: FIFO on, threshold 11, polling off
+        await be.execute([Out(0x3F2, 0x1C), Out(0x3F5, 0x13), Out(0x3F5, 0), Out(0x3F5, 0x1A), Out(0x3F5, 0)])
         for cyl in range(80):
             # SEEK, wait for the drive-busy bit to drop (MSR polled, as a driver waits), SENSE INTERRUPT
             await be.execute([Out(0x3F5, 0x0F), Out(0x3F5, 0), Out(0x3F5, cyl), Poll(0x3F4, 0x01, 0x00, 2e6, 100.0),

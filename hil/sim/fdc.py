@@ -209,6 +209,7 @@ class FloppyController(IsaDevice):
 
     profile: ClassVar[str] = "intel"
     name = "fdc"
+    dma_isolated = True  #: its DACK callbacks change only its own DRQ
     #: commands of the 82077AA subset (docs/reference/devices.md §2.2); opcode bits outside the mask are MT/MFM/SK
     COMMANDS: ClassVar[tuple[Command, ...]] = (
         Command("READ DATA", 0x06, 0x1F, 8),

@@ -157,6 +157,14 @@ class DmaPort(Device):
         return f"DmaPort({self.owner.name}, ch{self.channel}, dreq={self.dreq})"
 
 
+class IsolatedDmaPort(DmaPort):
+    """The port of a device whose DMA callbacks change no other channel's DREQ
+    (:attr:`IsaDevice.dma_isolated`): the machine may move a run of its single-mode transfers
+    as one slice (docs/reference/8237.md §3.5, :attr:`hil.sim.devices.Device.isolated`)."""
+
+    isolated = True
+
+
 @dataclass(frozen=True)
 class PortRange:
     """``size`` consecutive I/O ports from ``base``."""
@@ -250,6 +258,9 @@ class IsaDevice:
     def dma_verify(self, channel: int, count: int, width: int) -> None:
         """``count`` DACK cycles of a verify transfer: no data on the bus (see
         :meth:`hil.sim.devices.Device.verify_cycles`). Default: ignored."""
+
+    #: the DMA callbacks touch no other channel's DREQ (see :class:`IsolatedDmaPort`)
+    dma_isolated: bool = False
 
     #: the device moves its own data through the controller in one call, as QEMU's ISA DMA
     #: devices do (``IsaDmaTransferHandler``): a machine that models QEMU's i8257 calls

@@ -63,7 +63,7 @@ from hil.ports import (
 from hil.sim.devices import Device, Direction
 from hil.sim.i8237 import FLOAT, I8237, Controller, QemuI8257
 from hil.sim.i8259 import PORTS as PIC_PORTS, PicPair, QemuPicPair
-from hil.sim.isa import DmaPort, IrqBus, IrqLine, IsaDevice, isa_line
+from hil.sim.isa import DmaPort, IrqBus, IrqLine, IsaDevice, IsolatedDmaPort, isa_line
 from hil.sim.timers import Scheduler
 
 log = get_logger("hil.sim")
@@ -319,7 +319,7 @@ class Machine:
         device.irq_lines = {n: IrqLine(self.irq_bus, n) for n in device.irqs}
         device.dma_ports = {}
         for channel in device.dma_channels:
-            port_dev = DmaPort(device, channel)
+            port_dev = (IsolatedDmaPort if device.dma_isolated else DmaPort)(device, channel)
             device.dma_ports[channel] = port_dev
             self.attach(channel, port_dev)
         self.isa_devices.append(device)
