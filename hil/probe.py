@@ -88,7 +88,7 @@ class Verdict(enum.Enum):
 
 
 class ChipsetClass(enum.Enum):
-    """What the register behaviour points to (docs/reference/8237.md §5; devices.md §3)."""
+    """What the register behaviour points to (docs/reference/8237.md §5; docs/reference/devices.md §3)."""
 
     NO_LEGACY_DMA = "no legacy DMA (Intel 100-series PCH or later, an eSPI platform, or an SoC without an 8237)"
     INTEL_STYLE = ("8237 pair with the Intel-style mask read-back at 0x0F/0xDE, DMA1 mirrored at 0x10-0x1F: an "

@@ -12,6 +12,7 @@ configuration interfaces (docs/reference/devices.md §9).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -522,3 +523,18 @@ async def test_a_chip_that_answers_without_a_key_is_reported_not_named() -> None
     finally:
         await be.close()
     assert f.verdict is Verdict.INFO and "0xC562 with and without an entry key" in f.summary
+
+
+def test_the_readme_example_output_is_what_the_command_prints(tmp_path: Path) -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## What DMA hardware is there: `hil probe`"):]
+    commands = section[section.index("```sh\n") + 6:section.index("```\n")]
+    stand_in = next(line for line in commands.splitlines() if line.startswith("python -c"))
+    shown = section[section.index("```text\n") + 8:]
+    shown = shown[:shown.index("```\n")]
+    subprocess.run(["bash", "-c", stand_in.partition(" # ")[0]], cwd=tmp_path, check=True)
+    out = subprocess.run([sys.executable, "-m", "hil", "probe", "devport:?port=nodma.port"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=60, env={**os.environ,
+                                                                          "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 1
+    assert out.stdout == shown
