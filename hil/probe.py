@@ -192,16 +192,6 @@ class ProbeReport:
 # --- running steps ---------------------------------------------------------------------------
 
 
-class _Refused(Exception):
-    """A step's program was refused by the backend's allow-list (nothing of it ran)."""
-
-
-class _Undecoded(Exception):
-    def __init__(self, port: int) -> None:
-        super().__init__(f"0x{port:04X}")
-        self.port = port
-
-
 @dataclass
 class _Session:
     """Runs a step's programs and keeps the accesses, in order, as the step's evidence."""
@@ -215,12 +205,7 @@ class _Session:
 
     async def run(self, ops: Sequence[Op]) -> list[int]:
         """The values read, one per In/Poll, in order. Writes and reads go into the evidence."""
-        try:
-            results = await self.be.execute(list(ops))
-        except AccessDeniedError as e:
-            raise _Refused(str(e)) from None
-        except UndecodedPortError as e:
-            raise _Undecoded(e.port) from None
+        results = await self.be.execute(list(ops))  # a refusal raises before any op ran
         values = [r for r in results if isinstance(r, int)]
         it = iter(values)
         for op in ops:
@@ -238,7 +223,7 @@ class _Session:
 Step = Callable[[_Session], Awaitable[list[Finding]]]
 
 
-def _refused(subject: Subject, where: str, ports: str, e: _Refused, evidence: tuple[Access, ...]) -> Finding:
+def _refused(subject: Subject, where: str, ports: str, e: AccessDeniedError, evidence: tuple[Access, ...]) -> Finding:
     return Finding(subject, where, Verdict.NOT_CHECKED, "outside the allow-list", evidence,
                    f"allow ports {ports} to check it", detail=str(e))
 
@@ -247,9 +232,9 @@ async def _guarded(s: _Session, subject: Subject, where: str, ports: str, step: 
     """Run one step; a refusal, an undecoded port or a backend failure is a finding of its own."""
     try:
         return await step(s)
-    except _Refused as e:
+    except AccessDeniedError as e:
         return [_refused(subject, where, ports, e, s.take())]
-    except _Undecoded as e:
+    except UndecodedPortError as e:
         return [Finding(subject, where, Verdict.ABSENT, f"nothing decodes port 0x{e.port:04X}", s.take())]
     except HilError as e:
         log.warning("probe_step_failed", subject=subject.value, where=where, error=str(e))
@@ -291,7 +276,7 @@ async def _float_if_undecoded(s: _Session, port: int) -> int:
     bus floats to: these reads are evidence for the chipset class, not tests of their own."""
     try:
         (value,) = await s.read(port)
-    except _Undecoded:
+    except UndecodedPortError:
         s.evidence.append(Access(port, FLOAT))
         return FLOAT
     return value
@@ -303,9 +288,9 @@ async def _dma(s: _Session) -> tuple[list[Finding], _DmaEvidence | None]:
         mask1, mask2, req1, req2 = [await _float_if_undecoded(s, p) for p in (0x0F, 0xDE, 0x09, 0xD2)]
         core = s.take()
         mirror, spare = [await _float_if_undecoded(s, p) for p in (0x1F, 0x84)]
-    except _Refused as e:
+    except AccessDeniedError as e:
         return [_refused(Subject.DMA, "", "0x00-0x1F, 0x80-0x8F, 0xC0-0xDF", e, s.take())], None
-    except _Undecoded as e:
+    except UndecodedPortError as e:
         return [Finding(Subject.DMA, "", Verdict.ABSENT, f"no 8237: nothing decodes port 0x{e.port:02X}", s.take(),
                         NO_8237_HINT)], None
     extra = s.take()
@@ -562,7 +547,7 @@ class _EcrTest:
         ops = ([Out(self.ecr_port, self.ecr)] if self.wrote_ecr else []) + [Out(self.ctr_port, self.ctr)]
         try:
             await self.s.run(ops)
-        except (_Refused, _Undecoded, HilError) as e:  # the test's ports were allowed, so this is a failure
+        except HilError as e:  # the test's ports were allowed, so this is a failure
             log.warning("probe_ecp_restore_failed", port=f"0x{self.base:03X}", error=str(e))
 
 
@@ -633,11 +618,14 @@ async def _superio(s: _Session, port: int) -> list[Finding]:
     # what the ID registers answer without a key (Linux's winbond_check compares the two)
     orig, base_hi, base_lo = await s.run([In(port), *_reg(port, 0x20), *_reg(port, 0x21)])
     for family in FAMILIES:
-        entered = False
+        refused = False
         try:
-            ops = [Out(port, b) for b in family.key(port)] + _reg(port, 0x20) + _reg(port, 0x21) + _reg(port, 0x07)
-            entered = True  # from here an entry byte may have reached the chip: exit whatever happens
-            hi, lo, ldn = await s.run(ops)
+            entry = [Out(port, b) for b in family.key(port)] + _reg(port, 0x20) + _reg(port, 0x21) + _reg(port, 0x07)
+            try:
+                hi, lo, ldn = await s.run(entry)
+            except AccessDeniedError:
+                refused = True  # checked before any of it ran: no key byte went out
+                raise
             chip_id = hi << 8 | lo
             if chip_id in (0xFFFF, 0x0000) or (hi, lo) == (base_hi, base_lo):
                 continue
@@ -645,11 +633,8 @@ async def _superio(s: _Session, port: int) -> list[Finding]:
                                *_reg(port, 0x61), *_reg(port, 0x70), *_reg(port, 0x74),
                                Out(port, 0x07), Out(port + 1, ldn)])
             return [_superio_finding(family, where, chip_id, lpt, s.take())]
-        except _Refused:
-            entered = False  # refused before any of it ran
-            raise
         finally:
-            if entered:
+            if not refused:  # a key byte may have reached the chip: exit, whatever happened since
                 await _superio_exit(s, port, family, orig)
     if (base_hi, base_lo) not in ((FLOAT, FLOAT), (0, 0)):
         return [Finding(Subject.SUPERIO, where, Verdict.INFO,
@@ -663,7 +648,7 @@ async def _superio(s: _Session, port: int) -> list[Finding]:
 async def _superio_exit(s: _Session, port: int, family: SuperIoFamily, orig: int) -> None:
     try:
         await s.run([*family.exit(port), Out(port, orig)])  # then the index back, as Linux does
-    except (_Refused, _Undecoded, HilError) as e:
+    except HilError as e:
         log.error("probe_superio_exit_failed", port=f"0x{port:02X}", family=family.name, error=str(e),
                   note="the chip may still be in configuration mode; a power cycle leaves it")
 

@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from hil.backends import open_backend
 from hil.backends.base import Backend
 from hil.backends.qemu import qemu_available
@@ -434,14 +436,15 @@ async def test_ite_identity_at_4e() -> None:
     assert not chip.config
 
 
-async def test_superio_exits_config_mode_even_when_a_step_fails() -> None:
-    chip = SuperIo(0x2E, (0x87, 0x87), 0xC562, ldns=LPT, fail_on=0x74)
+@pytest.mark.parametrize("register", [0x20, 0x74])  # in the entry program, in the LDN program
+async def test_superio_exits_config_mode_even_when_a_step_fails(register: int) -> None:
+    chip = SuperIo(0x2E, (0x87, 0x87), 0xC562, ldns=LPT, fail_on=register)
     be = await sim_with(chip)
     try:
         f = (await probe(be, active=True)).find(Subject.SUPERIO, "0x2E")
     finally:
         await be.close()
-    assert f.verdict is Verdict.ERROR and "0x74" in f.summary
+    assert f.verdict is Verdict.ERROR and f"0x{register:02X}" in f.summary
     assert chip.entries == 1 and not chip.config
 
 
