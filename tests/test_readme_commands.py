@@ -41,6 +41,7 @@ NOT_RUN = {
     "sudo hil doctor 'devport:?allow=/etc/hil/allow.toml'": "a Linux target's allow-list in /etc/hil",
     "sudo hil regs -v -b 'devport:?allow=/etc/hil/allow.toml&dry_run=1'": "a Linux target's allow-list in /etc/hil",
     "sudo hil regs -b 'devport:?allow=/etc/hil/allow.toml'": "a Linux target with /dev/port",
+    "sudo hil probe 'devport:?allow=/etc/hil/allow.toml'": "a Linux target with /dev/port",
     "sudo hil agent --io 'devport:?allow=/etc/hil/allow.toml' --allow /etc/hil/allow.toml "
     "--listen tcp://0.0.0.0:7777 --token SECRET": "a Linux target with /dev/port",
 }
