@@ -7,13 +7,19 @@ QEMU 7.2's i8257), ``mem`` (physical memory size: ``16M``, ``640K``, ``0x100000`
 default is ``bios`` for ``intel`` and ``none`` for ``qemu``, matching QEMU under a halt firmware),
 ``sb16`` (``1``: plug a Sound Blaster 16 at 0x220 on DMA 1 and 5, IRQ 5, modelled per the profile:
 :mod:`hil.sim.sb16`; capability ``sb16``).
+``floppy`` (``generate``: a 1.44 MB disk where byte *i* of LBA *n* is ``(13n + i) & 0xFF``, as
+``qemu:?floppy=generate``; or the path of a raw 1.44 MB / 720 KB image, read when the backend
+opens and written back after each program that changed it): the profile's floppy controller
+(:mod:`hil.sim.fdc`) at 0x3F0-0x3F7 on DMA 2 / IRQ 6, capability ``fdc``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 from collections.abc import Sequence
+from pathlib import Path
 
 from hil.backends import BackendURL
 from hil.backends.base import Backend, Capabilities, Capability
@@ -51,6 +57,7 @@ from hil.ops import (
 )
 from hil.ports import CASCADE_CHANNEL
 from hil.sim.devices import Device, Sink, Source
+from hil.sim.fdc import SECTOR, Disk, FloppyController, fdc_for, generated_image
 from hil.sim.machine import PROFILES, Timing, machine_for
 from hil.sim.sb16 import card_for
 
@@ -60,6 +67,7 @@ OPTIONS = {
     "strict": "0|1, raise on undecoded ports",
     "post": "bios|none, BIOS channel-4 set-up at reset",
     "sb16": "0|1, plug a Sound Blaster 16 (220h, DMA 1/5, IRQ 5)",
+    "floppy": "generate|PATH, drive A on the profile's floppy controller",
 }
 PROFILE_ALIASES = {"intel": "intel", "default": "intel", "datasheet": "intel", "qemu": "qemu"}
 MIN_MEM, MAX_MEM = 1 << 16, 1 << 30
@@ -94,7 +102,16 @@ def from_url(url: BackendURL) -> SimBackend:
         post = opts["post"] == "bios"
     strict = url.flag("strict")
     sb16 = url.flag("sb16")
-    return SimBackend(url.raw, profile=PROFILE_ALIASES[name], mem_size=mem, strict=strict, post=post, sb16=sb16)
+    floppy = None
+    if opts.get("floppy", "") not in ("", "none", "0"):
+        floppy = opts["floppy"]
+        if floppy != "generate":
+            path = Path(floppy).expanduser()
+            if not path.is_file():
+                raise BackendOptionError(url.raw, f"option floppy={floppy!r}: no such image file (or use floppy=generate)")
+            floppy = str(path.resolve())
+    return SimBackend(url.raw, profile=PROFILE_ALIASES[name], mem_size=mem, strict=strict, post=post, sb16=sb16,
+                      floppy=floppy)
 
 
 class SimBackend(Backend):
@@ -113,10 +130,59 @@ class SimBackend(Backend):
         post: bool | None = None,
         timing: Timing | None = None,
         sb16: bool = False,
+        floppy: str | None = None,
     ) -> None:
         super().__init__(url)
         self.machine = machine_for(profile, mem_size=mem_size, strict=strict, post=post, timing=timing)
         self.sb16 = self.machine.plug(card_for(self.machine.profile)) if sb16 else None
+        self.floppy = floppy  #: "generate", an image path, or None
+        self.fdc: FloppyController | None = None  #: plugged when the backend opens
+
+    @property
+    def floppy_path(self) -> Path | None:
+        """The image file drive A writes back to (None for ``generate`` or no floppy)."""
+        return Path(self.floppy) if self.floppy not in (None, "generate") else None
+
+    async def _open(self) -> None:
+        """Plug the floppy controller; an image file is read off the event loop."""
+        if self.floppy is None:
+            return
+        path = self.floppy_path
+        if path is None:
+            disk = Disk(generated_image(), name="generated")
+        else:
+            try:
+                image = await asyncio.to_thread(path.read_bytes)
+            except OSError as e:
+                raise BackendOptionError(self.url, f"option floppy={self.floppy!r}: cannot read the image: {e}") from None
+            disk = Disk(image, name=path.name)
+        self.fdc = fdc_for(self.machine.profile, {0: disk})
+        self.machine.plug(self.fdc)
+
+    async def _close(self) -> None:
+        await self._write_back()
+
+    async def _write_back(self) -> None:
+        """Sectors WRITE DATA changed go to the image file, in a thread (no file I/O in the model)."""
+        path = self.floppy_path
+        disk = self.fdc.drives[0].disk if self.fdc is not None else None
+        if path is None or disk is None or not disk.dirty:
+            return
+        sectors = sorted(disk.changed)
+        chunks = [(lba, bytes(disk.data[lba * SECTOR:(lba + 1) * SECTOR])) for lba in sectors]
+        disk.changed.clear()
+        disk.dirty = False
+
+        def write() -> None:
+            with path.open("r+b") as f:
+                for lba, data in chunks:
+                    f.seek(lba * SECTOR)
+                    f.write(data)
+
+        try:
+            await asyncio.to_thread(write)
+        except OSError as e:
+            raise DeviceError(f"floppy image {path}: cannot write back {len(chunks)} sector(s): {e}") from None
 
     @property
     def capabilities(self) -> Capabilities:
@@ -124,13 +190,16 @@ class SimBackend(Backend):
         features = {Capability.VIRTUAL_TIME, Capability.DEVICES, Capability.DREQ, Capability.IRQ}
         if self.sb16 is not None:
             features.add(Capability.SB16)
+        if self.floppy:
+            features.add(Capability.FDC)
         return Capabilities(
             backend="sim",
             identity=f"sim profile={m.profile} mem={len(m.memory) >> 10}KiB{' strict' if m.strict else ''}"
                      f"{' sb16' if self.sb16 is not None else ''}",
             features=frozenset(features),
             memory_window=(0, len(m.memory)),
-            details={"profile": m.profile, "virtual_ns": m.now_ns, **({"sb16": True} if self.sb16 is not None else {})},
+            details={"profile": m.profile, "virtual_ns": m.now_ns, **({"sb16": True} if self.sb16 is not None else {}),
+                     **({"floppy": self.floppy} if self.floppy else {})},
         )
 
     async def execute(self, ops: Sequence[Op]) -> list[Result]:
@@ -138,7 +207,10 @@ class SimBackend(Backend):
         # interleaved with another task's: atomic without taking the lock.
         self._check_open()
         self.check(ops)
-        return self._run(ops)
+        results = self._run(ops)
+        if self.fdc is not None:
+            await self._write_back()
+        return results
 
     def check(self, ops: Sequence[Op]) -> None:
         """Refuse what the model would raise part-way through the program, before any op runs:
@@ -169,7 +241,10 @@ class SimBackend(Backend):
                 raise DeviceError(f"channel {dev.channel}: only a source takes more data")
 
     async def _execute(self, ops: Sequence[Op]) -> list[Result]:
-        return self._run(ops)
+        results = self._run(ops)
+        if self.fdc is not None:
+            await self._write_back()
+        return results
 
     def _run(self, ops: Sequence[Op]) -> list[Result]:
         m = self.machine
@@ -260,6 +335,8 @@ class SimBackend(Backend):
         """Run virtual time until no channel can be serviced (``timeout_s`` is virtual)."""
         limit = 10.0 if timeout_s is None else timeout_s
         self.machine.run_until_idle(round(limit * 1e9))
+        if self.fdc is not None:
+            await self._write_back()
 
 
 def device_state(device: Device, max_bytes: int = 4096) -> DeviceState:

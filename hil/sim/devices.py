@@ -81,6 +81,11 @@ class Device:
         """T/C was asserted during this device's last DACK cycle."""
         self.tc_count += 1
 
+    def verify_cycles(self, channel: int, count: int, width: int) -> None:
+        """``count`` DACK cycles of a verify transfer (docs/reference/8237.md §2.5): the
+        controller generates no memory or I/O strobe, but the device sees its DACKs, as a
+        floppy controller does. Default: nothing (a source keeps its data)."""
+
     # --- bulk helpers (override for speed; must behave like repeated unit calls) ---------------
     def burst_units(self, channel: int, width: int, limit: int) -> int:
         """How many of the next ``limit`` units can move while DREQ stays asserted.

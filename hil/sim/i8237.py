@@ -478,8 +478,12 @@ class QemuI8257(Controller):
         return True  # 0x04 is accepted but never consulted
 
     def wants_service(self, local: int, dreq: int) -> bool:
+        return self.requested(local) and not self.exhausted(local)
+
+    def requested(self, local: int) -> bool:
+        """DMA_run's test: unmasked with the request bit set (position and size aside)."""
         bit = 1 << local
-        return not self.mask & bit and bool(self.status_req & bit) and not self.exhausted(local)
+        return not self.mask & bit and bool(self.status_req & bit)
 
     def mem_to_mem(self) -> bool:
         return False

@@ -29,6 +29,20 @@ from hil.sim.devices import Device, Direction
 from hil.sim.timers import Scheduler, Timer, TimerCallback
 
 
+class DmaWindow(Protocol):
+    """What a transfer handler sees of its channel: QEMU's ``read_memory`` / ``write_memory``,
+    at byte ``pos`` of the transfer (the machine applies the channel's address, page, direction
+    and verify mode as QEMU's i8257 does)."""
+
+    def read(self, pos: int, length: int) -> bytes | None:
+        """``length`` bytes from memory at transfer position ``pos``; None in verify mode
+        (nothing is read and the device's buffer stays as it was)."""
+
+    def write(self, pos: int, data: bytes) -> bytes:
+        """Store ``data`` at transfer position ``pos``; returns the device's buffer as the
+        controller leaves it (QEMU's decrement mode mangles it in place)."""
+
+
 class Host(Protocol):
     """What a plugged device sees of its machine: the clock and the timers. A protocol rather
     than :class:`hil.sim.machine.Machine` itself, so the machine builds on this module and not
@@ -133,6 +147,9 @@ class DmaPort(Device):
         super().terminal_count(channel)
         self.owner.dma_terminal_count(channel)
 
+    def verify_cycles(self, channel: int, count: int, width: int) -> None:
+        self.owner.dma_verify(channel, count, width)
+
     def burst_units(self, channel: int, width: int, limit: int) -> int:
         return self.owner.dma_burst_units(channel, width, limit) if self.dreq else 0
 
@@ -144,6 +161,14 @@ class DmaPort(Device):
 
     def __repr__(self) -> str:
         return f"DmaPort({self.owner.name}, ch{self.channel}, dreq={self.dreq})"
+
+
+class IsolatedDmaPort(DmaPort):
+    """The port of a device whose DMA callbacks change no other channel's DREQ
+    (:attr:`IsaDevice.dma_isolated`): the machine may move a run of its single-mode transfers
+    as one slice (docs/reference/8237.md §3.5, :attr:`hil.sim.devices.Device.isolated`)."""
+
+    isolated = True
 
 
 @dataclass(frozen=True)
@@ -235,6 +260,24 @@ class IsaDevice:
 
     def dma_terminal_count(self, channel: int) -> None:
         """T/C came with the device's last DACK cycle."""
+
+    def dma_verify(self, channel: int, count: int, width: int) -> None:
+        """``count`` DACK cycles of a verify transfer: no data on the bus (see
+        :meth:`hil.sim.devices.Device.verify_cycles`). Default: ignored."""
+
+    #: the DMA callbacks touch no other channel's DREQ (see :class:`IsolatedDmaPort`)
+    dma_isolated: bool = False
+
+    #: the device moves its own data through the controller in one call, as QEMU's ISA DMA
+    #: devices do (``IsaDmaTransferHandler``): a machine that models QEMU's i8257 calls
+    #: :meth:`dma_handler` instead of running DACK cycles (docs/reference/qemu-qtest.md §6)
+    transfer_handler: bool = False
+
+    def dma_handler(self, channel: int, pos: int, size: int, dma: DmaWindow) -> int:
+        """QEMU's transfer handler: called with the channel's position and size in bytes while
+        its request is set and it is unmasked; returns the new position (QEMU stores it as the
+        channel's count position). Only for devices with :attr:`transfer_handler` set."""
+        raise DeviceError(f"{self.name}: no QEMU-style transfer handler")
 
     def dma_burst_units(self, channel: int, width: int, limit: int) -> int:
         """How many of the next ``limit`` units move while DREQ stays up (see

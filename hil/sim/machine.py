@@ -63,7 +63,7 @@ from hil.ports import (
 from hil.sim.devices import Device, Direction
 from hil.sim.i8237 import FLOAT, I8237, Controller, QemuI8257
 from hil.sim.i8259 import PORTS as PIC_PORTS, PicPair, QemuPicPair
-from hil.sim.isa import DmaPort, IrqBus, IrqLine, IsaDevice, isa_line
+from hil.sim.isa import DmaPort, IrqBus, IrqLine, IsaDevice, IsolatedDmaPort, isa_line
 from hil.sim.timers import Scheduler
 
 log = get_logger("hil.sim")
@@ -319,7 +319,7 @@ class Machine:
         device.irq_lines = {n: IrqLine(self.irq_bus, n) for n in device.irqs}
         device.dma_ports = {}
         for channel in device.dma_channels:
-            port_dev = DmaPort(device, channel)
+            port_dev = (IsolatedDmaPort if device.dma_isolated else DmaPort)(device, channel)
             device.dma_ports[channel] = port_dev
             self.attach(channel, port_dev)
         self.isa_devices.append(device)
@@ -695,6 +695,8 @@ class Machine:
                 data = self._dma_load(phys, step, k, size)
                 if dev is not None:
                     dev.accept_many(channel, data, width)
+            elif dev is not None:  # verify: DACK cycles without strobes (§2.5)
+                dev.verify_cycles(channel, k, width)
             tc = ctl.advance(local, k)
             moved += k
         return tc
@@ -822,6 +824,17 @@ class QemuMachine(Machine):
     #: QEMU driven by a halt firmware has run no BIOS: channel 4 stays as reset left it
     post_by_default = False
 
+    def __init__(
+        self,
+        *,
+        mem_size: int = 16 << 20,
+        strict: bool = False,
+        post: bool | None = None,
+        timing: Timing | None = None,
+    ) -> None:
+        self._handlers: list[tuple[int, DmaPort]] = []  #: (channel, port) of transfer-handler devices
+        super().__init__(mem_size=mem_size, strict=strict, post=post, timing=timing)
+
     def _splits_word(self, port: int, decoded: Mapping[int, Callable[..., object]]) -> bool:
         """QEMU's memory core bounds an access by the alignment of its address: at an odd port a
         word access becomes two byte accesses, each dispatched to the owner of its own port
@@ -834,13 +847,50 @@ class QemuMachine(Machine):
 
     def requesters(self) -> list[int]:
         """QEMU's DMA_run: controller 0 then 1, channel 0..3, no cascade gating, no priority;
-        only channels with a device attached (a software request alone moves nothing)."""
+        only channels with a device attached (a software request alone moves nothing). Devices
+        with a transfer handler are not among them: they run inside port writes
+        (:meth:`io_write`)."""
         out = []
         for ctl, first in ((self.dma1, 0), (self.dma2, 4)):
             dreq = self._dreq_bits(first)
             out += [first + c for c in range(4)
-                    if first + c in self.devices and ctl.wants_service(c, dreq) and self.devices[first + c].ready(first + c)]
+                    if first + c in self.devices and not _has_handler(self.devices[first + c])
+                    and ctl.wants_service(c, dreq) and self.devices[first + c].ready(first + c)]
         return out
+
+    def io_write(self, port: int, value: int, width: int = 8) -> None:
+        """QEMU runs its DMA engine inside the port write that requests or unmasks a channel,
+        and a device's own write that raises its request (``hold_DREQ``) runs it too: a device
+        with a transfer handler has moved its data, raised its interrupt and entered its result
+        phase before the ``outb`` returns (docs/reference/qemu-qtest.md §6.1, §6.3 'DREQ while
+        masked')."""
+        super().io_write(port, value, width)
+        if width == 8 and self._handlers:
+            self._run_handlers()
+
+    def plug(self, device: IsaDevice) -> IsaDevice:
+        super().plug(device)
+        self._handlers = [(ch, p) for d in self.isa_devices if d.transfer_handler for ch, p in d.dma_ports.items()]
+        return device
+
+    def unplug(self, device: IsaDevice) -> None:
+        super().unplug(device)
+        self._handlers = [(ch, p) for d in self.isa_devices if d.transfer_handler for ch, p in d.dma_ports.items()]
+
+    def _run_handlers(self) -> None:
+        """QEMU's channel_run for each requested, unmasked handler channel: the handler gets
+        (position, size in bytes), and what it returns becomes the position; TC (the status
+        bit, nothing else: there is no TC line) when it equals the size."""
+        for channel, port in self._handlers:
+            ctl, local = self._ctl(channel), channel & 3
+            if not isinstance(ctl, QemuI8257) or not ctl.requested(local):
+                continue
+            size = ctl.size_bytes(local)
+            pos = port.owner.dma_handler(channel, ctl.channels[local].pos, size, _QemuWindow(self, channel))
+            ctl.channels[local].pos = pos
+            if pos == size:
+                ctl.terminal_count(local)
+            self._idle = False
 
     def _grant(
         self, ctl: Controller, channel: int, device: Device | None, width: int, budget_ns: int, *, alone: bool
@@ -889,6 +939,54 @@ class QemuMachine(Machine):
         data = super()._dma_load(self._span(phys, step, k, size)[0], 1, k, size)
         half = len(data) // 2
         return data[len(data) - half :][::-1] + data[half:]
+
+
+def _has_handler(device: Device) -> bool:
+    return isinstance(device, DmaPort) and device.owner.transfer_handler
+
+
+class _QemuWindow:
+    """QEMU's i8257 ``read_memory`` / ``write_memory`` for one channel (docs/reference/qemu-qtest.md
+    §6.3): linear from ``page << 16 | start address`` plus the device's position, below the
+    start address when decrementing (with the in-place half mirror of the buffer), and no memory
+    access at all in verify mode."""
+
+    def __init__(self, machine: QemuMachine, channel: int) -> None:
+        self.m = machine
+        ctl = machine._ctl(channel)
+        assert isinstance(ctl, QemuI8257)  # QemuMachine's controllers
+        self.ctl = ctl
+        self.local = channel & 3
+        self.base = (machine.page_of(channel) << 16) | self.ctl.channels[self.local].now_addr
+
+    def _span(self, pos: int, length: int) -> tuple[int, bool]:
+        mode = self.ctl.channels[self.local].mode
+        if mode & 0x20:
+            return self.base - pos - length, True
+        return self.base + pos, False
+
+    def _verify(self) -> bool:
+        return self.ctl.transfer_type(self.local) == TransferType.VERIFY
+
+    def read(self, pos: int, length: int) -> bytes | None:
+        if self._verify():
+            return None
+        addr, down = self._span(pos, length)
+        data = Machine._dma_load(self.m, addr, 1, length, 1)
+        return _mirror(data) if down else data
+
+    def write(self, pos: int, data: bytes) -> bytes:
+        if self._verify():
+            return data
+        addr, down = self._span(pos, len(data))
+        Machine._dma_store(self.m, addr, 1, data, 1)
+        return _mirror(data) if down else data
+
+
+def _mirror(data: bytes) -> bytes:
+    """QEMU's 'reverse' of a decrementing chunk: the first half becomes the second half reversed."""
+    half = len(data) // 2
+    return data[len(data) - half :][::-1] + data[half:]
 
 
 #: the machine of each simulator profile, by name
