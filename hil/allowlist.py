@@ -96,6 +96,10 @@ class AllowList:
     def with_memory(self, windows: Sequence[range]) -> AllowList:
         return AllowList(self.ports, tuple(windows))
 
+    def with_ports(self, extra: Sequence[range]) -> AllowList:
+        """The list with more port ranges (those of an I/O backend's devices, for ``hil agent``)."""
+        return AllowList((*self.ports, *extra), self.memory)
+
     def port_allowed(self, port: int, width: int = 8) -> bool:
         last = port + width // 8 - 1
         return any(port in r and last in r for r in self.ports)

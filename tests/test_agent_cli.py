@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from hil.agent.client import AgentAccessDenied
 from hil.agent.server import AgentCore, start
 from hil.allowlist import AllowList
 from hil.backends import open_backend
@@ -204,5 +205,36 @@ async def test_limits_given_to_hil_agent_are_advertised_and_the_idle_timeout_dro
             assert await be.inb(0x81) == 0x5A and be.stats.resets == 0  # reconnected, session resumed
     finally:
         with contextlib.suppress(ProcessLookupError):  # already gone
+            proc.kill()
+        await proc.wait()
+
+
+@pytest.mark.parametrize(("io", "devices", "port", "bit7"), [
+    ("sim:?floppy=generate", {"fdc"}, 0x3F4, 0x80),  # MSR: RQM, ready for a command
+    ("sim:?sb16=1", {"sb16"}, 0x22C, 0x00),  # DSP write status: ready
+    ("sim", set(), 0x3F4, None),  # no device: the port is outside the allow-list
+])
+async def test_hil_agent_advertises_its_io_devices_and_opens_their_ports(io, devices, port, bit7):
+    """Issue 13 §5: an agent serving a simulator with the floppy controller or the Sound Blaster 16
+    says so (info key `devices`, docs/agent-protocol.md §3), so a host runs the scripts that require
+    them, and its default allow-list lets their ports through; without a device neither happens."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        free = s.getsockname()[1]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "hil", "agent", "--io", io, "--listen", f"tcp://127.0.0.1:{free}",
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=ROOT)
+    try:
+        assert proc.stdout is not None
+        assert (await proc.stdout.readline()).decode().strip() == f"tcp://127.0.0.1:{free}"
+        async with open_backend(f"agent+tcp://127.0.0.1:{free}") as be:
+            assert {c.value for c in be.capabilities.features} & {"fdc", "sb16"} == devices
+            if bit7 is not None:
+                assert await be.inb(port) & 0x80 == bit7
+            else:
+                with pytest.raises(AgentAccessDenied, match=r"PORT_DENIED.*0x03F4"):
+                    await be.inb(port)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
             proc.kill()
         await proc.wait()

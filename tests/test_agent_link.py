@@ -19,6 +19,7 @@ from hil.agent.client import AgentAccessDenied, AgentRefusedError, AgentResetErr
 from hil.agent.server import AgentCore, start
 from hil.allowlist import AllowList
 from hil.backends import open_backend
+from hil.backends.base import DEVICE_CAPABILITIES, DEVICE_PORTS, Capability
 from hil.backends.mock import MockBackend
 from hil.backends.recording import RecordingBackend
 from hil.diff import compare
@@ -29,15 +30,19 @@ from hil.runner import run_script
 from hil.script import load_script
 
 SCRIPTS = sorted((Path(__file__).resolve().parent.parent / "configs" / "scripts").glob("*.toml"))
-PORTABLE = [p for p in SCRIPTS if p.name != "failing-expectation.toml" and not p.name.startswith("qemu-")]
+#: every example: the simulator with every device the examples drive (tests/test_examples.py)
+EVERY_DEVICE = "sim:?floppy=generate&sb16=1"
 WHOLE_MEMORY = [range(0, 1 << 24)]
 
 
 @contextlib.asynccontextmanager
-async def agent(listen: str = "tcp://127.0.0.1:0", **kw):
-    async with open_backend("sim") as io:
+async def agent(listen: str = "tcp://127.0.0.1:0", io_url: str = "sim", **kw):
+    async with open_backend(io_url) as io:
         rec = RecordingBackend(io)
-        core = AgentCore(rec, AllowList.default(WHOLE_MEMORY), **kw)
+        allow = AllowList.default(WHOLE_MEMORY)
+        if io_url != "sim":  # as `hil agent` does: the default list opens the devices' ports
+            allow = allow.with_ports([DEVICE_PORTS[c] for c in DEVICE_CAPABILITIES if c in io.capabilities])
+        core = AgentCore(rec, allow, **kw)
         listener = await start(core, listen)
         try:
             yield listener, core, rec
@@ -72,18 +77,32 @@ async def test_pyserial_url_without_fd_goes_through_an_io_thread():
             assert await be.inb(0x82) == 0x33
 
 
-@pytest.mark.parametrize("script", PORTABLE, ids=[p.stem for p in PORTABLE])
+@pytest.mark.parametrize("script", SCRIPTS, ids=[p.stem for p in SCRIPTS])
 async def test_example_scripts_identical_over_the_agent(script):
-    """Issue: the example scripts give identical results through the agent and in process."""
+    """Issue 13 §5: every example gives the same journal through an agent serving the simulator
+    (with the floppy controller and the Sound Blaster 16) as in process: the same status, and
+    every observation equal (hil.diff.compare ignores timestamps and the backends' identity),
+    the may_differ samples included, since both run in the same virtual time."""
     s = load_script(script)
-    async with open_backend("sim") as be:
+    async with open_backend(EVERY_DEVICE) as be:
         local = await run_script(s, be)
-    async with agent() as (listener, _, _), open_backend(url_for(listener)) as be:
+    async with agent(io_url=EVERY_DEVICE) as (listener, _, _), open_backend(url_for(listener)) as be:
+        assert {Capability.FDC, Capability.SB16, Capability.IRQ} <= be.capabilities.features
         remote = await run_script(s, be)
-    assert remote.status == local.status == "passed", remote.error
+    expected = "failed" if script.name == "failing-expectation.toml" else "passed"
+    assert remote.status == local.status == expected, remote.error
+    assert remote.error is None
     report = compare([local, remote])
     assert report.divergences == [], report.format()
-    assert len(remote.observations) == len(local.observations)
+    assert [(o.step, o.op) for o in remote.observations] == [(o.step, o.op) for o in local.observations]
+
+
+async def test_the_agent_advertises_only_the_devices_its_io_has():
+    """A plain sim has neither device: the host then skips a floppy script instead of sending
+    port accesses the allow-list would refuse."""
+    async with agent() as (listener, _, _), open_backend(url_for(listener)) as be:
+        assert not {Capability.FDC, Capability.SB16} & be.capabilities.features
+        assert Capability.IRQ in be.capabilities.features
 
 
 async def test_allow_list_refusal_is_clear_and_nothing_runs():

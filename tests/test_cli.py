@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 FLOPPY = ROOT / "configs" / "scripts" / "floppy-read.toml"
 SUBCOMMANDS = ["run", "diff", "regs", "peek", "poke", "demo", "backends"]
 SIM, QEMU = "sim", "sim:?profile=qemu"
+FDC = "floppy=generate"  #: floppy-read drives the floppy controller (requires = ["fdc", "irq"])
 
 
 def all_subcommands() -> list[str]:
@@ -244,11 +245,13 @@ def test_run_validates_every_script_before_running_any(capsys: pytest.CaptureFix
 
 
 def test_run_shipped_floppy_example(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = hil(capsys, "run", str(FLOPPY), "-v")
-    assert code == 0 and out.startswith("floppy-read on sim: PASSED")
-    assert "step end.device2: device ch2: 512 bytes moved, TC seen" in out
-    code, out, _ = hil(capsys, "run", str(FLOPPY), "-b", QEMU)
-    assert code == 0
+    code, out, _ = hil(capsys, "run", str(FLOPPY), "-v")  # no floppy controller on a plain sim
+    assert code == 0 and out.startswith("floppy-read on sim: SKIPPED (needs fdc)")
+    code, out, _ = hil(capsys, "run", str(FLOPPY), "-v", "-b", f"{SIM}:?{FDC}")
+    assert code == 0 and out.startswith(f"floppy-read on {SIM}:?{FDC}: PASSED")
+    assert "step 7 (the command ends: IRQ 6): wait_irq 6: reached (level high, 3 rising edge(s))" in out
+    code, out, _ = hil(capsys, "run", str(FLOPPY), "-b", f"{QEMU}&{FDC}")
+    assert code == 0 and "PASSED" in out
 
 
 # --- hil diff: worker processes ----------------------------------------------------------------------
@@ -257,9 +260,10 @@ def test_run_shipped_floppy_example(capsys: pytest.CaptureFixture[str]) -> None:
 def test_diff_two_sim_workers_equal(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     path = write(tmp_path, MASKS, name="masks")
     jd = tmp_path / "journals"
-    code, out, err = hil(capsys, "diff", str(path), str(FLOPPY), "--backend", SIM, "-b", SIM, "--journal-dir", str(jd))
+    sim = f"{SIM}:?{FDC}"
+    code, out, err = hil(capsys, "diff", str(path), str(FLOPPY), "--backend", sim, "-b", sim, "--journal-dir", str(jd))
     assert code == 0, err
-    assert out.splitlines()[-1].startswith("EQUAL: 2 script(s) on 2 backends (sim, sim)")
+    assert out.splitlines()[-1].startswith(f"EQUAL: 2 script(s) on 2 backends ({sim}, {sim})")
     # each worker process wrote its own journals; they compare equal
     for name in ("masks.jsonl", "floppy-read.jsonl"):
         a, b = read_journal(jd / "backend1" / name), read_journal(jd / "backend2" / name)
@@ -349,7 +353,7 @@ def test_diff_journals_of_an_interrupted_and_a_lone_run(capsys: pytest.CaptureFi
     code, out, _ = hil(capsys, "diff", "--journal", str(a), "--journal", str(b))
     assert code == 2 and "error: masks on sim:?profile=qemu: journal ends before the run did (interrupted)" in out
     other = tmp_path / "other.jsonl"
-    assert hil(capsys, "run", str(FLOPPY), "--journal", str(other))[0] == 0
+    assert hil(capsys, "run", str(FLOPPY), "--journal", str(other), "-b", f"{SIM}:?{FDC}")[0] == 0
     code, out, _ = hil(capsys, "diff", "--journal", str(a), "--journal", str(other), "--json")
     assert code == 2
     errors = json.loads(out)["errors"]

@@ -273,7 +273,7 @@ def test_regs_sweep_does_not_warn_or_trip_strict(capsys: pytest.CaptureFixture[s
     assert code == 0 and err == "" and "DMA1: status" in out
 
 
-@pytest.mark.parametrize("name", ["qemu-sb16-autoinit", "qemu-sb16-single"])
+@pytest.mark.parametrize("name", ["sb16-autoinit", "sb16-single", "audio-ring-autoinit"])
 async def test_sb16_examples_pass_without_warnings(name: str) -> None:
     """Was: free_dma_enabled. Linux tears an ISA sound channel down with snd_dma_disable, then
     free_dma (docs/reference/linux-isa-dma.md §1.4); the examples now do the same."""

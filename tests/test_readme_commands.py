@@ -49,7 +49,8 @@ NOT_RUN = {
 
 #: files a line reads that an earlier documented step on a bench would have made
 PREPARED = {
-    "bench/floppy.jsonl": ["hil", "run", "configs/scripts/floppy-read.toml", "--journal", "bench/floppy.jsonl", "-q"],
+    "bench/floppy.jsonl": ["hil", "run", "configs/scripts/floppy-read.toml", "-b", "sim:?floppy=generate",
+                           "--journal", "bench/floppy.jsonl", "-q"],
 }
 
 

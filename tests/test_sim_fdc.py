@@ -373,14 +373,20 @@ def test_backend_option_errors(tmp_path: Path):
         asyncio.run(go())
 
 
-@pytest.mark.parametrize("name", ["qemu-fdc-read", "qemu-fdc-write"])
-async def test_the_qemu_fdc_examples_pass_on_the_qemu_profile(name: str):
-    """The scripts written against QEMU's FDC (docs/reference/qemu-qtest.md §6.1, §6.2) pass on the model."""
+@pytest.mark.parametrize("profile", ["intel", "qemu"])
+@pytest.mark.parametrize("name", ["floppy-read", "floppy-write"])
+async def test_the_fdc_examples_pass_on_both_profiles(name: str, profile: str):
+    """The floppy examples (the Linux driver's sequences, run on QEMU's FDC too: docs/reference/qemu-qtest.md §6.1,
+    §6.2) pass on the model; floppy-write leaves its payload in LBA 4 of the disk and LBA 5 as generated."""
     from hil.runner import run_script
     from hil.script import load_script
 
-    async with open_backend("sim:?profile=qemu&floppy=generate") as be:
+    async with open_backend(f"sim:?profile={profile}&floppy=generate") as be:
         result = await run_script(load_script(SCRIPTS / f"{name}.toml"), be)
+        disk = be.fdc.drives[0].disk
+        if name == "floppy-write":
+            assert disk.read(4) == bytes.fromhex("deadbeef01234567") * 64
+            assert disk.read(5) == bytes((13 * 5 + i) & 0xFF for i in range(512))
     assert result.status == "passed", (result.error, [(o.step, o.name, o.value, o.expect) for o in result.failures])
 
 

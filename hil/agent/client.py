@@ -50,7 +50,7 @@ from hil.agent.protocol import (
     reply_size,
 )
 from hil.backends import BackendURL
-from hil.backends.base import Backend, Capabilities, Capability
+from hil.backends.base import DEVICE_CAPABILITIES, Backend, Capabilities, Capability
 from hil.errors import (  # the agent's errors were defined here; their names stay importable from here
     AccessDeniedError,
     AgentAccessDenied as AgentAccessDenied,
@@ -652,6 +652,9 @@ class AgentBackend(Backend):
             caps |= {Capability.DEVICES, Capability.DREQ}
         if info is not None and info.features & Feature.IRQ:
             caps.add(Capability.IRQ)
+        if info is not None and (devices := info.info_value("devices")):  # unknown names: ignored
+            known = {c.value: c for c in DEVICE_CAPABILITIES}
+            caps |= {known[d] for d in devices.split(",") if d in known}
         virtual = info is not None and info.features & Feature.VIRTUAL_TIME
         caps.add(Capability.VIRTUAL_TIME if virtual else Capability.REAL_TIMING)
         return frozenset(caps)

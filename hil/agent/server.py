@@ -45,7 +45,7 @@ from hil.agent.protocol import (
     reply_size,
 )
 from hil.allowlist import AllowList
-from hil.backends.base import Backend, Capability
+from hil.backends.base import DEVICE_CAPABILITIES, Backend, Capability
 from hil.errors import AccessDeniedError, HilError, MemoryRangeError, UndecodedPortError
 from hil.log import get_logger
 from hil.ops import Op, Poll, Result, is_device_op, is_irq_op, is_reading, memory_access
@@ -177,6 +177,11 @@ class AgentCore:
         profile = caps.details.get("profile")
         if profile:
             info.append(("profile", str(profile)))
+        # the ISA devices a script may require (docs/agent-protocol.md §3 'Info block'): without
+        # them a host would skip every floppy or Sound Blaster script the I/O backend could run
+        devices = [c.value for c in DEVICE_CAPABILITIES if c in caps]
+        if devices:
+            info.append(("devices", ",".join(devices)))
         return tuple(info)
 
     @property

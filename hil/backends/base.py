@@ -64,6 +64,12 @@ class Capability(enum.Enum):
     FDC = "fdc"  #: a floppy controller with a disk at 0x3F0-0x3F7, DMA 2, IRQ 6 (qemu: and sim: with floppy=)
     SB16 = "sb16"  #: a Sound Blaster 16 at 220h on DMA 1/5 (qemu: with sb16=1)
 
+#: the ISA devices a script can name in ``requires``, with the ports a driver touches on each: an
+#: agent advertises the ones its I/O backend has and its default allow-list opens their ports
+#: (docs/agent-protocol.md §3 'Info block'; docs/reference/devices.md §2.1 FDC, §5 SB16)
+DEVICE_PORTS: dict[Capability, range] = {Capability.FDC: range(0x3F0, 0x3F8), Capability.SB16: range(0x220, 0x230)}
+DEVICE_CAPABILITIES = tuple(DEVICE_PORTS)
+
 
 @dataclass(frozen=True)
 class Capabilities:

@@ -64,11 +64,13 @@ def _seconds(text: str) -> float:
 async def cmd_agent(args: argparse.Namespace) -> int:
     from hil.agent.server import AgentCore, serve
     from hil.allowlist import AllowList, parse_window
-    from hil.backends.base import Capability
+    from hil.backends.base import DEVICE_CAPABILITIES, DEVICE_PORTS, Capability
 
     allow = AllowList.from_toml(args.allow) if args.allow else AllowList.default()
     windows = [parse_window(w) for w in args.window]
     async with open_backend(args.io) as io:
+        if not args.allow:  # the default list also opens the ports of the devices the I/O backend has
+            allow = allow.with_ports([DEVICE_PORTS[c] for c in DEVICE_CAPABILITIES if c in io.capabilities])
         if windows:
             allow = allow.with_memory(windows)
         elif not allow.memory:
