@@ -541,3 +541,12 @@ def test_the_readme_example_output_is_what_the_command_prints(tmp_path: Path) ->
                                                                           "PYTHONPATH": str(ROOT)})
     assert out.returncode == 1
     assert out.stdout == shown
+
+
+def test_cli_keeps_the_undecoded_port_warnings_for_verbose() -> None:
+    """The probe reads absent devices' ports on purpose and its findings say they floated; the
+    sim's undecoded-port warnings would repeat that on stderr, so they show only with -v."""
+    quiet = run_cli("sim")
+    assert quiet.returncode == 0 and "undecoded_port" not in quiet.stderr and "fdc 0x3F0: absent" in quiet.stdout
+    loud = run_cli("sim", "-v")
+    assert loud.returncode == 0 and "undecoded_port" in loud.stderr

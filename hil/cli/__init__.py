@@ -66,7 +66,7 @@ def _main(argv: list[str]) -> int:
             _write_error(argv[1], e)
         sys.stdout.flush()
         raise SystemExit(2) from None
-    configure(args.log_format, args.verbose)
+    configure(args.log_format, args.verbose + getattr(args, "log_offset", 0))
     try:
         return asyncio.run(args.func(args))
     except HilError as e:
