@@ -585,8 +585,13 @@ def spec_of(op: object) -> OpSpec | None:
 _NONE = OpSpec(object, ())
 
 
-def _spec(op: object) -> OpSpec:
-    return spec_of(op) or _NONE
+def row_of(op: object) -> OpSpec:
+    """``op``'s row of :data:`TABLE`, or a row with no traits for anything that is not an op: the
+    one lookup a loop over a long program makes per op before reading several traits."""
+    return TABLE.get(type(op)) or spec_of(op) or _NONE
+
+
+_spec = row_of
 
 
 def is_reading(op: object) -> bool:
@@ -648,7 +653,7 @@ def result_size(op: object) -> int:
 
 def check_program(ops: Sequence[object]) -> None:
     for i, op in enumerate(ops):
-        if spec_of(op) is None:
+        if type(op) not in TABLE and spec_of(op) is None:
             raise InvalidAccessError(f"program step {i}: {op!r} is not an operation")
 
 

@@ -44,9 +44,7 @@ from hil.ops import (
     Settle,
     WaitIrq,
     check_program,
-    durations,
-    is_device_op,
-    is_irq_op,
+    row_of,
 )
 
 log = get_logger("hil.backend")
@@ -206,16 +204,16 @@ class Backend(abc.ABC):
         """
         check_program(ops)
         for i, op in enumerate(ops):  # refuse before anything runs, rather than skip what cannot be done
-            if is_irq_op(op) and Capability.IRQ not in self.capabilities:
+            row = row_of(op)
+            if row.irq and Capability.IRQ not in self.capabilities:
                 raise UnsupportedOperationError(self._no_irq(type(op).__name__), index=i, op=type(op).__name__)
             if not isinstance(op, self.OPS) and not isinstance(op, Settle):
                 raise UnsupportedOperationError(
                     f"backend {self.url} cannot run {type(op).__name__}"
-                    + (": simulated devices need a sim: backend (or an agent serving one)"
-                       if is_device_op(op) else "")
+                    + (": simulated devices need a sim: backend (or an agent serving one)" if row.device else "")
                 )
-            for name, us in durations(op):
-                _check_duration(i, name, us)
+            for name, get in row.times:
+                _check_duration(i, name, get(op))
 
     @abc.abstractmethod
     async def _execute(self, ops: Sequence[Op]) -> list[Result]: ...

@@ -51,9 +51,7 @@ from hil.ops import (
     Result,
     Settle,
     WaitIrq,
-    device_use,
-    memory_access,
-    port_access,
+    row_of,
 )
 from hil.ports import CASCADE_CHANNEL
 from hil.sim.devices import Device, Sink, Source
@@ -220,16 +218,22 @@ class SimBackend(Backend):
         super().check(ops)
         m = self.machine
         size = len(m.memory)
-        takes_data = {ch: isinstance(d, Source) for ch, d in m.devices.items()}  #: channel -> a source?
+        takes_data: dict[int, bool] | None = None  #: channel -> a source? (built at the first device op)
+        strict = m.strict
         for op in ops:
-            if (io := port_access(op)) is not None and m.strict:
+            row = row_of(op)  # one table lookup per op: a long program is checked in its hot loop
+            if strict and row.port is not None:
+                io = row.port(op)
                 for p in range(io.port, io.last + 1):
                     if not m.decodes(p):
                         raise UndecodedPortError(p, io.write)
-            if (mem := memory_access(op)) is not None and mem.addr + mem.length > size:
+            if row.memory is not None and (mem := row.memory(op)).addr + mem.length > size:
                 raise MemoryRangeError(mem.addr, mem.length, size, "the simulated memory")
-            if (dev := device_use(op)) is None:
+            if row.device_use is None:
                 continue
+            dev = row.device_use(op)
+            if takes_data is None:
+                takes_data = {ch: isinstance(d, Source) for ch, d in m.devices.items()}
             if dev.attaches is not None:
                 if dev.channel == CASCADE_CHANNEL:
                     raise DeviceError("channel 4 is the cascade input from DMA1; no device can use it")
