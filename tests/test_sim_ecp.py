@@ -5,7 +5,7 @@ programmable_dma_support) replayed port for port give what Linux would print, an
 fifo_write_block_dma sequence (docs/reference/linux-isa-dma.md §2(c)), run through the ISA DMA API
 (hil.dma.IsaDma), moves a buffer with the residue and interrupt Linux expects.
 
-The replay below is written from the driver's documented behaviour (devices.md §1.2-§1.5), one
+The replay below is written from the driver's documented behaviour (docs/reference/devices.md §1.2-§1.5), one
 method per driver function, with the same port accesses in the same order.
 """
 
@@ -257,7 +257,7 @@ def test_linux_probe_finds_the_port_as_the_driver_would_print_it():
 
 @pytest.mark.parametrize(("threshold", "level"), [(0, 16), (4, 12), (8, 8), (15, 1), (16, 1)])
 def test_thresholds_are_16_minus_the_field(threshold: int, level: int):
-    """devices.md §1.2: writeIntrThreshold = readIntrThreshold = 16 - threshold; 16 acts as 15."""
+    """docs/reference/devices.md §1.2: writeIntrThreshold = readIntrThreshold = 16 - threshold; 16 acts as 15."""
     m, _ = port(EcpConfig(threshold=threshold))
     p = LinuxParport(m).probe()
     assert (p.write_threshold, p.read_threshold) == (level, level)
@@ -277,7 +277,7 @@ def test_no_ecr_without_the_port():
 
 
 def test_ecr_reset_value_and_read_only_bits():
-    """devices.md §1.2: 0x15 at reset (86Box); full/empty are read-only."""
+    """docs/reference/devices.md §1.2: 0x15 at reset (86Box); full/empty are read-only."""
     m, _ecp = port()
     assert m.io_read(0x77A) == 0x15
     m.io_write(0x77A, 0x37)
@@ -288,7 +288,7 @@ def test_ecr_reset_value_and_read_only_bits():
 
 
 def test_test_mode_full_write_is_lost_and_empty_read_repeats_the_last_byte():
-    """devices.md §1.5: a write to a full tFIFO is lost, a read of an empty one repeats."""
+    """docs/reference/devices.md §1.5: a write to a full tFIFO is lost, a read of an empty one repeats."""
     m, ecp = port()
     m.io_write(0x77A, 0xC4)  # test mode, serviceIntr set: no interrupts
     for i in range(DEPTH + 3):
@@ -309,7 +309,7 @@ def test_service_intr_cleared_with_the_condition_true_interrupts_at_once():
 
 
 def test_mode_000_and_001_reset_the_fifo_a_fifo_to_fifo_switch_keeps_it():
-    """devices.md §1.2 (change_mode): entering 000/001 resets; Linux's stuck-FIFO count switches
+    """docs/reference/devices.md §1.2 (change_mode): entering 000/001 resets; Linux's stuck-FIFO count switches
     ECP -> test mode directly and relies on the bytes still being there."""
     m, ecp = port(EcpConfig(stall=True))
     m.io_write(0x77A, 0x34)  # PS2
@@ -324,7 +324,7 @@ def test_mode_000_and_001_reset_the_fifo_a_fifo_to_fifo_switch_keeps_it():
 
 def test_fifo_stuck_linux_counts_the_bytes_left():
     """The stall knob: Busy held, the FIFO never drains, change_mode returns -EBUSY and Linux
-    counts what is left by filling the test FIFO (devices.md §1.5 item 5)."""
+    counts what is left by filling the test FIFO (docs/reference/devices.md §1.5 item 5)."""
     m, ecp = port(EcpConfig(stall=True))
     lx = LinuxParport(m)
     lx.probe()
@@ -408,7 +408,7 @@ def test_test_mode_dma_reverse_cpu_fill_then_dma_to_memory():
 
 def test_pdrq_stays_up_for_at_most_32_consecutive_cycles():
     """Single mode with a peripheral faster than the DMA, so the FIFO never fills: PDRQ drops
-    after 32 consecutive cycles and comes back 350 ns later (devices.md §1.4)."""
+    after 32 consecutive cycles and comes back 350 ns later (docs/reference/devices.md §1.4)."""
     m, ecp = port(EcpConfig(rate=10_000_000))
     m.io_write(0x77A, 0x34)
     m.io_write(0x77A, 0x74)  # ECP forward, serviceIntr set
@@ -557,7 +557,7 @@ def test_program_through_the_backend_ops():
 
 def test_64k_test_mode_loopback_throughput():
     """64 KiB through the tFIFO: DMA fills it from memory, the CPU drains it 16 bytes at a time,
-    the bytes come back in order (devices.md §1.5: the tFIFO moves data at the maximum ISA rate)."""
+    the bytes come back in order (docs/reference/devices.md §1.5: the tFIFO moves data at the maximum ISA rate)."""
     m, ecp = port()
     data = bytes((i * 31 + 7) & 0xFF for i in range(0x10000))
     m.mem_write(0x20000, data)

@@ -120,6 +120,12 @@ class Status(enum.IntFlag):
     N_BUSY = 0x80
 
 
+#: the bits as plain ints: the FIFO paths test them on every byte, and IntFlag arithmetic is slow
+EMPTY, FULL, SERVICE, DMA_EN, N_ERR = (int(f) for f in (Ecr.EMPTY, Ecr.FULL, Ecr.SERVICE_INTR, Ecr.DMA_EN,
+                                                         Ecr.N_ERR_INTR_EN))
+REVERSE, ACK_INT_EN = int(Ctr.REVERSE), int(Ctr.ACK_INT_EN)
+
+
 @dataclass(frozen=True)
 class EcpConfig:
     """What the Super I/O's configuration registers and the board choose (``sim:?ecp=...``)."""
@@ -273,17 +279,17 @@ class EcpPort(IsaDevice):
     def reverse(self) -> bool:
         """The direction the FIFO runs: CONTROL bit 5, ignored in modes 000 and 010
         (docs/reference/devices.md §1.6)."""
-        return bool(self.ctr & Ctr.REVERSE) and self.mode not in (Mode.SPP, Mode.PPF)
+        return bool(self.ctr & REVERSE) and self.mode not in (Mode.SPP, Mode.PPF)
 
     def _read_ecr(self) -> int:
-        return int(self.ecr | (Ecr.FULL if self.fifo.full else 0) | (Ecr.EMPTY if self.fifo.empty else 0))
+        return self.ecr | (FULL if self.fifo.full else 0) | (EMPTY if self.fifo.empty else 0)
 
     def _dma_mode(self) -> bool:
         mode = self.mode
         return mode in (Mode.PPF, Mode.ECP) or (mode == Mode.TEST and self.test_dma)
 
     def _pdrq(self) -> bool:
-        if self.ecr & Ecr.SERVICE_INTR or not self.ecr & Ecr.DMA_EN or self.hold is not None:
+        if self.ecr & SERVICE or not self.ecr & DMA_EN or self.hold is not None:
             return False
         if not self._dma_mode():
             return False
@@ -302,14 +308,14 @@ class EcpPort(IsaDevice):
 
     def _check_service(self) -> None:
         """PIO service condition (docs/reference/devices.md §1.2, sources 2a/2b)."""
-        if self.ecr & (Ecr.SERVICE_INTR | Ecr.DMA_EN) or self.mode not in FIFO_MODES:
+        if self.ecr & (SERVICE | DMA_EN) or self.mode not in FIFO_MODES:
             return
         level = self.config.intr_threshold
         if (self.fifo.count >= level) if self.reverse else (self.fifo.free >= level):
             self._service_interrupt()
 
     def _service_interrupt(self) -> None:
-        self.ecr = int(self.ecr | Ecr.SERVICE_INTR)
+        self.ecr |= SERVICE
         self._interrupt()
 
     def _interrupt(self) -> None:
@@ -326,7 +332,7 @@ class EcpPort(IsaDevice):
             case 1:
                 return self._status()
             case 2:
-                return int(self.ctr | 0xC0)
+                return self.ctr | 0xC0
             case 0x400:
                 if self.mode == Mode.CONFIG:
                     return CNFGA
@@ -389,12 +395,12 @@ class EcpPort(IsaDevice):
         """The stand-in drives nFault (low = error): a falling edge interrupts when nErrIntrEn = 0."""
         falling = low and not self.peripheral.fault
         self.peripheral.fault = low
-        if falling and not self.ecr & Ecr.N_ERR_INTR_EN:
+        if falling and not self.ecr & N_ERR:
             self._interrupt()
 
     def ack_pulse(self) -> None:
         """The stand-in pulses nAck: its rising edge interrupts when ackIntEn is set."""
-        if self.ctr & Ctr.ACK_INT_EN:
+        if self.ctr & ACK_INT_EN:
             self._interrupt()
 
     def _kick(self) -> None:
@@ -455,7 +461,7 @@ class EcpPort(IsaDevice):
 
     def dma_terminal_count(self, channel: int) -> None:
         """TC with dmaEn set: serviceIntr, the interrupt, PDRQ off (docs/reference/devices.md §1.4)."""
-        if self.ecr & Ecr.DMA_EN:
+        if self.ecr & DMA_EN:
             self.tc_seen += 1
             self._service_interrupt()
             self._update()
