@@ -61,6 +61,7 @@ class Capability(enum.Enum):
     REAL_TIMING = "real_timing"  #: timings are those of silicon
     FDC = "fdc"  #: a floppy controller with a disk at 0x3F0-0x3F7, DMA 2, IRQ 6 (qemu: and sim: with floppy=)
     SB16 = "sb16"  #: a Sound Blaster 16 at 220h on DMA 1/5 (qemu: with sb16=1)
+    ECP = "ecp"  #: an ECP parallel port (FIFO, ECR, DMA; sim: with ecp=1; QEMU has none)
 
 #: the ISA devices a script can name in ``requires``, with the ports a driver touches on each: an
 #: agent advertises the ones its I/O backend has and its default allow-list opens their ports

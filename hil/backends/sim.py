@@ -11,6 +11,9 @@ default is ``bios`` for ``intel`` and ``none`` for ``qemu``, matching QEMU under
 ``qemu:?floppy=generate``; or the path of a raw 1.44 MB / 720 KB image, read when the backend
 opens and written back after each program that changed it): the profile's floppy controller
 (:mod:`hil.sim.fdc`) at 0x3F0-0x3F7 on DMA 2 / IRQ 6, capability ``fdc``.
+``ecp`` (``1``: an ECP parallel port at 0x378, or ``ecp=0x278`` / ``0x3BC``; DMA 3 and IRQ 7 unless
+``ecp_dma=1|3`` / ``ecp_irq=5|7``; ``ecp_test_dma=1|0``, ``ecp_threshold``, and the stand-in
+peripheral's ``ecp_rate``, ``ecp_stall``, ``ecp_starve``: :mod:`hil.sim.ecp`), capability ``ecp``.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ from hil.ops import (
 )
 from hil.ports import CASCADE_CHANNEL
 from hil.sim.devices import Device, Sink, Source
+from hil.sim.ecp import OPTIONS as ECP_OPTIONS, EcpConfig, EcpPort, config_from_options
 from hil.sim.fdc import SECTOR, Disk, FloppyController, fdc_for, generated_image
 from hil.sim.machine import PROFILES, Timing, machine_for
 from hil.sim.sb16 import card_for
@@ -66,6 +70,7 @@ OPTIONS = {
     "post": "bios|none, BIOS channel-4 set-up at reset",
     "sb16": "0|1, plug a Sound Blaster 16 (220h, DMA 1/5, IRQ 5)",
     "floppy": "generate|PATH, drive A on the profile's floppy controller",
+    **ECP_OPTIONS,
 }
 PROFILE_ALIASES = {"intel": "intel", "default": "intel", "datasheet": "intel", "qemu": "qemu"}
 MIN_MEM, MAX_MEM = 1 << 16, 1 << 30
@@ -108,8 +113,15 @@ def from_url(url: BackendURL) -> SimBackend:
             if not path.is_file():
                 raise BackendOptionError(url.raw, f"option floppy={floppy!r}: no such image file (or use floppy=generate)")
             floppy = str(path.resolve())
-    return SimBackend(url.raw, profile=PROFILE_ALIASES[name], mem_size=mem, strict=strict, post=post, sb16=sb16,
-                      floppy=floppy)
+    try:
+        ecp = config_from_options(opts)
+    except ValueError as e:
+        raise BackendOptionError(url.raw, str(e)) from None
+    try:
+        return SimBackend(url.raw, profile=PROFILE_ALIASES[name], mem_size=mem, strict=strict, post=post, sb16=sb16,
+                          floppy=floppy, ecp=ecp)
+    except DeviceError as e:  # the port's DMA channel or ports taken by another device
+        raise BackendOptionError(url.raw, str(e)) from None
 
 
 class SimBackend(Backend):
@@ -129,10 +141,14 @@ class SimBackend(Backend):
         timing: Timing | None = None,
         sb16: bool = False,
         floppy: str | None = None,
+        ecp: EcpConfig | None = None,
     ) -> None:
         super().__init__(url)
         self.machine = machine_for(profile, mem_size=mem_size, strict=strict, post=post, timing=timing)
         self.sb16 = self.machine.plug(card_for(self.machine.profile)) if sb16 else None
+        self.ecp = EcpPort(ecp) if ecp is not None else None
+        if self.ecp is not None:
+            self.machine.plug(self.ecp)
         self.floppy = floppy  #: "generate", an image path, or None
         self.fdc: FloppyController | None = None  #: plugged when the backend opens
 
@@ -190,6 +206,8 @@ class SimBackend(Backend):
             features.add(Capability.SB16)
         if self.floppy:
             features.add(Capability.FDC)
+        if self.ecp is not None:
+            features.add(Capability.ECP)
         return Capabilities(
             backend="sim",
             identity=f"sim profile={m.profile} mem={len(m.memory) >> 10}KiB{' strict' if m.strict else ''}"
@@ -197,7 +215,8 @@ class SimBackend(Backend):
             features=frozenset(features),
             memory_window=(0, len(m.memory)),
             details={"profile": m.profile, "virtual_ns": m.now_ns, **({"sb16": True} if self.sb16 is not None else {}),
-                     **({"floppy": self.floppy} if self.floppy else {})},
+                     **({"floppy": self.floppy} if self.floppy else {}),
+                     **({"ecp": ecp_details(self.ecp)} if self.ecp is not None else {})},
         )
 
     async def execute(self, ops: Sequence[Op]) -> list[Result]:
@@ -341,6 +360,12 @@ class SimBackend(Backend):
         self.machine.run_until_idle(round(limit * 1e9))
         if self.fdc is not None:
             await self._write_back()
+
+
+def ecp_details(port: EcpPort) -> dict[str, object]:
+    """What the capabilities report of the ECP port: its configuration."""
+    c = port.config
+    return {"base": c.base, "dma": c.dma, "irq": c.irq, "test_dma": c.test_dma, "threshold": c.threshold}
 
 
 def device_state(device: Device, max_bytes: int = 4096) -> DeviceState:
