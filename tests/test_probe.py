@@ -550,3 +550,19 @@ def test_cli_keeps_the_undecoded_port_warnings_for_verbose() -> None:
     assert quiet.returncode == 0 and "undecoded_port" not in quiet.stderr and "fdc 0x3F0: absent" in quiet.stdout
     loud = run_cli("sim", "-v")
     assert loud.returncode == 0 and "undecoded_port" in loud.stderr
+
+
+@pytest.mark.parametrize("url, where, says", [
+    ("sim:?ecp=1", "0x378", "IRQ 7, DMA 3"),
+    ("sim:?ecp=0x278&ecp_dma=1&ecp_irq=5", "0x278", "IRQ 5, DMA 1"),
+])
+async def test_the_simulators_ecp_model_is_found_as_linux_finds_a_port(url: str, where: str, says: str) -> None:
+    """The stand-ins above follow parport_pc.c's ECR-present test (docs/reference/devices.md §1.2);
+    the simulator's real ECP model (hil.sim.ecp) must be found by the same probe, with the
+    cnfgB it is configured for, and be left in SPP mode with CTR as it was."""
+    async with open_backend(url) as be:
+        before = await be.execute([In(int(where, 16) + 2), In(int(where, 16) + 0x402)])
+        f = (await probe(be, active=True)).find(Subject.ECP, where)
+        after = await be.execute([In(int(where, 16) + 2), In(int(where, 16) + 0x402)])
+    assert f.verdict is Verdict.FOUND and says in f.summary and "8-bit FIFO" in f.summary
+    assert after == before
