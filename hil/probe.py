@@ -45,7 +45,7 @@ from typing import Any
 from hil.backends.base import Backend
 from hil.errors import AccessDeniedError, HilError, UndecodedPortError
 from hil.log import get_logger
-from hil.ops import Delay, In, Op, Out, Poll
+from hil.ops import Delay, In, Op, Out, Poll, port_access
 from hil.ports import CASCADE_CHANNEL, channel_ports
 
 log = get_logger("hil.probe")
@@ -209,11 +209,8 @@ class _Session:
         values = [r for r in results if isinstance(r, int)]
         it = iter(values)
         for op in ops:
-            match op:
-                case Out(port=port, value=value):
-                    self.evidence.append(Access(port, value, write=True))
-                case In(port=port) | Poll(port=port):
-                    self.evidence.append(Access(port, next(it)))
+            if (io := port_access(op)) is not None:  # the op table says which port and whether it writes
+                self.evidence.append(Access(io.port, io.value, write=True) if io.write else Access(io.port, next(it)))
         return values
 
     async def read(self, *ports: int) -> list[int]:
