@@ -149,15 +149,15 @@ def plan(ops: Sequence[Op], max_request: int | Callable[[], int], max_reply: int
     for op, parts in merged:
         for piece, piece_parts in _pieces(op, parts, req_limit, rep_limit):
             limits = Limits(req_limit(), rep_limit(), max_ops)
-            if chunk.ops and limits.frame_excess(len(chunk.ops) + 1, req + _req_size(piece),
-                                                 rep + _rep_size(piece)) is not None:
+            piece_req, piece_rep = _req_size(piece), _rep_size(piece)
+            if chunk.ops and limits.frame_excess(len(chunk.ops) + 1, req + piece_req, rep + piece_rep) is not None:
                 yield chunk
                 chunk, req, rep = _Chunk([], []), 0, REPLY_HEADER.size
             chunk.ops.append(piece)
             if is_reading(piece):
                 chunk.parts.append(piece_parts)
-            req += _req_size(piece)
-            rep += _rep_size(piece)
+            req += piece_req
+            rep += piece_rep
     if chunk.ops:
         yield chunk
 
