@@ -40,7 +40,7 @@ from hil.journal import (
     WaitTcObs,
 )
 from hil.log import get_logger
-from hil.ops import DevAttach, DevDreq, DeviceState, DevState, IrqLines, IrqState, PowerReset, WaitIrq as WaitIrqOp
+from hil.ops import IRQ_LINES, DevAttach, DevDreq, DeviceState, DevState, IrqLines, IrqState, PowerReset, WaitIrq as WaitIrqOp
 from hil.ports import MODE_DECREMENT, ModeSelect
 from hil.rules import check_buffer
 from hil.script.loader import bind_all, digest
@@ -93,6 +93,13 @@ class _State:
     devices: dict[int, str] = field(default_factory=dict)  #: channel -> device kind
     snapshot: DmaSnapshot | None = None
     requested: set[int] = field(default_factory=set)
+    #: each IRQ line's rising edges when the script started: the journal counts edges since then,
+    #: so a script's counts are the same on a fresh machine and on one an earlier script used
+    #: (an agent's or a board's, whose lines count from power-on)
+    irq_base: tuple[int, ...] = (0,) * IRQ_LINES
+
+    def edges(self, lines: IrqLines, line: int) -> int:
+        return lines.count(line) - self.irq_base[line]
 
 
 def missing_capabilities(script: Script, backend: Backend) -> list[str]:
@@ -312,6 +319,8 @@ async def run_script(
     bound = prepare(script, backend) if prepared is None else prepared
     result, jr, own_journal = _start(script, backend, journal)
     state = _State(IsaDma(backend), IsaDma(backend, unchecked=True))
+    if Capability.IRQ in backend.capabilities:  # as last observed: no round trip of its own
+        state.irq_base = tuple(backend.irq_count(n) for n in range(IRQ_LINES))
     t0 = last_yield = time.perf_counter()
     current: Step | None = None
 
@@ -459,11 +468,11 @@ async def _run_step(step: Step, a: StepArgs, be: Backend, st: _State, script: Sc
             op = WaitIrqOp(line, level, timeout * 1e6)
             lines = await _irq_lines(be, op)
             reached = op.reached(lines)
-            return WaitIrqObs(*at, irq=line, level=lines.level(line), count=lines.count(line), reached=reached,
+            return WaitIrqObs(*at, irq=line, level=lines.level(line), count=st.edges(lines, line), reached=reached,
                               expect=expect, ok=None if expect is None else reached == (expect == "reached"))
         case Irq(irq=line, expect_level=expect_level, expect_count=expect_count):
             lines = await _irq_lines(be, IrqState())
-            level, count = lines.level(line), lines.count(line)
+            level, count = lines.level(line), st.edges(lines, line)
             wanted = {k: v for k, v in (("level", expect_level), ("count", expect_count)) if v is not None}
             if not wanted:
                 return IrqObs(*at, irq=line, level=level, count=count)
