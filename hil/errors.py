@@ -303,6 +303,31 @@ class QemuStartError(BackendError):
     """QEMU exited or did not connect while starting."""
 
 
+class VmError(BackendError):
+    """The ``vm:`` backend's virtual machine could not be set up, booted or reached."""
+
+
+class VmKernelError(VmError):
+    """No kernel for the VM: none given, none in the cache, or the one named is not a file."""
+
+
+class VmImageError(VmError):
+    """The guest's initramfs could not be built from this host's Python and package."""
+
+
+class VmBootError(VmError):
+    """The VM did not come up: QEMU exited, or the guest's agent did not answer in time.
+    ``console`` holds the tail of the guest's console log, which says why."""
+
+    def __init__(self, message: str, *, console: str = "") -> None:
+        super().__init__(message)
+        self.console = console
+
+
+class QmpError(VmError):
+    """QEMU's monitor refused a command (pause, resume, reset), or its connection failed."""
+
+
 class LinkError(BackendError):
     """The link could not be opened or broke. ``device_missing``: the adapter or node it names
     is not there (pyftdi finds no USB device for the URL), which unplugging explains."""

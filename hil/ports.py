@@ -115,6 +115,14 @@ HIGH_PAGE_FILE = range(0x480, 0x490)  #: EISA A24-A31 pages: not part of the AT 
 DMA_PORT_RANGES: tuple[range, ...] = (range(0x00, 0x20), PAGE_FILE, range(0xC0, 0xE0))
 
 
+# --- the interrupt controllers, as a backend observes them (docs/reference/8259.md §3.3, §7) ----
+PIC_COMMAND = (0x20, 0xA0)  #: master and slave even ports: OCW3, then IRR/ISR reads
+ELCR_PORTS = (0x4D0, 0x4D1)  #: PIIX/ICH edge/level control, one bit per IRQ (master, slave)
+OCW3_READ_IRR = 0x0A  #: OCW3 with RR = 1, RIS = 0: even-port reads return the IRR
+#: IRQs whose ELCR bit a PIIX/ICH lets software set (0, 1, 2, 8 and 13 are edge-only)
+ELCR_PROGRAMMABLE = frozenset({3, 4, 5, 6, 7, 9, 10, 11, 12, 14, 15})
+
+
 def controller_of(channel: int) -> ControllerPorts:
     return DMA2 if channel >= 4 else DMA1
 

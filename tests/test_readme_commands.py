@@ -44,6 +44,14 @@ NOT_RUN = {
     "sudo hil probe 'devport:?allow=/etc/hil/allow.toml'": "a Linux target with /dev/port",
     "sudo hil agent --io 'devport:?allow=/etc/hil/allow.toml' --allow /etc/hil/allow.toml "
     "--listen tcp://0.0.0.0:7777 --token SECRET": "a Linux target with /dev/port",
+    "python -m pip wheel --no-deps -w dist .": "builds a wheel of the checkout for a board (fetches hatchling); "
+                                               "the install at the top is the tested path",
+    "sudo python3 -m pip install lpc_hil-0.1.0-py3-none-any.whl": "a board: installs into its system Python",
+    "sudo hil doctor 'devport:?window=0x10000-0x90000&devices=fdc&irq=pic'": "a board with an FDC and /dev/port",
+    "sudo hil agent --io 'devport:?window=0x10000-0x90000&devices=fdc&irq=pic' "
+    "--listen 'serial:///dev/ttyS0?baud=115200'": "a board with an FDC, /dev/port and a UART",
+    "hil run -b 'agent+serial:///dev/ttyUSB0?baud=115200' configs/scripts/floppy-read.toml":
+        "a USB-serial adapter wired to a board's agent",
 }
 
 
@@ -67,6 +75,10 @@ class Line:
     @property
     def needs_qemu(self) -> bool:
         return "qemu:" in self.text
+
+    @property
+    def needs_vm(self) -> bool:
+        return "vm:" in self.text or self.text.startswith("hil vm ")
 
     @property
     def setup(self) -> bool:
@@ -140,6 +152,14 @@ def test_every_documented_command_line_runs(workdir: Path) -> None:
     if any(line.needs_qemu for line in LINES if line.text not in NOT_RUN):
         ok, why = qemu_available()
         require(ok, "qemu-system-x86_64", why)
+    if any(line.needs_vm for line in LINES if line.text not in NOT_RUN):
+        from hil.errors import VmKernelError
+        from hil.vm.kernel import find_kernel
+
+        try:
+            find_kernel()
+        except VmKernelError as e:
+            require(False, "a kernel for the vm: backend", str(e))
     servers: list[subprocess.Popen[str]] = []
     pty: str | None = None
     ran = 0

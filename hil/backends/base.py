@@ -68,6 +68,8 @@ class Capability(enum.Enum):
 #: (docs/agent-protocol.md §3 'Info block'; docs/reference/devices.md §2.1 FDC, §5 SB16)
 DEVICE_PORTS: dict[Capability, range] = {Capability.FDC: range(0x3F0, 0x3F8), Capability.SB16: range(0x220, 0x230)}
 DEVICE_CAPABILITIES = tuple(DEVICE_PORTS)
+#: the ISA IRQ line each of those devices raises (docs/reference/devices.md §2.1, §5)
+DEVICE_IRQ: dict[Capability, int] = {Capability.FDC: 6, Capability.SB16: 5}
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,8 @@ from typing import Any, TypeVar
 from hil import oserrors
 from hil.allowlist import AllowList, AllowListError, parse_window
 from hil.backends import BackendURL
-from hil.backends.base import Backend, Capabilities, Capability
+from hil.backends.base import DEVICE_CAPABILITIES, DEVICE_IRQ, DEVICE_PORTS, Backend, Capabilities, Capability
+from hil.backends.pic import PicObserver
 from hil.errors import (
     BackendError,
     BackendNotOpenError,
@@ -53,11 +54,36 @@ from hil.errors import (
     HilError,
     MemoryWindowError,
     SettleTimeout,
+    UnsupportedOperationError,
     WideAccessError,
 )
 from hil.log import get_logger
-from hil.ops import Delay, In, MemFill, MemRead, MemWrite, Op, Out, Poll, Result, port_access
-from hil.ports import CASCADE_CHANNEL, DMA_LIMIT, MASK_SET, PortRole, Reg, channel_ports, controller_of, decode_port
+from hil.ops import (
+    Delay,
+    In,
+    IrqLines,
+    IrqState,
+    MemFill,
+    MemRead,
+    MemWrite,
+    Op,
+    Out,
+    Poll,
+    Result,
+    WaitIrq,
+    port_access,
+)
+from hil.ports import (
+    CASCADE_CHANNEL,
+    DMA_LIMIT,
+    ELCR_PROGRAMMABLE,
+    MASK_SET,
+    PortRole,
+    Reg,
+    channel_ports,
+    controller_of,
+    decode_port,
+)
 
 log = get_logger("hil.devport")
 
@@ -71,6 +97,9 @@ OPTIONS = {
     "window": "physical memory window START-END (END exclusive) or START+SIZE, e.g. 0x10000-0x90000",
     "allow": "allow-list TOML file (default: the DMA controllers and page registers only)",
     "dry_run": "0|1, log the accesses instead of performing them",
+    "devices": "ISA devices this machine has, e.g. fdc,sb16: capabilities, and their ports in the default allow-list",
+    "irq": "pic: observe IRQ lines in the 8259s' request register (lines switched to level in the ELCR)",
+    "irq_lines": "the lines irq=pic observes, e.g. 6,5 (default: those of the declared devices)",
 }
 PAGE = mmap.ALLOCATIONGRANULARITY
 SPIN_US = 200.0  #: the tail of a delay that is spun, not slept: sleep() overshoots by ~50-100 us
@@ -142,8 +171,46 @@ def from_url(url: BackendURL, host: Host | None = None) -> DevPortBackend:
         if window.stop > DMA_LIMIT:
             raise BackendOptionError(url.raw, f"allow-list memory ends at 0x{window.stop:X}: ISA DMA reaches only the low 16 MiB")
     dry = url.flag("dry_run")
+    devices = _parse_devices(url.raw, opts.get("devices", ""))
+    if devices and "allow" not in opts:  # as an agent's default list: the declared devices' ports too
+        allow = allow.with_ports([DEVICE_PORTS[c] for c in devices])
+    irq_lines = _parse_irq(url.raw, opts, devices)
     return DevPortBackend(url.raw, port_path=opts.get("port", DEFAULT_PORT), mem_path=opts.get("mem", DEFAULT_MEM),
-                          window=window, allow=allow, dry_run=dry, host=host)
+                          window=window, allow=allow, dry_run=dry, host=host, devices=devices, irq_lines=irq_lines)
+
+
+def _parse_devices(raw: str, text: str) -> tuple[Capability, ...]:
+    known = {c.value: c for c in DEVICE_CAPABILITIES}
+    out: list[Capability] = []
+    for name in (t.strip() for t in text.split(",") if t.strip()):
+        if name not in known:
+            raise BackendOptionError(raw, f"option devices: unknown device {name!r}; known: {', '.join(known)}")
+        out.append(known[name])
+    return tuple(out)
+
+
+def _parse_irq(raw: str, opts: dict[str, str], devices: Sequence[Capability]) -> tuple[int, ...] | None:
+    """The IRQ lines ``irq=pic`` observes, or None without it."""
+    if "irq" not in opts:
+        if "irq_lines" in opts:
+            raise BackendOptionError(raw, "option irq_lines needs irq=pic")
+        return None
+    if opts["irq"] != "pic":
+        raise BackendOptionError(raw, f"option irq={opts['irq']!r}: the only observer is pic (the 8259s' IRR)")
+    if "irq_lines" in opts:
+        try:
+            lines = tuple(int(t, 0) for t in opts["irq_lines"].split(",") if t.strip())
+        except ValueError:
+            raise BackendOptionError(raw, f"option irq_lines={opts['irq_lines']!r}: comma-separated IRQ numbers") from None
+    else:
+        lines = tuple(DEVICE_IRQ[c] for c in devices)
+    if not lines:
+        raise BackendOptionError(raw, "irq=pic needs lines to observe: irq_lines=6,5, or devices=fdc,sb16")
+    bad = [n for n in lines if n not in ELCR_PROGRAMMABLE]
+    if bad:
+        raise BackendOptionError(raw, f"option irq_lines: IRQ {bad[0]} cannot be level-triggered in the ELCR "
+                                      f"(possible: {', '.join(map(str, sorted(ELCR_PROGRAMMABLE)))})")
+    return tuple(sorted(set(lines)))
 
 
 # --- the byte-level I/O layer ---------------------------------------------------------------
@@ -278,6 +345,7 @@ class DevPortBackend(Backend):
     """Port I/O and a memory window of the machine this process runs on. See the module docstring."""
 
     scheme = "devport"
+    OPS = (*Backend.OPS, IrqState, WaitIrq)  #: the IRQ ops run only with irq=pic (base check: capability irq)
 
     def __init__(
         self,
@@ -289,8 +357,13 @@ class DevPortBackend(Backend):
         allow: AllowList | None = None,
         dry_run: bool = False,
         host: Host | None = None,
+        devices: Sequence[Capability] = (),
+        irq_lines: Sequence[int] | None = None,
     ) -> None:
         super().__init__(url)
+        self.devices = tuple(devices)  #: ISA devices the user declares this machine has
+        self.irq_lines = tuple(irq_lines) if irq_lines is not None else None  #: observed by irq=pic
+        self._pic: PicObserver | None = None
         self.port_path, self.mem_path, self.window, self.dry_run = port_path, mem_path, window, dry_run
         self.host = host or Host()
         base = allow if allow is not None else AllowList.default()
@@ -316,11 +389,19 @@ class DevPortBackend(Backend):
         return Capabilities(
             backend="devport",
             identity=f"devport {self.port_path} mem={self.mem_path} window={win}{' dry-run' if self.dry_run else ''}",
-            features=frozenset() if self.dry_run else frozenset({Capability.REAL_TIMING}),
+            features=frozenset(self._features()),
             memory_window=(w.start, w.stop) if w is not None else (0, 0),
             details={"port": self.port_path, "mem": self.mem_path, "allow": self.allow.describe(),
                      "dry_run": self.dry_run, "port_widths": [8], "enabled_channels": sorted(self.tracker.enabled.copy())},
         )
+
+    def _features(self) -> set[Capability]:
+        features = set(self.devices)
+        if not self.dry_run:
+            features.add(Capability.REAL_TIMING)
+        if self.irq_lines is not None and not self.dry_run:
+            features.add(Capability.IRQ)
+        return features
 
     # --- life cycle -----------------------------------------------------------------------
 
@@ -352,6 +433,10 @@ class DevPortBackend(Backend):
             raise oserrors.explain_open_error(self.port_path, e, device="port", lockdown_path=h.lockdown_path,
                                             status_path=h.proc_status_path) from None
         self._port = _PortFile(self._port_fd, self.port_path, h)
+        if self.irq_lines is not None:
+            self._pic = PicObserver(self.irq_lines, self._port.read, self._port.write)
+            self._pic.start()
+            log.info("devport_irq_observed", lines=list(self.irq_lines), how="8259 IRR, lines level-triggered in the ELCR")
         if self.window is None:
             self._mem = None
             return
@@ -370,6 +455,12 @@ class DevPortBackend(Backend):
                              "the window with memmap= (see hil doctor)")
 
     def _release(self) -> None:
+        if self._pic is not None:
+            try:
+                self._pic.stop()  # the ELCR as it was found
+            except HilError as e:
+                log.warning("devport_elcr_restore_failed", error=str(e))
+            self._pic = None
         if self._map is not None:
             try:
                 self._map.close()
@@ -414,6 +505,10 @@ class DevPortBackend(Backend):
         for op in ops:
             if (io := port_access(op)) is not None and io.width != 8:
                 raise WideAccessError(io.port, io.width, io.write, WIDE_REASON)
+            if isinstance(op, WaitIrq) and op.line not in (self.irq_lines or ()):
+                raise UnsupportedOperationError(
+                    f"devport cannot wait for IRQ {op.line}: irq=pic observes only lines "
+                    f"{', '.join(map(str, self.irq_lines or ())) or 'none'} (option irq_lines)", op="WaitIrq")
         self.allow.check(ops)
 
     async def _execute(self, ops: Sequence[Op]) -> list[Result]:
@@ -443,7 +538,19 @@ class DevPortBackend(Backend):
                     _window(mem).write(op.addr, op.data)
                 case MemFill():
                     _window(mem).fill(op.addr, op.length, op.value)
+                case IrqState():
+                    results.append(self._observer().sample())
+                case WaitIrq():
+                    results.append(self._observer().wait(op.line, op.level, op.timeout_us / 1e6))
         return results
+
+    def _observer(self) -> PicObserver:
+        if self._pic is None:  # check() refused IRQ ops without capability irq; a dry run has none
+            raise UnsupportedOperationError(f"{self.url}: no IRQ observer (irq=pic)")
+        return self._pic
+
+    def _irq_lines(self) -> IrqLines:
+        return self._pic.last if self._pic is not None else IrqLines()
 
     def _poll(self, op: Poll) -> int:
         assert self._port is not None

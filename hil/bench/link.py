@@ -194,6 +194,9 @@ def floor_for(be: AgentBackend, env: Env | None = None) -> Floor:
     """The floor of the link ``be`` actually uses: TCP measured, a serial line from its baud
     rate and latency timer, or none (a pty, loop://)."""
     link = be.link_url
+    if be.scheme == "vm":  # the VM's UART: a 16550 model that QEMU does not pace (docs/reference/vm.md §6)
+        return SerialFloor(be.baud, 0.0, f"{be.baud} baud 8N1, the rate the guest set on QEMU's 16550 (which does not "
+                                         f"pace by the divisor: a ratio below 1 is the model, not the wire)")
     match link_kind(link):
         case LinkKind.TCP:
             return EchoFloor()

@@ -48,6 +48,7 @@ async def cmd_bench(args: argparse.Namespace) -> int:
             floor = floor_for(be)
             description = floor.description
             figures = await bench_backend(be, floor)
+            boot_s = getattr(be, "boot_s", None)  # vm: QEMU's start to the first HELLO
         single = batched = None
         link = args.backend
     else:
@@ -59,12 +60,15 @@ async def cmd_bench(args: argparse.Namespace) -> int:
         description = floor.description
         single, batched = await bench_pty()
         link = "simulated"
+        boot_s = None
     if args.json:
         print(json.dumps({"link": link, "minimum": description, "figures": [f.to_json() for f in figures],
-                          "pty_programs_per_s": single, "pty_ops_per_s": batched}))
+                          "pty_programs_per_s": single, "pty_ops_per_s": batched, "boot_s": boot_s}))
         return 0
     print(f"link: {link}")
     print(f"minimum: {description}")
+    if boot_s is not None:
+        print(f"  boot: {boot_s:.2f} s from starting the VM to the agent's HELLO")
     for f in figures:
         print("  " + f.line())
     if single is not None:

@@ -191,30 +191,31 @@ OWNER_FILE = "owner.pid"
 
 
 def _kill_strays(workdir: Path) -> None:
-    """SIGKILL every process of ours whose command line holds ``workdir``'s qtest socket: a QEMU
-    whose interpreter was killed while a ``binary=`` wrapper that did not ``exec`` ran it (the
-    wrapper died with the interpreter, ``PR_SET_PDEATHSIG`` does not reach its child)."""
-    marker = f"unix:{workdir}/qtest.sock".encode()
+    """SIGKILL every process of ours whose command line names a file in ``workdir`` (its qtest
+    or chardev socket): a QEMU whose interpreter was killed while a ``binary=`` wrapper that did
+    not ``exec`` ran it (the wrapper died with the interpreter, ``PR_SET_PDEATHSIG`` does not
+    reach its child)."""
+    marker = f"{workdir}/".encode()
     try:
         entries = [e for e in os.listdir("/proc") if e.isdigit()]
     except OSError:
         return
     for entry in entries:
         try:
-            if marker in Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0"):
+            if any(marker in arg for arg in Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")):
                 os.kill(int(entry), signal.SIGKILL)
                 log.info("qemu_stray_killed", pid=int(entry), workdir=str(workdir))
         except OSError:
             continue
 
 
-def sweep_stale_workdirs() -> None:
-    """Remove private directories left by interpreters that died without cleaning up (killed by
-    SIGKILL or SIGTERM: their QEMU died with them, but a directory cannot), stopping any QEMU
-    still using one. Only directories whose owner PID no longer exists, and that this user can
-    read, are removed."""
+def sweep_stale_workdirs(prefix: str = WORKDIR_PREFIX) -> None:
+    """Remove private directories (``prefix*``) left by interpreters that died without cleaning
+    up (killed by SIGKILL or SIGTERM: their QEMU died with them, but a directory cannot),
+    stopping any QEMU still using one. Only directories whose owner PID no longer exists, and
+    that this user can read, are removed."""
     try:
-        entries = list(Path(tempfile.gettempdir()).glob(WORKDIR_PREFIX + "*"))
+        entries = list(Path(tempfile.gettempdir()).glob(prefix + "*"))
     except OSError:
         return
     for workdir in entries:
