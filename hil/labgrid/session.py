@@ -28,6 +28,15 @@ CALL_TIMEOUT_S = 30.0  #: one coordinator call (acquiring waits for the exporter
 #: resource classes that carry a serial port a client can reach (USBSerialPort and RawSerialPort
 #: are exported as NetworkSerialPort; docs/reference/labgrid.md §4)
 SERIAL_CLASSES = ("NetworkSerialPort",)
+#: keepalive as labgrid's own client sets it (a dead coordinator is noticed within ~20 s), plus a
+#: connection of this channel's own (see :meth:`Coordinator.connect`)
+CHANNEL_OPTIONS = [
+    ("grpc.keepalive_time_ms", 7500),
+    ("grpc.keepalive_timeout_ms", 10000),
+    ("grpc.http2.ping_timeout_ms", 10000),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.use_local_subchannel_pool", 1),
+]
 
 
 @dataclass(frozen=True)
@@ -100,10 +109,18 @@ class Coordinator:
 
     async def connect(self) -> None:
         client = _import_labgrid()
-        from labgrid.remote.generated import labgrid_coordinator_pb2
+        import grpc
+        from labgrid.remote.generated import labgrid_coordinator_pb2, labgrid_coordinator_pb2_grpc
 
         self._pb = labgrid_coordinator_pb2
         session = client.ClientSession(self.address, asyncio.get_running_loop())
+        # gRPC shares one TCP connection among a process's channels to the same address, and the
+        # coordinator keeps one client session per peer address (it refuses a second one): two
+        # backends in one process (or a backend and ``hil doctor``'s own look) need a connection
+        # each. The session's channel is not connected yet; it is replaced by one of its own.
+        await session.channel.close()
+        session.channel = grpc.aio.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+        session.stub = labgrid_coordinator_pb2_grpc.CoordinatorStub(session.channel)
         try:
             await asyncio.wait_for(session.start(), CONNECT_TIMEOUT_S)
         except (client.Error, TimeoutError, OSError) as e:
