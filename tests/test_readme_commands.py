@@ -44,6 +44,14 @@ NOT_RUN = {
     "sudo hil probe 'devport:?allow=/etc/hil/allow.toml'": "a Linux target with /dev/port",
     "sudo hil agent --io 'devport:?allow=/etc/hil/allow.toml' --allow /etc/hil/allow.toml "
     "--listen tcp://0.0.0.0:7777 --token SECRET": "a Linux target with /dev/port",
+    **dict.fromkeys([
+        "hil doctor 'labgrid:?place=board-a'",
+        "hil run -b 'labgrid:?place=board-a' configs/scripts/mem-to-mem.toml",
+        "hil diff configs/scripts/mem-to-mem.toml -b 'labgrid:?place=board-a' -b 'labgrid:?place=board-b' -b sim",
+        "hil run --place tag=ich10 configs/scripts/mem-to-mem.toml",
+        "hil labgrid places",
+        "hil labgrid release board-a",
+    ], "a labgrid coordinator with places board-a and board-b: tests/test_labgrid_bench.py runs these on a real one"),
 }
 
 

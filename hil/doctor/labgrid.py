@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from hil.doctor import CheckResult, Status, fail, from_error, ok
-from hil.errors import HilError, LabgridMissingError
+from hil.errors import HilError
 from hil.labgrid.lock import LockState
 
 
@@ -29,7 +29,7 @@ async def labgrid_checks(url: Any, env: Any = None) -> list[CheckResult]:
     try:
         from labgrid import __version__ as version
     except ImportError:
-        return [*results, from_error("labgrid", LabgridMissingError("the labgrid package is not installed"))]
+        return [*results, fail("labgrid", "the labgrid package is not installed", "pip install 'lpc-hil[labgrid]'")]
     results.append(ok("labgrid", f"labgrid {version}"))
     coordinator = Coordinator(place_url.coordinator)
     try:
