@@ -140,7 +140,7 @@ class LabgridBackend(Backend):
                 await asyncio.gather(renewer, return_exceptions=True)
             if coordinator is not None:
                 try:
-                    if self._acquired:
+                    if self._acquired or self.place.place in coordinator.held:
                         self._acquired = False
                         await asyncio.wait_for(asyncio.shield(coordinator.give_back(self.place.place)), RELEASE_TIMEOUT_S)
                 except (LabgridError, TimeoutError) as e:

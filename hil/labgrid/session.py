@@ -99,6 +99,9 @@ class Coordinator:
         self.address = address
         self._session: Any = None
         self._pb: Any = None
+        #: places this session acquired and has not given back: what a close must release even
+        #: when it interrupted :meth:`take` between the acquire and its return
+        self.held: set[str] = set()
 
     async def __aenter__(self) -> Coordinator:
         await self.connect()
@@ -260,6 +263,7 @@ class Coordinator:
                 raise PlaceBusyError(f"labgrid place {name!r} is busy: {self.verdict(name).reason}",
                                      place=name, holder=info.acquired) from None
             raise LabgridError(f"{e} (are its exporters connected and its resources free?)") from None
+        self.held.add(name)
         await self.sync()
 
     async def release(self, name: str, *, holder: str | None = None) -> None:
@@ -319,4 +323,5 @@ class Coordinator:
         me = self.me
         await self.set_tags(name, {PID_TAG: "", LEASE_TAG: ""})
         await self.release(name, holder=me)
+        self.held.discard(name)
         log.info("labgrid_place_released", place=name)
