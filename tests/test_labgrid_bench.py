@@ -16,6 +16,7 @@ import asyncio
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -412,3 +413,16 @@ async def test_lg_env_names_the_place_to_open(lab: Lab) -> None:
     assert url == lab.url("a")
     async with open_backend(url) as be:
         assert be.capabilities.details["place"] == "a"
+
+
+def test_an_unreachable_coordinator_is_one_line_error() -> None:
+    require(_labgrid_installed(), "labgrid", "pip install 'lpc-hil[labgrid]'")
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r = hil("run", "-b", f"labgrid://127.0.0.1:{port}/a", str(SCRIPTS / "mem-to-mem.toml"))
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr  # no labgrid log line before it
+    assert lines[0].startswith(f"hil run: error: cannot reach the labgrid coordinator at 127.0.0.1:{port} (")
+    assert "is labgrid-coordinator running there?" in lines[0]

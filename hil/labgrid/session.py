@@ -11,10 +11,12 @@ dataclasses below, so the rest of lpc-hil never touches labgrid's objects.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from hil.errors import LabgridError, LabgridMissingError, PlaceBusyError
 from hil.labgrid.address import tag
@@ -116,6 +118,7 @@ class Coordinator:
         from labgrid.remote.generated import labgrid_coordinator_pb2, labgrid_coordinator_pb2_grpc
 
         self._pb = labgrid_coordinator_pb2
+        await self._reachable()
         session = client.ClientSession(self.address, asyncio.get_running_loop())
         # gRPC shares one TCP connection among a process's channels to the same address, and the
         # coordinator keeps one client session per peer address (it refuses a second one): two
@@ -132,6 +135,19 @@ class Coordinator:
                                f"labgrid-coordinator running there? (LG_COORDINATOR or labgrid://HOST:PORT/PLACE)") from None
         self._session = session
         log.info("labgrid_connected", coordinator=self.address, me=self.me)
+
+    async def _reachable(self) -> None:
+        """One TCP connection first: a coordinator that is not there is then this one line, not
+        labgrid's logged stream error followed by it."""
+        parts = urlsplit(f"//{self.address}")
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(parts.hostname, parts.port), CONNECT_TIMEOUT_S)
+        except (OSError, TimeoutError, ValueError) as e:
+            raise LabgridError(f"cannot reach the labgrid coordinator at {self.address} ({e or 'timed out'}): is "
+                               f"labgrid-coordinator running there? (LG_COORDINATOR or labgrid://HOST:PORT/PLACE)") from None
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
 
     @staticmethod
     async def _stop(session: Any) -> None:
