@@ -7,7 +7,7 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any
 
-from hil.cli.common import add_common, parse_variables
+from hil.cli.common import parse_variables
 from hil.errors import HilError
 
 if TYPE_CHECKING:
@@ -17,21 +17,34 @@ if TYPE_CHECKING:
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("labgrid", help="labgrid places as benches: list them, free stale locks",
                        description="Benches shared through a labgrid coordinator (README: Sharing benches). "
-                                   "'places [SELECTOR]' lists places with their lock state and tags; "
-                                   "'release PLACE...' releases a lock that is stale (its lpc-hil run is gone: "
-                                   "docs/reference/labgrid.md §3) or this user's, and refuses a live lock of "
-                                   "someone else unless --force. Exit status: 0 done (or already free), "
-                                   "1 refused, 2 error.")
-    p.add_argument("action", choices=("places", "release"), help="places: list them; release: free locks")
-    p.add_argument("names", nargs="*", metavar="PLACE",
-                   help="release: the place(s); places: an optional selector (name=GLOB, tag=KEY, KEY=VALUE, "
-                        "joined by ',')")
-    p.add_argument("--stale", action="store_true", help="release: every stale lock on the coordinator")
-    p.add_argument("--force", action="store_true", help="release: even a live lock held by someone else")
-    p.add_argument("--coordinator", "-x", metavar="HOST:PORT",
+                                   "A place's lock is stale when the lpc-hil run that took it is gone "
+                                   "(docs/reference/labgrid.md §3).")
+    _options(p, argparse.SUPPRESS)  # here or after the command: 'hil labgrid --json places' as 'places --json'
+    p.set_defaults(coordinator=None, log_format="console", verbose=0, json=False)
+    cmds = p.add_subparsers(dest="labgrid_command", required=True, metavar="COMMAND", help="places or release")
+    places = cmds.add_parser("places", help="list places with their lock state and tags")
+    places.add_argument("selector", nargs="?", default="", metavar="SELECTOR",
+                        help="only places matching: name=GLOB, tag=KEY, KEY=VALUE, joined by ','")
+    release = cmds.add_parser("release", help="release a stale (or, with --force, any) place lock",
+                              description="Release PLACE when its lock is stale or this user's; refuse a live "
+                                          "lock of someone else unless --force. Exit status: 0 released or already "
+                                          "free, 1 refused, 2 error.")
+    release.add_argument("places", nargs="*", metavar="PLACE", help="place name(s)")
+    release.add_argument("--stale", action="store_true", help="release every stale lock on the coordinator")
+    release.add_argument("--force", action="store_true", help="release even a live lock held by someone else")
+    for q in (places, release):
+        _options(q, argparse.SUPPRESS)
+        q.set_defaults(func=cmd_labgrid)
+
+
+def _options(p: argparse.ArgumentParser, default: str) -> None:
+    """--coordinator and the common options; their defaults are the ``labgrid`` parser's, so that
+    a subcommand's parser does not overwrite what was given before the subcommand's name."""
+    p.add_argument("--coordinator", "-x", metavar="HOST:PORT", default=default,
                    help="labgrid coordinator (default: LG_COORDINATOR, else 127.0.0.1:20408)")
-    add_common(p, backend=False)
-    p.set_defaults(func=cmd_labgrid)
+    p.add_argument("--log-format", choices=("console", "json"), default=default, help="structlog output format")
+    p.add_argument("-v", "--verbose", action="count", default=default, help="more log output (-vv for debug)")
+    p.add_argument("--json", action="store_true", default=default, help="machine-readable output on stdout")
 
 
 async def cmd_labgrid(args: argparse.Namespace) -> int:
@@ -39,7 +52,7 @@ async def cmd_labgrid(args: argparse.Namespace) -> int:
     from hil.labgrid.session import Coordinator
 
     async with Coordinator(coordinator_address(args.coordinator)) as coordinator:
-        if args.action == "places":
+        if args.labgrid_command == "places":
             return _places(args, coordinator)
         return await _release(args, coordinator)
 
@@ -47,9 +60,7 @@ async def cmd_labgrid(args: argparse.Namespace) -> int:
 def _places(args: argparse.Namespace, coordinator: Coordinator) -> int:
     from hil.labgrid.address import Selector
 
-    if len(args.names) > 1:
-        raise HilError("labgrid places: give one selector (terms joined by ',')")
-    selector = Selector.parse(args.names[0]) if args.names else None
+    selector = Selector.parse(args.selector) if args.selector else None
     rows: list[dict[str, Any]] = []
     for name, info in coordinator.places().items():
         if selector is not None and not selector.matches(name, info.tags):
@@ -69,7 +80,7 @@ def _places(args: argparse.Namespace, coordinator: Coordinator) -> int:
 async def _release(args: argparse.Namespace, coordinator: Coordinator) -> int:
     from hil.labgrid.lock import LEASE_TAG, PID_TAG, LockState
 
-    names = list(args.names)
+    names = list(args.places)
     if args.stale:
         names += [n for n in coordinator.places() if coordinator.verdict(n).state is LockState.STALE and n not in names]
     elif not names:

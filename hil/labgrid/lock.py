@@ -83,5 +83,6 @@ def judge(acquired: str | None, tags: Mapping[str, str], me: str, now: float, *,
         return Verdict(LockState.STALE, acquired, f"acquired by {who}, which has exited")
     if lease is not None and now > lease + GRACE_S:
         return Verdict(LockState.STALE, acquired, f"acquired by {who}, whose lease ended {now - lease:.0f} s ago")
-    left = f", lease {lease - now:.0f} s more" if lease is not None else ""
+    left = ("" if lease is None else f", lease {lease - now:.0f} s more" if lease >= now
+            else f", lease ended {now - lease:.0f} s ago (stale {GRACE_S:g} s after its end)")
     return Verdict(LockState.LIVE, acquired, f"acquired by {who}{left}")
