@@ -426,3 +426,17 @@ def test_an_unreachable_coordinator_is_one_line_error() -> None:
     assert len(lines) == 1, r.stderr  # no labgrid log line before it
     assert lines[0].startswith(f"hil run: error: cannot reach the labgrid coordinator at 127.0.0.1:{port} (")
     assert "is labgrid-coordinator running there?" in lines[0]
+
+
+def test_lg_env_backend_reads_lg_env_like_labgrids_plugin(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hil.labgrid.plugin import lg_env_backend
+
+    env = lab.tmp / "env2.yaml"
+    env.write_text("targets:\n  main:\n    resources:\n      - RemotePlace:\n          name: !template $LG_PLACE\n")
+    monkeypatch.setenv("LG_PLACE", "b")
+    monkeypatch.delenv("LG_ENV", raising=False)
+    assert lg_env_backend(None) is None
+    monkeypatch.setenv("LG_ENV", str(env))
+    assert lg_env_backend(None, lab.address) == lab.url("b")
+    monkeypatch.setenv("LG_COORDINATOR", "10.9.8.7")
+    assert lg_env_backend(str(env)) == "labgrid://10.9.8.7:20408/b"

@@ -5,7 +5,25 @@ with once the wait is over. :func:`lg_env_url` turns a labgrid environment file 
 labgrid's own plugin takes with ``--lg-env`` or ``LG_ENV``) into the ``labgrid:`` URL of one of
 its targets: the target's ``RemotePlace`` names the place, the coordinator comes from the
 caller, the file's ``coordinator_address`` option, ``LG_COORDINATOR`` or the default, in that
-order, as labgrid resolves it (docs/reference/labgrid.md §5).
+order, as labgrid resolves it (docs/reference/labgrid.md §5). It reads the file at once (a
+plugin calls it while configuring, before any event loop runs).
+
+With labgrid installed, labgrid's own pytest plugin (entry point ``pytest11: labgrid``) is loaded
+and defines ``--lg-env`` (dest ``lg_env``, fallback ``LG_ENV``) and ``--lg-coordinator`` (dest
+``lg_coordinator``): a plugin reads those and must not add them again. A bench fixture, for a
+``--hil-backend`` URL or one from ``--lg-env``::
+
+    url = lg_env_backend(getattr(config.option, "lg_env", None),
+                         getattr(config.option, "lg_coordinator", None)) or config.option.hil_backend
+    reason = await wait_for_place(url, timeout_s=60)   # None at once for sim:, qemu:, agent+...
+    if reason is not None:
+        pytest.skip(reason)
+    try:
+        backend = await connect(url)                   # hil.backends.connect: acquires the place
+    except PlaceBusyError as e:                        # taken between the wait and the acquire
+        pytest.skip(str(e))
+
+(``labgrid:...?wait=S`` makes the open itself wait, closing that gap.)
 """
 
 from __future__ import annotations
@@ -20,6 +38,7 @@ from hil.errors import LabgridError, LabgridMissingError
 from hil.labgrid.address import COORDINATOR_ENV, coordinator_address, parse_place_url
 from hil.labgrid.session import Coordinator
 
+LG_ENV = "LG_ENV"  #: labgrid's environment-file variable
 POLL_S = 0.25  #: how often a waiting caller looks at the place again (the tables update by push)
 
 
@@ -84,4 +103,11 @@ def lg_env_url(path: str | os.PathLike[str], target: str = "main", coordinator: 
     return urls[target]
 
 
-__all__ = ["lg_env_url", "lg_env_urls", "wait_for_place"]
+def lg_env_backend(lg_env: str | None, lg_coordinator: str | None = None, target: str = "main") -> str | None:
+    """The ``labgrid:`` URL for pytest's ``--lg-env``/``--lg-coordinator`` values (``LG_ENV`` when
+    ``lg_env`` is None, as labgrid's plugin does); None when neither names an environment file."""
+    path = lg_env or os.environ.get(LG_ENV) or None
+    return lg_env_url(path, target, lg_coordinator) if path else None
+
+
+__all__ = ["lg_env_backend", "lg_env_url", "lg_env_urls", "wait_for_place"]

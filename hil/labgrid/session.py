@@ -113,7 +113,7 @@ class Coordinator:
         await self.close()
 
     async def connect(self) -> None:
-        client = _import_labgrid()
+        client = await asyncio.to_thread(_import_labgrid)  # labgrid and grpc take ~0.3 s to import
         import grpc
         from labgrid.remote.generated import labgrid_coordinator_pb2, labgrid_coordinator_pb2_grpc
 
