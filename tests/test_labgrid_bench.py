@@ -440,3 +440,14 @@ def test_lg_env_backend_reads_lg_env_like_labgrids_plugin(lab: Lab, monkeypatch:
     assert lg_env_backend(None, lab.address) == lab.url("b")
     monkeypatch.setenv("LG_COORDINATOR", "10.9.8.7")
     assert lg_env_backend(str(env)) == "labgrid://10.9.8.7:20408/b"
+
+
+def test_labgrid_places_lists_the_selected_places_with_their_state(lab: Lab) -> None:
+    import json
+
+    r = hil("labgrid", "places", "tag=ich10", "-x", lab.address, "--json")
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)
+    assert [(row["place"], row["state"]) for row in rows] == [("a", "free"), ("b", "free")]
+    text = hil("labgrid", "--coordinator", lab.address, "places")
+    assert text.returncode == 0 and {line.split()[0] for line in text.stdout.splitlines()} == {"a", "b", "dev", "t", "wrong"}
