@@ -337,6 +337,24 @@ class LinkError(BackendError):
         self.device_missing = device_missing
 
 
+class LabgridError(BackendError):
+    """A labgrid coordinator could not be reached or refused, or a place cannot serve as a bench
+    (unknown place, no serial port for the agent, its tags disagree with the agent)."""
+
+
+class LabgridMissingError(LabgridError):
+    """The ``labgrid`` package is not installed (it is the optional extra ``lpc-hil[labgrid]``)."""
+
+
+class PlaceBusyError(LabgridError):
+    """The place is held by someone else whose lock is not stale; ``place`` and ``holder``
+    (labgrid's ``host/user``) name them. A pytest run turns this into a skip with its message."""
+
+    def __init__(self, message: str, *, place: str = "", holder: str = "") -> None:
+        super().__init__(message)
+        self.place, self.holder = place, holder
+
+
 class ProtocolError(HilError):
     """A frame or message that does not follow the agent protocol; ``status`` is the status to
     answer with, ``index`` the op it is about (0xFFFF: the whole message)."""

@@ -52,6 +52,14 @@ NOT_RUN = {
     "--listen 'serial:///dev/ttyS0?baud=115200'": "a board with an FDC, /dev/port and a UART",
     "hil run -b 'agent+serial:///dev/ttyUSB0?baud=115200' configs/scripts/floppy-read.toml":
         "a USB-serial adapter wired to a board's agent",
+    **dict.fromkeys([
+        "hil doctor 'labgrid:?place=board-a'",
+        "hil run -b 'labgrid:?place=board-a' configs/scripts/mem-to-mem.toml",
+        "hil diff configs/scripts/mem-to-mem.toml -b 'labgrid:?place=board-a' -b 'labgrid:?place=board-b' -b sim",
+        "hil run --place tag=ich10 configs/scripts/mem-to-mem.toml",
+        "hil labgrid places",
+        "hil labgrid release board-a",
+    ], "a labgrid coordinator with places board-a and board-b: tests/test_labgrid_bench.py runs these on a real one"),
 }
 
 

@@ -19,7 +19,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 REF_DIR = ROOT / "docs" / "reference"
 REF_PREFIX = "docs/reference/"
-NOTES = ("8237", "8259", "linux-isa-dma", "qemu-qtest", "hil-lessons", "devices", "vm")
+NOTES = ("8237", "8259", "linux-isa-dma", "qemu-qtest", "hil-lessons", "devices", "labgrid", "vm")
 # Built in two parts so that this file does not itself contain the path it forbids.
 PRIVATE_PATH = "shared" + "/reference"
 

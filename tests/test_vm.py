@@ -145,7 +145,8 @@ def test_guest_image_holds_every_module_the_agent_imports(tmp_path):
 
 class FakePics:
     """The two 8259s' IRR and the chipset's ELCR as the datasheet describes them: in edge mode
-    an IRR bit is latched by a rising edge and kept (QEMU keeps it until INTA, 8259.md §7); in
+    an IRR bit is latched by a rising edge and kept (QEMU keeps it until INTA,
+    docs/reference/8259.md §7); in
     level mode it follows the line (§4.2); OCW3 selects IRR or ISR for even-port reads (§3.3)."""
 
     def __init__(self) -> None:

@@ -333,7 +333,10 @@ def parse_ftdi_url(url: str) -> FtdiURL:
     return result
 
 
-def _serial_kwargs(baud: int) -> dict[str, Any]:
+def _serial_kwargs(baud: int, url: str = "") -> dict[str, Any]:
+    # pyserial's rfc2217 client refuses any write timeout (NotImplementedError at open)
+    if url.startswith("rfc2217://"):
+        return {"baudrate": baud, "timeout": 0.05}
     return {"baudrate": baud, "timeout": 0.05, "write_timeout": 5}
 
 
@@ -363,8 +366,8 @@ async def open_link(url: str, *, baud: int = 115200) -> Link:
             import pyftdi.serialext  # noqa: F401 - registers the ftdi:// URL handler
         except ImportError as e:  # pragma: no cover - pyftdi is a declared dependency
             raise LinkError(f"{path}: pyftdi is not available: {e}") from None
-    try:
-        port = serial.serial_for_url(path, **_serial_kwargs(baud))
+    try:  # in a thread: rfc2217 and socket open a TCP connection and negotiate before returning
+        port = await asyncio.to_thread(serial.serial_for_url, path, **_serial_kwargs(baud, path))
     except (serial.SerialException, OSError, ValueError) as e:
         err = oserrors.failure(path, "cannot open", e, LinkError)
         err.device_missing = "No USB device" in str(e)  # pyftdi says so in a plain exception: read here, once

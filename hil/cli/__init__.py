@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from hil import __version__
-from hil.cli import agent, backends, bench, demo, diff, doctor, probe, registers, run, vm
+from hil.cli import agent, backends, bench, demo, diff, doctor, labgrid, probe, registers, run, vm
 from hil.errors import HilError, UsageError, error_record
 from hil.logconfig import configure
 
@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     # for hil.workers: an error is also written here as a JSON record, read back as the typed error
     parser.add_argument("--error-file", metavar="PATH", help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (demo, backends, registers, run, diff, agent, doctor, probe, bench, vm):
+    for module in (demo, backends, registers, run, diff, agent, doctor, probe, bench, labgrid, vm):
         module.add_parsers(sub)
     return parser
 

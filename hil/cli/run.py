@@ -47,6 +47,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--var", action="append", default=[], metavar="NAME=VALUE", help="override a script variable")
     add_allow_path(p)
     p.add_argument("-q", "--quiet", action="store_true", help="print only the summary lines; no progress")
+    p.add_argument("--place", metavar="SELECTOR",
+                   help="instead of --backend: every free labgrid place matching SELECTOR (tag=KEY, KEY=VALUE, "
+                        "name=GLOB, joined by ','), all at once, reported per place (README: Sharing benches)")
+    p.add_argument("--coordinator", metavar="HOST:PORT", help="labgrid coordinator for --place (default: LG_COORDINATOR)")
     p.set_defaults(func=cmd_run)
 
 
@@ -153,6 +157,12 @@ async def cmd_run(args: argparse.Namespace) -> int:
 
     if args.journal and len(args.scripts) > 1:
         raise HilError("--journal takes one script; use --journal-dir for several")
+    if args.place is not None:
+        from hil.cli.labgrid import run_on_places
+
+        if args.backend != "sim" or args.journal or args.junit:
+            raise HilError("--place runs on the matching places: give no --backend, --journal or --junit with it")
+        return await run_on_places(args)
     variables = parse_variables(args.var)
     backend = open_backend(args.backend)  # a bad URL is an error before the scripts load
     progress = Progress(enabled=not args.quiet)

@@ -145,6 +145,7 @@ _CHECKS: dict[str, str | CheckProvider] = {
     "agent+serial": "hil.doctor.agent:agent_checks",
     "agent+tcp": "hil.doctor.agent:agent_checks",
     "agent+ftdi": "hil.doctor.agent:agent_checks",
+    "labgrid": "hil.doctor.labgrid:labgrid_checks",
 }
 
 
