@@ -21,7 +21,9 @@ import time
 from pathlib import Path
 
 import pytest
+from test_agent_faults import Faults, big_program, on_sim
 
+from hil.agent.links import Link
 from hil.backends import BackendURL, open_backend
 from hil.backends.devport import DevPortBackend, Host, from_url as devport_from_url
 from hil.backends.pic import PicObserver
@@ -31,7 +33,7 @@ from hil.errors import AgentResetError, BackendOptionError, UnsupportedOperation
 from hil.ops import In, IrqState, MemRead, Out, WaitIrq
 from hil.testing import require
 from hil.vm import cpio, guest, image, kernel
-from hil.vm.backend import VmConfig, parse_config, run_commands
+from hil.vm.backend import VmBackend, VmConfig, parse_config, run_commands
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -317,13 +319,75 @@ def test_every_qemu_example_agrees_on_qemu_and_on_the_vm(vm_ready, tmp_path):
     assert report["errors"] == [] and proc.returncode == 0
 
 
-async def test_link_survives_a_paused_vm_and_detects_a_reset_one(vm_ready):
-    """The VM's CPUs stopped mid-program (QMP stop) and resumed: the program completes with the
-    right data through the client's retries. The VM reset mid-program: the program fails with
-    AgentResetError, the driver layer's reset listener restores what it had programmed, and the
-    next program runs on the rebooted agent."""
-    async with open_backend("vm:?timeout=1&retries=60") as be:
+class FaultyLine(Link):
+    """The VM's serial line with the agent fault suite's per-frame faults (drop, duplicate,
+    corrupt, reorder: tests/test_agent_faults.py ``Faults``) applied both ways; frames are cut
+    at their 0x00 delimiter first, since a socket read may end inside one."""
+
+    def __init__(self, inner: Link, faults: Faults) -> None:
+        super().__init__(f"faulty {inner.name}")
+        self.inner, self.faults = inner, faults
+        self._down: asyncio.Queue[bytes] = asyncio.Queue()
+        self._up: asyncio.Queue[bytes] = asyncio.Queue()
+        self._partial = b""
+        self._tasks = [asyncio.create_task(self._pump_down()), asyncio.create_task(self._pump_up())]
+
+    async def _pump_down(self) -> None:
+        while True:
+            data = await self.inner.read()
+            if not data:
+                self._down.put_nowait(b"")
+                return
+            self._partial += data
+            cut = self._partial.rfind(b"\0") + 1
+            whole, self._partial = self._partial[:cut], self._partial[cut:]
+            if whole:
+                self.faults.relay("down", whole, self._down.put_nowait)
+
+    async def _pump_up(self) -> None:
+        while True:
+            await self.inner.write(await self._up.get())
+
+    async def read(self) -> bytes:
+        return await self._down.get()
+
+    async def write(self, data: bytes) -> None:
+        self.faults.relay("up", data, self._up.put_nowait)
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.inner.close()
+
+
+async def test_agent_fault_suite_over_the_uart_a_paused_vm_and_a_reset_one(vm_ready):
+    """Over the real UART: frames dropped, duplicated, corrupted and reordered both ways (10 %
+    each) still run once each, in order, with the simulator's results (the flip-flop makes a
+    repeated frame show in the values). The VM's CPUs stopped mid-program (QMP stop) and resumed:
+    the program completes with the right data through the client's retries. The VM reset
+    mid-program: the program fails with AgentResetError, the driver layer's reset listener
+    restores what it had programmed, and the next program runs on the rebooted agent."""
+    faults = Faults(7, {}, exec_only=False)
+    be = open_backend("vm:?timeout=0.5&retries=200")
+    assert isinstance(be, VmBackend)
+    line = be._link_factory  # the VM's socket: every (re)connect goes through the fault layer
+
+    async def faulty() -> Link:
+        return FaultyLine(await line(), faults)
+
+    be._link_factory = faulty
+    async with be:
         assert be.vm is not None
+        faults.rates = {"drop": 0.1, "duplicate": 0.1, "corrupt": 0.1, "reorder": 0.1}
+        for seed in range(5, 25):  # until every kind of fault has hit a frame (a program is a few frames)
+            program = big_program(seed)
+            assert await be.execute(program) == await on_sim(program), f"seed {seed}"
+            if set(faults.seen.faults) == {"drop", "duplicate", "corrupt", "reorder"}:
+                break
+        assert set(faults.seen.faults) == {"drop", "duplicate", "corrupt", "reorder"}, faults.seen.faults
+        assert be.stats.retries > 0
+        faults.rates = {}
         await be.execute([MemRead(0x10000, 16)])
         pattern = bytes(range(256)) * 64
         await be.write_mem(0x20000, pattern)

@@ -18,7 +18,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                                    "it. image: build (or find cached) the guest image from this host's Python and "
                                    "package. run: boot a VM and run a command inside it as root, e.g. "
                                    "`hil vm run -- hil doctor devport:?window=0x10000-0x90000`.")
-    p.add_argument("what", choices=("fetch-kernel", "kernel", "image", "run"))
+    p.add_argument("what", choices=("fetch-kernel", "kernel", "image", "run"),
+                   help="fetch-kernel: Debian's kernel into the cache; kernel: the one vm: would boot; image: the guest image; "
+                        "run: boot and run COMMAND")
     p.add_argument("guest_argv", nargs=argparse.REMAINDER, metavar="COMMAND",
                    help="run: the command (a leading 'hil' runs the guest's hil)")
     p.add_argument("--url", default="vm:", metavar="URL",
