@@ -415,3 +415,70 @@ async def test_agent_fault_suite_over_the_uart_a_paused_vm_and_a_reset_one(vm_re
         assert (await be.execute([In(0x81)]))[0] == 0x03
         assert (await be.execute([Out(0x82, 0x5A), In(0x82)])) == [0x5A]
         assert time.perf_counter() - t0 < 180
+
+
+VM_CHILD = """
+import asyncio, sys
+from hil.backends import open_backend
+
+async def main():
+    be = open_backend("vm:")
+    opening = asyncio.create_task(be.open())
+    while be.vm is None or be.vm.pid is None or be.vm.workdir is None:
+        if opening.done():
+            opening.result()
+        await asyncio.sleep(0.01)
+    print("QEMU-PID", be.vm.pid, be.vm.workdir, flush=True)
+    if sys.argv[1] == "exit":
+        return  # leaves while the VM boots, without closing: the atexit handler must stop QEMU
+    await asyncio.sleep(120)
+
+asyncio.run(main())
+"""
+
+
+def _gone(pid: int, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return True
+        if state in ("Z", "X"):
+            return True
+        time.sleep(0.02)
+    return False
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "exit"])
+def test_no_orphan_qemu_or_directory_when_the_host_goes(vm_ready, tmp_path, how):
+    """§5: the host killed (or leaving without closing) while its VM boots: QEMU goes with it,
+    and the private directory is removed (at exit) or swept by the next run (after SIGKILL)."""
+    import signal
+
+    from hil.backends.qemu.process import sweep_stale_workdirs
+    from hil.vm.machine import WORKDIR_PREFIX
+
+    script = tmp_path / "child.py"
+    script.write_text(VM_CHILD)
+    proc = subprocess.Popen([PY, str(script), "sleep" if how == "SIGKILL" else "exit"], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    try:
+        assert proc.stdout is not None
+        line = next((raw for raw in proc.stdout if raw.startswith("QEMU-PID ")), None)
+        assert line is not None, "the child did not start its VM"
+        _, pid_text, workdir_text = line.split()
+        pid, workdir = int(pid_text), Path(workdir_text)
+        if how == "SIGKILL":
+            assert not _gone(pid, 0.1)
+            proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        assert _gone(pid), f"QEMU {pid} outlived its host ({how})"
+        if how == "SIGKILL":
+            assert workdir.exists()  # a killed interpreter cannot clean up ...
+            sweep_stale_workdirs(WORKDIR_PREFIX)  # ... the next vm: open sweeps it
+        assert not workdir.exists(), "the VM's private directory was left behind"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
