@@ -12,7 +12,6 @@ import importlib.util
 import os
 import subprocess
 import sys
-import textwrap
 import tomllib
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
