@@ -194,6 +194,10 @@ async def cmd_run(args: argparse.Namespace) -> int:
         raise HilError("--journal takes one script; use --journal-dir for several")
     variables = parse_variables(args.var)
     backend = _open(args)  # a bad URL is an error before the scripts load
+    if args.vcd:
+        from hil.waves.vcd import require_simulator
+
+        require_simulator(backend)  # before anything starts (a QEMU, a link)
     progress = Progress(enabled=not args.quiet)
     total = len(args.scripts)
     args.interrupt_note = "while loading the scripts"

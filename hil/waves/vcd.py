@@ -55,6 +55,12 @@ def sim_backend(backend: Backend) -> Any:
     return seen
 
 
+def require_simulator(backend: Backend) -> None:
+    """Refuse a waveform of ``backend`` (opened or not) unless it has a simulator in process."""
+    if sim_backend(backend) is None:
+        raise WaveformError(f"a waveform needs a simulator backend (sim:...); {backend.url} has none in process")
+
+
 class _Sink:
     """pyvcd's output: text collected in memory, handed to the writer thread in chunks."""
 
@@ -131,7 +137,7 @@ async def waveform(backend: Backend, path: str | Path, *, title: str = "", requi
     sim = sim_backend(backend)
     if sim is None:
         if required:
-            raise WaveformError(f"a waveform needs a simulator backend (sim:...); {backend.url} has none in process")
+            require_simulator(backend)
         log.warning("waveform_skipped", backend=backend.url, note="no simulator in process")
         yield None
         return
@@ -174,4 +180,4 @@ async def waveform(backend: Backend, path: str | Path, *, title: str = "", requi
         log.info("waveform_written", file=str(path), signals=len(tracer.signals), end_ns=end)
 
 
-__all__ = ["DEFAULT_VIEW", "WaveformError", "sim_backend", "waveform", "write_gtkw"]
+__all__ = ["DEFAULT_VIEW", "require_simulator", "sim_backend", "waveform", "write_gtkw"]
