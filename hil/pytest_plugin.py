@@ -21,7 +21,7 @@ the user's guide; in short:
 * JUnit: a test suite property per backend (identity, agent version, capabilities) and the
   backend as a property of every test case.
 
-Event loops (pytest-asyncio 1.x, docs/reference/pytest-tools.md §1): the connection is a
+Event loops (pytest-asyncio 1.x, docs/reference/devices.md §7): the connection is a
 session-scoped async fixture in the session's loop (``loop_scope="session"``), so every test that
 uses it must run in that loop too, in strict and in auto mode: ``@pytest.mark.asyncio(loop_scope=
 "session")`` on the test (or ``pytestmark`` on the module), or ``asyncio_default_test_loop_scope =

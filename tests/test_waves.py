@@ -168,3 +168,14 @@ def test_hil_run_vcd(tmp_path: Path) -> None:
     assert bad.returncode == 2
     assert "a waveform needs a simulator backend" in bad.stdout + bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_the_readme_picture_is_what_the_docs_script_draws(tmp_path: Path) -> None:
+    """docs/images/floppy-read-tc.svg is generated, not drawn: the script redraws it identically."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, str(ROOT / "docs" / "waveform.py"), "--out", str(tmp_path / "w.svg")],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr
+    drawn = (tmp_path / "w.svg").read_text(encoding="utf-8")
+    assert drawn == (ROOT / "docs" / "images" / "floppy-read-tc.svg").read_text(encoding="utf-8")
+    assert ">FFFF<" in drawn and ">101FF<" in drawn  # the count after TC, the sector's last address

@@ -94,6 +94,7 @@ class SessionLog:
     def _write(self) -> None:
         """In a worker thread: whatever is queued, in order (two flushes in flight cannot swap)."""
         with self._thread_lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             while self._queue:
                 lines = self._queue.popleft()
                 with self.path.open("a" if self._started else "w", encoding="utf-8") as f:

@@ -3,7 +3,7 @@
 The signals are :mod:`hil.sim.trace`'s (what each shows: README.md "Waveforms"), one ``module``
 scope per controller, channel, bus, interrupt controller and device under the top scope ``pc``,
 on the virtual-time axis in nanoseconds (timescale ``1 ns``: a magnitude of 1, 10 or 100 is
-what every viewer reads, docs/reference/pytest-tools.md §2). The header is what Surfer and
+what every viewer reads, docs/reference/devices.md §7). The header is what Surfer and
 GTKWave expect: ``$scope module NAME $end`` ... ``$upscope $end``.
 
 The simulator runs inside the event loop, so the file is not written there: pyvcd writes into
