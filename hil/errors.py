@@ -521,6 +521,15 @@ class ScriptCapabilityError(ScriptError):
     """The backend lacks a capability the script or a step requires."""
 
 
+class ScriptRunFailedError(HilError):
+    """A transfer script run as a pytest item (:mod:`hil.pytest_plugin`) did not pass: ``lines``
+    are the runner's report, which the item prints as its failure."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__("\n".join(lines))
+        self.lines = lines
+
+
 class JournalError(HilError):
     """A journal cannot be written where asked, or a file is not a journal at all."""
 

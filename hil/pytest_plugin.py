@@ -47,7 +47,7 @@ import pytest_asyncio
 from hil.backends import BackendURL, open_backend
 from hil.backends.base import Backend, Capability
 from hil.dma import IsaDma, forget_host_state
-from hil.errors import HilError
+from hil.errors import HilError, ScriptRunFailedError
 from hil.ops import Op, Out
 from hil.ports import CASCADE_CHANNEL, DMA1, DMA2, MASK_SET, PAGE_PORT, Mode, ModeSelect
 
@@ -344,14 +344,6 @@ class ScriptFile(pytest.File):
             yield ScriptItem.from_parent(self, name=f"{self.path.stem}[{url}]", url=url)
 
 
-class ScriptFailure(Exception):
-    """A script that did not pass: ``lines`` are the runner's report."""
-
-    def __init__(self, lines: list[str]) -> None:
-        super().__init__("\n".join(lines))
-        self.lines = lines
-
-
 class ScriptItem(pytest.Item):
     """One transfer script on one backend: on the session's connection when a Python test opened
     it (reset first, in its loop), else on a connection of its own, opened for the script as
@@ -368,7 +360,7 @@ class ScriptItem(pytest.Item):
         try:
             script = load_script(self.path)
         except HilError as e:
-            raise ScriptFailure([str(e)]) from None
+            raise ScriptRunFailedError([str(e)]) from None
         session = self.config.stash[_SESSIONS].get(self.url)
         if session is not None and session.usable():
             assert session.loop is not None
@@ -376,7 +368,7 @@ class ScriptItem(pytest.Item):
         else:
             lines = asyncio.run(self._alone(script))
         if lines:
-            raise ScriptFailure(lines)
+            raise ScriptRunFailedError(lines)
 
     async def _alone(self, script: Any) -> list[str]:
         session = HilSession(self.url, _record_file(self.config, self.url))
@@ -416,7 +408,7 @@ class ScriptItem(pytest.Item):
         return report_lines(result, len(script.steps))
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
-        if isinstance(excinfo.value, ScriptFailure):
+        if isinstance(excinfo.value, ScriptRunFailedError):
             return "\n".join(excinfo.value.lines)
         return str(super().repr_failure(excinfo))
 
