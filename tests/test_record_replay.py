@@ -19,7 +19,7 @@ from hil.backends import open_backend
 from hil.backends.record import DEFAULT_FILE, RecordBackend, split_url
 from hil.backends.replay import ReplayBackend, rewind
 from hil.backends.sim import SimBackend
-from hil.errors import BackendOptionError, MemoryRangeError, RecordFormatError, ReplayMismatchError
+from hil.errors import BackendOptionError, JournalError, MemoryRangeError, RecordFormatError, ReplayMismatchError
 from hil.ops import DevAttach, DevState, In, IrqState, MemRead, MemWrite, Out, Settle, WaitIrq
 from hil.runner import run_script
 from hil.script import load_script
@@ -231,3 +231,10 @@ async def test_memwrite_data_round_trips_as_hex(tmp_path: Path) -> None:
     assert line["ops"][0]["data"] == {"hex": bytes(range(256)).hex()}
     async with ReplayBackend(file) as rep:
         assert await rep.execute([MemWrite(0x1000, bytearray(range(256)))]) == []
+
+
+async def test_a_record_file_that_cannot_be_written_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    with pytest.raises(JournalError, match=r"record file .*file/s.jsonl: cannot write: not a directory"):
+        async with RecordBackend(SimBackend(), tmp_path / "file" / "s.jsonl"):
+            pass

@@ -35,6 +35,7 @@ from hil.backends.base import Backend, Capabilities, Capability, current_step
 from hil.backends.opjson import op_to_json, result_to_json
 from hil.errors import BackendOptionError, HilError, JournalError, error_record
 from hil.ops import ALL_OPS, IrqLines, Op, Result
+from hil.oserrors import file_reason
 
 FORMAT = "hil-record/1"
 DEFAULT_FILE = "hil-record.jsonl"
@@ -89,12 +90,13 @@ class SessionLog:
         try:
             await asyncio.to_thread(self._write)
         except OSError as e:
-            raise JournalError(f"record file {self.path}: cannot write: {e.strerror or e}") from None
+            raise JournalError(f"record file {self.path}: cannot write: {file_reason(e)}") from None
 
     def _write(self) -> None:
         """In a worker thread: whatever is queued, in order (two flushes in flight cannot swap)."""
         with self._thread_lock:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if not self.path.parent.exists():
+                self.path.parent.mkdir(parents=True)
             while self._queue:
                 lines = self._queue.popleft()
                 with self.path.open("a" if self._started else "w", encoding="utf-8") as f:

@@ -29,6 +29,7 @@ from hil.backends.record import FORMAT
 from hil.errors import BackendOptionError, RecordFormatError, ReplayMismatchError, error_from_record
 from hil.log import get_logger
 from hil.ops import ALL_OPS, IrqLines, Op, Result, check_program
+from hil.oserrors import file_reason
 
 log = get_logger("hil.replay")
 
@@ -98,7 +99,7 @@ class ReplayBackend(Backend):
             try:
                 text = await asyncio.to_thread(self.path.read_text, encoding="utf-8")
             except OSError as e:
-                raise BackendOptionError(self.url, f"cannot read the record: {e.strerror or e}") from None
+                raise BackendOptionError(self.url, f"cannot read the record: {file_reason(e)}") from None
             tape = _TAPES[key] = _Tape(_parse(self.path, text))
         self._tape = tape
         self._skip_markers()

@@ -14,6 +14,7 @@ failure of that thread is raised when the waveform ends.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import queue
 import threading
 from collections.abc import AsyncIterator
@@ -24,6 +25,7 @@ from typing import IO, Any, cast
 from hil.backends.base import Backend
 from hil.errors import JournalError, WaveformError
 from hil.log import get_logger
+from hil.oserrors import file_reason
 from hil.sim.trace import Kind, SignalTrace, Value
 
 log = get_logger("hil.waves")
@@ -56,9 +58,12 @@ def sim_backend(backend: Backend) -> Any:
 
 
 def require_simulator(backend: Backend) -> None:
-    """Refuse a waveform of ``backend`` (opened or not) unless it has a simulator in process."""
+    """Refuse a waveform of ``backend`` (opened or not) unless it has a simulator in process and
+    pyvcd is installed (a dependency of the package; a checkout on PYTHONPATH may lack it)."""
     if sim_backend(backend) is None:
         raise WaveformError(f"a waveform needs a simulator backend (sim:...); {backend.url} has none in process")
+    if importlib.util.find_spec("vcd") is None:
+        raise WaveformError("waveforms are written with pyvcd, which is not installed: pip install pyvcd")
 
 
 class _Sink:
@@ -103,7 +108,7 @@ class _Sink:
         self.queue.put(None)
         await asyncio.to_thread(self.thread.join)
         if self.error is not None:
-            raise JournalError(f"waveform {self.path}: cannot write: {self.error.strerror or self.error}")
+            raise JournalError(f"waveform {self.path}: cannot write: {file_reason(self.error)}")
 
 
 def write_gtkw(path: Path, vcd_path: Path, widths: dict[str, int]) -> None:
@@ -135,19 +140,18 @@ async def waveform(backend: Backend, path: str | Path, *, title: str = "", requi
     ``.gtkw`` view beside it). Without a simulator: :class:`WaveformError` when ``required``,
     else a warning and nothing."""
     sim = sim_backend(backend)
-    if sim is None:
-        if required:
-            require_simulator(backend)
+    if sim is None and not required:
         log.warning("waveform_skipped", backend=backend.url, note="no simulator in process")
         yield None
         return
+    require_simulator(backend)
     from vcd import VCDWriter
 
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise JournalError(f"waveform {path}: cannot create {path.parent}: {e.strerror or e}") from None
+        raise JournalError(f"waveform {path}: cannot create {path.parent}: {file_reason(e)}") from None
     sink = _Sink(path)  # a file to pyvcd, which calls only its write() and flush()
     variables: list[Any] = []
     writer_box: list[Any] = []
