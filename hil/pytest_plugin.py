@@ -200,9 +200,17 @@ class HilSession:
 
 
 def _inner_scheme(backend: Backend) -> str:
+    """The scheme whose reset a session follows: a recorder's inner backend's, and for a replay
+    the recorded session's (a recorded ``sim:`` was reopened per test, so its replay is too)."""
     from hil.backends.record import RecordBackend
+    from hil.backends.replay import ReplayBackend
 
-    return _inner_scheme(backend.inner) if isinstance(backend, RecordBackend) else type(backend).scheme
+    match backend:
+        case RecordBackend():
+            return _inner_scheme(backend.inner)
+        case ReplayBackend() if backend.recorded_url:
+            return BackendURL.parse(backend.recorded_url).scheme
+    return type(backend).scheme
 
 
 def reset_program() -> list[Op]:

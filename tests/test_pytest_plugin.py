@@ -308,6 +308,16 @@ def test_record_an_agent_session_and_replay_it_offline(pytester: pytest.Pytester
                                   "recorded In(port=0x8, width=8), got In(port=0xA, width=8)*"])
 
 
+def test_record_on_sim_and_replay(pytester: pytest.Pytester) -> None:
+    """On sim each test gets a fresh machine (a new session in the record); the replay follows
+    the recorded sessions, so the known state of every test replays too."""
+    pytester.makepyfile(test_state=KNOWN_STATE, test_bench=TESTS)
+    run(pytester, "--hil-backend", FLOPPY, "--hil-record", "sim.jsonl").assert_outcomes(passed=5)
+    kinds = [line.split('"kind":"')[1].split('"')[0] for line in (pytester.path / "sim.jsonl").read_text().splitlines()]
+    assert kinds.count("session") == 5
+    run(pytester, "--hil-backend", "replay:sim.jsonl").assert_outcomes(passed=5)
+
+
 def test_plugin_does_not_touch_tests_without_its_fixtures(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_plain='''
         import asyncio

@@ -91,6 +91,7 @@ class ReplayBackend(Backend):
         self._caps: Capabilities | None = None
         self._vt: int | None = None
         self._irq = IrqLines()
+        self.recorded_url = ""  #: the URL of the session being replayed (its session line's)
 
     async def _open(self) -> None:
         key = self.path.resolve()
@@ -107,6 +108,7 @@ class ReplayBackend(Backend):
             self._session(next(e for e in reversed(tape.entries) if e["kind"] == "session"))
 
     def _session(self, entry: dict[str, Any]) -> None:
+        self.recorded_url = str(entry.get("url", ""))
         try:
             self._caps = capabilities_from_json(entry.get("capabilities"))
         except RecordFormatError as e:
