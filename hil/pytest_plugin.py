@@ -36,7 +36,7 @@ import os
 import re
 import tomllib
 from collections.abc import AsyncIterator, Iterator
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, nullcontext
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -302,14 +302,16 @@ def _kinds(backend: Backend, url: str) -> set[str]:
     return names
 
 
-def _vcd(request: pytest.FixtureRequest, backend: Backend, name: str) -> AbstractAsyncContextManager[object]:
-    directory = request.config.getoption("--hil-vcd")
+def _vcd(config: pytest.Config, backend: Backend, nodeid: str) -> AbstractAsyncContextManager[object]:
+    """Under ``--hil-vcd DIR``: the waveform of one test in ``DIR/<its node id, as a file name>.vcd``
+    (``test_floppy.py_test_read_sector_sim_floppy_generate.vcd``); nothing on other backends."""
+    directory = config.getoption("--hil-vcd")
     if not directory:
         return nullcontext()
     from hil.waves.vcd import waveform
 
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")[:120] or "test"
-    return waveform(backend, Path(directory) / f"{safe}.vcd", title=name, required=False)
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", nodeid).strip("_")[:120] or "test"
+    return waveform(backend, Path(directory) / f"{safe}.vcd", title=nodeid, required=False)
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -318,7 +320,7 @@ async def hil_backend(hil_session: HilSession, request: pytest.FixtureRequest) -
     backend = await hil_session.reset()
     request.node.user_properties.append(("hil_backend", hil_session.url))
     _check_markers(request.node, backend, hil_session.url, request)
-    async with _vcd(request, backend, request.node.nodeid):
+    async with _vcd(request.config, backend, request.node.nodeid):
         yield backend
 
 
@@ -402,13 +404,7 @@ class ScriptItem(pytest.Item):
             return [str(e)]
         if needs:
             pytest.skip(f"{script.name} needs {', '.join(needs)}; backend {self.url} lacks it")
-        async with AsyncExitStack() as stack:
-            directory = self.config.getoption("--hil-vcd")
-            if directory:
-                from hil.waves.vcd import waveform
-
-                await stack.enter_async_context(waveform(backend, Path(directory) / f"{self.path.stem}.vcd",
-                                                         title=f"{script.name} on {self.url}", required=False))
+        async with _vcd(self.config, backend, self.nodeid):
             try:
                 result = await run_script(script, backend)
             except HilError as e:

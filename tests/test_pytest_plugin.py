@@ -286,7 +286,8 @@ def test_vcd_per_test(pytester: pytest.Pytester) -> None:
     copy_scripts(pytester, "mem-to-mem.toml")
     run(pytester, "--hil-vcd", "waves").assert_outcomes(passed=2)
     names = sorted(p.name for p in (pytester.path / "waves").iterdir())
-    assert names == ["mem-to-mem.gtkw", "mem-to-mem.vcd", "test_w.py_test_one_sim.gtkw", "test_w.py_test_one_sim.vcd"]
+    assert names == ["mem-to-mem.toml_mem-to-mem_sim.gtkw", "mem-to-mem.toml_mem-to-mem_sim.vcd",
+                     "test_w.py_test_one_sim.gtkw", "test_w.py_test_one_sim.vcd"]
     text = (pytester.path / "waves" / "test_w.py_test_one_sim.vcd").read_text(encoding="utf-8")
     assert "$scope module dma1 $end" in text and "$upscope $end" in text
 

@@ -179,3 +179,9 @@ def test_the_readme_picture_is_what_the_docs_script_draws(tmp_path: Path) -> Non
     drawn = (tmp_path / "w.svg").read_text(encoding="utf-8")
     assert drawn == (ROOT / "docs" / "images" / "floppy-read-tc.svg").read_text(encoding="utf-8")
     assert ">FFFF<" in drawn and ">101FF<" in drawn  # the count after TC, the sector's last address
+
+
+def test_the_hook_is_off_by_default() -> None:
+    from hil.sim.machine import Machine, QemuMachine
+
+    assert Machine.tracer is None and QemuMachine().tracer is None and SimBackend().machine.tracer is None

@@ -2,9 +2,10 @@
 
 :class:`SignalTrace` turns what the machine does into value changes of named signals on the
 virtual-time axis and hands each to a callback; it does no I/O (the VCD file is written by
-:mod:`hil.waves.vcd`, outside the simulator). It is off unless attached: the machine calls it
-only where ``Machine.tracer`` is set (three places: after a bus grant, after each chunk a grant
-moves, after a device timer fires) and the ``sim:`` backend after each op of a program (:meth:`SignalTrace.op_done`).
+:mod:`hil.waves.vcd`, outside the simulator). It is off unless attached: ``Machine.tracer`` is
+None by default, and the machine calls a tracer only where one is set, after a bus grant, for
+each chunk a grant moves and after a device timer fires; the ``sim:`` backend calls it after
+each op of a program (:meth:`SignalTrace.op_done`) and after a settle.
 
 What the signals show (docs/reference/8237.md §2-§3 for the pins; README.md "Waveforms"):
 
