@@ -142,10 +142,6 @@ class RecordBackend(Backend):
             await self.log.flush(force=True)
 
     @property
-    def opened(self) -> bool:
-        return self._opened
-
-    @property
     def capabilities(self) -> Capabilities:
         return self.inner.capabilities
 
