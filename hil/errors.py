@@ -164,6 +164,30 @@ class SettleTimeout(BackendError):
     """DMA activity was still progressing when the settle limit was reached."""
 
 
+class RecordFormatError(BackendError):
+    """A session record (``record:`` / ``hil run --record``) cannot be read back: not JSON, or a
+    line that is not what the recorder writes. ``line`` is its 1-based line number (0: unknown)."""
+
+    def __init__(self, message: str, *, file: str = "", line: int = 0) -> None:
+        where = f"{file}:{line}: " if file and line else f"{file}: " if file else ""
+        super().__init__(where + message)
+        self.file, self.line = file, line
+
+
+class ReplayMismatchError(BackendError):
+    """A replayed session was asked for something other than what was recorded: ``program`` is
+    the 0-based index of the program that differs, ``op_index`` the op in it (None: the program
+    count or length differs), ``step`` the script step that issued it, where a runner said."""
+
+    def __init__(self, message: str, *, program: int, op_index: int | None = None, step: str | None = None) -> None:
+        super().__init__(message)
+        self.program, self.op_index, self.step = program, op_index, step
+
+
+class WaveformError(BackendError):
+    """A waveform (``hil run --vcd``) was asked of a backend with no simulator in this process."""
+
+
 class DeviceError(HilError):
     """A simulated device was attached or used against the rules of the model."""
 
@@ -538,6 +562,15 @@ class ScriptLimitError(ScriptRangeError):
 
 class ScriptCapabilityError(ScriptError):
     """The backend lacks a capability the script or a step requires."""
+
+
+class ScriptRunFailedError(HilError):
+    """A transfer script run as a pytest item (:mod:`hil.pytest_plugin`) did not pass: ``lines``
+    are the runner's report, which the item prints as its failure."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__("\n".join(lines))
+        self.lines = lines
 
 
 class JournalError(HilError):

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hil.backends.base import Backend, Capability
+from hil.backends.base import CURRENT_SCRIPT, CURRENT_STEP, Backend, Capability
 from hil.buffers import DmaZone
 from hil.dma import DmaSnapshot, IsaDma, forget_host_state
 from hil.errors import (
@@ -84,6 +84,16 @@ RECORD_LIMIT = 4096  #: reads longer than this are recorded as a digest unless a
 YIELD_EVERY_S = 0.01
 
 Progress = Callable[[int, int, Step], None]
+
+
+class _EndOfScript:
+    """The label of the programs a run makes after its last step (reading the devices)."""
+
+    def describe(self) -> str:
+        return "end of script (device state)"
+
+
+_END_OF_SCRIPT = _EndOfScript()
 
 
 @dataclass
@@ -332,9 +342,11 @@ async def run_script(
             jr.observation(obs)
 
     log.info("run_start", script=script.name, backend=backend.url, steps=len(script.steps))
+    script_token, step_token = CURRENT_SCRIPT.set(script.name), CURRENT_STEP.set(None)
     try:
         for step, args in zip(script.steps, bound):
             current = step
+            CURRENT_STEP.set(step)
             if progress is not None:
                 progress(step.index, len(script.steps), step)
             now = time.perf_counter()
@@ -354,6 +366,7 @@ async def run_script(
                 emit(obs)
         else:
             current = None
+            CURRENT_STEP.set(_END_OF_SCRIPT)
             if state.devices:
                 channels = sorted(state.devices)
                 states = await backend.execute([DevState(ch, RECORD_LIMIT) for ch in channels])
@@ -371,6 +384,8 @@ async def run_script(
         result.error = (f"{current.describe()}: " if current is not None else "") + f"{type(e).__name__}: {e}"
         raise
     finally:
+        CURRENT_STEP.reset(step_token)
+        CURRENT_SCRIPT.reset(script_token)
         result.elapsed = time.perf_counter() - t0
         if jr is not None:
             jr.end(result)

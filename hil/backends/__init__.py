@@ -109,6 +109,8 @@ _REGISTRY: dict[str, str | Factory] = {
     "agent+tcp": "hil.agent.client:from_url",
     "agent+ftdi": "hil.agent.client:from_url",
     "labgrid": "hil.labgrid.backend:from_url",
+    "record": "hil.backends.record:from_url",
+    "replay": "hil.backends.replay:from_url",
 }
 _DESCRIPTIONS: dict[str, str] = {
     "sim": "in-process PC/AT 8237A model (profiles: intel, qemu); no hardware",
@@ -119,6 +121,8 @@ _DESCRIPTIONS: dict[str, str] = {
     "agent+tcp": "agent on a TCP socket: agent+tcp://127.0.0.1:7777[?token=...]",
     "agent+ftdi": "agent behind an FTDI UART via pyftdi: agent+ftdi://ftdi:232h/1?baud=3000000",
     "labgrid": "an agent on a labgrid place: labgrid:?place=NAME (LG_COORDINATOR) or labgrid://HOST:PORT/NAME",
+    "record": "record the session of any backend to JSONL: record:sim:?floppy=generate#run.jsonl",
+    "replay": "play a recorded session back, failing at the first op that differs: replay:run.jsonl",
 }
 #: ``agent+<any pyserial URL scheme>`` (socket, rfc2217, loop, spy, ...) also reaches the agent backend
 _PREFIXES: dict[str, str] = {"agent+": "hil.agent.client:from_url"}

@@ -23,9 +23,10 @@ import asyncio
 import enum
 import math
 from collections.abc import Awaitable, Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from hil.errors import BackendClosedError, BackendNotOpenError, InvalidAccessError, UnsupportedOperationError
 from hil.log import get_logger
@@ -48,6 +49,30 @@ from hil.ops import (
 )
 
 log = get_logger("hil.backend")
+
+class StepLabel(Protocol):
+    """What a runner says of the step it is running (a :class:`hil.script.model.Step`)."""
+
+    def describe(self) -> str:
+        """The step as a report names it: ``step 7 (out)``."""
+
+
+#: The script and step whose programs a backend is running (the runner sets them; None outside
+#: a script). Context variables rather than arguments of ``execute``, so the interface stays one
+#: primitive and a wrapper (``replay:``) can name the step in what it reports without every layer
+#: in between passing it on. The step object itself is stored, not its text: setting it is one
+#: cheap call per step, and only a report formats it (:func:`current_step`).
+CURRENT_SCRIPT: ContextVar[str | None] = ContextVar("hil_current_script", default=None)
+CURRENT_STEP: ContextVar[StepLabel | None] = ContextVar("hil_current_step", default=None)
+
+
+def current_step() -> str | None:
+    """``"floppy-read step 7 (out)"``: the script step running now, if a runner said."""
+    step = CURRENT_STEP.get()
+    if step is None:
+        return None
+    script = CURRENT_SCRIPT.get()
+    return f"{script} {step.describe()}" if script else step.describe()
 
 
 class Capability(enum.Enum):

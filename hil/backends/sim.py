@@ -27,6 +27,7 @@ from pathlib import Path
 from hil.backends import BackendURL
 from hil.backends.base import Backend, Capabilities, Capability
 from hil.errors import (
+    BackendError,
     BackendOptionError,
     DeviceError,
     MemoryRangeError,
@@ -54,6 +55,7 @@ from hil.ops import (
     Result,
     Settle,
     WaitIrq,
+    port_access,
     row_of,
 )
 from hil.ports import CASCADE_CHANNEL
@@ -62,6 +64,7 @@ from hil.sim.ecp import OPTIONS as ECP_OPTIONS, EcpConfig, EcpPort, config_from_
 from hil.sim.fdc import SECTOR, Disk, FloppyController, fdc_for, generated_image
 from hil.sim.machine import PROFILES, Timing, machine_for
 from hil.sim.sb16 import card_for
+from hil.sim.trace import Emit, SignalTrace
 
 OPTIONS = {
     "profile": "intel|qemu",
@@ -224,7 +227,7 @@ class SimBackend(Backend):
         # interleaved with another task's: atomic without taking the lock.
         self._check_open()
         self.check(ops)
-        results = self._run(ops)
+        results = self._run(ops) if self.machine.tracer is None else self._run_traced(ops)
         if self.fdc is not None:
             await self._write_back()
         return results
@@ -264,7 +267,7 @@ class SimBackend(Backend):
                 raise DeviceError(f"channel {dev.channel}: only a source takes more data")
 
     async def _execute(self, ops: Sequence[Op]) -> list[Result]:
-        results = self._run(ops)
+        results = self._run(ops) if self.machine.tracer is None else self._run_traced(ops)
         if self.fdc is not None:
             await self._write_back()
         return results
@@ -310,6 +313,28 @@ class SimBackend(Backend):
                     m.wait_irq(op.line, op.level, round(op.timeout_us * 1000))
                     results.append(self._irq_lines())
         return results
+
+    def _run_traced(self, ops: Sequence[Op]) -> list[Result]:
+        """:meth:`_run` one op at a time, telling the waveform tracer after each (the same
+        machine calls in the same order: ``_run`` keeps nothing from one op to the next)."""
+        tracer = self.machine.tracer
+        results: list[Result] = []
+        for op in ops:
+            results += self._run((op,))
+            if tracer is not None:
+                io = port_access(op)
+                if io is None:
+                    tracer.op_done()
+                else:
+                    tracer.op_done(io.port, io.value, write=io.write, width=io.width)
+        return results
+
+    def signal_trace(self, emit: Emit) -> SignalTrace:
+        """A waveform tracer of this machine, sending every signal change to ``emit`` (see
+        :mod:`hil.sim.trace`): it runs from its ``attach()`` to its ``detach()``, one at a time."""
+        if self.machine.tracer is not None:
+            raise BackendError(f"backend {self.url} is already traced")
+        return SignalTrace(self.machine, emit)
 
     def _irq_lines(self) -> IrqLines:
         """The machine's lines now: virtual time moves only inside programs, so between them
@@ -358,6 +383,8 @@ class SimBackend(Backend):
         """Run virtual time until no channel can be serviced (``timeout_s`` is virtual)."""
         limit = 10.0 if timeout_s is None else timeout_s
         self.machine.run_until_idle(round(limit * 1e9))
+        if self.machine.tracer is not None:
+            self.machine.tracer.sample()
         if self.fdc is not None:
             await self._write_back()
 

@@ -9,7 +9,7 @@ import signal
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractAsyncContextManager, contextmanager, nullcontext
 from typing import IO, TYPE_CHECKING, Any
 
 from hil.backends import open_backend
@@ -45,6 +45,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="one JSONL journal per script in DIR, named after the script file (floppy-read.jsonl)")
     p.add_argument("--junit", metavar="FILE", help="also write a JUnit XML report (one test case per script)")
     p.add_argument("--var", action="append", default=[], metavar="NAME=VALUE", help="override a script variable")
+    p.add_argument("--record", metavar="FILE",
+                   help="also write every program, result and error to FILE (JSONL) for a later -b replay:FILE")
+    p.add_argument("--vcd", metavar="FILE",
+                   help="write the simulator's signals as a VCD waveform to FILE (sim: backends), "
+                        "and a GTKWave view beside it (FILE with .gtkw)")
     add_allow_path(p)
     p.add_argument("-q", "--quiet", action="store_true", help="print only the summary lines; no progress")
     p.add_argument("--place", metavar="SELECTOR",
@@ -150,6 +155,40 @@ def _journal_paths(args: argparse.Namespace, names: list[str]) -> list[str | Non
     return [None] * len(names)
 
 
+def _open(args: argparse.Namespace) -> Backend:
+    """The backend of ``-b``, wrapped in a recorder under ``--record`` (every open of one run
+    appends its session to the one file)."""
+    backend = open_backend(args.backend)
+    if args.record:
+        from hil.backends.record import RecordBackend
+
+        return RecordBackend(backend, args.record)
+    return backend
+
+
+def _scheme(be: Backend) -> str:
+    """The scheme that decides whether each script gets a fresh open: a recorder's is its inner backend's."""
+    from hil.backends.record import RecordBackend
+
+    return _scheme(be.inner) if isinstance(be, RecordBackend) else type(be).scheme
+
+
+def _waves(args: argparse.Namespace, be: Backend, script: Script) -> AbstractAsyncContextManager[object]:
+    """Under ``--vcd FILE``, the simulator's waveform of this script in FILE (several scripts:
+    one file each, FILE's stem and the script's name: ``out-floppy-read.vcd``), with a GTKWave
+    view beside it (the same name ending in ``.gtkw``)."""
+    if not args.vcd:
+        return nullcontext()
+    from pathlib import Path
+
+    from hil.waves.vcd import waveform
+
+    path = Path(args.vcd)
+    if len(args.scripts) > 1:
+        path = path.with_name(f"{path.stem}-{Path(script.file).stem}{path.suffix or '.vcd'}")
+    return waveform(be, path, title=f"{script.name} on {args.backend}")
+
+
 async def cmd_run(args: argparse.Namespace) -> int:
     from hil.journal import journal_names
     from hil.runner import missing_capabilities, prepare
@@ -164,7 +203,11 @@ async def cmd_run(args: argparse.Namespace) -> int:
             raise HilError("--place runs on the matching places: give no --backend, --journal or --junit with it")
         return await run_on_places(args)
     variables = parse_variables(args.var)
-    backend = open_backend(args.backend)  # a bad URL is an error before the scripts load
+    backend = _open(args)  # a bad URL is an error before the scripts load
+    if args.vcd:
+        from hil.waves.vcd import require_simulator
+
+        require_simulator(backend)  # before anything starts (a QEMU, a link)
     progress = Progress(enabled=not args.quiet)
     total = len(args.scripts)
     args.interrupt_note = "while loading the scripts"
@@ -211,9 +254,9 @@ async def _run_all(args: argparse.Namespace, be: Backend, scripts: list[Script],
         for script, journal, plan, need in zip(scripts, journals, plans, needs):
             if plan is None:
                 result = record_skip(script, be, need, journal=journal)
-            elif used and type(be).scheme in FRESH_PER_OPEN:
+            elif used and _scheme(be) in FRESH_PER_OPEN:
                 progress.phase(script.name)
-                async with open_backend(args.backend) as fresh:
+                async with _open(args) as fresh, _waves(args, fresh, script):
                     result = await run_script(script, fresh, journal=journal, progress=progress, prepared=plan)
                 progress.clear()
             else:
@@ -221,7 +264,8 @@ async def _run_all(args: argparse.Namespace, be: Backend, scripts: list[Script],
                     start_fresh(be)
                 used = True
                 progress.phase(script.name)
-                result = await run_script(script, be, journal=journal, progress=progress, prepared=plan)
+                async with _waves(args, be, script):
+                    result = await run_script(script, be, journal=journal, progress=progress, prepared=plan)
                 progress.clear()
             results.append(result)
             worst = max(worst, {"passed": 0, "skipped": 0, "failed": 1}.get(result.status, 2))

@@ -40,7 +40,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 from hil.errors import DeviceError, MemoryRangeError, SettleTimeout, UndecodedPortError
 from hil.log import get_logger
@@ -81,6 +81,26 @@ class Timing:
     m2m_clocks: int = 8  #: memory-to-memory: read cycle + write cycle
 
 
+class Tracer(Protocol):
+    """What the machine tells a waveform tracer (:class:`hil.sim.trace.SignalTrace`)."""
+
+    def moved(self, channel: int, phys: int, step: int, units: int, size: int, data: bytes | None,
+              direction: Direction | None) -> None:
+        """A chunk of the grant in progress moved (``data`` None: verify cycles)."""
+
+    def granted(self, channel: int, cost_ns: int, tc: bool) -> None:
+        """A bus grant that started at ``now_ns`` and took ``cost_ns`` ended."""
+
+    def fired(self) -> None:
+        """A device timer fired at ``now_ns``."""
+
+    def sample(self, t: int | None = None) -> None:
+        """Look at every register and line now."""
+
+    def op_done(self, port: int | None = None, value: int = 0, *, write: bool = False, width: int = 8) -> None:
+        """The ``sim:`` backend ran an op of a program (``port``: the port it accessed)."""
+
+
 @dataclass(frozen=True)
 class ChannelState:
     """A decoded view of one channel, for dumps and tests (reading it has no side effects)."""
@@ -113,6 +133,9 @@ class Machine:
     pic_pair: ClassVar[type[PicPair]] = PicPair
     #: while DMA runs, :meth:`wait_irq` looks at the line at least this often (virtual ns)
     wait_slice_ns: ClassVar[int] = 10_000
+    #: a waveform tracer (:class:`hil.sim.trace.SignalTrace`) while one records; None (the
+    #: default) costs one test per grant, per chunk and per timer
+    tracer: Tracer | None = None
 
     def __init__(
         self,
@@ -478,6 +501,8 @@ class Machine:
         """Fire every timer due by now, in (time, scheduling order); a callback may schedule more."""
         while (timer := self.timers.pop_due(self.now_ns)) is not None:
             timer.callback(timer.when_ns)
+            if self.tracer is not None:
+                self.tracer.fired()
 
     def _advance_dma(self, deadline: int) -> None:
         """DMA service up to ``deadline``; returns early when a DMA cycle schedules a timer due
@@ -566,7 +591,10 @@ class Machine:
         """Grant the bus to ``channel`` once; return the virtual ns the grant took."""
         ctl, local = self._ctl(channel), channel & 3
         if channel == 0 and ctl.mem_to_mem() and ctl.software_started(0):
-            return self._mem_to_mem()
+            cost = self._mem_to_mem()
+            if self.tracer is not None:
+                self.tracer.granted(0, cost, True)
+            return cost
         device = self.devices.get(channel)
         width = 16 if channel >= 4 else 8
         cost, tc = self._grant(ctl, channel, device, width, budget_ns, alone=alone)
@@ -577,6 +605,8 @@ class Machine:
             ctl.terminal_count(local)
             if device is not None and self._dack_seen(ctl):
                 device.terminal_count(channel)
+        if self.tracer is not None:
+            self.tracer.granted(channel, cost, tc)
         return cost
 
     def _grant(
@@ -697,6 +727,8 @@ class Machine:
                     dev.accept_many(channel, data, width)
             elif dev is not None:  # verify: DACK cycles without strobes (§2.5)
                 dev.verify_cycles(channel, k, width)
+            if self.tracer is not None:
+                self.tracer.moved(channel, phys, step, k, size, None if direction is None else data, direction)
             tc = ctl.advance(local, k)
             moved += k
         return tc

@@ -1,0 +1,1 @@
+"""Waveforms of the simulator: VCD files and GTKWave views (:mod:`hil.waves.vcd`)."""
