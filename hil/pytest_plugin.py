@@ -47,11 +47,12 @@ import pytest_asyncio
 from hil.backends import BackendURL, open_backend
 from hil.backends.base import Backend, Capability
 from hil.dma import IsaDma, forget_host_state
-from hil.errors import HilError, ScriptRunFailedError
+from hil.errors import HilError, PlaceBusyError, ScriptRunFailedError
 from hil.ops import Op, Out
 from hil.ports import CASCADE_CHANNEL, DMA1, DMA2, MASK_SET, PAGE_PORT, Mode, ModeSelect
 
 BACKEND_ENV = "HIL_BACKEND"
+PLACE_TIMEOUT_S = 60.0  #: how long a test waits for a busy labgrid place before it skips
 DEFAULT_BACKEND = "sim"
 FIXTURES = ("hil_backend", "hil_dma", "hil_url")
 #: backends whose reset is a reopen: a new machine at power-on costs nothing in process
@@ -77,6 +78,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "with several backends FILE-1, FILE-2, ...")
     group.addoption("--hil-vcd", metavar="DIR", default=None,
                     help="write a VCD waveform (and GTKWave view) per test into DIR, on simulator backends")
+    group.addoption("--hil-place-timeout", metavar="S", type=float, default=PLACE_TIMEOUT_S,
+                    help="labgrid: how long a test waits for a busy place before it skips, naming the holder "
+                         f"(default {PLACE_TIMEOUT_S:g})")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -85,7 +89,18 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "hil_xfail_on(*backends, reason, strict=True): a documented model gap: "
                                        "expected to fail on backends of these schemes, profiles or kinds")
     config.stash[_SESSIONS] = {}
-    config.stash[_URLS] = backend_urls(config.getoption("--hil-backend"), os.environ.get(BACKEND_ENV))
+    given = config.getoption("--hil-backend")
+    if not given:  # labgrid's own plugin reads --lg-env / LG_ENV: its target's place is the bench
+        lg_env = getattr(config.option, "lg_env", None)
+        if lg_env:
+            from hil.labgrid.plugin import lg_env_backend
+
+            try:
+                url = lg_env_backend(lg_env, getattr(config.option, "lg_coordinator", None))
+            except HilError as e:
+                raise pytest.UsageError(f"--lg-env: {e}") from None
+            given = [url] if url else []
+    config.stash[_URLS] = backend_urls(given, os.environ.get(BACKEND_ENV))
 
 
 def backend_urls(given: list[str], env: str | None) -> list[str]:
@@ -170,8 +185,16 @@ class HilSession:
             backend = RecordBackend(backend, self.record)
         return backend
 
-    async def open(self) -> Backend:
+    async def open(self, place_timeout: float = 0.0) -> Backend:
+        """Open the connection; a ``labgrid:`` place someone else holds is waited for up to
+        ``place_timeout`` seconds, then :class:`~hil.errors.PlaceBusyError` (the caller skips)."""
         self.loop = asyncio.get_running_loop()
+        if BackendURL.parse(self.url).scheme == "labgrid":
+            from hil.labgrid.plugin import wait_for_place
+
+            reason = await wait_for_place(self.url, place_timeout)
+            if reason is not None:
+                raise PlaceBusyError(reason)
         self.backend = self._new()
         await self.backend.open()
         self.properties = backend_properties(self.backend)
@@ -257,7 +280,9 @@ async def hil_session(hil_url: str, request: pytest.FixtureRequest,
     """The session's connection to ``hil_url`` (opened once, closed at the end)."""
     session = HilSession(hil_url, _record_file(request.config, hil_url))
     try:
-        await session.open()
+        await session.open(request.config.getoption("--hil-place-timeout"))
+    except PlaceBusyError as e:  # a shared bench in use: not this test's failure
+        pytest.skip(f"backend {hil_url}: {e}")
     except HilError as e:
         pytest.fail(f"backend {hil_url}: {e}", pytrace=False)
     request.config.stash[_SESSIONS][hil_url] = session
@@ -383,7 +408,9 @@ class ScriptItem(pytest.Item):
     async def _alone(self, script: Any) -> list[str]:
         session = HilSession(self.url, _record_file(self.config, self.url))
         try:
-            await session.open()
+            await session.open(self.config.getoption("--hil-place-timeout"))
+        except PlaceBusyError as e:
+            pytest.skip(f"backend {self.url}: {e}")
         except HilError as e:
             return [f"backend {self.url}: {e}"]
         try:

@@ -451,3 +451,58 @@ def test_labgrid_places_lists_the_selected_places_with_their_state(lab: Lab) -> 
     assert [(row["place"], row["state"]) for row in rows] == [("a", "free"), ("b", "free")]
     text = hil("labgrid", "--coordinator", lab.address, "places")
     assert text.returncode == 0 and {line.split()[0] for line in text.stdout.splitlines()} == {"a", "b", "dev", "t", "wrong"}
+
+
+PLUGIN_TEST = """
+from hil.ops import In
+
+
+async def test_on_the_bench(hil_backend):
+    assert hil_backend.capabilities.backend == "labgrid"
+    assert await hil_backend.execute([In(0x81)]) is not None
+"""
+
+
+def _pytest_in(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """A pytest run of :data:`PLUGIN_TEST` with our plugin (and labgrid's, which installing labgrid loads)."""
+    (tmp / "test_bench.py").write_text(PLUGIN_TEST)
+    (tmp / "pytest.ini").write_text("[pytest]\nasyncio_mode = auto\nasyncio_default_test_loop_scope = session\n"
+                                    "asyncio_default_fixture_loop_scope = session\n")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "hil.pytest_plugin", "-p", "no:cacheprovider",
+                           *args], cwd=tmp, env=env, capture_output=True, text=True, timeout=120)
+
+
+async def test_the_plugin_waits_for_a_busy_place_then_skips_naming_the_holder(lab: Lab,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 18 item 4: ``--hil-backend labgrid:?place=…`` with the place held by a colleague:
+    the test waits ``--hil-place-timeout`` seconds, then is skipped with the holder named; once
+    the place is free, the same run passes on it. ``--lg-env`` selects the place as labgrid's
+    own plugin reads it."""
+    monkeypatch.setenv("LG_USERNAME", "colleague")
+    colleague = Coordinator(lab.address)
+    await colleague.connect()
+    monkeypatch.delenv("LG_USERNAME")
+    work = lab.tmp / "plugin-busy"
+    work.mkdir(exist_ok=True)
+    try:
+        await colleague.acquire("b")
+        t0 = time.monotonic()
+        busy = await asyncio.to_thread(_pytest_in, work, "--hil-backend", lab.url("b"), "--hil-place-timeout", "1.5")
+        waited = time.monotonic() - t0
+        assert busy.returncode == 0, busy.stdout[-2000:]
+        assert "1 skipped" in busy.stdout and "colleague" in busy.stdout and "still busy after 1.5 s" in busy.stdout
+        assert waited >= 1.5
+    finally:
+        await colleague.release("b")
+        await colleague.close()
+    free = await asyncio.to_thread(_pytest_in, work, "--hil-backend", lab.url("b"))
+    assert free.returncode == 0 and "1 passed" in free.stdout, free.stdout[-2000:]
+    env = work / "plugin-env.yaml"
+    env.write_text(f"targets:\n  main:\n    resources:\n      RemotePlace:\n        name: a\n"
+                   f"options:\n  coordinator_address: {lab.address}\n")
+    chosen = await asyncio.to_thread(_pytest_in, work, "--lg-env", str(env), "-v")
+    assert chosen.returncode == 0 and "1 passed" in chosen.stdout, chosen.stdout[-2000:]
+    assert "/a]" in chosen.stdout  # the place from the environment file is in the test id
+    assert_free(await verdict(lab, "a"))
+    assert_free(await verdict(lab, "b"))

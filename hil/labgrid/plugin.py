@@ -19,7 +19,7 @@ and defines ``--lg-env`` (dest ``lg_env``, fallback ``LG_ENV``) and ``--lg-coord
     if reason is not None:
         pytest.skip(reason)
     try:
-        backend = await connect(url)                   # hil.backends.connect: acquires the place
+        backend = open_backend(url); await backend.open()   # acquires the place
     except PlaceBusyError as e:                        # taken between the wait and the acquire
         pytest.skip(str(e))
 
