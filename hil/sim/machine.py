@@ -207,7 +207,10 @@ class Machine:
             if not self._splits_word(port, self._readers):
                 return self.io_read(port) | (FLOAT << 8)
             return self.io_read(port) | (self.io_read(port + 1) << 8)
-        self.advance(self.timing.port_ns)
+        if self._idle and not self._timer_heap:  # advance()'s common case, inlined
+            self.now_ns += self.timing.port_ns
+        else:
+            self.advance(self.timing.port_ns)
         reader = self._readers.get(port)
         if reader is None:
             self._undecoded(port, write=False)
@@ -224,7 +227,10 @@ class Machine:
             if self._splits_word(port, self._writers):  # see io_read: else the high byte is lost
                 self.io_write(port + 1, value >> 8)
             return
-        self.advance(self.timing.port_ns)
+        if self._idle and not self._timer_heap:  # advance()'s common case, inlined
+            self.now_ns += self.timing.port_ns
+        else:
+            self.advance(self.timing.port_ns)
         writer = self._writers.get(port)
         if writer is None:
             self._undecoded(port, write=True)
