@@ -23,6 +23,12 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
 from hil import __version__, oserrors
+from hil.agent.limits import (  # defined apart for the command line, kept importable here
+    DEFAULT_HELLO_TIMEOUT as DEFAULT_HELLO_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT as DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_OP_US as DEFAULT_MAX_OP_US,
+    DEFAULT_MAX_PROGRAM_US as DEFAULT_MAX_PROGRAM_US,
+)
 from hil.agent.links import FdLink, Link, LinkError, StreamLink
 from hil.agent.protocol import (
     DEFAULT_MAX_PAYLOAD,
@@ -108,10 +114,6 @@ class _IoThread:
             self.loop.close()
 
 
-DEFAULT_MAX_OP_US = 10_000_000  #: the longest DELAY, POLL or SETTLE of one op (10 s)
-DEFAULT_MAX_PROGRAM_US = 30_000_000  #: the most DELAY/POLL/SETTLE time in one program (30 s)
-DEFAULT_HELLO_TIMEOUT = 5.0  #: seconds a new connection has to complete HELLO
-DEFAULT_IDLE_TIMEOUT = 60.0  #: seconds an authenticated connection may stay silent
 
 
 @dataclass
