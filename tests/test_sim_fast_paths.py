@@ -65,3 +65,61 @@ async def test_one_op_conveniences_equal_one_op_programs(url, calls, close_at):
             want = await outcome(general(slow, name, port, value))
             assert got == want, (name, port, value)
             assert state(fast) == state(slow)
+
+
+# --- arbitration: Controller.service_mask and Machine.requesters -----------------------------
+
+def reference_requesters(m: object) -> list[int]:
+    """The arbitration as it read before the fast path (one wants_service per channel, in the
+    priority order): the general path the fast one must equal."""
+    d1, d2 = m.dma1, m.dma2  # type: ignore[attr-defined]
+    if not d2.enabled:
+        return []
+    dreq2 = m._dreq_bits(4)  # type: ignore[attr-defined]
+    out: list[int] = []
+    for local in d2.priority_order():
+        if local == 0:
+            if d2.enabled and not d2.mask & 1 and d2.select(0) == 3:  # cascade open (§3.6)
+                if d1.enabled:
+                    dreq1 = m._dreq_bits(0)  # type: ignore[attr-defined]
+                    out += [c for c in d1.priority_order() if d1.wants_service(c, dreq1)]
+        elif d2.wants_service(local, dreq2):
+            out.append(4 + local)
+    return out
+
+
+#: writes that change what the arbiters decide: command, request, single and all mask, mode,
+#: master clear, clear mask, on both controllers
+CONTROL = st.sampled_from([0x08, 0x09, 0x0A, 0x0B, 0x0D, 0x0E, 0x0F, 0xD0, 0xD2, 0xD4, 0xD6, 0xDA, 0xDC, 0xDE])
+WRITES = st.lists(st.tuples(CONTROL, st.integers(0, 0xFF)), max_size=12)
+#: devices on both controllers, most of them requesting, so that the order between DMA2's own
+#: requesters and DMA1's behind the cascade is decided often
+DEVICES = st.dictionaries(st.sampled_from([0, 1, 2, 3, 5, 6, 7]), st.sampled_from([True, True, False]),
+                          min_size=2, max_size=7)
+
+
+@settings(PROPS, max_examples=300)
+@given(profile=st.sampled_from(["sim", "sim:?profile=qemu"]), writes=WRITES, devices=DEVICES,
+       last=st.tuples(st.integers(0, 3), st.integers(0, 3)), unmask=st.booleans(),
+       rotate=st.tuples(st.booleans(), st.booleans()))
+async def test_arbitration_fast_path_equals_the_general_one(profile, writes, devices, last, unmask, rotate):
+    from hil.sim.devices import Source
+
+    async with open_backend(profile) as be:
+        assert isinstance(be, SimBackend)
+        m = be.machine
+        for ch, level in devices.items():
+            m.attach(ch, Source(b"\x01" * 4, dreq=level))
+        m.dma1.last_served, m.dma2.last_served = last  # rotating priority starts after these
+        for port, value in writes:
+            m.dma1.write_control((port & 0x0F), value) if port < 0x10 else m.dma2.write_control((port - 0xC0) // 2, value)
+        for ctl, rotating in zip((m.dma1, m.dma2), rotate):  # states random writes rarely reach
+            if unmask:
+                ctl.mask = 0
+            if rotating:
+                ctl.command |= 0x10
+        for ctl, first in ((m.dma1, 0), (m.dma2, 4)):
+            dreq = m._dreq_bits(first)
+            assert ctl.service_mask(dreq) == sum(1 << c for c in range(4) if ctl.wants_service(c, dreq))
+        if profile == "sim":  # the qemu model has its own requesters (QEMU's DMA_run)
+            assert m.requesters() == reference_requesters(m)
