@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import ClassVar
 
+from hil.agent.limits import DEFAULT_MAX_PROGRAM_US
 from hil.agent.links import Link, LinkError, open_link, parse_ftdi_url, split_query
 from hil.agent.protocol import (
     DEFAULT_MAX_PAYLOAD,
@@ -378,6 +379,7 @@ def from_url(url: BackendURL) -> AgentBackend:
 
 class AgentBackend(Backend):
     scheme = "agent"
+    ROUND_TRIPS = True
     OPS = ALL_OPS  #: everything travels; the agent refuses what its I/O cannot do
 
     def __init__(self, url: str, link_url: str, *, baud: int = 115200, timeout: float = 1.0, retries: int = 5,
@@ -659,12 +661,24 @@ class AgentBackend(Backend):
         caps.add(Capability.VIRTUAL_TIME if virtual else Capability.REAL_TIMING)
         return frozenset(caps)
 
-    async def execute(self, ops: Sequence[Op]) -> list[Result]:
+    async def _program(self, ops: Sequence[Op]) -> list[Result]:
         try:
-            return await super().execute(ops)
+            return await super()._program(ops)
         except AgentResetError:
             await self._notify_reset()  # outside the backend lock: the restore runs programs
             raise
+
+    def _check_queued(self, ops: Sequence[Op]) -> None:
+        """A queued program is refused when it is queued, for what the agent would refuse of it."""
+        super()._check_queued(ops)
+        if self.agent is not None:
+            self._check(ops, self.agent)
+
+    def _fits(self, wait_us: float) -> bool:
+        """Within the agent's time limit per program (its advertised one, else the default)."""
+        info = self.agent
+        limit = info.max_program_us if info is not None and info.features & Feature.LIMITS else DEFAULT_MAX_PROGRAM_US
+        return wait_us <= limit
 
     async def _execute(self, ops: Sequence[Op]) -> list[Result]:
         self._raise_crash()

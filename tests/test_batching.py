@@ -1,0 +1,133 @@
+"""Steps travel as few programs where a program is a round trip (issue 16: round trips).
+
+On an agent the runner sends consecutive steps as one program (``Backend.batched``): writes
+wait for the next program that reads, a step's reads ride along and its observation is made
+when the results arrive. Journals stay what they are step by step (test_agent_link.py compares
+every example through an agent with the simulator in process); errors still name their step.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+from test_agent_link import EVERY_DEVICE, SCRIPTS, agent, url_for
+
+from hil.backends import open_backend
+from hil.backends.mock import MockBackend
+from hil.errors import BatchError, HilError, UnsupportedOperationError
+from hil.ops import In, Op, Out
+from hil.runner import run_script
+from hil.script import load_script
+
+FLOPPY_READ = next(p for p in SCRIPTS if p.name == "floppy-read.toml")
+
+
+async def test_floppy_read_takes_at_most_six_programs_on_an_agent():
+    """Was 73: one per step, and two for a residue."""
+    async with agent(io_url=EVERY_DEVICE) as (listener, _, rec), open_backend(url_for(listener)) as be:
+        rec.clear()
+        before = be.stats.programs
+        result = await run_script(load_script(FLOPPY_READ), be)
+        assert result.status == "passed", result.error
+        assert be.stats.programs - before <= 6
+        assert rec.programs <= 6  # counted where they run, too
+
+
+def write(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "s.toml"
+    path.write_text('[script]\nname = "s"\n' + textwrap.dedent(body), encoding="utf-8")
+    return path
+
+
+REFUSED_MIDWAY = """
+    [[step]]
+    op = "out"
+    port = "ch1.page"
+    value = 0x5A
+    [[step]]
+    op = "in"
+    port = "ch1.page"
+    expect = 0x5A
+    [[step]]
+    op = "out"
+    port = 0x3F2
+    value = 0x1C
+    [[step]]
+    op = "in"
+    port = "ch2.page"
+"""
+
+
+async def test_a_refused_step_is_reported_as_itself_after_the_steps_before_it_ran(tmp_path):
+    """The floppy's port is outside a plain agent's allow-list: refused when queued, after what
+    the earlier steps queued has run and been observed, as without batching."""
+    async with agent() as (listener, _, rec), open_backend(url_for(listener)) as be:
+        result = await run_script(load_script(write(tmp_path, REFUSED_MIDWAY)), be)
+    assert result.status == "error" and result.error is not None and result.error.startswith("step 3 (out)")
+    assert [(o.step, o.ok) for o in result.observations] == [("2", True), ("3", False)]
+    assert "PORT_DENIED" in (result.observations[-1].error or "")
+    assert [e.op for e in rec.trace if isinstance(e.op, Out)] == [Out(0x83, 0x5A)]
+
+
+class Batching(MockBackend):
+    """A round-trip backend whose programs fail at the op the handler refuses, by its index."""
+
+    ROUND_TRIPS = True
+
+    async def _execute(self, ops):
+        for i, op in enumerate(ops):
+            if op == Out(0x80, 0xEE):
+                raise UnsupportedOperationError("refused", index=i)
+        return await super()._execute(ops)
+
+
+def handler(op: Op) -> int | None:
+    return 0x11 if isinstance(op, In) else None
+
+
+async def test_a_combined_program_failing_names_the_part_it_failed_in():
+    be = Batching(handler)
+    await be.open()
+    got: list[list[object]] = []
+    try:
+        async with be.batched():
+            be.batch_tag = "first"
+            await be.execute([Out(0x81, 1)])
+            await be.submit([In(0x81)], got.append)
+            be.batch_tag = "second"
+            await be.execute([Out(0x80, 0xEE)])
+            be.batch_tag = "third"
+            await be.execute([In(0x82)])
+    except BatchError as e:
+        assert (e.tag, str(e.error)) == ("second", "refused")
+    else:
+        raise AssertionError("the combined program did not fail")
+    assert got == [] and be.programs == []  # refused as a whole: nothing of it ran
+
+
+async def test_batching_sends_queued_programs_with_the_next_read():
+    be = Batching(handler)
+    await be.open()
+    got: list[list[object]] = []
+    async with be.batched():
+        await be.execute([Out(0x81, 1)])
+        await be.submit([In(0x81)], got.append)
+        await be.execute([Out(0x82, 2)])
+        assert be.programs == []  # nothing read yet: nothing sent
+        assert await be.execute([In(0x82)]) == [0x11]
+        assert got == [[0x11]]
+        await be.execute([Out(0x83, 3)])
+    assert be.programs == [(Out(0x81, 1), In(0x81), Out(0x82, 2), In(0x82)), (Out(0x83, 3),)]
+
+
+async def test_backends_whose_programs_are_cheap_do_not_batch():
+    be = MockBackend(handler)
+    await be.open()
+    async with be.batched():
+        await be.execute([Out(0x81, 1)])
+        assert be.programs == [(Out(0x81, 1),)]
+
+
+def test_batch_error_is_a_hil_error():
+    assert issubclass(BatchError, HilError)
