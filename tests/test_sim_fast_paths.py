@@ -123,3 +123,29 @@ async def test_arbitration_fast_path_equals_the_general_one(profile, writes, dev
             assert ctl.service_mask(dreq) == sum(1 << c for c in range(4) if ctl.wants_service(c, dreq))
         if profile == "sim":  # the qemu model has its own requesters (QEMU's DMA_run)
             assert m.requesters() == reference_requesters(m)
+
+
+#: every DMA register of both controllers, channel registers included, and the page registers
+ANY_DMA_PORT = st.sampled_from([*DMA1.span, *DMA2.span, 0x81, 0x82, 0x83, 0x87, 0x89, 0x8A, 0x8B])
+
+
+@settings(PROPS, max_examples=200)
+@given(profile=st.sampled_from(["sim", "sim:?profile=qemu"]), devices=DEVICES,
+       writes=st.lists(st.tuples(ANY_DMA_PORT, st.integers(0, 0xFF)), max_size=30))
+async def test_idle_is_never_claimed_while_a_channel_requests(profile, devices, writes):
+    """The machine skips arbitration while it knows nothing can be serviced, and keeps knowing
+    it across writes that cannot change that (address and count on the 8237, clear flip-flop):
+    after every write, idle must imply that the general arbitration finds no requester."""
+    from hil.sim.devices import Source
+
+    async with open_backend(profile) as be:
+        assert isinstance(be, SimBackend)
+        m = be.machine
+        for ch, level in devices.items():
+            m.attach(ch, Source(b"\x01" * 0x20000, dreq=level))
+        for port, value in writes:
+            await be.outb(port, value)
+            if m._idle and profile == "sim":
+                assert reference_requesters(m) == [], (port, value)
+            elif m._idle:
+                assert m.requesters() == [], (port, value)

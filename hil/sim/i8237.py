@@ -79,6 +79,10 @@ class Controller(ABC):
     through this interface and never asks which one it has.
     """
 
+    #: whether an address or count write can change :meth:`wants_service` (QEMU's model asks
+    #: whether the channel is exhausted; the 8237's service condition has no count in it)
+    COUNT_IN_SERVICE: ClassVar[bool] = True
+
     profile: ClassVar[str]
     channels: Sequence[Registers]
 
@@ -228,6 +232,8 @@ class Controller(ABC):
 
 class I8237(Controller):
     """Datasheet 8237A (Intel chipset flavour: the mask reads back at 0x0F / 0xDE)."""
+
+    COUNT_IN_SERVICE = False  #: §6: request, mask, mode and command decide service
 
     profile = "intel"
     channels: list[Channel]

@@ -192,7 +192,10 @@ class Machine:
                 ctl.write_channel(index, value)
                 self._idle = False
 
-            self._writers[port] = write_channel
+            # Where an address or count cannot change who requests (the 8237: §6's service
+            # condition has neither), such a write keeps "nothing can be serviced" as it was:
+            # half of a channel programming's writes, each an arbitration less.
+            self._writers[port] = partial(ctl.write_channel, index) if not ctl.COUNT_IN_SERVICE else write_channel
         else:
             self._readers[port] = lambda: ctl.read_control(index, self._request_lines(ctl))
 
@@ -200,7 +203,8 @@ class Machine:
                 ctl.write_control(index, value)
                 self._idle = False
 
-            self._writers[port] = write_control
+            # clearing the flip-flop changes nothing the arbiters look at, in either model
+            self._writers[port] = partial(ctl.write_control, index) if index == Reg.CLEAR_FF else write_control
 
     def decodes(self, port: int) -> bool:
         return port in self._readers
@@ -415,10 +419,9 @@ class Machine:
 
     def _dreq_bits(self, first: int) -> int:
         bits = 0
-        for local in range(4):
-            device = self.devices.get(first + local)
-            if device is not None and device.dreq:
-                bits |= 1 << local
+        for channel, device in self.devices.items():  # the few attached, not four look-ups
+            if first <= channel < first + 4 and device.dreq:
+                bits |= 1 << (channel - first)
         return bits
 
     def _dma1_winner(self) -> int | None:
