@@ -149,3 +149,17 @@ async def test_idle_is_never_claimed_while_a_channel_requests(profile, devices, 
                 assert reference_requesters(m) == [], (port, value)
             elif m._idle:
                 assert m.requesters() == [], (port, value)
+
+
+@PROPS
+@given(drives=st.lists(st.tuples(st.integers(0, 15), st.booleans()), max_size=30))
+async def test_all_irq_lines_at_once_equal_each_line_asked(drives):
+    """What the backend reports after every program, in one pass, against irq_level/irq_count."""
+    async with open_backend("sim") as be:
+        assert isinstance(be, SimBackend)
+        m = be.machine
+        for n, level in drives:
+            m.set_irq(n, level)
+            levels, counts = m.irq_bus.lines()
+            assert levels == sum(1 << k for k in range(16) if m.irq_level(k))
+            assert counts == tuple(m.irq_count(k) for k in range(16))

@@ -34,7 +34,6 @@ from hil.errors import (
 )
 from hil.ops import (
     ALL_OPS,
-    IRQ_LINES,
     Delay,
     DevAppend,
     DevAttach,
@@ -367,9 +366,8 @@ class SimBackend(Backend):
     def _irq_lines(self) -> IrqLines:
         """The machine's lines now: virtual time moves only inside programs, so between them
         this is the state at the end of the last one. Line 2 reads IRQ 9 (docs/reference/8259.md §1)."""
-        m = self.machine
-        levels = sum(1 << n for n in range(IRQ_LINES) if m.irq_level(n))
-        return IrqLines(levels, tuple(m.irq_count(n) for n in range(IRQ_LINES)))
+        levels, counts = self.machine.irq_bus.lines()  # irq_level / irq_count of every line, at once
+        return IrqLines(levels, counts)
 
     def _device(self, channel: int) -> Device:
         device = self.machine.devices.get(channel)
