@@ -106,15 +106,19 @@ async def run_timed(path: Path, journal: Path) -> tuple[float, float, int]:
     """(run seconds, seconds inside the backend's methods, steps) for one run of ``path``."""
     script = load_script(path)
     spent = [0.0]
+    depth = [0]  #: a convenience calling execute() is timed once, from the outside
     originals = {name: getattr(SimBackend, name) for name in TIMED}
 
     def wrap(fn):  # type: ignore[no-untyped-def]  # a bench helper
         async def timed(*args, **kw):  # type: ignore[no-untyped-def]
+            depth[0] += 1
             t0 = time.perf_counter()
             try:
                 return await fn(*args, **kw)
             finally:
-                spent[0] += time.perf_counter() - t0
+                depth[0] -= 1
+                if not depth[0]:
+                    spent[0] += time.perf_counter() - t0
         return timed
 
     for name, fn in originals.items():

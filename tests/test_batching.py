@@ -131,3 +131,25 @@ async def test_backends_whose_programs_are_cheap_do_not_batch():
 
 def test_batch_error_is_a_hil_error():
     assert issubclass(BatchError, HilError)
+
+
+async def test_short_programs_skip_the_agents_io_thread_long_ones_do_not(monkeypatch):
+    """The I/O thread keeps the agent answering while a long program runs; a short one that
+    waits for nothing runs on the agent's loop (the hand-off was most of its time)."""
+    import threading
+
+    from hil.ops import Delay
+
+    async with agent() as (listener, _, rec), open_backend(url_for(listener)) as be:
+        threads: list[str] = []
+        run = rec.execute
+
+        async def execute(ops):  # type: ignore[no-untyped-def]
+            threads.append(threading.current_thread().name)
+            return await run(ops)
+
+        monkeypatch.setattr(rec, "execute", execute)
+        await be.inb(0x81)
+        await be.execute([Out(0x81, 1), Delay(10)])
+        await be.execute([In(0x81)] * 65)
+    assert threads == [threading.current_thread().name, "hil-agent-io", "hil-agent-io"]

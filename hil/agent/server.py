@@ -54,7 +54,7 @@ from hil.allowlist import AllowList
 from hil.backends.base import DEVICE_CAPABILITIES, Backend, Capability
 from hil.errors import AccessDeniedError, HilError, MemoryRangeError, UndecodedPortError
 from hil.log import get_logger
-from hil.ops import Op, Poll, Result, is_device_op, is_irq_op, is_reading, memory_access
+from hil.ops import Op, Poll, Result, is_device_op, is_irq_op, is_reading, memory_access, row_of, wait_us
 
 if TYPE_CHECKING:
     import serial  # pyserial, imported where a serial line is opened
@@ -93,6 +93,9 @@ class Session:
     next: int  #: the sequence number to execute next (programs run in order, once)
     cache: OrderedDict[int, bytes] = field(default_factory=OrderedDict)  #: seq -> encoded reply frame
     held: dict[int, Frame] = field(default_factory=dict)  #: frames that arrived ahead of a lost one
+
+
+QUICK_OPS = 64  #: the most ops of a program that may run on the agent's own loop (see AgentCore._quick)
 
 
 class _IoThread:
@@ -153,6 +156,16 @@ class AgentCore:
         if self.io_thread is None:
             self.io_thread = self.io.capabilities.backend != "qemu"  # qemu: its streams live on this loop
         self._io_runner: _IoThread | None = None
+        self._sim_io = self.io.capabilities.backend == "sim"  #: see _quick
+
+    def _quick(self, ops: list[Op]) -> bool:
+        """A program the I/O thread would finish in microseconds runs on this loop instead: the
+        hand-off to the thread and back (two wake-ups) was most of a one-op program's time. Only
+        on the in-process simulator, whose programs do no I/O, and only a short one that waits
+        for nothing (no delay, poll, settle or IRQ wait: those may take long). Programs still
+        run one at a time (the core's lock), so the machine is never used from both threads."""
+        return (self._sim_io and len(ops) <= QUICK_OPS
+                and not any(row_of(op).times and wait_us(op) for op in ops))
 
     def hello_reply(self, secret: bytes = bytes(SECRET_SIZE)) -> HelloReply:
         features = Feature.POLL | Feature.MEM_FILL | Feature.SETTLE | Feature.LIMITS | Feature.SESSION_SECRET
@@ -372,7 +385,7 @@ class AgentCore:
         return ExecReply(Status.OK, 0xFFFF, "", list(results), met).encode(ops)
 
     async def _run_io(self, ops: list[Op]) -> list[Result]:
-        if not self.io_thread:
+        if not self.io_thread or self._quick(ops):
             return await self.io.execute(ops)
         if self._io_runner is None:
             self._io_runner = _IoThread()
