@@ -13,6 +13,8 @@ from pathlib import Path
 
 from test_agent_link import EVERY_DEVICE, SCRIPTS, agent, url_for
 
+from hil.agent.server import AgentCore, start
+from hil.allowlist import AllowList
 from hil.backends import open_backend
 from hil.backends.mock import MockBackend
 from hil.errors import BatchError, HilError, UnsupportedOperationError
@@ -153,3 +155,51 @@ async def test_short_programs_skip_the_agents_io_thread_long_ones_do_not(monkeyp
         await be.execute([Out(0x81, 1), Delay(10)])
         await be.execute([In(0x81)] * 65)
     assert threads == [threading.current_thread().name, "hil-agent-io", "hil-agent-io"]
+
+
+# --- frames: larger ones offered on TCP, the smaller offer wins --------------------------------
+
+async def _read_trips(url: str, n: int) -> tuple[int, int]:
+    async with open_backend(url) as be:
+        assert be.agent is not None
+        before = be.stats.round_trips
+        assert await be.read_mem(0x100000, n) == bytes(n)
+        return be.agent.max_payload, be.stats.round_trips - before
+
+
+async def test_tcp_ends_offer_large_frames_and_a_small_offer_wins():
+    """Both ends offer TCP_MAX_PAYLOAD on TCP: 1 MiB is some 18 frames, not 256. A host that
+    offers 4 KiB (an older one, or ?max_payload=4096) gets 4 KiB frames from the same agent."""
+    from hil.agent.protocol import DEFAULT_MAX_PAYLOAD, TCP_MAX_PAYLOAD
+
+    async with agent() as (listener, core, _):
+        payload, trips = await _read_trips(url_for(listener), 1 << 20)
+        assert payload == TCP_MAX_PAYLOAD and trips <= (1 << 20) // TCP_MAX_PAYLOAD + 2
+        _, small = await _read_trips(url_for(listener, f"?max_payload={DEFAULT_MAX_PAYLOAD}"), 1 << 16)
+        assert small >= (1 << 16) // DEFAULT_MAX_PAYLOAD
+        assert core.limits().max_reply <= DEFAULT_MAX_PAYLOAD  # the agent answers in 4 KiB too
+
+
+async def test_an_agent_that_offers_small_frames_on_tcp_gets_them():
+    """An agent that does not offer more on TCP (an older one): the host keeps to its offer."""
+    from hil.agent.protocol import DEFAULT_MAX_PAYLOAD
+
+    class Old(AgentCore):
+        def offer(self, conn):  # type: ignore[no-untyped-def]
+            return self.max_payload
+
+    async with open_backend("sim") as io:
+        listener = await start(Old(io, AllowList.default([range(0, 1 << 24)])), "tcp://127.0.0.1:0")
+        try:
+            payload, trips = await _read_trips(f"agent+{listener.address}", 1 << 16)
+        finally:
+            listener.close()
+    assert payload == DEFAULT_MAX_PAYLOAD and trips >= (1 << 16) // DEFAULT_MAX_PAYLOAD
+
+
+async def test_serial_links_keep_small_frames():
+    from hil.agent.protocol import DEFAULT_MAX_PAYLOAD
+
+    async with agent("pty") as (listener, _, _):
+        payload, _ = await _read_trips(url_for(listener), 1 << 14)
+    assert payload == DEFAULT_MAX_PAYLOAD
