@@ -1,13 +1,150 @@
-"""Agent link benchmark: `hil bench link` as a script. Prints figures and ratios; asserts nothing.
+"""The agent link against its floors, measured in the same run (issue 16). Asserts nothing.
 
-Simulated FT232H-like link (3 Mbaud, 1 ms latency each way by default): channel programming
-(target: exactly one round trip), reading every register, reading 64 KiB, each as a ratio to the
-physical minimum for that link (target <= 1.25); then raw ops/s over a pty with no shaping.
+Run: python benchmarks/bench_link.py [--repeat K] [--json FILE]
+
+* a one-op program (``be.inb``) through an agent on loopback TCP vs an asyncio streams echo of
+  the same request and reply bytes (target <= 1.3x);
+* reading 1 MiB through the agent over TCP, MB/s, vs the same echo moving 1 MiB in 64 KiB
+  messages (target >= 100 MB/s);
+* the simulated FT232H link (3 Mbaud, 1 ms latency each way; ``hil bench link``): channel
+  programming (one round trip), every register, 64 KiB, each vs the physical minimum of the
+  bytes it moved (target <= 1.10x);
+* the programs the ``floppy-read`` example takes on an agent (target <= 6).
+
+Both ends run in this process, as the echo's do, so each figure and its floor share the CPU.
+``hil bench link`` measures a real link (``--backend URL``).
 """
 
-import sys
+from __future__ import annotations
 
-from hil.cli import main
+import argparse
+import asyncio
+import contextlib
+import struct
+import time
+from pathlib import Path
+
+from floors import Figure, report
+
+from hil.agent.server import AgentCore, start
+from hil.allowlist import AllowList
+from hil.backends import open_backend
+from hil.backends.base import DEVICE_CAPABILITIES, DEVICE_PORTS
+from hil.bench.link import bench_shaped
+from hil.logconfig import configure
+from hil.runner import run_script
+from hil.script import load_script
+
+FLOPPY_READ = Path(__file__).resolve().parent.parent / "configs" / "scripts" / "floppy-read.toml"
+MiB = 1 << 20
+
+
+class Echo:
+    """A plain asyncio streams echo on loopback: a request of ``out`` bytes, ``back`` bytes
+    answered, the least any protocol over the same sockets can cost."""
+
+    async def __aenter__(self) -> Echo:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = self.server.sockets[0].getsockname()[1]
+        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", port)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.writer.close()
+        self.server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            while header := await reader.readexactly(8):
+                out, back = struct.unpack("<II", header)
+                await reader.readexactly(out)
+                writer.write(bytes(back))
+                await writer.drain()
+
+    async def exchange(self, out: int, back: int) -> None:
+        self.writer.write(struct.pack("<II", max(0, out - 8), back) + bytes(max(0, out - 8)))
+        await self.writer.drain()
+        await self.reader.readexactly(back)
+
+
+async def tcp_figures(repeat: int, n: int) -> list[Figure]:
+    async with open_backend("sim") as io:
+        core = AgentCore(io, AllowList.default([range(0, 1 << 24)]))
+        listener = await start(core, "tcp://127.0.0.1:0")
+        try:
+            async with open_backend(f"agent+{listener.address}") as be, Echo() as echo:
+                out0, in0 = be.stats.bytes_out, be.stats.bytes_in
+                await be.inb(0x83)
+                out, back = be.stats.bytes_out - out0, be.stats.bytes_in - in0
+                ops, floor = [], []
+                for _ in range(repeat):
+                    t0 = time.perf_counter()
+                    for _ in range(n):
+                        await echo.exchange(out, back)
+                    floor.append((time.perf_counter() - t0) / n * 1e6)
+                    t0 = time.perf_counter()
+                    for _ in range(n):
+                        await be.inb(0x83)
+                    ops.append((time.perf_counter() - t0) / n * 1e6)
+                one = Figure(f"agent one-op program over loopback TCP ({out} + {back} wire bytes)", "us", ops,
+                             "asyncio streams echo of the same bytes", floor, "ratio <= 1.3")
+                bulk, bulk_floor = [], []
+                await be.write_mem(0x100000, bytes(range(256)) * 4096)
+                for _ in range(repeat):
+                    t0 = time.perf_counter()
+                    for _ in range(MiB // 0x10000):
+                        await echo.exchange(16, 0x10000)
+                    bulk_floor.append(MiB / (time.perf_counter() - t0) / 1e6)
+                    t0 = time.perf_counter()
+                    await be.read_mem(0x100000, MiB)
+                    bulk.append(MiB / (time.perf_counter() - t0) / 1e6)
+                big = Figure("agent bulk 1 MiB read over loopback TCP", "MB/s", bulk,
+                             "the echo moving 1 MiB in 64 KiB messages", bulk_floor, "value >= 100", higher=True)
+                return [one, big]
+        finally:
+            listener.close()
+
+
+async def shaped_figures(repeat: int) -> list[Figure]:
+    runs = [await bench_shaped() for _ in range(repeat)]
+    figures = []
+    for i, first in enumerate(runs[0][1]):
+        samples = [r[1][i].seconds * 1e3 for r in runs]
+        minima = [(r[1][i].minimum or 0) * 1e3 for r in runs]
+        figures.append(Figure(f"agent over simulated 3 Mbaud FT232H + 1 ms: {first.name}, "
+                              f"{first.round_trips} round trip(s)", "ms", samples,
+                              "the physical minimum of its bytes", minima, "ratio <= 1.1"))
+    return figures
+
+
+async def programs_of_floppy_read() -> Figure:
+    async with open_backend("sim:?floppy=generate&sb16=1") as io:
+        allow = AllowList.default([range(0, 1 << 24)]).with_ports(
+            [DEVICE_PORTS[c] for c in DEVICE_CAPABILITIES if c in io.capabilities])
+        listener = await start(AgentCore(io, allow), "tcp://127.0.0.1:0")
+        try:
+            async with open_backend(f"agent+{listener.address}") as be:
+                before = be.stats.programs
+                result = await run_script(load_script(FLOPPY_READ), be)
+                assert result.status == "passed", result.error
+                return Figure("programs (round trips) for the floppy-read example on an agent", "programs",
+                              [float(be.stats.programs - before)], target="value <= 6")
+        finally:
+            listener.close()
+
+
+async def main(repeat: int, n: int, json_path: str | None) -> None:
+    figures = await tcp_figures(repeat, n)
+    figures += await shaped_figures(max(1, repeat // 2))
+    figures.append(await programs_of_floppy_read())
+    report(figures, json_path)
+
 
 if __name__ == "__main__":
-    sys.exit(main(["bench", "link", *sys.argv[1:]]))
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--ops", type=int, default=2000, help="one-op programs per sample")
+    ap.add_argument("--json", metavar="FILE", help="append the figures to FILE (see readme_table.py)")
+    configure("console", 0)
+    a = ap.parse_args()
+    asyncio.run(main(a.repeat, a.ops, a.json))

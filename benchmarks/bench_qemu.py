@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from floors import Figure, report
+
 from hil.backends import open_backend
 from hil.backends.base import Backend
 from hil.backends.qemu import QemuBackend, floppy_image, qemu_available
@@ -183,7 +185,7 @@ def show(label: str, sim: tuple[float, float], qemu: tuple[float, float], extra:
           f"without start-up{extra}")
 
 
-async def main(rounds: int, repeat: int) -> None:
+async def main(rounds: int, repeat: int, json_path: str | None = None) -> None:
     ok, why = qemu_available()
     if not ok:
         print(f"qemu: not available: {why}")
@@ -193,8 +195,12 @@ async def main(rounds: int, repeat: int) -> None:
         path = Path(tmp) / "registers.toml"
         path.write_text(REGISTER_SCRIPT.format(rounds=rounds))
         body, steps = register_body(path)
-        sim = best([await whole_run("sim", body) for _ in range(repeat)])
-        qemu = best([await whole_run("qemu:", body) for _ in range(repeat)])
+        sims = [await whole_run("sim", body) for _ in range(repeat)]
+        qemus = [await whole_run("qemu:", body) for _ in range(repeat)]
+        sim, qemu = best(sims), best(qemus)
+        figures = [Figure(f"same register script ({steps} steps) on `qemu:` vs sim, whole run", "ms",
+                          [q[0] * 1e3 for q in qemus], "the same run on sim", [s[0] * 1e3 for s in sims],
+                          "ratio >= 20")]
         show(f"register-heavy script ({steps} steps, one round trip each)", sim, qemu,
              f"\n  per step: sim {(sim[0] - sim[1]) / steps * 1e6:.1f} us, qemu: {(qemu[0] - qemu[1]) / steps * 1e6:.1f} us")
 
@@ -239,12 +245,14 @@ async def main(rounds: int, repeat: int) -> None:
             rd = 20 * 65536 / (time.perf_counter() - t0) / 2**20
         print(f"qemu: {single / 1e3:.0f}k single inb/s, {piped / 1e3:.0f}k pipelined inb/s, "
               f"b64write {wr:.0f} MiB/s, b64read {rd:.0f} MiB/s")
+    report(figures, json_path)
 
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=500, help="rounds of 14 register steps (default 500)")
     ap.add_argument("--repeat", type=int, default=3, help="runs per figure, best reported (default 3)")
+    ap.add_argument("--json", metavar="FILE", help="append the sim-vs-qemu figure to FILE (see readme_table.py)")
     args = ap.parse_args()
     configure("console", 0)
-    asyncio.run(main(args.rounds, args.repeat))
+    asyncio.run(main(args.rounds, args.repeat, args.json))

@@ -1,19 +1,33 @@
-"""Runner overhead per step on the sim, and ``hil diff`` wall time for two sim backends vs one.
+"""The runner and ``hil run`` against their floors, measured in the same run (issue 16).
 
-Run: python benchmarks/bench_runner.py [--steps N]. Prints figures and ratios; asserts nothing.
-Target (issue 4): diff on two backends takes <= 1.2x the wall time of one, because each backend
-runs in its own worker process.
+Run: python benchmarks/bench_runner.py [--steps N] [--repeat K] [--json FILE]. Prints figures
+and ratios; asserts nothing.
+
+* runner overhead per ``in``/``out`` step with a journal: the step's time less the backend's
+  own op (a bare ``await be.inb`` / ``be.outb`` on the same simulator), target <= 3 us;
+* the share of a long run's time spent inside the backend (its methods timed from outside),
+  for the realistic mix (device, program, wait_tc moving 4 KiB, in, read) and for bare in/out
+  steps, target >= 60% on the realistic mix;
+* ``hil run`` of a one-step script as a whole process vs ``python -c pass`` (both with
+  bytecode cached), target <= 0.15 s;
+* ``hil diff`` on two sim backends vs one (issue 4: <= 1.2x).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
+from floors import Figure, report
+
 from hil.backends import open_backend
+from hil.backends.sim import SimBackend
 from hil.logconfig import configure
 from hil.runner import run_script
 from hil.script import load_script
@@ -64,7 +78,6 @@ buffer = "buf"
 length = 64
 """
 
-
 TRIVIAL = """
 [script]
 name = "overhead"
@@ -75,56 +88,127 @@ count = {count}
 steps = [{{ op = "in", port = "ch1.page" }}, {{ op = "out", port = "ch1.page", value = 0x12 }}]
 """
 
+ONE_STEP = '[script]\nname = "one"\n\n[[step]]\nop = "in"\nport = "ch1.page"\n'
+TIMED = ("execute", "inb", "outb", "inw", "outw", "read_mem", "write_mem", "settle", "delay")
 
-async def raw_inb(n: int) -> float:
+
+async def bare_in_out(n: int) -> float:
+    """Seconds of one bare backend op, averaged over inb and outb as the trivial script mixes them."""
     async with open_backend("sim") as be:
         t0 = time.perf_counter()
-        for _ in range(n):
-            await be.inb(0x81)
+        for _ in range(n // 2):
+            await be.inb(0x83)
+            await be.outb(0x83, 0x12)
         return (time.perf_counter() - t0) / n
 
 
-async def main(steps: int) -> None:
-    rounds = max(1, steps // 6)
+async def run_timed(path: Path, journal: Path) -> tuple[float, float, int]:
+    """(run seconds, seconds inside the backend's methods, steps) for one run of ``path``."""
+    script = load_script(path)
+    spent = [0.0]
+    depth = [0]  #: a convenience calling execute() is timed once, from the outside
+    originals = {name: getattr(SimBackend, name) for name in TIMED}
+
+    def wrap(fn):  # type: ignore[no-untyped-def]  # a bench helper
+        async def timed(*args, **kw):  # type: ignore[no-untyped-def]
+            depth[0] += 1
+            t0 = time.perf_counter()
+            try:
+                return await fn(*args, **kw)
+            finally:
+                depth[0] -= 1
+                if not depth[0]:
+                    spent[0] += time.perf_counter() - t0
+        return timed
+
+    for name, fn in originals.items():
+        setattr(SimBackend, name, wrap(fn))
+    try:
+        async with open_backend("sim") as be:
+            t0 = time.perf_counter()
+            result = await run_script(script, be, journal=journal)
+            elapsed = time.perf_counter() - t0
+    finally:
+        for name, fn in originals.items():
+            setattr(SimBackend, name, fn)
+    assert result.status == "passed", result.error
+    return elapsed, spent[0], len(script.steps)
+
+
+async def run_plain(path: Path, journal: Path) -> tuple[float, int]:
+    script = load_script(path)
+    async with open_backend("sim") as be:
+        t0 = time.perf_counter()
+        await run_script(script, be, journal=journal)
+        return time.perf_counter() - t0, len(script.steps)
+
+
+def whole_process(argv: list[str], env: dict[str, str]) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
+async def main(steps: int, repeat: int, json_path: str | None) -> None:
+    figures: list[Figure] = []
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "bench.toml"
-        path.write_text(SCRIPT.format(steps=rounds * 6, rounds=rounds))
-        script = load_script(path)
-        n = len(script.steps)
-        async with open_backend("sim") as be:
-            t0 = time.perf_counter()
-            result = await run_script(script, be, journal=Path(tmp) / "j.jsonl")
-            run_s = time.perf_counter() - t0
-        assert result.status == "passed", result.error
-        per_step = run_s / n
-        print(f"runner, realistic mix (device, program, wait_tc moving 4 KiB, in, read): {n} steps in "
-              f"{run_s * 1e3:.0f} ms = {per_step * 1e6:.1f} us/step")
-
-        trivial = Path(tmp) / "trivial.toml"
+        base = Path(tmp)
+        trivial = base / "trivial.toml"
         trivial.write_text(TRIVIAL.format(count=steps // 2))
-        tscript = load_script(trivial)
-        async with open_backend("sim") as be:
-            t0 = time.perf_counter()
-            await run_script(tscript, be, journal=Path(tmp) / "t.jsonl")
-            t_run = (time.perf_counter() - t0) / len(tscript.steps)
-        raw = await raw_inb(20000)
-        print(f"runner overhead: {t_run * 1e6:.1f} us per in/out step with journal vs {raw * 1e6:.2f} us "
-              f"for a bare backend.inb: {(t_run - raw) * 1e6:.1f} us overhead per step (ratio {t_run / raw:.1f}x)")
+        mix = base / "mix.toml"
+        rounds = max(1, steps // 6)
+        mix.write_text(SCRIPT.format(steps=rounds * 6, rounds=rounds))
 
-        for _ in range(1):  # warm the import cache of the worker interpreter
-            await run_on_backends([script], ["sim"], journal_dir=Path(tmp) / "warm")
-        t0 = time.perf_counter()
-        await run_on_backends([script], ["sim"], journal_dir=Path(tmp) / "one")
-        one = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        await run_on_backends([script], ["sim", "sim:?profile=qemu"], journal_dir=Path(tmp) / "two")
-        two = time.perf_counter() - t0
-        print(f"hil diff workers: one backend {one:.2f} s, two backends {two:.2f} s, "
-              f"ratio {two / one:.2f} (target <= 1.2)")
+        per_step, bare = [], []
+        for _ in range(repeat):
+            bare.append(await bare_in_out(20_000) * 1e6)
+            elapsed, n = await run_plain(trivial, base / "t.jsonl")
+            per_step.append(elapsed / n * 1e6)
+        overhead = [s - b for s, b in zip(per_step, bare)]
+        figures.append(Figure("runner overhead per in/out step, journal on (step less the backend's op)", "us",
+                              overhead, "the backend's own op (bare inb/outb)", bare, "value <= 3"))
+
+        for name, path, target in (("realistic mix", mix, "value >= 60"), ("bare in/out steps", trivial, "")):
+            shares, per = [], []
+            for _ in range(max(1, repeat // 2)):
+                elapsed, spent, n = await run_timed(path, base / "s.jsonl")
+                shares.append(100 * spent / elapsed)
+                per.append(elapsed / n * 1e6)
+            figures.append(Figure(f"share of a {n}-step run in the backend, {name} ({sum(per) / len(per):.1f} us/step)",
+                                  "%", shares, target=target, higher=True))
+
+        one = base / "one.toml"
+        one.write_text(ONE_STEP)
+        env = {**os.environ, "PYTHONPYCACHEPREFIX": str(base / "pyc")}
+        env.pop("PYTHONDONTWRITEBYTECODE", None)  # an installed package has its bytecode cached
+        hil = [sys.executable, "-m", "hil", "run", "-q", "-b", "sim", str(one)]
+        whole_process(hil, env)  # compile once
+        proc, floor = [], []
+        for _ in range(repeat):
+            floor.append(whole_process([sys.executable, "-c", "pass"], env))
+            proc.append(whole_process(hil, env))
+        figures.append(Figure("`hil run` of a 1-step script, whole process", "s", proc, "`python -c pass`", floor,
+                              "value <= 0.15"))
+
+        script = load_script(mix)
+        await run_on_backends([script], ["sim"], journal_dir=base / "warm")
+        one_t, two_t = [], []
+        for _ in range(max(1, repeat // 2)):
+            t0 = time.perf_counter()
+            await run_on_backends([script], ["sim"], journal_dir=base / "one")
+            one_t.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            await run_on_backends([script], ["sim", "sim:?profile=qemu"], journal_dir=base / "two")
+            two_t.append(time.perf_counter() - t0)
+        figures.append(Figure("`hil diff` workers, two sim backends", "s", two_t, "one backend", one_t, "ratio <= 1.2"))
+    report(figures, json_path)
 
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--steps", type=int, default=30000)
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--json", metavar="FILE", help="append the figures to FILE (see readme_table.py)")
     configure("console", 0)
-    asyncio.run(main(ap.parse_args().steps))
+    a = ap.parse_args()
+    asyncio.run(main(a.steps, a.repeat, a.json))

@@ -1,8 +1,13 @@
-"""Simulator throughput: port operations per second and DMA MB/s, with ratios to plain copies.
+"""Simulator throughput, each figure beside its floor measured in the same run (issue 16).
 
-Run: python benchmarks/bench_sim.py [--repeat N]. Prints figures; asserts nothing (timings
-belong in reports, not in the test suite). Targets on the dev machine (issue 2): >= 200k port
-ops/s, block mode >= 100 MB/s.
+Run: python benchmarks/bench_sim.py [--repeat N] [--json FILE]. Prints figures; asserts nothing
+(timings belong in reports, not in the test suite).
+
+* one awaited ``be.inb`` vs an awaited, already completed future (target: ratio <= 10);
+* 1 MiB moved by DMA (device -> memory) in block, demand and single mode, as the driver does
+  it (``IsaDma.program`` then ``settle``, 8 x 128 KiB on channel 5), vs a 1 MiB ``bytearray``
+  slice copy (targets: block <= 5x, single <= 10x);
+* port ops/s, one await per op and inside 1000-op ``execute()`` programs (issue 2: >= 200,000).
 """
 
 from __future__ import annotations
@@ -11,34 +16,45 @@ import argparse
 import asyncio
 import time
 
+from floors import Figure, report
+
 from hil.backends import open_backend
-from hil.dma import DMA_MODE_READ, IsaDma
+from hil.dma import IsaDma
 from hil.logconfig import configure
 from hil.ops import DevAttach, In, Out
 from hil.ports import Mode, ModeSelect, TransferType, channel_ports
 
 MiB = 1 << 20
+PAGE = channel_ports(2).page
 
 
-def best(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
+async def awaited_future(n: int) -> float:
+    loop = asyncio.get_running_loop()
+    fut = loop.create_future()
+    fut.set_result(0)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        await fut
+    return (time.perf_counter() - t0) / n
+
+
+async def one_op(n: int) -> float:
+    async with open_backend("sim") as be:
         t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+        for _ in range(n):
+            await be.inb(PAGE)
+        return (time.perf_counter() - t0) / n
 
 
 async def port_ops(n: int) -> tuple[float, float]:
     """(single awaited calls per s, ops per s inside execute() programs)."""
     async with open_backend("sim") as be:
-        port = channel_ports(2).page
         t0 = time.perf_counter()
         for i in range(n // 2):
-            await be.outb(port, i & 0xFF)
-            await be.inb(port)
+            await be.outb(PAGE, i & 0xFF)
+            await be.inb(PAGE)
         single = n / (time.perf_counter() - t0)
-        program = [Out(port, 0x55), In(port)] * 500
+        program = [Out(PAGE, 0x55), In(PAGE)] * 500
         t0 = time.perf_counter()
         for _ in range(n // len(program)):
             await be.execute(program)
@@ -64,36 +80,47 @@ async def dma_transfer(total: int, channel: int, mode: int, per_program: int) ->
     return elapsed
 
 
-def copy_time(total: int, repeat: int) -> float:
-    src = bytes(total)
-    dst = bytearray(total)
-
-    def run() -> None:
+def copy_time(total: int) -> float:
+    """One ``total``-byte bytearray slice copy (the best of 20: a copy is the floor)."""
+    src, dst = bytes(total), bytearray(total)
+    best = float("inf")
+    for _ in range(20):
+        t0 = time.perf_counter()
         dst[0:total] = src
+        best = min(best, time.perf_counter() - t0)
+    return best
 
-    return best(run, repeat)
 
-
-async def main(repeat: int) -> None:
-    single, batched = await port_ops(200_000)
-    print(f"port ops/s, one await per op:          {single:12,.0f}  (target >= 200,000: ratio {single / 200e3:.2f})")
-    print(f"port ops/s, 1000-op execute() programs: {batched:12,.0f}  (ratio {batched / 200e3:.2f})")
-
-    block_mode = Mode(TransferType.WRITE, ModeSelect.BLOCK).encode()  # block, I/O -> memory
-    block = min([await dma_transfer(MiB, 5, block_mode, 0x20000) for _ in range(repeat)])
-    copy_1m = copy_time(MiB, repeat * 10)
-    print(f"1 MiB block mode (ch5, 8 x 128 KiB):    {MiB / block / 1e6:10.1f} MB/s  "
-          f"(target >= 100 MB/s; {block / copy_1m:.1f}x the time of a 1 MiB bytes copy, "
-          f"copy {MiB / copy_1m / 1e6:,.0f} MB/s)")
-
-    single_t = min([await dma_transfer(0x10000, 1, DMA_MODE_READ, 0x10000) for _ in range(repeat)])
-    copy_64k = copy_time(0x10000, repeat * 100)
-    print(f"64 KiB single mode (ch1):               {0x10000 / single_t / 1e6:10.1f} MB/s  "
-          f"({single_t / copy_64k:.1f}x the time of a 64 KiB bytes copy)")
+async def main(repeat: int, json_path: str | None) -> None:
+    figures: list[Figure] = []
+    ops, floor = [], []
+    for _ in range(repeat):
+        floor.append(await awaited_future(100_000) * 1e9)
+        ops.append(await one_op(100_000) * 1e9)
+    figures.append(Figure("sim one-op `await be.inb`", "ns", ops, "an awaited completed future", floor,
+                          "ratio <= 10"))
+    for select, target in ((ModeSelect.BLOCK, "ratio <= 5"), (ModeSelect.DEMAND, ""), (ModeSelect.SINGLE, "ratio <= 10")):
+        mode = Mode(TransferType.WRITE, select).encode()
+        xfer, floor = [], []
+        for _ in range(repeat):
+            floor.append(copy_time(MiB) * 1e3)
+            xfer.append(await dma_transfer(MiB, 5, mode, 0x20000) * 1e3)
+        figures.append(Figure(f"sim 1 MiB {select.name.lower()}-mode transfer (ch5, 8 x 128 KiB)", "ms", xfer,
+                              "1 MiB bytearray slice copy", floor, target))
+    single, batched = [], []
+    for _ in range(repeat):
+        s, b = await port_ops(100_000)
+        single.append(s)
+        batched.append(b)
+    figures.append(Figure("port ops/s, one await per op", "ops/s", single, target="value >= 200000", higher=True))
+    figures.append(Figure("port ops/s, 1000-op execute() programs", "ops/s", batched, higher=True))
+    report(figures, json_path)
 
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--json", metavar="FILE", help="append the figures to FILE (see readme_table.py)")
     configure("console", 0)
-    asyncio.run(main(ap.parse_args().repeat))
+    a = ap.parse_args()
+    asyncio.run(main(a.repeat, a.json))

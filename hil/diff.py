@@ -358,8 +358,10 @@ def compare(results: list[RunResult], deviations: list[Deviation] | None = None,
             report.errors.append(f"{script} on {label}: journal ends before the run did (interrupted)")
     ref, ref_label = results[0], labels[0]
     ref_map = {(o.step, o.op): o for o in ref.observations}
+    ref_tags = ref.tags  # a property that builds a set: once per run, not per observation
     for other, label in zip(results[1:], labels[1:]):
         other_map = {(o.step, o.op): o for o in other.observations}
+        other_tags = other.tags
         keys = list(ref_map) + [k for k in other_map if k not in ref_map]
         for key in keys:
             a, b = ref_map.get(key), other_map.get(key)
@@ -374,7 +376,7 @@ def compare(results: list[RunResult], deviations: list[Deviation] | None = None,
                                                      f"observed on {ref_label if a else label} only", name=o.name))
                 continue
             mask = o.diff_mask if o.diff_mask is not None else 0xFFFF
-            dev = next((d for d in deviations or [] if d.matches(script, o, ref.tags, other.tags)), None)
+            dev = next((d for d in deviations or [] if d.matches(script, o, ref_tags, other_tags)), None)
             if dev is not None and dev.diff_mask is not None:
                 mask &= dev.diff_mask
             if not _differs(a, b, mask):

@@ -38,6 +38,16 @@ class HilError(Exception):
     """Base of every error raised by lpc-hil."""
 
 
+class BatchError(HilError):
+    """A program that carried several queued ones (``Backend.batched``) failed: ``error`` is
+    what the backend raised, ``tag`` what the queued part it belongs to came from (the runner's
+    step), so the failure is reported where it would have been without batching."""
+
+    def __init__(self, tag: object, error: HilError) -> None:
+        super().__init__(str(error))
+        self.tag, self.error = tag, error
+
+
 # --- bad input to a backend ----------------------------------------------------------------
 
 

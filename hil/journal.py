@@ -10,7 +10,9 @@ wrote them or they were saved from a bench weeks ago.
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import hashlib
+import io
 import json
 import os
 import xml.etree.ElementTree as ET
@@ -63,14 +65,22 @@ class Observation:
         return None
 
     def to_json(self) -> dict[str, Any]:
-        # ``ok`` and ``tc`` are tri-state: False is an observation (a failed expectation, no
-        # terminal count), not an absent field, so only None, an empty name and the default
-        # ``may_differ`` are left out.
-        record = {}
+        return self._fill({})
+
+    def _fill(self, record: dict[str, Any]) -> dict[str, Any]:
+        """``record`` with this observation's keys added (a journal passes one that already has
+        its ``type``: one dict per record, not two).
+
+        ``ok`` and ``tc`` are tri-state: False is an observation (a failed expectation, no
+        terminal count), not an absent field, so only None, an empty name and the default
+        ``may_differ`` are left out."""
         for key in _record_keys(type(self)):
-            v = getattr(self, key)
-            if v is not None and not (key == "name" and v == "") and not (key == "may_differ" and v is False):
+            if (v := getattr(self, key)) is not None:
                 record[key] = v
+        if record.get("name") == "":
+            del record["name"]
+        if record.get("may_differ") is False:
+            del record["may_differ"]
         return record
 
     @staticmethod
@@ -285,6 +295,44 @@ class RunResult:
         return {t for t in tags if t}
 
 
+_DUMPS = json.JSONEncoder(separators=(",", ":")).encode  #: ``json.dumps(record, separators=(",", ":"))``
+_STR = json.encoder.encode_basestring_ascii  #: how ``json.dumps`` writes a string (ensure_ascii)
+_FLOAT = json.encoder.INFINITY
+
+
+#: each record key as the encoder writes it, with its colon (the keys are few and fixed)
+_KEY_TEXT = {key: _STR(key) + ":" for key in ("type", *RECORD_KEYS)}
+
+
+def _encode(record: dict[str, Any]) -> str:
+    """``json.dumps(record, separators=(",", ":"))`` for a flat record of strings, ints, bools,
+    floats and None, the text ``json.dumps`` makes, at a third of its cost (it sets up an encoder
+    per call); anything else (nested values, keys that are not strings) goes to ``json.dumps``.
+    tests/test_journal_encode.py compares the two."""
+    parts: list[str] = []
+    add = parts.append
+    for key, v in record.items():
+        k = _KEY_TEXT.get(key)
+        if k is None:
+            if type(key) is not str:
+                return _DUMPS(record)
+            k = _STR(key) + ":"
+        t = type(v)
+        if t is int:
+            add(k + int.__repr__(v))
+        elif t is str:
+            add(k + _STR(v))
+        elif v is None:
+            add(k + "null")
+        elif t is bool:
+            add(k + ("true" if v else "false"))
+        elif t is float and v == v and v != _FLOAT and v != -_FLOAT:
+            add(k + float.__repr__(v))
+        else:
+            return _DUMPS(record)
+    return "{" + ",".join(parts) + "}"
+
+
 class Journal:
     """Append-only JSONL writer; every record is flushed as soon as it is written."""
 
@@ -292,7 +340,9 @@ class Journal:
         self.path = Path(path)
         _make_parent(self.path)
         try:
-            self._fh: IO[str] | None = open(self.path, "w", encoding="utf-8")
+            # unbuffered: each record is one write(2) of its line, on disk for a reader (hil
+            # diff, a killed run's post-mortem) as soon as it exists, without a flush per record
+            self._fh: io.FileIO | None = open(self.path, "wb", buffering=0)
         except OSError as e:
             raise JournalError(f"journal {self.path}: cannot write it: {oserrors.file_reason(e)}") from None
 
@@ -300,8 +350,12 @@ class Journal:
         if self._fh is None:
             return
         try:
-            self._fh.write(json.dumps(record, separators=(",", ":")) + "\n")
-            self._fh.flush()
+            line = (_encode(record) + "\n").encode("utf-8")
+            while line:  # a regular file takes it whole; a pipe or a device may take a part
+                n = self._fh.write(line)
+                if not n:
+                    raise OSError(errno.EIO, "the file took none of a record")
+                line = line[n:]
         except OSError as e:  # a full disk, a file that takes no writes: one line, not a traceback
             raise JournalError(f"journal {self.path}: cannot write it: {oserrors.file_reason(e)}") from None
 
@@ -320,7 +374,7 @@ class Journal:
         })
 
     def observation(self, obs: Observation) -> None:
-        self._write({"type": "obs", **obs.to_json()})
+        self._write(obs._fill({"type": "obs"}))
 
     def end(self, result: RunResult) -> None:
         self._write({"type": "end", "status": result.status, "error": result.error,

@@ -21,6 +21,7 @@ from hil.dma import DmaSnapshot, IsaDma, forget_host_state
 from hil.errors import (
     AddressLimitError,
     AlignmentError,
+    BatchError,
     BoundaryCrossingError,
     DmaRuleError,
     HilError,
@@ -40,12 +41,23 @@ from hil.journal import (
     WaitTcObs,
 )
 from hil.log import get_logger
-from hil.ops import IRQ_LINES, DevAttach, DevDreq, DeviceState, DevState, IrqLines, IrqState, PowerReset, WaitIrq as WaitIrqOp
+from hil.ops import (
+    IRQ_LINES,
+    DevAttach,
+    DevDreq,
+    DeviceState,
+    DevState,
+    In as InOp,
+    IrqLines,
+    IrqState,
+    MemRead,
+    PowerReset,
+    WaitIrq as WaitIrqOp,
+)
 from hil.ports import MODE_DECREMENT, ModeSelect
 from hil.rules import check_buffer
 from hil.script.loader import bind_all, digest
 from hil.script.model import (
-    Node,
     Script,
     ScriptCapabilityError,
     ScriptError,
@@ -131,7 +143,9 @@ def check_capabilities(script: Script, backend: Backend) -> None:
         raise ScriptCapabilityError(script.file, None, "script.requires",
                                     f"backend {backend.url} lacks capability {missing[0]!r} "
                                     f"(it has: {', '.join(sorted(have)) or 'none'})")
-    for step in script.steps:
+    steps = script.steps
+    # each written step once: a repeat's passes need what its first does
+    for step in steps.first_passes() if isinstance(steps, StepList) else steps:
         need = step.args.needs()
         if need and need not in have:
             raise ScriptCapabilityError(step.file, step.path, "op",
@@ -257,20 +271,8 @@ def check_steps(script: Script, backend: Backend, bound: list[StepArgs]) -> None
         for step, args in zip(steps, bound):
             check(step, args)
         return
-
-    def walk(nodes: tuple[Node, ...], prefix: str, index: int) -> None:
-        for node in nodes:
-            if isinstance(node, Step):
-                check(node.placed(index, prefix + node.path), bound[index])
-                index += 1
-                continue
-            if node.count is None:
-                walk(node.body, prefix + node.label, index)
-            elif node.count:
-                walk(node.body, f"{prefix}{node.label}[1].", index)
-            index += node.size
-
-    walk(steps.nodes, "", 0)
+    for step in steps.first_passes():
+        check(step, bound[step.index])
 
 
 def start_fresh(backend: Backend) -> None:
@@ -341,40 +343,59 @@ async def run_script(
         if jr is not None:
             jr.observation(obs)
 
+    def observe(step: Step, obs: Observation) -> None:
+        obs.diff_mask = step.tolerance.diff_mask
+        obs.may_differ = step.tolerance.may_differ
+        emit(obs)
+
+    def fail(step: Step, e: HilError) -> None:
+        emit(ErrorObs(step.path, step.index, step.name, ok=False, failed_op=step.op.value, message=str(e)))
+        result.status, result.error = "error", f"{step.describe()}: {e}"
+        log.info("step_failed", step=step.path, op=step.op.value, error=str(e))  # the result reports it
+
+    # Where a program is a round trip (an agent), steps travel together (Backend.batched): a
+    # write waits for the next program that reads, a step's own reads are queued with their
+    # observation made when the results come back (observe, in step order all the same), and
+    # an error in a combined program is reported on the step it belongs to (BatchError).
+    later = observe if backend.ROUND_TRIPS else None
     log.info("run_start", script=script.name, backend=backend.url, steps=len(script.steps))
     script_token, step_token = CURRENT_SCRIPT.set(script.name), CURRENT_STEP.set(None)
     try:
-        for step, args in zip(script.steps, bound):
-            current = step
-            CURRENT_STEP.set(step)
-            if progress is not None:
-                progress(step.index, len(script.steps), step)
-            now = time.perf_counter()
-            if now - last_yield >= YIELD_EVERY_S:
-                await asyncio.sleep(0)  # a pending cancellation (Ctrl-C) is delivered here
-                last_yield = now
-            try:
-                obs = await _run_step(step, args, backend, state, script)
-            except HilError as e:
-                emit(ErrorObs(step.path, step.index, step.name, ok=False, failed_op=step.op.value, message=str(e)))
-                result.status, result.error = "error", f"{step.describe()}: {e}"
-                log.info("step_failed", step=step.path, op=step.op.value, error=str(e))  # the result reports it
-                break
-            if obs is not None:
-                obs.diff_mask = step.tolerance.diff_mask
-                obs.may_differ = step.tolerance.may_differ
-                emit(obs)
-        else:
-            current = None
-            CURRENT_STEP.set(_END_OF_SCRIPT)
-            if state.devices:
-                channels = sorted(state.devices)
-                states = await backend.execute([DevState(ch, RECORD_LIMIT) for ch in channels])
-                for ch, dev_state in zip(channels, states):
-                    emit(_device_observation(ch, dev_state))  # type: ignore[arg-type]  # a DevState's result
-            result.status = "failed" if result.failures else "passed"
-        for ch in sorted(state.requested):
-            await state.dma.free_dma(ch)
+        async with backend.batched():
+            for step, args in zip(script.steps, bound):
+                current = step
+                CURRENT_STEP.set(step)
+                if progress is not None:
+                    progress(step.index, len(script.steps), step)
+                now = time.perf_counter()
+                if now - last_yield >= YIELD_EVERY_S:
+                    await asyncio.sleep(0)  # a pending cancellation (Ctrl-C) is delivered here
+                    last_yield = now
+                try:
+                    if later is not None:
+                        backend.batch_tag = step
+                    obs = await _run_step(step, args, backend, state, script, later)
+                except HilError as e:
+                    fail(*await _failed(backend, step, e))
+                    break
+                if obs is not None:
+                    observe(step, obs)
+            else:
+                current = None
+                CURRENT_STEP.set(_END_OF_SCRIPT)
+                try:
+                    await backend.flush()  # the last steps' observations, before the status
+                except BatchError as e:
+                    fail(*_culprit(step, e))
+                else:
+                    if state.devices:
+                        channels = sorted(state.devices)
+                        states = await backend.execute([DevState(ch, RECORD_LIMIT) for ch in channels])
+                        for ch, dev_state in zip(channels, states):
+                            emit(_device_observation(ch, dev_state))  # type: ignore[arg-type]  # a DevState's result
+                    result.status = "failed" if result.failures else "passed"
+            for ch in sorted(state.requested):
+                await state.dma.free_dma(ch)
     except (asyncio.CancelledError, KeyboardInterrupt):
         result.status = "interrupted"
         result.error = "interrupted" + (f" at {current.describe()}" if current is not None else " at the end")
@@ -394,6 +415,23 @@ async def run_script(
         log.info("run_end", script=script.name, backend=backend.url, status=result.status,
                  failures=len(result.failures), elapsed=round(result.elapsed, 4))
     return result
+
+
+def _culprit(step: Step, e: BatchError) -> tuple[Step, HilError]:
+    """The step a failed combined program's error belongs to, and the error itself."""
+    return (e.tag if isinstance(e.tag, Step) else step), e.error
+
+
+async def _failed(be: Backend, step: Step, e: HilError) -> tuple[Step, HilError]:
+    """Which step failed, and how. What earlier steps queued is sent first, as it had run by
+    then without batching; should that fail, the failure is theirs."""
+    if isinstance(e, BatchError):
+        return _culprit(step, e)
+    try:
+        await be.flush()
+    except BatchError as earlier:
+        return _culprit(step, earlier)
+    return step, e
 
 
 async def _irq_lines(be: Backend, op: IrqState | WaitIrqOp) -> IrqLines:
@@ -418,32 +456,81 @@ async def _ensure_requested(state: _State, channel: int, script: Script) -> None
         state.requested.add(channel)
 
 
-async def _run_step(step: Step, a: StepArgs, be: Backend, st: _State, script: Script) -> Observation | None:
-    """Run one bound step; what it saw, if it observes anything."""
+def _in_obs(step: Step, a: In, value: int) -> InObs:
+    port, mask, expect = a.port, a.mask, a.expect
+    assert isinstance(port, int) and isinstance(mask, int)  # bound
+    if not isinstance(expect, int):
+        return InObs(step.path, step.index, step.name, port=port, width=a.width, value=value)
+    return InObs(step.path, step.index, step.name, port=port, width=a.width, value=value,
+                 expect=expect, mask=mask, ok=(value & mask) == (expect & mask))
+
+
+def _read_obs(step: Step, a: Read, data: bytes) -> ReadObs:
+    assert isinstance(a.addr, int)  # bound
+    read = ReadObs(step.path, step.index, step.name, addr=a.addr, length=a.length, digest=digest(data),
+                   data=data.hex() if a.record == "bytes" else None)
+    if a.expect_hex is not None:
+        read.expect, read.ok = a.expect_hex.hex(), data == a.expect_hex
+    if a.expect_digest is not None:
+        read.expect = a.expect_digest
+        read.ok = read.digest == a.expect_digest and read.ok is not False
+    return read
+
+
+def _wait_irq_obs(step: Step, a: WaitIrq, op: WaitIrqOp, st: _State, lines: IrqLines) -> WaitIrqObs:
+    line, expect = a.irq, a.expect
+    reached = op.reached(lines)
+    return WaitIrqObs(step.path, step.index, step.name, irq=line, level=lines.level(line), count=st.edges(lines, line),
+                      reached=reached, expect=expect, ok=None if expect is None else reached == (expect == "reached"))
+
+
+def _irq_obs(step: Step, a: Irq, st: _State, lines: IrqLines) -> IrqObs:
+    line = a.irq
+    level, count = lines.level(line), st.edges(lines, line)
+    wanted = {k: v for k, v in (("level", a.expect_level), ("count", a.expect_count)) if v is not None}
+    if not wanted:
+        return IrqObs(step.path, step.index, step.name, irq=line, level=level, count=count)
+    return IrqObs(step.path, step.index, step.name, irq=line, level=level, count=count,
+                  expect=" ".join(f"{k}={str(v).lower()}" for k, v in wanted.items()),
+                  ok=wanted == {k: v for k, v in (("level", level), ("count", count)) if k in wanted})
+
+
+Later = Callable[[Step, Observation], None]
+
+
+async def _run_step(step: Step, a: StepArgs, be: Backend, st: _State, script: Script,
+                    later: Later | None = None) -> Observation | None:
+    """Run one bound step; what it saw, if it observes anything. With ``later``, a step that
+    only reads for its observation queues its ops (:meth:`Backend.submit`) and hands the
+    observation to ``later`` when the results arrive, returning None."""
+    # in and out first, outside the match: a class pattern with keyword sub-patterns costs a
+    # microsecond and more each, as much as the port access itself on the simulator
+    cls = type(a)
+    if cls is Out:
+        assert isinstance(a, Out)  # for mypy: cls is the class itself
+        out_port, out_value = a.port, a.value
+        if isinstance(out_port, int) and isinstance(out_value, int):
+            await (be.outw(out_port, out_value) if a.width == 16 else be.outb(out_port, out_value))
+            return None
+    elif cls is In:
+        assert isinstance(a, In)
+        in_port, in_mask, in_width = a.port, a.mask, a.width
+        if isinstance(in_port, int) and isinstance(in_mask, int):
+            if later is not None:
+                await be.submit([InOp(in_port, in_width)], lambda r: later(step, _in_obs(step, a, r[0])))  # type: ignore[arg-type]  # an In's result is an int
+                return None
+            return _in_obs(step, a, await (be.inw(in_port) if in_width == 16 else be.inb(in_port)))
     at = (step.path, step.index, step.name)
     match a:
-        case Out(port=int(port), value=int(value), width=width):
-            await (be.outw(port, value) if width == 16 else be.outb(port, value))
-        case In(port=int(port), width=width, expect=expect, mask=int(mask)):
-            value = await (be.inw(port) if width == 16 else be.inb(port))
-            if not isinstance(expect, int):
-                return InObs(*at, port=port, width=width, value=value)
-            return InObs(*at, port=port, width=width, value=value, expect=expect, mask=mask,
-                         ok=(value & mask) == (expect & mask))
         case Fill(addr=int(addr), length=length, pattern=pattern):
             await be.write_mem(addr, (pattern * (length // len(pattern) + 1))[:length])
         case Write(addr=int(addr), data=data):
             await be.write_mem(addr, data)
         case Read(addr=int(addr), length=length):
-            data = await be.read_mem(addr, length)
-            read = ReadObs(*at, addr=addr, length=length, digest=digest(data),
-                           data=data.hex() if a.record == "bytes" else None)
-            if a.expect_hex is not None:
-                read.expect, read.ok = a.expect_hex.hex(), data == a.expect_hex
-            if a.expect_digest is not None:
-                read.expect = a.expect_digest
-                read.ok = read.digest == a.expect_digest and read.ok is not False
-            return read
+            if later is not None:
+                await be.submit([MemRead(addr, length)], lambda r: later(step, _read_obs(step, a, r[0])))  # type: ignore[arg-type]  # a MemRead's result is bytes
+                return None
+            return _read_obs(step, a, await be.read_mem(addr, length))
         case Program(channel=ch, mode=mode, addr=int(addr), length=length, enable=enable, unchecked=unchecked):
             await _ensure_requested(st, ch, script)
             dma = st.unchecked if unchecked else st.dma
@@ -479,21 +566,17 @@ async def _run_step(step: Step, a: StepArgs, be: Backend, st: _State, script: Sc
             await be.delay(us)
         case Settle(timeout=timeout):
             await be.settle(timeout)
-        case WaitIrq(irq=line, level=level, timeout=timeout, expect=expect):
+        case WaitIrq(irq=line, level=level, timeout=timeout):
             op = WaitIrqOp(line, level, timeout * 1e6)
-            lines = await _irq_lines(be, op)
-            reached = op.reached(lines)
-            return WaitIrqObs(*at, irq=line, level=lines.level(line), count=st.edges(lines, line), reached=reached,
-                              expect=expect, ok=None if expect is None else reached == (expect == "reached"))
-        case Irq(irq=line, expect_level=expect_level, expect_count=expect_count):
-            lines = await _irq_lines(be, IrqState())
-            level, count = lines.level(line), st.edges(lines, line)
-            wanted = {k: v for k, v in (("level", expect_level), ("count", expect_count)) if v is not None}
-            if not wanted:
-                return IrqObs(*at, irq=line, level=level, count=count)
-            return IrqObs(*at, irq=line, level=level, count=count,
-                          expect=" ".join(f"{k}={str(v).lower()}" for k, v in wanted.items()),
-                          ok=wanted == {k: v for k, v in (("level", level), ("count", count)) if k in wanted})
+            if later is not None:
+                await be.submit([op], lambda r: later(step, _wait_irq_obs(step, a, op, st, r[0])))  # type: ignore[arg-type]  # a WaitIrq's result is IrqLines
+                return None
+            return _wait_irq_obs(step, a, op, st, await _irq_lines(be, op))
+        case Irq():
+            if later is not None:
+                await be.submit([IrqState()], lambda r: later(step, _irq_obs(step, a, st, r[0])))  # type: ignore[arg-type]  # an IrqState's result is IrqLines
+                return None
+            return _irq_obs(step, a, st, await _irq_lines(be, IrqState()))
         case Suspend():
             st.snapshot = await st.dma.suspend()
         case Resume(lose_state=lose_state):

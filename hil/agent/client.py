@@ -26,12 +26,14 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import ClassVar
 
-from hil.agent.links import Link, LinkError, open_link, parse_ftdi_url, split_query
+from hil.agent.limits import DEFAULT_MAX_PROGRAM_US
+from hil.agent.links import Link, LinkError, LinkKind, link_kind, open_link, parse_ftdi_url, split_query
 from hil.agent.protocol import (
     DEFAULT_MAX_PAYLOAD,
     OP_FEATURES,
     REPLY_HEADER,
     STATE_FIXED,
+    TCP_MAX_PAYLOAD,
     ErrorReply,
     ExecReply,
     Feature,
@@ -95,7 +97,7 @@ OPTIONS = {
     "timeout": "seconds to wait for a reply before retrying (default 1.0)",
     "retries": "retransmissions of one frame before giving up (default 5)",
     "window": "frames in flight (default: the agent's window)",
-    "max_payload": "largest frame payload to use (default 4096)",
+    "max_payload": "largest frame payload to offer at HELLO (default 4096; on TCP 61440)",
     "token": "token for an agent listening beyond loopback",
     "keep": "1: keep the I/O state earlier clients left on a simulated agent (default 0: start afresh)",
 }
@@ -364,7 +366,8 @@ def from_url(url: BackendURL) -> AgentBackend:
         timeout = float(opts.get("timeout", 1.0))
         retries = int(opts.get("retries", 5))
         window = int(opts["window"]) if "window" in opts else None
-        max_payload = int(opts.get("max_payload", DEFAULT_MAX_PAYLOAD))
+        tcp = link_kind(link_url) == LinkKind.TCP  # a larger offer at HELLO (TCP_MAX_PAYLOAD)
+        max_payload = int(opts.get("max_payload", TCP_MAX_PAYLOAD if tcp else DEFAULT_MAX_PAYLOAD))
     except ValueError as e:
         raise BackendOptionError(raw, f"bad option value: {e}") from None
     if baud <= 0 or timeout <= 0 or retries < 0 or (window is not None and window < 1) or not 64 <= max_payload <= 0xFFFF:
@@ -378,6 +381,7 @@ def from_url(url: BackendURL) -> AgentBackend:
 
 class AgentBackend(Backend):
     scheme = "agent"
+    ROUND_TRIPS = True
     OPS = ALL_OPS  #: everything travels; the agent refuses what its I/O cannot do
 
     def __init__(self, url: str, link_url: str, *, baud: int = 115200, timeout: float = 1.0, retries: int = 5,
@@ -659,12 +663,24 @@ class AgentBackend(Backend):
         caps.add(Capability.VIRTUAL_TIME if virtual else Capability.REAL_TIMING)
         return frozenset(caps)
 
-    async def execute(self, ops: Sequence[Op]) -> list[Result]:
+    async def _program(self, ops: Sequence[Op]) -> list[Result]:
         try:
-            return await super().execute(ops)
+            return await super()._program(ops)
         except AgentResetError:
             await self._notify_reset()  # outside the backend lock: the restore runs programs
             raise
+
+    def _check_queued(self, ops: Sequence[Op]) -> None:
+        """A queued program is refused when it is queued, for what the agent would refuse of it."""
+        super()._check_queued(ops)
+        if self.agent is not None:
+            self._check(ops, self.agent)
+
+    def _fits(self, wait_us: float) -> bool:
+        """Within the agent's time limit per program (its advertised one, else the default)."""
+        info = self.agent
+        limit = info.max_program_us if info is not None and info.features & Feature.LIMITS else DEFAULT_MAX_PROGRAM_US
+        return wait_us <= limit
 
     async def _execute(self, ops: Sequence[Op]) -> list[Result]:
         self._raise_crash()

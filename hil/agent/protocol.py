@@ -48,6 +48,11 @@ HEADER = struct.Struct("<BBHH")  #: version, type, seq, payload length
 CRC = struct.Struct("<I")
 OVERHEAD = HEADER.size + CRC.size
 DEFAULT_MAX_PAYLOAD = 4096
+#: the payload both ends offer on TCP, where a frame costs no line time and a lost byte is
+#: TCP's to resend: a 1 MiB read is 18 frames, not 256 (a UART keeps DEFAULT_MAX_PAYLOAD, where
+#: a frame must arrive whole between line errors). HELLO takes the smaller of the two offers,
+#: so a peer that offers 4 KiB gets 4 KiB frames.
+TCP_MAX_PAYLOAD = 0xF000
 MAX_PAYLOAD_LIMIT = 0xFFFF
 
 

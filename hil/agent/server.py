@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import ipaddress
 import os
 import secrets
@@ -23,10 +24,17 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
 from hil import __version__, oserrors
+from hil.agent.limits import (  # defined apart for the command line, kept importable here
+    DEFAULT_HELLO_TIMEOUT as DEFAULT_HELLO_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT as DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_OP_US as DEFAULT_MAX_OP_US,
+    DEFAULT_MAX_PROGRAM_US as DEFAULT_MAX_PROGRAM_US,
+)
 from hil.agent.links import FdLink, Link, LinkError, StreamLink
 from hil.agent.protocol import (
     DEFAULT_MAX_PAYLOAD,
     SECRET_SIZE,
+    TCP_MAX_PAYLOAD,
     ErrorReply,
     ExecReply,
     Feature,
@@ -48,7 +56,7 @@ from hil.allowlist import AllowList
 from hil.backends.base import DEVICE_CAPABILITIES, Backend, Capability
 from hil.errors import AccessDeniedError, HilError, MemoryRangeError, UndecodedPortError
 from hil.log import get_logger
-from hil.ops import Op, Poll, Result, is_device_op, is_irq_op, is_reading, memory_access
+from hil.ops import Op, Poll, Result, is_device_op, is_irq_op, is_reading, memory_access, row_of, wait_us
 
 if TYPE_CHECKING:
     import serial  # pyserial, imported where a serial line is opened
@@ -75,6 +83,8 @@ class Connection:
     #: drops the connection (its session was resumed on another one); None: it cannot be dropped (serial)
     kick: Callable[[], None] | None = None
     authenticated: bool = False
+    #: the largest payload this link offers at HELLO (TCP: TCP_MAX_PAYLOAD); None: the core's max_payload
+    max_payload: int | None = None
 
 
 @dataclass(eq=False)
@@ -87,6 +97,9 @@ class Session:
     next: int  #: the sequence number to execute next (programs run in order, once)
     cache: OrderedDict[int, bytes] = field(default_factory=OrderedDict)  #: seq -> encoded reply frame
     held: dict[int, Frame] = field(default_factory=dict)  #: frames that arrived ahead of a lost one
+
+
+QUICK_OPS = 64  #: the most ops of a program that may run on the agent's own loop (see AgentCore._quick)
 
 
 class _IoThread:
@@ -108,10 +121,6 @@ class _IoThread:
             self.loop.close()
 
 
-DEFAULT_MAX_OP_US = 10_000_000  #: the longest DELAY, POLL or SETTLE of one op (10 s)
-DEFAULT_MAX_PROGRAM_US = 30_000_000  #: the most DELAY/POLL/SETTLE time in one program (30 s)
-DEFAULT_HELLO_TIMEOUT = 5.0  #: seconds a new connection has to complete HELLO
-DEFAULT_IDLE_TIMEOUT = 60.0  #: seconds an authenticated connection may stay silent
 
 
 @dataclass
@@ -143,6 +152,7 @@ class AgentCore:
         self._session: Session | None = None
         self._cache_size = max(16, 2 * self.window)
         self._reply_payload = self.max_payload
+        self._request_payload = self.max_payload  #: what the current session's HELLO offered
         self._devices = Capability.DEVICES in self.io.capabilities  #: offer the DEV_* ops
         self._irq = Capability.IRQ in self.io.capabilities  #: offer IRQ_STATE and WAIT_IRQ
         self._used = False  #: a program ran on the current I/O since it was opened
@@ -151,6 +161,20 @@ class AgentCore:
         if self.io_thread is None:
             self.io_thread = self.io.capabilities.backend != "qemu"  # qemu: its streams live on this loop
         self._io_runner: _IoThread | None = None
+        self._sim_io = self.io.capabilities.backend == "sim"  #: see _quick
+
+    def _quick(self, ops: list[Op]) -> bool:
+        """A program the I/O thread would finish in microseconds runs on this loop instead: the
+        hand-off to the thread and back (two wake-ups) was most of a one-op program's time. Only
+        on the in-process simulator, whose programs do no I/O, and only a short one that waits
+        for nothing (no delay, poll, settle or IRQ wait: those may take long). Programs still
+        run one at a time (the core's lock), so the machine is never used from both threads."""
+        return (self._sim_io and len(ops) <= QUICK_OPS
+                and not any(row_of(op).times and wait_us(op) for op in ops))
+
+    def offer(self, conn: Connection | None) -> int:
+        """The payload offered at HELLO on ``conn``: its link's, if larger than the core's."""
+        return max(self.max_payload, conn.max_payload or 0) if conn is not None else self.max_payload
 
     def hello_reply(self, secret: bytes = bytes(SECRET_SIZE)) -> HelloReply:
         features = Feature.POLL | Feature.MEM_FILL | Feature.SETTLE | Feature.LIMITS | Feature.SESSION_SECRET
@@ -273,9 +297,13 @@ class AgentCore:
                 # HELLO carries the sequence number of the host's next EXEC
                 session = self._session = Session(hello.host_nonce, secrets.token_bytes(SECRET_SIZE), conn, frame.seq)
             conn.authenticated = True
-            self._reply_payload = max(64, min(self.max_payload, hello.max_payload))
+            self._request_payload = self.offer(conn)
+            self._reply_payload = max(64, min(self._request_payload, hello.max_payload))
         log.info("session", host=hello.name, host_nonce=hello.host_nonce, conn=conn.name, resumed=resume)
-        return Frame(MsgType.HELLO_REPLY, frame.seq, self.hello_reply(session.secret).encode()).encode()
+        reply = self.hello_reply(session.secret)
+        if reply.max_payload == self.max_payload != self._request_payload:  # this link's larger offer
+            reply = dataclasses.replace(reply, max_payload=self._request_payload)
+        return Frame(MsgType.HELLO_REPLY, frame.seq, reply.encode()).encode()
 
     def _drop_session(self, why: str) -> None:
         log.info("session_dropped", reason=why)
@@ -316,13 +344,13 @@ class AgentCore:
 
     def limits(self) -> Limits:
         """What this agent advertises and refuses beyond (replies: the size agreed at HELLO)."""
-        return Limits(self.max_payload, self._reply_payload, self.max_ops, self.max_op_us, self.max_program_us)
+        return Limits(self._request_payload, self._reply_payload, self.max_ops, self.max_op_us, self.max_program_us)
 
     async def _execute(self, payload: bytes) -> bytes:
         limits = self.limits()
         if not limits.request_fits(len(payload)):
             return self._refuse(Status.TOO_LARGE, 0xFFFF, f"a {len(payload)}-byte program exceeds the "
-                                                          f"advertised max_payload {self.max_payload}")
+                                                          f"advertised max_payload {self._request_payload}")
         try:
             ops = decode_program(payload, limits.max_ops)
         except ProtocolError as e:
@@ -370,7 +398,7 @@ class AgentCore:
         return ExecReply(Status.OK, 0xFFFF, "", list(results), met).encode(ops)
 
     async def _run_io(self, ops: list[Op]) -> list[Result]:
-        if not self.io_thread:
+        if not self.io_thread or self._quick(ops):
             return await self.io.execute(ops)
         if self._io_runner is None:
             self._io_runner = _IoThread()
@@ -386,7 +414,7 @@ async def serve_link(core: AgentCore, link: Link, *, stop: asyncio.Event | None 
     after it opened; ``idle_timeout``: an authenticated connection silent that long is dropped
     (its session stays, for the host to resume)."""
     conn = conn or Connection(link.name)
-    reader = FrameReader(core.max_payload)
+    reader = FrameReader(core.offer(conn))
     loop = asyncio.get_running_loop()
     deadline = loop.time() + hello_timeout if hello_timeout is not None else None
     try:
@@ -470,7 +498,7 @@ async def start(core: AgentCore, listen: str, *, token_required_beyond_loopback:
             peer = writer.get_extra_info("peername")
             log.info("client_connected", peer=str(peer))
             link = StreamLink(f"tcp {peer}", reader, writer)
-            conn = Connection(f"tcp {peer}", kick=writer.close)
+            conn = Connection(f"tcp {peer}", kick=writer.close, max_payload=TCP_MAX_PAYLOAD)
             try:
                 await serve_link(core, link, conn=conn, hello_timeout=core.hello_timeout,
                                  idle_timeout=core.idle_timeout)

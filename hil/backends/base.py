@@ -20,15 +20,23 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import enum
 import math
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, ClassVar, Protocol
 
-from hil.errors import BackendClosedError, BackendNotOpenError, InvalidAccessError, UnsupportedOperationError
+from hil.errors import (
+    BackendClosedError,
+    BackendNotOpenError,
+    BatchError,
+    HilError,
+    InvalidAccessError,
+    UnsupportedOperationError,
+)
 from hil.log import get_logger
 from hil.ops import (
     Delay,
@@ -46,6 +54,7 @@ from hil.ops import (
     WaitIrq,
     check_program,
     row_of,
+    wait_us,
 )
 
 log = get_logger("hil.backend")
@@ -73,6 +82,16 @@ def current_step() -> str | None:
         return None
     script = CURRENT_SCRIPT.get()
     return f"{script} {step.describe()}" if script else step.describe()
+
+
+@dataclass(frozen=True, slots=True)
+class _Queued:
+    """A program :meth:`Backend.batched` holds back: its ops, who gets its results, and the
+    step (or whatever the user set as :attr:`Backend.batch_tag`) it came from."""
+
+    ops: tuple[Op, ...]
+    sink: Callable[[list[Result]], None] | None
+    tag: object
 
 
 class Capability(enum.Enum):
@@ -135,6 +154,11 @@ class Backend(abc.ABC):
     """
 
     scheme: ClassVar[str] = ""
+    #: each program costs a round trip (a link to an agent): inside :meth:`batched`, programs
+    #: that read nothing wait for the next one that does, and a runner may queue its reads too
+    #: (:meth:`submit`), so a script's steps travel as a few programs. Elsewhere (the simulator,
+    #: QEMU's qtest socket) a program is as cheap as its ops and batching changes nothing.
+    ROUND_TRIPS: ClassVar[bool] = False
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -142,6 +166,8 @@ class Backend(abc.ABC):
         self._closed = False
         self._opened = False
         self._reset_listeners: list[ResetListener] = []
+        self._batch: list[_Queued] | None = None  #: inside batched(): programs not sent yet
+        self.batch_tag: object = None  #: what queued programs are recorded as coming from (a step)
 
     # --- life cycle ---------------------------------------------------------------------
 
@@ -198,7 +224,102 @@ class Backend(abc.ABC):
 
         :meth:`check` sees the whole program before its first op runs: one refused op runs none
         of them, wherever it is, even after a ``Settle`` at which the program is split below.
+        Inside :meth:`batched`, a program that reads nothing is checked and queued, and returns
+        at once; one that reads is sent with everything queued before it.
         """
+        if self._batch is not None:
+            if not any(row_of(op).result is not None for op in ops):
+                await self._enqueue(ops, None)
+                return []
+            box: list[list[Result]] = []
+            await self._enqueue(ops, box.append)
+            await self.flush()
+            return box[0]
+        return await self._program(ops)
+
+    # --- batching (round-trip backends) ----------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def batched(self) -> AsyncIterator[None]:
+        """Let consecutive programs travel as one (see :data:`ROUND_TRIPS`); what is queued is
+        sent when a program reads, on :meth:`flush`, and at the end, also when the block ends
+        with an error (what was queued before it had run, without batching, by then). Cancelled,
+        the queue is dropped: nothing more reaches the machine. No-op where programs are cheap."""
+        if not self.ROUND_TRIPS or self._batch is not None:
+            yield
+            return
+        self._batch = []
+        try:
+            yield
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            self._batch = None
+            raise
+        except BaseException:
+            await self.flush()
+            raise
+        else:
+            await self.flush()
+        finally:
+            self._batch = None
+
+    async def submit(self, ops: Sequence[Op], sink: Callable[[list[Result]], None]) -> None:
+        """Run ``ops`` now or, inside :meth:`batched`, with the next program sent; ``sink`` gets
+        their results either way. For reads no later op depends on (a script's observations)."""
+        if self._batch is None:
+            sink(await self.execute(ops))
+        else:
+            await self._enqueue(ops, sink)
+
+    async def _enqueue(self, ops: Sequence[Op], sink: Callable[[list[Result]], None] | None) -> None:
+        """Refuse now what would be refused when sent (the step that queued it is the one in
+        error); send the queue first where adding ``ops`` would make it too long to go as one."""
+        self._check_open()
+        self._check_queued(ops)
+        batch = self._batch
+        assert batch is not None  # inside batched()
+        if batch and not self._fits(sum(wait_us(op) for q in batch for op in q.ops) + sum(wait_us(op) for op in ops)):
+            await self.flush()
+        batch.append(_Queued(tuple(ops), sink, self.batch_tag))
+
+    def _check_queued(self, ops: Sequence[Op]) -> None:
+        """The refusals :meth:`execute` would make of ``ops`` alone (a backend adds its own)."""
+        self.check(ops)
+
+    def _fits(self, wait_us: float) -> bool:
+        """Whether a program whose delays and timeouts add up to ``wait_us`` may go as one."""
+        return True
+
+    async def flush(self) -> None:
+        """Send what :meth:`batched` has queued, as one program, and hand each queued part its
+        results. A failure is raised as :class:`~hil.errors.BatchError` naming the queued part
+        it belongs to (by the op index the error carries, else the last part)."""
+        batch = self._batch
+        if not batch:
+            return
+        batch_ops = [op for q in batch for op in q.ops]
+        self._batch = []
+        try:
+            results = await self._program(batch_ops)
+        except HilError as e:
+            index = getattr(e, "index", None)
+            culprit = batch[-1]
+            if isinstance(index, int) and 0 <= index < len(batch_ops):
+                start = 0
+                for q in batch:
+                    if index < start + len(q.ops):
+                        culprit = q
+                        break
+                    start += len(q.ops)
+            raise BatchError(culprit.tag, e) from e
+        at = 0
+        for q in batch:
+            n = sum(1 for op in q.ops if row_of(op).result is not None)
+            if q.sink is not None:
+                q.sink(results[at:at + n])
+            at += n
+
+    async def _program(self, ops: Sequence[Op]) -> list[Result]:
+        """One program, sent now: what :meth:`execute` does outside :meth:`batched`."""
         self._check_open()
         self.check(ops)
         async with self._lock:
@@ -258,6 +379,7 @@ class Backend(abc.ABC):
     async def settle(self, timeout_s: float | None = None) -> None:
         """Return once no DMA activity can progress any more."""
         self._check_open()
+        await self.flush()  # inside batched(): what was queued first
         async with self._lock:
             await self._settle(timeout_s)
 

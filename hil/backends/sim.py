@@ -35,7 +35,6 @@ from hil.errors import (
 )
 from hil.ops import (
     ALL_OPS,
-    IRQ_LINES,
     Delay,
     DevAppend,
     DevAttach,
@@ -55,6 +54,8 @@ from hil.ops import (
     Result,
     Settle,
     WaitIrq,
+    check_port,
+    check_value,
     port_access,
     row_of,
 )
@@ -62,7 +63,7 @@ from hil.ports import CASCADE_CHANNEL
 from hil.sim.devices import Device, Sink, Source
 from hil.sim.ecp import OPTIONS as ECP_OPTIONS, EcpConfig, EcpPort, config_from_options
 from hil.sim.fdc import SECTOR, Disk, FloppyController, fdc_for, generated_image
-from hil.sim.machine import PROFILES, Timing, machine_for
+from hil.sim.machine import PROFILES, Machine, Timing, machine_for
 from hil.sim.sb16 import card_for
 from hil.sim.trace import Emit, SignalTrace
 
@@ -232,6 +233,57 @@ class SimBackend(Backend):
             await self._write_back()
         return results
 
+    # --- one-op conveniences: the general path (an op object, the program checks, the op
+    # switch) costs ten times the model's own port access. Each refuses exactly what that path
+    # refuses, in the same order (the op's own validation, then use before open or after close,
+    # then an undecoded port under strict=1); tests/test_sim_fast_paths.py compares them.
+
+    def _port_ready(self, port: int, last: int, write: bool) -> Machine:
+        if self._closed or not self._opened:
+            self._check_open()
+        m = self.machine
+        if m.strict:
+            for p in range(port, last + 1):
+                if not m.decodes(p):
+                    raise UndecodedPortError(p, write)
+        return m
+
+    async def inb(self, port: int) -> int:  # the hottest: _port_ready inlined
+        if type(port) is not int or not 0 <= port <= 0xFFFF:
+            check_port(port)
+        if self._closed or not self._opened:
+            self._check_open()
+        m = self.machine
+        if m.strict and not m.decodes(port):
+            raise UndecodedPortError(port, False)
+        value = m.io_read(port)
+        if self.fdc is not None:
+            await self._write_back()
+        return value
+
+    async def inw(self, port: int) -> int:
+        check_port(port, 16)
+        value = self._port_ready(port, port + 1, False).io_read(port, 16)
+        if self.fdc is not None:
+            await self._write_back()
+        return value
+
+    async def outb(self, port: int, value: int) -> None:
+        if type(port) is not int or not 0 <= port <= 0xFFFF:
+            check_port(port)
+        if type(value) is not int or not 0 <= value <= 0xFF:
+            check_value(value, 8, port)
+        self._port_ready(port, port, True).io_write(port, value)
+        if self.fdc is not None:
+            await self._write_back()
+
+    async def outw(self, port: int, value: int) -> None:
+        check_port(port, 16)
+        check_value(value, 16, port)
+        self._port_ready(port, port + 1, True).io_write(port, value, 16)
+        if self.fdc is not None:
+            await self._write_back()
+
     def check(self, ops: Sequence[Op]) -> None:
         """Refuse what the model would raise part-way through the program, before any op runs:
         memory past its end, a port nothing decodes under ``strict=1`` (both bytes of a 16-bit
@@ -339,9 +391,8 @@ class SimBackend(Backend):
     def _irq_lines(self) -> IrqLines:
         """The machine's lines now: virtual time moves only inside programs, so between them
         this is the state at the end of the last one. Line 2 reads IRQ 9 (docs/reference/8259.md §1)."""
-        m = self.machine
-        levels = sum(1 << n for n in range(IRQ_LINES) if m.irq_level(n))
-        return IrqLines(levels, tuple(m.irq_count(n) for n in range(IRQ_LINES)))
+        levels, counts = self.machine.irq_bus.lines()  # irq_level / irq_count of every line, at once
+        return IrqLines(levels, counts)
 
     def _device(self, channel: int) -> Device:
         device = self.machine.devices.get(channel)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from hil.agent.server import (
+from hil.agent.limits import (
     DEFAULT_HELLO_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_OP_US,

@@ -269,10 +269,11 @@ async def _run_all(args: argparse.Namespace, be: Backend, scripts: list[Script],
                 progress.clear()
             results.append(result)
             worst = max(worst, {"passed": 0, "skipped": 0, "failed": 1}.get(result.status, 2))
-            summaries.append({"script": script.name, "file": script.file, "backend": result.backend,
-                              "status": result.status, "error": result.error, "failures": len(result.failures),
-                              "observations": [o.to_json() for o in result.observations], "journal": journal})
-            if not args.json:
+            if args.json:  # built only when printed: a 100k-step run has 100k observations
+                summaries.append({"script": script.name, "file": script.file, "backend": result.backend,
+                                  "status": result.status, "error": result.error, "failures": len(result.failures),
+                                  "observations": [o.to_json() for o in result.observations], "journal": journal})
+            else:
                 print(_summary_line(result, len(script.steps)))
                 if result.status == "error" and result.error:
                     print(f"  ERROR {result.error}")

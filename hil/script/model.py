@@ -157,6 +157,26 @@ class StepList(Sequence[Step]):
                 nodes = node.body
                 break
 
+    def first_passes(self) -> Iterator[Step]:
+        """Each step as it runs in the first pass of its repeats, with that pass's index and
+        label (a repeat of count 0 has none): for checks whose answer is the same in every
+        pass, at the cost of one pass, not of the whole run."""
+
+        def walk(nodes: tuple[Node, ...], prefix: str, index: int) -> Iterator[Step]:
+            for node in nodes:
+                if type(node) is Step:
+                    yield node.placed(index, prefix + node.path)
+                    index += 1
+                    continue
+                assert isinstance(node, StepGroup)
+                if node.count is None:
+                    yield from walk(node.body, prefix + node.label, index)
+                elif node.count:
+                    yield from walk(node.body, f"{prefix}{node.label}[1].", index)
+                index += node.size
+
+        return walk(self.nodes, "", 0)
+
     def templates(self) -> Iterator[Step]:
         """Each written step once (a repeated body's steps are not repeated), for checks whose
         answer cannot differ between iterations."""

@@ -32,6 +32,15 @@ from hil.ports import (
     TransferType,
 )
 
+#: the command bits as plain ints: ``int & IntFlag`` goes through the enum's ``__rand__``,
+#: a microsecond per test in the arbitration that runs at every port access
+_DISABLE = Command.DISABLE.value
+_DREQ_ACTIVE_LOW = Command.DREQ_ACTIVE_LOW.value
+_MEM_TO_MEM = Command.MEM_TO_MEM.value
+_ROTATING = Command.ROTATING.value
+_BLOCK = ModeSelect.BLOCK.value
+_SINGLE = ModeSelect.SINGLE.value
+
 FLOAT = 0xFF  #: what an undriven ISA data bus reads
 
 
@@ -69,6 +78,10 @@ class Controller(ABC):
     The profile's behaviour is entirely in the two subclasses; the machine talks to either
     through this interface and never asks which one it has.
     """
+
+    #: whether an address or count write can change :meth:`wants_service` (QEMU's model asks
+    #: whether the channel is exhausted; the 8237's service condition has no count in it)
+    COUNT_IN_SERVICE: ClassVar[bool] = True
 
     profile: ClassVar[str]
     channels: Sequence[Registers]
@@ -136,6 +149,11 @@ class Controller(ABC):
     @abstractmethod
     def wants_service(self, local: int, dreq: int) -> bool:
         """Channel ``local`` asks for the bus now (request, mask and mode as this model decides)."""
+
+    def service_mask(self, dreq: int) -> int:
+        """The local channels that :meth:`wants_service` now, as bits 0-3: the arbitration's
+        one question per controller (a model answers it faster where it can, identically)."""
+        return sum(1 << local for local in range(4) if self.wants_service(local, dreq))
 
     @abstractmethod
     def mem_to_mem(self) -> bool:
@@ -215,6 +233,8 @@ class Controller(ABC):
 class I8237(Controller):
     """Datasheet 8237A (Intel chipset flavour: the mask reads back at 0x0F / 0xDE)."""
 
+    COUNT_IN_SERVICE = False  #: §6: request, mask, mode and command decide service
+
     profile = "intel"
     channels: list[Channel]
 
@@ -279,11 +299,11 @@ class I8237(Controller):
     # --- machine side ---------------------------------------------------------------------
     @property
     def enabled(self) -> bool:
-        return not self.command & Command.DISABLE
+        return not self.command & _DISABLE
 
     def request_lines(self, dreq: int) -> int:
         """Request bits as status shows them: DREQ (after sense polarity) or software request."""
-        if self.command & Command.DREQ_ACTIVE_LOW:
+        if self.command & _DREQ_ACTIVE_LOW:
             dreq = ~dreq & 0x0F
         return (dreq | self.sw_request) & 0x0F
 
@@ -298,20 +318,36 @@ class I8237(Controller):
             # memory-to-memory mode channel 0's request starts the copy (MAME: also single).
             if select == ModeSelect.BLOCK:
                 return True
-            if local == 0 and self.command & Command.MEM_TO_MEM and select == ModeSelect.SINGLE:
+            if local == 0 and self.command & _MEM_TO_MEM and select == ModeSelect.SINGLE:
                 return True
         if self.mask & bit:
             return False
         # a cascade channel asks for the bus too: it relays its DREQ to HRQ for the bus master
         # behind it (§3.5 'Cascade'); the machine grants it without moving data itself
-        active_low = bool(self.command & Command.DREQ_ACTIVE_LOW)
+        active_low = bool(self.command & _DREQ_ACTIVE_LOW)
         return bool(dreq & bit) != active_low
 
+    def service_mask(self, dreq: int) -> int:
+        """:meth:`wants_service` of the four channels in plain int arithmetic: unmasked lines
+        active after the sense polarity, plus the software requests it honours
+        (tests/test_sim_fast_paths.py compares the two)."""
+        command = self.command
+        lines = (~dreq if command & _DREQ_ACTIVE_LOW else dreq) & ~self.mask & 0x0F
+        sw = self.sw_request & 0x0F
+        if sw:
+            channels = self.channels
+            for local in range(4):
+                if sw >> local & 1:
+                    select = channels[local].mode >> 6
+                    if select == _BLOCK or (local == 0 and command & _MEM_TO_MEM and select == _SINGLE):
+                        lines |= 1 << local
+        return lines
+
     def mem_to_mem(self) -> bool:
-        return bool(self.command & Command.MEM_TO_MEM) and self.ctrl == Ctrl.DMA1
+        return bool(self.command & _MEM_TO_MEM) and self.ctrl == Ctrl.DMA1
 
     def priority_order(self) -> tuple[int, ...]:
-        if self.command & Command.ROTATING:
+        if self.command & _ROTATING:
             last = self.last_served
             return tuple((last + i) & 3 for i in range(1, 5))
         return (0, 1, 2, 3)

@@ -56,6 +56,10 @@ IRQ_LINES = 16
 IRQ_ALIAS = {2: 9}
 
 
+#: the wire each of IRQ 0-15 names
+_WIRES = tuple(IRQ_ALIAS.get(n, n) for n in range(IRQ_LINES))
+
+
 def isa_line(n: int) -> int:
     """The wire ISA IRQ ``n`` names (IRQ 2 is IRQ 9). Refuses numbers outside 0-15."""
     if type(n) is not int or n not in range(IRQ_LINES):
@@ -77,6 +81,13 @@ class IrqBus:
 
     def count(self, n: int) -> int:
         return self.counts[isa_line(n)]
+
+    def lines(self) -> tuple[int, tuple[int, ...]]:
+        """:meth:`level` of IRQ 0-15 as bits and :meth:`count` of each, in one pass: what a
+        backend reports after every program (IRQ 2 reads IRQ 9, as in :meth:`level`)."""
+        high, counts = self._high, self.counts
+        return (sum(1 << n for n, wire in enumerate(_WIRES) if high[wire] > 0),
+                tuple(counts[wire] for wire in _WIRES))
 
     def _drive(self, wire: int, up: bool) -> None:
         before = self._high[wire] > 0

@@ -66,6 +66,14 @@ from hil.sim.i8259 import PORTS as PIC_PORTS, PicPair, QemuPicPair
 from hil.sim.isa import DmaPort, IrqBus, IrqLine, IsaDevice, IsolatedDmaPort, isa_line
 from hil.sim.timers import Scheduler
 
+#: the command bits as plain ints: ``int & IntFlag`` goes through the enum's ``__rand__``,
+#: a microsecond per test in the arbitration that runs at every port access
+_CH0_HOLD = Command.CH0_HOLD.value
+_COMPRESSED = Command.COMPRESSED.value
+_DACK_ACTIVE_HIGH = Command.DACK_ACTIVE_HIGH.value
+_DREQ_ACTIVE_LOW = Command.DREQ_ACTIVE_LOW.value
+_CASCADE = ModeSelect.CASCADE.value
+
 log = get_logger("hil.sim")
 
 
@@ -207,7 +215,10 @@ class Machine:
                 ctl.write_channel(index, value)
                 self._idle = False
 
-            self._writers[port] = write_channel
+            # Where an address or count cannot change who requests (the 8237: §6's service
+            # condition has neither), such a write keeps "nothing can be serviced" as it was:
+            # half of a channel programming's writes, each an arbitration less.
+            self._writers[port] = partial(ctl.write_channel, index) if not ctl.COUNT_IN_SERVICE else write_channel
         else:
             self._readers[port] = lambda: ctl.read_control(index, self._request_lines(ctl))
 
@@ -215,7 +226,8 @@ class Machine:
                 ctl.write_control(index, value)
                 self._idle = False
 
-            self._writers[port] = write_control
+            # clearing the flip-flop changes nothing the arbiters look at, in either model
+            self._writers[port] = partial(ctl.write_control, index) if index == Reg.CLEAR_FF else write_control
 
     def decodes(self, port: int) -> bool:
         return port in self._readers
@@ -230,7 +242,10 @@ class Machine:
             if not self._splits_word(port, self._readers):
                 return self.io_read(port) | (FLOAT << 8)
             return self.io_read(port) | (self.io_read(port + 1) << 8)
-        self.advance(self.timing.port_ns)
+        if self._idle and not self._timer_heap:  # advance()'s common case, inlined
+            self.now_ns += self.timing.port_ns
+        else:
+            self.advance(self.timing.port_ns)
         reader = self._readers.get(port)
         if reader is None:
             self._undecoded(port, write=False)
@@ -247,7 +262,10 @@ class Machine:
             if self._splits_word(port, self._writers):  # see io_read: else the high byte is lost
                 self.io_write(port + 1, value >> 8)
             return
-        self.advance(self.timing.port_ns)
+        if self._idle and not self._timer_heap:  # advance()'s common case, inlined
+            self.now_ns += self.timing.port_ns
+        else:
+            self.advance(self.timing.port_ns)
         writer = self._writers.get(port)
         if writer is None:
             self._undecoded(port, write=True)
@@ -424,10 +442,9 @@ class Machine:
 
     def _dreq_bits(self, first: int) -> int:
         bits = 0
-        for local in range(4):
-            device = self.devices.get(first + local)
-            if device is not None and device.dreq:
-                bits |= 1 << local
+        for channel, device in self.devices.items():  # the few attached, not four look-ups
+            if first <= channel < first + 4 and device.dreq:
+                bits |= 1 << (channel - first)
         return bits
 
     def _dma1_winner(self) -> int | None:
@@ -443,7 +460,7 @@ class Machine:
     def _cascade_open(self) -> bool:
         """§3.6: masking channel 4, or disabling DMA2, stops DMA1 (ch4 must be in cascade)."""
         d2 = self.dma2
-        return d2.enabled and not d2.mask & 1 and d2.select(0) == ModeSelect.CASCADE
+        return d2.enabled and not d2.mask & 1 and d2.channels[0].mode >> 6 == _CASCADE  # select(0), no enum
 
     def _request_lines(self, ctl: Controller) -> int:
         if ctl is self.dma1:
@@ -452,20 +469,27 @@ class Machine:
         return ctl.request_lines(self._dreq_bits(4) | hrq1)
 
     def requesters(self) -> list[int]:
-        """Channels that would be serviced, in the order the arbiters would grant them."""
+        """Channels that would be serviced, in the order the arbiters would grant them: DMA2
+        in its priority order, with DMA1's requesters in its own order in DMA2 channel 0's
+        place while the cascade is open (§3.6). It runs after every controller write, so each
+        controller answers once for its four channels (:meth:`Controller.service_mask`) and
+        nobody requesting, the common case, costs no ordering at all."""
         d2 = self.dma2
         if not d2.enabled:
             return []
-        dreq2 = self._dreq_bits(4)
-        out = []
+        want2 = d2.service_mask(self._dreq_bits(4)) & 0x0E  # channel 4's place is DMA1's
+        first: list[int] = []
+        if self._cascade_open():
+            d1 = self.dma1
+            if d1.enabled and (want1 := d1.service_mask(self._dreq_bits(0))):
+                first = [c for c in d1.priority_order() if want1 >> c & 1]
+        if not want2:
+            return first
+        out: list[int] = []
         for local in d2.priority_order():
             if local == 0:
-                if self._cascade_open():
-                    d1 = self.dma1
-                    if d1.enabled:
-                        dreq1 = self._dreq_bits(0)
-                        out += [c for c in d1.priority_order() if d1.wants_service(c, dreq1)]
-            elif d2.wants_service(local, dreq2):
+                out += first
+            elif want2 >> local & 1:
                 out.append(4 + local)
         return out
 
@@ -584,7 +608,7 @@ class Machine:
     # --- transfers ----------------------------------------------------------------------
     def _unit_ns(self, ctl: Controller) -> int:
         t = self.timing
-        clocks = t.compressed_clocks if ctl.command & Command.COMPRESSED else t.cycle_clocks
+        clocks = t.compressed_clocks if ctl.command & _COMPRESSED else t.cycle_clocks
         return clocks * t.clock_ns
 
     def _service(self, channel: int, budget_ns: int, *, alone: bool) -> int:
@@ -666,7 +690,7 @@ class Machine:
     def _line_active(self, ctl: Controller, channel: int) -> bool:
         """Is ``channel``'s DREQ active now, after the sense polarity (command bit 6)?"""
         device = self.devices.get(channel)
-        return bool(device is not None and device.dreq) != bool(ctl.command & Command.DREQ_ACTIVE_LOW)
+        return bool(device is not None and device.dreq) != bool(ctl.command & _DREQ_ACTIVE_LOW)
 
     def _cascade(self, ctl: Controller, channel: int, device: Device | None, budget_ns: int) -> int:
         """The bus master behind a cascade channel holds the bus while its DREQ stays active.
@@ -687,7 +711,7 @@ class Machine:
 
     def _burst(self, ctl: Controller, channel: int, device: Device | None, width: int, limit: int) -> int:
         """Units the request stays active for, given the DREQ sense polarity."""
-        active_low = bool(ctl.command & Command.DREQ_ACTIVE_LOW)
+        active_low = bool(ctl.command & _DREQ_ACTIVE_LOW)
         if device is None:
             return limit if active_low else 0
         if active_low:
@@ -696,7 +720,7 @@ class Machine:
 
     def _dack_seen(self, ctl: Controller) -> bool:
         """AT cards expect DACK active low; with the sense inverted they never see their DACK."""
-        return not ctl.command & Command.DACK_ACTIVE_HIGH
+        return not ctl.command & _DACK_ACTIVE_HIGH
 
     def _direction(self, ctl: Controller, local: int, device: Device | None) -> Direction | None:
         """The memory cycle the transfer type selects (§2.5); verify and type 11 move nothing."""
@@ -769,7 +793,7 @@ class Machine:
         ends at channel 1's TC, which sets TC for both. Each channel uses its own page register
         (chip-level semantics; MAME's AT glue has no page selected without DACK)."""
         d1 = self.dma1
-        hold = bool(d1.command & Command.CH0_HOLD)
+        hold = bool(d1.command & _CH0_HOLD)
         left = d1.units_to_tc(1)
         p0, p1 = self.page_of(0), self.page_of(1)
         mem = self.memory
