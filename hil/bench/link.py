@@ -269,7 +269,7 @@ async def bench_shaped(baud: int = 3_000_000, latency: float = 0.001) -> tuple[F
 
 
 async def bench_backend(be: AgentBackend, floor: Floor | None = None) -> list[Figure]:
-    """The three figures on an opened agent backend (simulated or real link), against ``floor``
+    """The four figures on an opened agent backend (simulated or real link), against ``floor``
     (default: :func:`floor_for` the backend's link)."""
     floor = floor or floor_for(be)
     dma = IsaDma(be)
@@ -280,7 +280,8 @@ async def bench_backend(be: AgentBackend, floor: Floor | None = None) -> list[Fi
             await dma.program(2, DMA_MODE_READ, 0x123400, 0x2400)
 
     try:
-        figures = [await _measure(be, floor, "channel programming (9 writes)", program)]
+        figures = [await _measure(be, floor, "one op (in 0x81)", lambda: be.inb(PAGE)),
+                   await _measure(be, floor, "channel programming (9 writes)", program)]
         ops = dump_program()
         figures.append(await _measure(be, floor, f"read all registers ({len(ops)} ops)", lambda: read_registers(be)))
         lo, hi = be.capabilities.memory_window
