@@ -388,6 +388,9 @@ class ScriptItem(pytest.Item):
         super().__init__(**kwargs)
         self.url = url
         self.user_properties.append(("hil_backend", url))
+        #: it requests no fixtures; other plugins' hooks read this of every item (labgrid's
+        #: runtest_setup looks for its "strategy" fixture), as they do of a test function
+        self.fixturenames: list[str] = []
 
     def runtest(self) -> None:
         from hil.script import load_script

@@ -518,7 +518,7 @@ class DevPortBackend(Backend):
 
     def _run(self, ops: Sequence[Op]) -> list[Result]:
         """Runs on the worker thread: the program's ops in order, nothing else in between."""
-        port, mem = self._port, self._mem
+        port, mem, pic = self._port, self._mem, self._pic
         assert port is not None
         results: list[Result] = []
         for op in ops:
@@ -526,8 +526,12 @@ class DevPortBackend(Backend):
                 case Out():
                     port.write(op.port, op.value)
                     self.tracker.observe(op.port, op.value)
+                    if pic is not None:  # a device's line moves with its port accesses: see each move
+                        pic.sample()
                 case In():
                     results.append(port.read(op.port))
+                    if pic is not None:
+                        pic.sample()
                 case Delay():
                     _sleep_us(op.us)
                 case Poll():

@@ -11,7 +11,8 @@ Costs and limits, which ``irq=pic`` documents to the user: the backend itself wr
 ELCR and reads the IRR (ports 0x20, 0xA0, 0x4D0, 0x4D1, outside the script's allow-list); an OS
 that runs these lines through the 8259 (no I/O APIC) would see them as level interrupts; edges
 are counted when a read finds a line high that the previous read found low, so a pulse that
-rises and falls between two reads is not seen (an ISA device holds its line until serviced).
+rises and falls between two reads is not seen (an ISA device holds its line until serviced; the
+backend reads after every port access, the moments a line is raised or serviced by software).
 """
 
 from __future__ import annotations

@@ -249,6 +249,8 @@ class SimBackend(Backend):
         return m
 
     async def inb(self, port: int) -> int:  # the hottest: _port_ready inlined
+        if self.machine.tracer is not None:  # a waveform is recorded: the traced one-op program
+            return await super().inb(port)
         if type(port) is not int or not 0 <= port <= 0xFFFF:
             check_port(port)
         if self._closed or not self._opened:
@@ -262,6 +264,8 @@ class SimBackend(Backend):
         return value
 
     async def inw(self, port: int) -> int:
+        if self.machine.tracer is not None:
+            return await super().inw(port)
         check_port(port, 16)
         value = self._port_ready(port, port + 1, False).io_read(port, 16)
         if self.fdc is not None:
@@ -269,6 +273,8 @@ class SimBackend(Backend):
         return value
 
     async def outb(self, port: int, value: int) -> None:
+        if self.machine.tracer is not None:
+            return await super().outb(port, value)
         if type(port) is not int or not 0 <= port <= 0xFFFF:
             check_port(port)
         if type(value) is not int or not 0 <= value <= 0xFF:
@@ -278,6 +284,8 @@ class SimBackend(Backend):
             await self._write_back()
 
     async def outw(self, port: int, value: int) -> None:
+        if self.machine.tracer is not None:
+            return await super().outw(port, value)
         check_port(port, 16)
         check_value(value, 16, port)
         self._port_ready(port, port + 1, True).io_write(port, value, 16)
