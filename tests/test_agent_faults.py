@@ -530,3 +530,27 @@ async def test_agent_restarted_mid_program_fails_it_with_the_reset_error_never_h
             # and the IRQ_STATE the client ends every program with (the agent's I/O has capability irq)
             assert [e.op for e in rec2.trace] == [Out(0x81, 0x42), In(0x81), IrqState()]
         await fresh.aclose()
+
+
+async def test_a_stale_execs_no_session_never_answers_a_hello_of_the_same_seq():
+    """Seen over the VM's UART after a reset: the restarted agent answers a retransmitted EXEC
+    with NO_SESSION while the host's HELLO of the same seq waits, the EXEC's own waiter already
+    failed with the reset. NO_SESSION answers an EXEC only; the HELLO keeps waiting for its reply."""
+    from hil.agent.protocol import ErrorReply, Status
+
+    be = AgentBackend("agent+pipe://x", "pipe://x")
+    loop = asyncio.get_running_loop()
+    hello: asyncio.Future[Frame] = loop.create_future()
+    stale: asyncio.Future[Frame] = loop.create_future()
+    stale.set_exception(AgentResetError("restarted"))
+    stale.exception()  # retrieved: the reset already reached its caller
+    be._pending[("hello", 57)] = hello
+    be._pending[("exec", 57)] = stale
+    be._route(Frame(MsgType.ERROR, 57, ErrorReply(Status.NO_SESSION, "send HELLO first").encode()))
+    assert not hello.done()
+    exec_waiting: asyncio.Future[Frame] = loop.create_future()
+    be._pending[("exec", 57)] = exec_waiting
+    be._route(Frame(MsgType.ERROR, 57, ErrorReply(Status.NO_SESSION, "send HELLO first").encode()))
+    assert exec_waiting.done() and not hello.done()  # an EXEC waiting for it gets it
+    be._route(Frame(MsgType.ERROR, 57, ErrorReply(Status.BUSY, "another host").encode()))
+    assert hello.done()  # a HELLO's own refusals still reach it

@@ -346,13 +346,18 @@ class FaultyLine(Link):
 
     async def _pump_up(self) -> None:
         while True:
-            await self.inner.write(await self._up.get())
+            data = await self._up.get()
+            try:
+                await self.inner.write(data)
+            finally:
+                self._up.task_done()
 
     async def read(self) -> bytes:
         return await self._down.get()
 
     async def write(self, data: bytes) -> None:
         self.faults.relay("up", data, self._up.put_nowait)
+        await self._up.join()  # as a real line's write: back-pressure while the far end does not read
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -408,7 +413,12 @@ async def test_agent_fault_suite_over_the_uart_a_paused_vm_and_a_reset_one(vm_re
         await asyncio.sleep(0.05)
         await be.vm.reset()
         with pytest.raises(AgentResetError):
-            await asyncio.wait_for(task, 600)  # the guest reboots under TCG
+            try:
+                await asyncio.wait_for(task, 600)  # the guest reboots under TCG
+            except AgentResetError:
+                raise
+            except Exception as e:  # say what the guest was doing
+                raise AssertionError(f"{type(e).__name__}: {e}\nguest console:\n{be.vm.console(3000)}") from None
         assert be.boot_nonce != nonce and be.stats.resets == 1
         # the listener re-wrote the page register the driver had programmed (the BIOS cleared it)
         assert (await be.execute([In(0x81)]))[0] == 0x03

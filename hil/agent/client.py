@@ -487,6 +487,10 @@ class AgentBackend(Backend):
     def _route(self, frame: Frame) -> None:
         if frame.type == MsgType.ERROR and frame.payload[:1] and frame.payload[0] in (Status.AUTH, Status.VERSION, Status.BUSY):
             candidates = [k for k in self._pending if k[0] == "hello"]  # refusals of a HELLO, whatever seq
+        elif frame.type == MsgType.ERROR and frame.payload[:1] and frame.payload[0] == Status.NO_SESSION:
+            # only an EXEC is answered so (a HELLO makes the session): after an agent restart a stale
+            # EXEC's NO_SESSION can arrive while a HELLO of the same seq waits, and is not its answer
+            candidates = [("exec", frame.seq)]
         else:
             candidates = [(kind, frame.seq) for kind in self._REPLY_KINDS.get(frame.type, ())]
         for key in candidates:
