@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import json
 
-from hil.cli.common import add_common
 from hil.errors import HilError
 
 CAPABILITIES = {"CAP_SYS_RAWIO": 17}
@@ -14,22 +13,39 @@ CAPABILITIES = {"CAP_SYS_RAWIO": 17}
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("vm", help="the vm: backend's Linux VM: fetch its kernel, build its image, run commands in it",
-                       description="fetch-kernel: Debian's linux-image-amd64 kernel into the cache, without installing "
-                                   "it. image: build (or find cached) the guest image from this host's Python and "
-                                   "package. run: boot a VM and run a command inside it as root, e.g. "
-                                   "`hil vm run -- hil doctor devport:?window=0x10000-0x90000`.")
-    p.add_argument("what", choices=("fetch-kernel", "kernel", "image", "run"),
-                   help="fetch-kernel: Debian's kernel into the cache; kernel: the one vm: would boot; image: the guest image; "
-                        "run: boot and run COMMAND")
-    p.add_argument("guest_argv", nargs=argparse.REMAINDER, metavar="COMMAND",
-                   help="run: the command (a leading 'hil' runs the guest's hil)")
-    p.add_argument("--url", default="vm:", metavar="URL",
-                   help="run: the VM's options as a vm: URL (window=, reserve=0, floppy=, mem=, kernel=)")
-    p.add_argument("--drop-cap", action="append", default=[], choices=sorted(CAPABILITIES),
-                   help="run: remove a capability from the command's bounding set (repeatable)")
-    p.add_argument("--force", action="store_true", help="image: rebuild even if cached")
-    add_common(p, backend=False)
-    p.set_defaults(func=cmd_vm)
+                       description="The rehearsal VM of the vm: backend (README 'Rehearse a bench in a VM').")
+    _common(p, argparse.SUPPRESS)  # here or after WHAT: 'hil vm --json image' as 'hil vm image --json'
+    p.set_defaults(log_format="console", verbose=0, json=False)
+    what = p.add_subparsers(dest="what", required=True, metavar="WHAT",
+                            help="fetch-kernel, kernel, image or run (each has --help)")
+    for name, text in (("fetch-kernel", "download Debian's linux-image-amd64 kernel into the cache, without installing it"),
+                       ("kernel", "print the kernel vm: would boot"),
+                       ("image", "build (or find cached) the guest image from this host's Python and package")):
+        q = what.add_parser(name, help=text, description=text)
+        if name == "image":
+            q.add_argument("--force", action="store_true", help="rebuild even if cached")
+        _common(q, argparse.SUPPRESS)
+        q.set_defaults(func=cmd_vm)
+    r = what.add_parser("run", help="boot a VM and run COMMAND inside it as root, then power off",
+                        description="Boot a VM and run COMMAND in it as root (a leading 'hil' runs the guest's hil), "
+                                    "e.g. `hil vm run -- hil doctor devport:?window=0x10000-0x90000`. Exit status: "
+                                    "the command's.")
+    r.add_argument("--url", default="vm:", metavar="URL",
+                   help="the VM's options as a vm: URL (window=, reserve=0, floppy=, mem=, kernel=)")
+    r.add_argument("--drop-cap", action="append", default=[], choices=sorted(CAPABILITIES),
+                   help="remove a capability from the command's bounding set (repeatable)")
+    _common(r, argparse.SUPPRESS)
+    r.add_argument("guest_argv", nargs=argparse.REMAINDER, metavar="COMMAND",
+                   help="the command, after --")
+    r.set_defaults(func=cmd_vm)
+
+
+def _common(p: argparse.ArgumentParser, default: str) -> None:
+    """The common options; their defaults are the ``vm`` parser's, so that a subcommand's parser
+    does not overwrite what was given before the subcommand's name."""
+    p.add_argument("--log-format", choices=("console", "json"), default=default, help="structlog output format")
+    p.add_argument("-v", "--verbose", action="count", default=default, help="more log output (-vv for debug)")
+    p.add_argument("--json", action="store_true", default=default, help="machine-readable output on stdout")
 
 
 async def cmd_vm(args: argparse.Namespace) -> int:
