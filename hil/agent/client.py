@@ -206,6 +206,10 @@ def _pieces(op: Op, parts: list[tuple[int, int]], req_limit: Callable[[], int],
             yield op, parts
 
 
+class _Expired(Exception):
+    """A round trip waited its timeout out (internal: the frame is sent again)."""
+
+
 MIN_FRAME = 64  #: the adaptive frame size never goes below this many payload bytes
 GROW_AFTER = 8  #: clean round trips in a row before the frame size doubles again
 
@@ -255,6 +259,7 @@ class _Wire:
                  stats: LinkStatistics, name: str) -> None:
         self.link, self._route, self._crashed, self._stats, self._name = link, route, crashed, stats, name
         self.down = False
+        self._writing = False  #: the writer task holds a frame (the direct write must wait its turn)
         self._frames = FrameReader()
         self._queue: asyncio.Queue[tuple[bytes, asyncio.Future[None]]] = asyncio.Queue()
         self._closer: asyncio.Task[None] | None = None
@@ -267,6 +272,13 @@ class _Wire:
         """Queue ``data`` and return once it is written; :class:`LinkError` if the link is down."""
         if self.down:
             raise LinkError(f"{self.link.name}: link down")
+        if not self._writing and self._queue.empty():  # nothing ahead of it: no hand-off to the writer
+            try:
+                if self.link.write_now(data):
+                    return
+            except LinkError:
+                self.down = True
+                raise
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((data, done))
         await done
@@ -291,6 +303,7 @@ class _Wire:
             data, done = await self._queue.get()
             if done.done():  # its sender gave up waiting
                 continue
+            self._writing = True
             try:
                 await self.link.write(data)
             except (LinkError, OSError) as e:
@@ -303,6 +316,8 @@ class _Wire:
                 log.error("agent_link_write_failed", backend=self._name, error=repr(e))
                 self._fail_queued(e, done)
                 return
+            finally:
+                self._writing = False
             if not done.done():
                 done.set_result(None)
 
@@ -531,7 +546,8 @@ class AgentBackend(Backend):
         wire = frame.encode()
         wait = self.timeout + extra_s + 2 * len(wire) * 10 / self.baud
         key = (kind, frame.seq)
-        fut: asyncio.Future[Frame] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Frame] = loop.create_future()
         self._pending[key] = fut
         try:
             for attempt in range(self.retries + 1):
@@ -555,10 +571,16 @@ class AgentBackend(Backend):
                     self._lose_link()
                     await asyncio.sleep(min(wait, 0.2))
                     continue
-                done, _ = await asyncio.wait((fut,), timeout=wait)  # the future outlives a timeout
-                if not done:
-                    continue
-                reply = fut.result()
+                timer = loop.call_later(wait, self._expire, key)
+                try:
+                    reply = await fut
+                except _Expired:
+                    fut = self._pending[key]  # a reply arriving from now on lands in the fresh one
+                    if not fut.done():
+                        continue
+                    reply = fut.result()  # it came between the timeout and this task resuming
+                finally:
+                    timer.cancel()
                 self.stats.round_trips += 1
                 if size and not attempt:
                     self.sizer.clean()
@@ -570,6 +592,16 @@ class AgentBackend(Backend):
         finally:
             if self._pending.pop(key, None) is fut and fut.done() and not fut.cancelled():
                 fut.exception()  # failed by a reset while this frame was not waiting for it: seen
+
+    def _expire(self, key: tuple[str, int]) -> None:
+        """A round trip's timeout: its waiter wakes with :class:`_Expired`, and a fresh future
+        takes its place under the same key first, so a late reply (to this or a retransmitted
+        copy: the agent answers both the same) is still received. Awaiting the future itself,
+        not ``asyncio.wait`` around it, saves a loop iteration per frame."""
+        old = self._pending.get(key)
+        if old is not None and not old.done():
+            self._pending[key] = asyncio.get_running_loop().create_future()
+            old.set_exception(_Expired())
 
     def _reset_error(self) -> AgentResetError:
         return AgentResetError(

@@ -417,33 +417,46 @@ async def serve_link(core: AgentCore, link: Link, *, stop: asyncio.Event | None 
     reader = FrameReader(core.offer(conn))
     loop = asyncio.get_running_loop()
     deadline = loop.time() + hello_timeout if hello_timeout is not None else None
+    # one timeout scope for the whole connection, moved before each read and lifted after it:
+    # wait_for() would wrap every read in a task of its own (a loop iteration or two per frame)
+    watch = asyncio.timeout(None)
     try:
-        while stop is None or not stop.is_set():
-            timeout = idle_timeout if conn.authenticated else (None if deadline is None else deadline - loop.time())
-            if timeout is None:
-                data = await link.read()
-            else:
-                try:
-                    data = await asyncio.wait_for(link.read(), max(0.0, timeout))
-                except TimeoutError:
-                    log.info("connection_dropped", conn=conn.name,
-                             reason="idle" if conn.authenticated else "no HELLO in time")
-                    break
-            if not data:
-                break
-            for frame in reader.feed(data):
-                reply = await core.handle(frame, conn)
-                if reply is not None:
-                    try:
-                        await link.write(reply)
-                    except LinkError as e:
-                        log.warning("reply_lost", error=str(e))
-                        return
-                    core.stats.frames_out += 1
+        async with watch:
+            await _serve_frames(core, link, conn, reader, watch, stop, deadline, idle_timeout)
+    except TimeoutError:
+        if not watch.expired():
+            raise
+        log.info("connection_dropped", conn=conn.name, reason="idle" if conn.authenticated else "no HELLO in time")
     finally:
         core.detach(conn)
         if reader.discarded:
             log.info("link_resyncs", discarded_bytes=reader.discarded, bad_frames=reader.bad_frames)
+
+
+async def _serve_frames(core: AgentCore, link: Link, conn: Connection, reader: FrameReader,
+                        watch: asyncio.Timeout, stop: asyncio.Event | None, deadline: float | None,
+                        idle_timeout: float | None) -> None:
+    """serve_link's loop: only a read waits under ``watch`` (a program that runs long is not idle)."""
+    loop = asyncio.get_running_loop()
+    while stop is None or not stop.is_set():
+        timeout = idle_timeout if conn.authenticated else (None if deadline is None else deadline - loop.time())
+        if timeout is None:
+            data = await link.read()
+        else:
+            watch.reschedule(loop.time() + max(0.0, timeout))
+            data = await link.read()
+            watch.reschedule(None)
+        if not data:
+            return
+        for frame in reader.feed(data):
+            reply = await core.handle(frame, conn)
+            if reply is not None:
+                try:
+                    await link.write(reply)
+                except LinkError as e:
+                    log.warning("reply_lost", error=str(e))
+                    return
+                core.stats.frames_out += 1
 
 
 @dataclass
