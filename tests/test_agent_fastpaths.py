@@ -113,3 +113,82 @@ async def test_a_reply_later_than_the_timeout_is_taken_and_the_program_ran_once(
 
 async def _ready(link: Link) -> Link:
     return link
+
+
+#: programs a property test draws from: repeats hit the caches; a denied port and memory outside
+#: the window are refused (the agent's allow-list below has neither); an unknown opcode is refused
+POOL = [
+    [In(0x08)],
+    [Out(0x0A, 0x05), Out(0x0C, 0), Out(0x04, 0x34), Out(0x04, 0x12), In(0x04), In(0x04)],
+    [Out(0x81, 0x12), In(0x81), In(0x08)],
+    [MemWrite(0x2000, b"\x00\x01\x00\xff"), MemRead(0x2000, 4), MemRead(0x2004, 2)],
+    [Out(0xC4, 0x10), In(0xC4), In(0xC4), In(0xD0)],
+    [In(0x81, 16)],
+    [In(0x3F8)],  # outside the allow-list
+    [MemRead(0x3FFF0, 0x20)],  # runs past the memory window
+]
+
+
+def _payloads() -> list[bytes]:
+    from hil.agent.protocol import encode_program
+
+    return [encode_program(p) for p in POOL] + [b"\xee\x00", b"", encode_program([In(0x08)])[:2]]
+
+
+async def test_the_agents_validated_programs_answer_as_a_fresh_validation_does():
+    """Two agents on two simulators get the same random frames; one forgets every validated
+    program before each frame: their reply bytes must be equal, refusals included."""
+    from hil.agent.protocol import Frame, Hello, MsgType
+
+    rng = random.Random(7)
+    allow = AllowList.default([range(0, 0x40000)])
+    async with open_backend("sim") as io_a, open_backend("sim") as io_b:
+        cached, fresh = AgentCore(io_a, allow, boot_nonce=1), AgentCore(io_b, allow, boot_nonce=1)
+        hello = Frame(MsgType.HELLO, 0, Hello(5).encode())
+        for core in (cached, fresh):
+            await core.handle(hello)
+        payloads = _payloads()
+        for seq in range(300):
+            frame = Frame(MsgType.EXEC, seq, rng.choice(payloads))
+            fresh._validated.clear()
+            a, b = await cached.handle(frame), await fresh.handle(frame)
+            assert a == b, (seq, frame.payload)
+        assert cached._validated  # the cache was used
+        assert cached.stats.refused == fresh.stats.refused > 0
+
+
+async def test_the_hosts_prepared_programs_send_and_return_what_a_fresh_plan_does():
+    """The same random programs from a backend that keeps its prepared programs and from one
+    that forgets them before each: the same results, refusals and wire bytes."""
+    rng = random.Random(11)
+    allow = AllowList.default([range(0, 0x40000)])
+    outcomes: list[list[object]] = []
+    stats = []
+    for forget in (False, True):
+        host, agent = Pipe("host"), Pipe("agent")
+        host.peer, agent.peer = agent, host
+        async with open_backend("sim") as io:
+            core = AgentCore(io, allow, boot_nonce=1)
+            server = asyncio.create_task(serve_link(core, agent))
+            be = AgentBackend("agent+test", "pipe", link_factory=lambda h=host: _ready(h))
+            got: list[object] = []
+            try:
+                await be.open()
+                for _ in range(200):
+                    if forget:
+                        be._prepared.clear()
+                    try:
+                        got.append(await be.execute(rng.choice(POOL)))
+                    except Exception as e:  # a refusal: its class and text are the outcome
+                        got.append((type(e).__name__, str(e)))
+                if not forget:
+                    assert be._prepared
+                stats.append((be.stats.bytes_out, be.stats.bytes_in, be.stats.programs, be._irq))
+            finally:
+                await be.close()
+                server.cancel()
+        outcomes.append(got)
+        rng = random.Random(11)
+    assert outcomes[0] == outcomes[1]
+    assert any(isinstance(o, tuple) for o in outcomes[0]) and any(isinstance(o, list) for o in outcomes[0])
+    assert stats[0] == stats[1]

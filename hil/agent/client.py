@@ -124,6 +124,33 @@ _rep_size = result_size
 class _Chunk:
     ops: list[Op]
     parts: list[list[tuple[int, int]]]  #: per reading op: (original reading index, bytes)
+    payload: bytes | None = None  #: the EXEC payload of ``ops``, once encoded (a remembered program)
+
+
+PREPARED_PROGRAMS = 256  #: single-frame programs a backend remembers checked, planned and encoded
+
+
+@dataclass
+class _Prepared:
+    """A program as sent before: valid for the agent (its HELLO_REPLY) and frame size it was planned for."""
+
+    info: HelloReply
+    size: int
+    ops: list[Op]  #: with the IrqState a tracking program ends with
+    chunk: _Chunk
+
+
+def _program_key(ops: Sequence[Op]) -> tuple[Op, ...] | None:
+    """The ops as a cache key; None for a program that cannot be one (unhashable data, such as
+    a bytearray) or is too long to be worth hashing."""
+    if len(ops) > 256:
+        return None
+    key = tuple(ops)
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
 
 
 def plan(ops: Sequence[Op], max_request: int | Callable[[], int], max_reply: int | Callable[[], int],
@@ -431,6 +458,7 @@ class AgentBackend(Backend):
         self._generation = 0  #: bumped at every agent reset; frames of an older generation never run
         #: the IRQ lines at the end of the last program (feature IRQ), with counts unwrapped
         self._irq = IrqLines()
+        self._prepared: dict[tuple[Op, ...], _Prepared] = {}  #: see _remember
 
     # --- life cycle ---------------------------------------------------------------------
     async def _open(self) -> None:
@@ -719,13 +747,21 @@ class AgentBackend(Backend):
         info = self.agent
         if info is None:  # execute() refuses an unopened backend; this is the link's own view
             raise BackendNotOpenError(self.url)
-        self._check(ops, info)  # before planning: a refused program sends no frame at all
         tracking = bool(info.features & Feature.IRQ)
-        if tracking:
-            ops = [*ops, IrqState()]  # the lines at the program's end ride along (taken off below)
-        self.stats.programs += 1
         sizer = self.sizer
-        chunks = plan(ops, lambda: sizer.size, lambda: sizer.size, info.max_ops)
+        key = _program_key(ops)
+        prepared = self._prepared.get(key) if key is not None else None
+        if prepared is not None and prepared.info is info and prepared.size == sizer.size:
+            ops = prepared.ops  # checked and planned before, against the same agent and frame size
+            chunks: Iterator[_Chunk] = iter((prepared.chunk,))
+        else:
+            self._check(ops, info)  # before planning: a refused program sends no frame at all
+            if tracking:
+                ops = [*ops, IrqState()]  # the lines at the program's end ride along (taken off below)
+            chunks = plan(ops, lambda: sizer.size, lambda: sizer.size, info.max_ops)
+            if key is not None:
+                chunks = self._remember(key, ops, chunks, info, sizer.size)
+        self.stats.programs += 1
         generation = self._generation
         sent: list[_Chunk] = []
         tasks: list[asyncio.Task[ExecReply]] = []
@@ -779,6 +815,26 @@ class AgentBackend(Backend):
             assert isinstance(last, IrqLines)  # the IrqState appended above
             self._irq = last
         return ordered
+
+    def _remember(self, key: tuple[Op, ...], ops: Sequence[Op], chunks: Iterator[_Chunk], info: HelloReply,
+                  size: int) -> Iterator[_Chunk]:
+        """``chunks`` as they are planned; a program that planned into one frame is kept (its
+        check passed, its payload encoded), so sending it again skips the check, the planning and
+        the encoding: what :func:`plan` and :func:`encode_program` are for the same ops, agent
+        and frame size always give (pure functions of them)."""
+        first = next(chunks, None)
+        if first is None:
+            return
+        second = next(chunks, None)
+        if second is None:
+            first.payload = encode_program(first.ops)
+            if len(self._prepared) >= PREPARED_PROGRAMS:
+                del self._prepared[next(iter(self._prepared))]  # the oldest
+            self._prepared[key] = _Prepared(info, size, list(ops), first)
+        yield first
+        if second is not None:
+            yield second
+            yield from chunks
 
     def _unwrap_irq(self, ops: Sequence[Op], results: list[Result]) -> list[Result]:
         """The wire carries IRQ counts modulo 65536: each :class:`IrqLines` result counted on from
@@ -876,7 +932,7 @@ class AgentBackend(Backend):
         extra = sum(wait_us(op) for op in chunk.ops) / 1e6
         if generation != self._generation:
             raise self._reset_error()
-        frame = Frame(MsgType.EXEC, seq, encode_program(chunk.ops))
+        frame = Frame(MsgType.EXEC, seq, chunk.payload if chunk.payload is not None else encode_program(chunk.ops))
         size = max(len(frame.payload), reply_size(chunk.ops))
         reply = await self._round_trip("exec", frame, extra, generation=generation, size=size)
         if reply.type == MsgType.ERROR:

@@ -38,6 +38,7 @@ from hil.ops import (
     Poll,
     Result,
     Settle,
+    Wire,
     result_size,
     wait_us,
     wire_of,
@@ -536,15 +537,14 @@ class ExecReply:
     results: list[Result] = field(default_factory=list)
     polls_met: list[bool] = field(default_factory=list)
 
-    def encode(self, ops: Sequence[Op]) -> bytes:
+    def encode(self, ops: Sequence[Op], replying: Sequence[tuple[Op, Wire]] | None = None) -> bytes:
+        """``replying``: :func:`replying_wires` of ``ops``, if the caller has it already."""
         reason = self.reason.encode()[:255]
         out = bytearray(REPLY_HEADER.pack(self.status, self.index, len(reason)) + reason)
         it = iter(self.results)
         met = iter(self.polls_met)
-        for op in ops:
-            wire = wire_of(op)
-            if wire.reply is None or wire.reply_fields is None:
-                continue
+        for op, wire in replying_wires(ops) if replying is None else replying:
+            assert wire.reply is not None and wire.reply_fields is not None  # replying_wires keeps only these
             v = next(it, None)
             if v is None:
                 break
@@ -572,6 +572,16 @@ class ExecReply:
                 reply.polls_met.append(bool(fields[-1]))
         r.end()
         return reply
+
+
+def replying_wires(ops: Sequence[Op]) -> list[tuple[Op, Wire]]:
+    """The ops whose results an EXEC_REPLY carries, each with its wire form, in order."""
+    out = []
+    for op in ops:
+        wire = wire_of(op)
+        if wire.reply is not None and wire.reply_fields is not None:
+            out.append((op, wire))
+    return out
 
 
 # --- helpers --------------------------------------------------------------------------------
