@@ -233,8 +233,8 @@ def _pieces(op: Op, parts: list[tuple[int, int]], req_limit: Callable[[], int],
             yield op, parts
 
 
-class _Expired(Exception):
-    """A round trip waited its timeout out (internal: the frame is sent again)."""
+#: what a round trip's waiter wakes with when its timeout ran out (not a message: type 0 is none)
+_EXPIRED = Frame(0, 0)
 
 
 MIN_FRAME = 64  #: the adaptive frame size never goes below this many payload bytes
@@ -602,13 +602,13 @@ class AgentBackend(Backend):
                 timer = loop.call_later(wait, self._expire, key)
                 try:
                     reply = await fut
-                except _Expired:
+                finally:
+                    timer.cancel()
+                if reply is _EXPIRED:
                     fut = self._pending[key]  # a reply arriving from now on lands in the fresh one
                     if not fut.done():
                         continue
                     reply = fut.result()  # it came between the timeout and this task resuming
-                finally:
-                    timer.cancel()
                 self.stats.round_trips += 1
                 if size and not attempt:
                     self.sizer.clean()
@@ -622,14 +622,14 @@ class AgentBackend(Backend):
                 fut.exception()  # failed by a reset while this frame was not waiting for it: seen
 
     def _expire(self, key: tuple[str, int]) -> None:
-        """A round trip's timeout: its waiter wakes with :class:`_Expired`, and a fresh future
+        """A round trip's timeout: its waiter wakes with :data:`_EXPIRED`, and a fresh future
         takes its place under the same key first, so a late reply (to this or a retransmitted
         copy: the agent answers both the same) is still received. Awaiting the future itself,
         not ``asyncio.wait`` around it, saves a loop iteration per frame."""
         old = self._pending.get(key)
         if old is not None and not old.done():
             self._pending[key] = asyncio.get_running_loop().create_future()
-            old.set_exception(_Expired())
+            old.set_result(_EXPIRED)
 
     def _reset_error(self) -> AgentResetError:
         return AgentResetError(
