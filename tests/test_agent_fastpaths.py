@@ -11,11 +11,18 @@ from hypothesis import given, settings, strategies as st
 
 from hil.agent.client import AgentBackend, LinkStatistics, _Wire
 from hil.agent.links import Link
-from hil.agent.protocol import _cobs_encode_runs, _cobs_encode_split, cobs_decode, cobs_encode
+from hil.agent.protocol import (
+    ExecReply,
+    ReplyLayout,
+    _cobs_encode_runs,
+    _cobs_encode_split,
+    cobs_decode,
+    cobs_encode,
+)
 from hil.agent.server import AgentCore, serve_link
 from hil.allowlist import AllowList
 from hil.backends import open_backend
-from hil.ops import In, MemRead, MemWrite, Out
+from hil.ops import Delay, In, IrqState, MemRead, MemWrite, Out, Poll, WaitIrq
 
 
 class Recorder(Link):
@@ -205,3 +212,45 @@ def test_cobs_split_encoder_gives_the_run_encoders_bytes(data):
     assert _cobs_encode_split(data) == _cobs_encode_runs(data)
     assert cobs_encode(data) == _cobs_encode_runs(data)
     assert cobs_decode(cobs_encode(data)) == data
+
+
+_FIXED_OPS = st.sampled_from([In(0x08), In(0x81, 16), Poll(0x08, 0x01, 0x01, 1000, 10), IrqState(),
+                              WaitIrq(6, True, 1000)])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(_FIXED_OPS, st.sampled_from([Out(0x0A, 5), Delay(10)])), max_size=20),
+       st.data())
+def test_a_reply_read_by_its_layout_is_the_reply_read_op_by_op(ops, data):
+    layout = ReplyLayout.of(ops)
+    assert layout is not None
+    body = data.draw(st.binary(min_size=layout.struct.size, max_size=layout.struct.size))
+    head = data.draw(st.sampled_from([b"\x00\xff\xff\x00", b"\x00\x03\x00\x00", b"\x06\x01\x00\x00",
+                                      b"\x00\xff\xff\x02ab"]))
+    cut = data.draw(st.integers(0, 2))  # sometimes a reply too short, or too long
+    payload = head + (body[:-cut] if cut == 1 and body else body + b"\x00" if cut == 2 else body)
+
+    def outcome(with_layout: bool) -> object:
+        try:
+            return ExecReply.decode(payload, ops, layout if with_layout else None)
+        except Exception as e:  # the same refusal either way
+            return type(e), str(e)
+
+    assert outcome(True) == outcome(False)
+
+
+def test_programs_with_data_replies_have_no_layout():
+    assert ReplyLayout.of([In(0x08), MemRead(0, 4)]) is None
+    assert ReplyLayout.of([In(0x08), Out(0x0A, 5)]) is not None
+
+
+def test_random_replies_read_by_layout_and_op_by_op_agree():
+    rng = random.Random(3)
+    pool = [In(0x08), In(0x81, 16), Poll(0x08, 0x01, 0x01, 1000, 10), IrqState(), WaitIrq(6, True, 1000),
+            Out(0x0A, 5)]
+    for _ in range(2000):
+        ops = [rng.choice(pool) for _ in range(rng.randrange(1, 12))]
+        layout = ReplyLayout.of(ops)
+        assert layout is not None
+        payload = b"\x00\xff\xff\x00" + rng.randbytes(layout.struct.size)
+        assert ExecReply.decode(payload, ops, layout) == ExecReply.decode(payload, ops)

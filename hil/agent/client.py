@@ -46,6 +46,7 @@ from hil.agent.protocol import (
     Limits,
     MsgType,
     ProtocolError,
+    ReplyLayout,
     Status,
     encode_program,
     op_duration_us,
@@ -125,6 +126,7 @@ class _Chunk:
     ops: list[Op]
     parts: list[list[tuple[int, int]]]  #: per reading op: (original reading index, bytes)
     payload: bytes | None = None  #: the EXEC payload of ``ops``, once encoded (a remembered program)
+    layout: ReplyLayout | None = None  #: how its reply reads in one unpack, if it can (a remembered program)
 
 
 PREPARED_PROGRAMS = 256  #: single-frame programs a backend remembers checked, planned and encoded
@@ -828,6 +830,7 @@ class AgentBackend(Backend):
         second = next(chunks, None)
         if second is None:
             first.payload = encode_program(first.ops)
+            first.layout = ReplyLayout.of(first.ops)
             if len(self._prepared) >= PREPARED_PROGRAMS:
                 del self._prepared[next(iter(self._prepared))]  # the oldest
             self._prepared[key] = _Prepared(info, size, list(ops), first)
@@ -944,7 +947,7 @@ class AgentBackend(Backend):
                 return await self._exec_chunk(chunk, generation, seq)
             raise AgentRefusedError(err.status, 0xFFFF, err.message)
         try:
-            result = ExecReply.decode(reply.payload, chunk.ops)
+            result = ExecReply.decode(reply.payload, chunk.ops, chunk.layout)
         except ProtocolError as e:
             raise AgentError(f"{self.url}: malformed reply: {e}") from None
         if result.status != Status.OK:

@@ -32,12 +32,15 @@ from hil.ops import (
     DEVICE_OPS,
     IRQ_OPS,
     DevState,
+    In,
+    IrqState,
     MemFill,
     Op,
     Opcode as Opcode,  # the opcodes are rows of hil.ops.TABLE; named here too, next to Status
     Poll,
     Result,
     Settle,
+    WaitIrq,
     Wire,
     result_size,
     wait_us,
@@ -142,7 +145,7 @@ def cobs_encode(data: bytes) -> bytes:
     is encoded per run of zeros instead (:func:`_cobs_encode_runs`), where splitting would make a
     block of every zero. Both give the same bytes (tests/test_agent_fastpaths.py)."""
     data = bytes(data)
-    if data.count(0) > len(data) >> 4:
+    if data.count(0) > len(data) >> 2:
         return _cobs_encode_runs(data)
     return _cobs_encode_split(data)
 
@@ -584,7 +587,11 @@ class ExecReply:
         return bytes(out)
 
     @classmethod
-    def decode(cls, p: bytes, ops: Sequence[Op]) -> ExecReply:
+    def decode(cls, p: bytes, ops: Sequence[Op], layout: ReplyLayout | None = None) -> ExecReply:
+        """``layout``: the :class:`ReplyLayout` of ``ops``, for a successful reply read in one unpack."""
+        if (layout is not None and len(p) == REPLY_HEADER.size + layout.struct.size and p[0] == Status.OK
+                and p[3] == 0):
+            return layout.decode(p, cls(Status.OK, int.from_bytes(p[1:3], "little")))
         r = _Reader(p)
         status, index = _status(r.u8()), r.u16()
         reason = r.take(r.u8()).decode(errors="replace")
@@ -602,6 +609,45 @@ class ExecReply:
             if wire.met:
                 reply.polls_met.append(bool(fields[-1]))
         r.end()
+        return reply
+
+
+#: ops whose reply is their wire's fixed struct and nothing more (no data tail)
+FIXED_REPLIES = (In, Poll, IrqState, WaitIrq)
+
+
+class ReplyLayout:
+    """A successful EXEC_REPLY to a program whose replying ops all have fixed-size replies, read
+    with one ``struct`` (their formats joined: little-endian, no padding) instead of one read
+    per op. What :meth:`ExecReply.decode` gives without it (tests/test_agent_fastpaths.py)."""
+
+    def __init__(self, replying: Sequence[tuple[Op, Wire]]) -> None:
+        fmt, self.items = "<", []
+        at = 0
+        for op, wire in replying:
+            assert wire.reply is not None
+            n = len(wire.reply.unpack(bytes(wire.reply.size)))
+            fmt += wire.reply.format.lstrip("<")
+            self.items.append((op, wire, at, at + n))
+            at += n
+        self.struct = struct.Struct(fmt)
+
+    @classmethod
+    def of(cls, ops: Sequence[Op]) -> ReplyLayout | None:
+        replying = replying_wires(ops)
+        if not all(isinstance(op, FIXED_REPLIES) for op, _ in replying):
+            return None
+        return cls(replying)
+
+    def decode(self, p: bytes, reply: ExecReply) -> ExecReply:
+        values = self.struct.unpack_from(p, REPLY_HEADER.size)
+        results, met = reply.results, reply.polls_met
+        for op, wire, a, b in self.items:
+            fields = values[a:b]
+            assert wire.result is not None  # a replying wire
+            results.append(wire.result(op, fields, b""))
+            if wire.met:
+                met.append(bool(fields[-1]))
         return reply
 
 
