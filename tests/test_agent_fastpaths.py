@@ -22,7 +22,7 @@ from hil.agent.protocol import (
 from hil.agent.server import AgentCore, serve_link
 from hil.allowlist import AllowList
 from hil.backends import open_backend
-from hil.ops import Delay, In, IrqState, MemRead, MemWrite, Out, Poll, WaitIrq
+from hil.ops import Delay, In, IrqState, MemRead, MemWrite, Out, Poll, PowerReset, WaitIrq
 
 
 class Recorder(Link):
@@ -134,6 +134,9 @@ POOL = [
     [MemWrite(0x2000, b"\x00\x01\x00\xff"), MemRead(0x2000, 4), MemRead(0x2004, 2)],
     [Out(0xC4, 0x10), In(0xC4), In(0xC4), In(0xD0)],
     [In(0x81, 16)],
+    [IrqState(), Out(0x08, 0), In(0x08)],
+    [PowerReset(), In(0x08), IrqState()],
+    [MemRead(0x2000, 2), MemRead(0x2002, 2), In(0x08)],  # reads coalesced into one
     [In(0x3F8)],  # outside the allow-list
     [MemRead(0x3FFF0, 0x20)],  # runs past the memory window
 ]
@@ -254,3 +257,24 @@ def test_random_replies_read_by_layout_and_op_by_op_agree():
         assert layout is not None
         payload = b"\x00\xff\xff\x00" + rng.randbytes(layout.struct.size)
         assert ExecReply.decode(payload, ops, layout) == ExecReply.decode(payload, ops)
+
+
+def test_the_direct_results_unwrap_irq_counts_as_the_general_path_does():
+    """Counts travel modulo 65536: near and past a wrap, both paths count on from the last state."""
+    from hil.agent.client import _Chunk, _Prepared
+    from hil.agent.protocol import Feature, HelloReply
+    from hil.ops import IRQ_LINES, IrqLines
+
+    rng = random.Random(5)
+    ops = [In(0x08), IrqState()]
+    info = HelloReply(1, "a", "1", 4096, 8, 4096, Feature.IRQ, (), ())
+    prepared = _Prepared(info, 4096, ops, _Chunk(ops, [[(0, 0)], [(1, 0)]]), direct=True)
+    for _ in range(500):
+        start = IrqLines(rng.randrange(1 << 16), tuple(rng.randrange(1 << 20) for _ in range(IRQ_LINES)))
+        wire = IrqLines(rng.randrange(1 << 16), tuple(rng.randrange(1 << 16) for _ in range(IRQ_LINES)))
+        direct, general = AgentBackend("agent+x", "x"), AgentBackend("agent+x", "x")
+        direct._irq = general._irq = start
+        reply = ExecReply(results=[7, wire])
+        got = direct._results_direct(prepared, reply, tracking=True)
+        want = general._unwrap_irq(ops, [7, wire])
+        assert got == want[:-1] and direct._irq == want[-1]

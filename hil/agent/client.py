@@ -83,6 +83,7 @@ from hil.ops import (
     PowerReset,
     Result,
     Settle,
+    is_irq_op,
     is_reading,
     memory_access,
     port_access,
@@ -127,6 +128,7 @@ class _Chunk:
     parts: list[list[tuple[int, int]]]  #: per reading op: (original reading index, bytes)
     payload: bytes | None = None  #: the EXEC payload of ``ops``, once encoded (a remembered program)
     layout: ReplyLayout | None = None  #: how its reply reads in one unpack, if it can (a remembered program)
+    reply_bytes: int | None = None  #: reply_size(ops), once worked out (a remembered program)
 
 
 PREPARED_PROGRAMS = 256  #: single-frame programs a backend remembers checked, planned and encoded
@@ -140,6 +142,7 @@ class _Prepared:
     size: int
     ops: list[Op]  #: with the IrqState a tracking program ends with
     chunk: _Chunk
+    direct: bool = False  #: see AgentBackend._results_direct
 
 
 def _program_key(ops: Sequence[Op]) -> tuple[Op, ...] | None:
@@ -756,6 +759,8 @@ class AgentBackend(Backend):
         if prepared is not None and prepared.info is info and prepared.size == sizer.size:
             ops = prepared.ops  # checked and planned before, against the same agent and frame size
             chunks: Iterator[_Chunk] = iter((prepared.chunk,))
+            if prepared.direct:
+                return self._results_direct(prepared, await self._exec_one(prepared.chunk), tracking)
         else:
             self._check(ops, info)  # before planning: a refused program sends no frame at all
             if tracking:
@@ -818,6 +823,28 @@ class AgentBackend(Backend):
             self._irq = last
         return ordered
 
+    async def _exec_one(self, chunk: _Chunk) -> ExecReply:
+        """A program of one frame: admitted, sent, answered, retired (as _execute does it)."""
+        self.stats.programs += 1
+        generation = self._generation
+        seq = await self._admit(generation)
+        try:
+            return await self._exec_chunk(chunk, generation, seq)
+        finally:
+            await self._retire(seq)
+
+    def _results_direct(self, prepared: _Prepared, reply: ExecReply, tracking: bool) -> list[Result]:
+        """The results of a remembered program whose reply holds them as they are (no coalesced
+        reads to split) and, tracking IRQs, no IRQ result but the IrqState at its end: what the
+        general path of :meth:`_execute` assembles and unwraps, without its per-op work."""
+        ordered = list(reply.results)
+        if tracking:
+            last = ordered.pop()
+            assert isinstance(last, IrqLines)  # the IrqState at the program's end
+            base = self._irq.counts
+            self._irq = IrqLines(last.levels, tuple(b + ((c - b) & 0xFFFF) for b, c in zip(base, last.counts)))
+        return ordered
+
     def _remember(self, key: tuple[Op, ...], ops: Sequence[Op], chunks: Iterator[_Chunk], info: HelloReply,
                   size: int) -> Iterator[_Chunk]:
         """``chunks`` as they are planned; a program that planned into one frame is kept (its
@@ -831,9 +858,16 @@ class AgentBackend(Backend):
         if second is None:
             first.payload = encode_program(first.ops)
             first.layout = ReplyLayout.of(first.ops)
+            first.reply_bytes = reply_size(first.ops)
             if len(self._prepared) >= PREPARED_PROGRAMS:
                 del self._prepared[next(iter(self._prepared))]  # the oldest
-            self._prepared[key] = _Prepared(info, size, list(ops), first)
+            # results as the reply holds them: one reply part per reading op, in order; and, with
+            # IRQ tracking, no IRQ result or power reset before the IrqState at the end
+            tracking = bool(info.features & Feature.IRQ)
+            direct = all(len(p) == 1 and p[0][0] == i for i, p in enumerate(first.parts)) and (
+                not tracking or not any(isinstance(op, PowerReset) or (is_irq_op(op) and is_reading(op))
+                                        for op in ops[:-1]))
+            self._prepared[key] = _Prepared(info, size, list(ops), first, direct)
         yield first
         if second is not None:
             yield second
@@ -936,7 +970,7 @@ class AgentBackend(Backend):
         if generation != self._generation:
             raise self._reset_error()
         frame = Frame(MsgType.EXEC, seq, chunk.payload if chunk.payload is not None else encode_program(chunk.ops))
-        size = max(len(frame.payload), reply_size(chunk.ops))
+        size = max(len(frame.payload), reply_size(chunk.ops) if chunk.reply_bytes is None else chunk.reply_bytes)
         reply = await self._round_trip("exec", frame, extra, generation=generation, size=size)
         if reply.type == MsgType.ERROR:
             err = ErrorReply.decode(reply.payload)
