@@ -104,10 +104,16 @@ VALIDATED_PROGRAMS = 256  #: programs (by payload) an agent keeps validated; see
 VALIDATED_PAYLOAD = 4096  #: only programs up to this many payload bytes are kept
 
 
+def _waits(ops: list[Op]) -> bool:
+    """Whether a program may wait (a delay, poll, settle or IRQ wait with a time)."""
+    return any(row_of(op).times and wait_us(op) for op in ops)
+
+
 @dataclass(frozen=True)
 class _Validated:
     ops: list[Op]
     replying: list[tuple[Op, Wire]]  #: the ops the reply carries results of, with their wire forms
+    waits: bool  #: _waits(ops)
 
 
 QUICK_OPS = 64  #: the most ops of a program that may run on the agent's own loop (see AgentCore._quick)
@@ -175,14 +181,13 @@ class AgentCore:
         self._io_runner: _IoThread | None = None
         self._sim_io = self.io.capabilities.backend == "sim"  #: see _quick
 
-    def _quick(self, ops: list[Op]) -> bool:
+    def _quick(self, ops: list[Op], waits: bool) -> bool:
         """A program the I/O thread would finish in microseconds runs on this loop instead: the
         hand-off to the thread and back (two wake-ups) was most of a one-op program's time. Only
         on the in-process simulator, whose programs do no I/O, and only a short one that waits
         for nothing (no delay, poll, settle or IRQ wait: those may take long). Programs still
         run one at a time (the core's lock), so the machine is never used from both threads."""
-        return (self._sim_io and len(ops) <= QUICK_OPS
-                and not any(row_of(op).times and wait_us(op) for op in ops))
+        return self._sim_io and len(ops) <= QUICK_OPS and not waits
 
     def offer(self, conn: Connection | None) -> int:
         """The payload offered at HELLO on ``conn``: its link's, if larger than the core's."""
@@ -365,7 +370,7 @@ class AgentCore:
             checked = self._validate(payload)
             if isinstance(checked, bytes):
                 return checked  # refused
-            program = _Validated(checked, replying_wires(checked))
+            program = _Validated(checked, replying_wires(checked), _waits(checked))
             if len(payload) <= VALIDATED_PAYLOAD:
                 if len(self._validated) >= VALIDATED_PROGRAMS:
                     del self._validated[next(iter(self._validated))]  # the oldest
@@ -381,7 +386,7 @@ class AgentCore:
             return self._refuse(Status.UNSUPPORTED, 0, str(e), ops)
         self._used = True
         try:
-            results = await self._run_io(ops)  # Settle runs as the I/O backend's own settle()
+            results = await self._run_io(ops, program.waits)  # Settle runs as the I/O backend's own settle()
         except HilError as e:
             log.error("io_error", error=str(e))
             return ExecReply(Status.IO_ERROR, 0xFFFF, str(e)).encode(ops, program.replying)
@@ -428,8 +433,9 @@ class AgentCore:
                                                      f"{self._reply_payload}", ops)
         return ops
 
-    async def _run_io(self, ops: list[Op]) -> list[Result]:
-        if not self.io_thread or self._quick(ops):
+    async def _run_io(self, ops: list[Op], waits: bool) -> list[Result]:
+        """``waits``: :func:`_waits` of ``ops`` (worked out once per validated program)."""
+        if not self.io_thread or self._quick(ops, waits):
             return await self.io.execute(ops)
         if self._io_runner is None:
             self._io_runner = _IoThread()
