@@ -46,6 +46,7 @@ from hil.agent.protocol import (
     Limits,
     MsgType,
     ProtocolError,
+    ReplyLayout,
     Status,
     encode_program,
     op_duration_us,
@@ -82,6 +83,7 @@ from hil.ops import (
     PowerReset,
     Result,
     Settle,
+    is_irq_op,
     is_reading,
     memory_access,
     port_access,
@@ -124,6 +126,36 @@ _rep_size = result_size
 class _Chunk:
     ops: list[Op]
     parts: list[list[tuple[int, int]]]  #: per reading op: (original reading index, bytes)
+    payload: bytes | None = None  #: the EXEC payload of ``ops``, once encoded (a remembered program)
+    layout: ReplyLayout | None = None  #: how its reply reads in one unpack, if it can (a remembered program)
+    reply_bytes: int | None = None  #: reply_size(ops), once worked out (a remembered program)
+
+
+PREPARED_PROGRAMS = 256  #: single-frame programs a backend remembers checked, planned and encoded
+
+
+@dataclass
+class _Prepared:
+    """A program as sent before: valid for the agent (its HELLO_REPLY) and frame size it was planned for."""
+
+    info: HelloReply
+    size: int
+    ops: list[Op]  #: with the IrqState a tracking program ends with
+    chunk: _Chunk
+    direct: bool = False  #: see AgentBackend._results_direct
+
+
+def _program_key(ops: Sequence[Op]) -> tuple[Op, ...] | None:
+    """The ops as a cache key; None for a program that cannot be one (unhashable data, such as
+    a bytearray) or is too long to be worth hashing."""
+    if len(ops) > 256:
+        return None
+    key = tuple(ops)
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
 
 
 def plan(ops: Sequence[Op], max_request: int | Callable[[], int], max_reply: int | Callable[[], int],
@@ -206,6 +238,10 @@ def _pieces(op: Op, parts: list[tuple[int, int]], req_limit: Callable[[], int],
             yield op, parts
 
 
+#: what a round trip's waiter wakes with when its timeout ran out (not a message: type 0 is none)
+_EXPIRED = Frame(0, 0)
+
+
 MIN_FRAME = 64  #: the adaptive frame size never goes below this many payload bytes
 GROW_AFTER = 8  #: clean round trips in a row before the frame size doubles again
 
@@ -255,6 +291,7 @@ class _Wire:
                  stats: LinkStatistics, name: str) -> None:
         self.link, self._route, self._crashed, self._stats, self._name = link, route, crashed, stats, name
         self.down = False
+        self._writing = False  #: the writer task holds a frame (the direct write must wait its turn)
         self._frames = FrameReader()
         self._queue: asyncio.Queue[tuple[bytes, asyncio.Future[None]]] = asyncio.Queue()
         self._closer: asyncio.Task[None] | None = None
@@ -267,6 +304,13 @@ class _Wire:
         """Queue ``data`` and return once it is written; :class:`LinkError` if the link is down."""
         if self.down:
             raise LinkError(f"{self.link.name}: link down")
+        if not self._writing and self._queue.empty():  # nothing ahead of it: no hand-off to the writer
+            try:
+                if self.link.write_now(data):
+                    return
+            except LinkError:
+                self.down = True
+                raise
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((data, done))
         await done
@@ -291,6 +335,7 @@ class _Wire:
             data, done = await self._queue.get()
             if done.done():  # its sender gave up waiting
                 continue
+            self._writing = True
             try:
                 await self.link.write(data)
             except (LinkError, OSError) as e:
@@ -303,6 +348,8 @@ class _Wire:
                 log.error("agent_link_write_failed", backend=self._name, error=repr(e))
                 self._fail_queued(e, done)
                 return
+            finally:
+                self._writing = False
             if not done.done():
                 done.set_result(None)
 
@@ -416,6 +463,7 @@ class AgentBackend(Backend):
         self._generation = 0  #: bumped at every agent reset; frames of an older generation never run
         #: the IRQ lines at the end of the last program (feature IRQ), with counts unwrapped
         self._irq = IrqLines()
+        self._prepared: dict[tuple[Op, ...], _Prepared] = {}  #: see _remember
 
     # --- life cycle ---------------------------------------------------------------------
     async def _open(self) -> None:
@@ -535,7 +583,8 @@ class AgentBackend(Backend):
         wire = frame.encode()
         wait = self.timeout + extra_s + 2 * len(wire) * 10 / self.baud
         key = (kind, frame.seq)
-        fut: asyncio.Future[Frame] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Frame] = loop.create_future()
         self._pending[key] = fut
         try:
             for attempt in range(self.retries + 1):
@@ -559,10 +608,16 @@ class AgentBackend(Backend):
                     self._lose_link()
                     await asyncio.sleep(min(wait, 0.2))
                     continue
-                done, _ = await asyncio.wait((fut,), timeout=wait)  # the future outlives a timeout
-                if not done:
-                    continue
-                reply = fut.result()
+                timer = loop.call_later(wait, self._expire, key)
+                try:
+                    reply = await fut
+                finally:
+                    timer.cancel()
+                if reply is _EXPIRED:
+                    fut = self._pending[key]  # a reply arriving from now on lands in the fresh one
+                    if not fut.done():
+                        continue
+                    reply = fut.result()  # it came between the timeout and this task resuming
                 self.stats.round_trips += 1
                 if size and not attempt:
                     self.sizer.clean()
@@ -574,6 +629,16 @@ class AgentBackend(Backend):
         finally:
             if self._pending.pop(key, None) is fut and fut.done() and not fut.cancelled():
                 fut.exception()  # failed by a reset while this frame was not waiting for it: seen
+
+    def _expire(self, key: tuple[str, int]) -> None:
+        """A round trip's timeout: its waiter wakes with :data:`_EXPIRED`, and a fresh future
+        takes its place under the same key first, so a late reply (to this or a retransmitted
+        copy: the agent answers both the same) is still received. Awaiting the future itself,
+        not ``asyncio.wait`` around it, saves a loop iteration per frame."""
+        old = self._pending.get(key)
+        if old is not None and not old.done():
+            self._pending[key] = asyncio.get_running_loop().create_future()
+            old.set_result(_EXPIRED)
 
     def _reset_error(self) -> AgentResetError:
         return AgentResetError(
@@ -691,13 +756,23 @@ class AgentBackend(Backend):
         info = self.agent
         if info is None:  # execute() refuses an unopened backend; this is the link's own view
             raise BackendNotOpenError(self.url)
-        self._check(ops, info)  # before planning: a refused program sends no frame at all
         tracking = bool(info.features & Feature.IRQ)
-        if tracking:
-            ops = [*ops, IrqState()]  # the lines at the program's end ride along (taken off below)
-        self.stats.programs += 1
         sizer = self.sizer
-        chunks = plan(ops, lambda: sizer.size, lambda: sizer.size, info.max_ops)
+        key = _program_key(ops)
+        prepared = self._prepared.get(key) if key is not None else None
+        if prepared is not None and prepared.info is info and prepared.size == sizer.size:
+            ops = prepared.ops  # checked and planned before, against the same agent and frame size
+            chunks: Iterator[_Chunk] = iter((prepared.chunk,))
+            if prepared.direct:
+                return self._results_direct(prepared, await self._exec_one(prepared.chunk), tracking)
+        else:
+            self._check(ops, info)  # before planning: a refused program sends no frame at all
+            if tracking:
+                ops = [*ops, IrqState()]  # the lines at the program's end ride along (taken off below)
+            chunks = plan(ops, lambda: sizer.size, lambda: sizer.size, info.max_ops)
+            if key is not None:
+                chunks = self._remember(key, ops, chunks, info, sizer.size)
+        self.stats.programs += 1
         generation = self._generation
         sent: list[_Chunk] = []
         tasks: list[asyncio.Task[ExecReply]] = []
@@ -751,6 +826,56 @@ class AgentBackend(Backend):
             assert isinstance(last, IrqLines)  # the IrqState appended above
             self._irq = last
         return ordered
+
+    async def _exec_one(self, chunk: _Chunk) -> ExecReply:
+        """A program of one frame: admitted, sent, answered, retired (as _execute does it)."""
+        self.stats.programs += 1
+        generation = self._generation
+        seq = await self._admit(generation)
+        try:
+            return await self._exec_chunk(chunk, generation, seq)
+        finally:
+            await self._retire(seq)
+
+    def _results_direct(self, prepared: _Prepared, reply: ExecReply, tracking: bool) -> list[Result]:
+        """The results of a remembered program whose reply holds them as they are (no coalesced
+        reads to split) and, tracking IRQs, no IRQ result but the IrqState at its end: what the
+        general path of :meth:`_execute` assembles and unwraps, without its per-op work."""
+        ordered = list(reply.results)
+        if tracking:
+            last = ordered.pop()
+            assert isinstance(last, IrqLines)  # the IrqState at the program's end
+            base = self._irq.counts
+            self._irq = IrqLines(last.levels, tuple(b + ((c - b) & 0xFFFF) for b, c in zip(base, last.counts)))
+        return ordered
+
+    def _remember(self, key: tuple[Op, ...], ops: Sequence[Op], chunks: Iterator[_Chunk], info: HelloReply,
+                  size: int) -> Iterator[_Chunk]:
+        """``chunks`` as they are planned; a program that planned into one frame is kept (its
+        check passed, its payload encoded), so sending it again skips the check, the planning and
+        the encoding: what :func:`plan` and :func:`encode_program` are for the same ops, agent
+        and frame size always give (pure functions of them)."""
+        first = next(chunks, None)
+        if first is None:
+            return
+        second = next(chunks, None)
+        if second is None:
+            first.payload = encode_program(first.ops)
+            first.layout = ReplyLayout.of(first.ops)
+            first.reply_bytes = reply_size(first.ops)
+            if len(self._prepared) >= PREPARED_PROGRAMS:
+                del self._prepared[next(iter(self._prepared))]  # the oldest
+            # results as the reply holds them: one reply part per reading op, in order; and, with
+            # IRQ tracking, no IRQ result or power reset before the IrqState at the end
+            tracking = bool(info.features & Feature.IRQ)
+            direct = all(len(p) == 1 and p[0][0] == i for i, p in enumerate(first.parts)) and (
+                not tracking or not any(isinstance(op, PowerReset) or (is_irq_op(op) and is_reading(op))
+                                        for op in ops[:-1]))
+            self._prepared[key] = _Prepared(info, size, list(ops), first, direct)
+        yield first
+        if second is not None:
+            yield second
+            yield from chunks
 
     def _unwrap_irq(self, ops: Sequence[Op], results: list[Result]) -> list[Result]:
         """The wire carries IRQ counts modulo 65536: each :class:`IrqLines` result counted on from
@@ -848,8 +973,8 @@ class AgentBackend(Backend):
         extra = sum(wait_us(op) for op in chunk.ops) / 1e6
         if generation != self._generation:
             raise self._reset_error()
-        frame = Frame(MsgType.EXEC, seq, encode_program(chunk.ops))
-        size = max(len(frame.payload), reply_size(chunk.ops))
+        frame = Frame(MsgType.EXEC, seq, chunk.payload if chunk.payload is not None else encode_program(chunk.ops))
+        size = max(len(frame.payload), reply_size(chunk.ops) if chunk.reply_bytes is None else chunk.reply_bytes)
         reply = await self._round_trip("exec", frame, extra, generation=generation, size=size)
         if reply.type == MsgType.ERROR:
             err = ErrorReply.decode(reply.payload)
@@ -860,7 +985,7 @@ class AgentBackend(Backend):
                 return await self._exec_chunk(chunk, generation, seq)
             raise AgentRefusedError(err.status, 0xFFFF, err.message)
         try:
-            result = ExecReply.decode(reply.payload, chunk.ops)
+            result = ExecReply.decode(reply.payload, chunk.ops, chunk.layout)
         except ProtocolError as e:
             raise AgentError(f"{self.url}: malformed reply: {e}") from None
         if result.status != Status.OK:

@@ -57,6 +57,11 @@ class Link(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None: ...
 
+    def write_now(self, data: bytes) -> bool:
+        """Write ``data`` without waiting, if the link can take it at once; False: nothing was
+        written, use :meth:`write`. A link whose writes always wait keeps this default."""
+        return False
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name}>"
 
@@ -81,6 +86,19 @@ class StreamLink(Link):
         except (ConnectionError, OSError) as e:
             raise oserrors.failure(self.name, "write failed", e, LinkError) from None
         self.stats.bytes_out += len(data)
+
+    def write_now(self, data: bytes) -> bool:
+        """With nothing buffered in the transport (no drain would wait) and the connection up,
+        the write is the transport's own: what :meth:`write` does, without its await."""
+        transport = self._writer.transport
+        if transport.is_closing() or transport.get_write_buffer_size():
+            return False
+        try:
+            self._writer.write(data)
+        except (ConnectionError, OSError) as e:
+            raise oserrors.failure(self.name, "write failed", e, LinkError) from None
+        self.stats.bytes_out += len(data)
+        return True
 
     async def close(self) -> None:
         self._writer.close()

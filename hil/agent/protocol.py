@@ -32,12 +32,16 @@ from hil.ops import (
     DEVICE_OPS,
     IRQ_OPS,
     DevState,
+    In,
+    IrqState,
     MemFill,
     Op,
     Opcode as Opcode,  # the opcodes are rows of hil.ops.TABLE; named here too, next to Status
     Poll,
     Result,
     Settle,
+    WaitIrq,
+    Wire,
     result_size,
     wait_us,
     wire_of,
@@ -132,9 +136,40 @@ def crc32(data: bytes) -> int:
 _RUNS = re.compile(b"([^\x00]*)(\x00*)")
 
 
+_CODES = [bytes((n,)) for n in range(256)]  #: a COBS block's code byte, by value
+
+
 def cobs_encode(data: bytes) -> bytes:
-    """Per run of non-zero bytes and per run of zeros, not per byte: long frames stay cheap."""
+    """Per block, not per byte: a frame is cut at its zeros by ``bytes.split`` (C speed) and each
+    piece becomes one block (or several, past 254 bytes); data with many zeros (cleared memory)
+    is encoded per run of zeros instead (:func:`_cobs_encode_runs`), where splitting would make a
+    block of every zero. Both give the same bytes (tests/test_agent_fastpaths.py)."""
     data = bytes(data)
+    if data.count(0) > len(data) >> 2:
+        return _cobs_encode_runs(data)
+    return _cobs_encode_split(data)
+
+
+def _cobs_encode_split(data: bytes) -> bytes:
+    codes = _CODES
+    out: list[bytes] = []
+    for piece in data.split(b"\x00"):  # a zero after every piece but the last
+        n = len(piece)
+        if n < 254:
+            out.append(codes[n + 1])
+            out.append(piece)
+            continue
+        while n >= 254:  # a full block: code 0xFF, no zero implied after it
+            out.append(b"\xff")
+            out.append(piece[:254])
+            piece, n = piece[254:], n - 254
+        out.append(codes[n + 1])
+        out.append(piece)
+    return b"".join(out)
+
+
+def _cobs_encode_runs(data: bytes) -> bytes:
+    """Per run of non-zero bytes and per run of zeros, not per byte: long zero runs stay cheap."""
     out = bytearray()
     for m in _RUNS.finditer(data):
         segment, zeros = m.group(1), len(m.group(2))
@@ -536,15 +571,14 @@ class ExecReply:
     results: list[Result] = field(default_factory=list)
     polls_met: list[bool] = field(default_factory=list)
 
-    def encode(self, ops: Sequence[Op]) -> bytes:
+    def encode(self, ops: Sequence[Op], replying: Sequence[tuple[Op, Wire]] | None = None) -> bytes:
+        """``replying``: :func:`replying_wires` of ``ops``, if the caller has it already."""
         reason = self.reason.encode()[:255]
         out = bytearray(REPLY_HEADER.pack(self.status, self.index, len(reason)) + reason)
         it = iter(self.results)
         met = iter(self.polls_met)
-        for op in ops:
-            wire = wire_of(op)
-            if wire.reply is None or wire.reply_fields is None:
-                continue
+        for op, wire in replying_wires(ops) if replying is None else replying:
+            assert wire.reply is not None and wire.reply_fields is not None  # replying_wires keeps only these
             v = next(it, None)
             if v is None:
                 break
@@ -553,7 +587,11 @@ class ExecReply:
         return bytes(out)
 
     @classmethod
-    def decode(cls, p: bytes, ops: Sequence[Op]) -> ExecReply:
+    def decode(cls, p: bytes, ops: Sequence[Op], layout: ReplyLayout | None = None) -> ExecReply:
+        """``layout``: the :class:`ReplyLayout` of ``ops``, for a successful reply read in one unpack."""
+        if (layout is not None and len(p) == REPLY_HEADER.size + layout.struct.size and p[0] == Status.OK
+                and p[3] == 0):
+            return layout.decode(p, cls(Status.OK, int.from_bytes(p[1:3], "little")))
         r = _Reader(p)
         status, index = _status(r.u8()), r.u16()
         reason = r.take(r.u8()).decode(errors="replace")
@@ -572,6 +610,55 @@ class ExecReply:
                 reply.polls_met.append(bool(fields[-1]))
         r.end()
         return reply
+
+
+#: ops whose reply is their wire's fixed struct and nothing more (no data tail)
+FIXED_REPLIES = (In, Poll, IrqState, WaitIrq)
+
+
+class ReplyLayout:
+    """A successful EXEC_REPLY to a program whose replying ops all have fixed-size replies, read
+    with one ``struct`` (their formats joined: little-endian, no padding) instead of one read
+    per op. What :meth:`ExecReply.decode` gives without it (tests/test_agent_fastpaths.py)."""
+
+    def __init__(self, replying: Sequence[tuple[Op, Wire]]) -> None:
+        fmt, self.items = "<", []
+        at = 0
+        for op, wire in replying:
+            assert wire.reply is not None
+            n = len(wire.reply.unpack(bytes(wire.reply.size)))
+            fmt += wire.reply.format.lstrip("<")
+            self.items.append((op, wire, at, at + n))
+            at += n
+        self.struct = struct.Struct(fmt)
+
+    @classmethod
+    def of(cls, ops: Sequence[Op]) -> ReplyLayout | None:
+        replying = replying_wires(ops)
+        if not all(isinstance(op, FIXED_REPLIES) for op, _ in replying):
+            return None
+        return cls(replying)
+
+    def decode(self, p: bytes, reply: ExecReply) -> ExecReply:
+        values = self.struct.unpack_from(p, REPLY_HEADER.size)
+        results, met = reply.results, reply.polls_met
+        for op, wire, a, b in self.items:
+            fields = values[a:b]
+            assert wire.result is not None  # a replying wire
+            results.append(wire.result(op, fields, b""))
+            if wire.met:
+                met.append(bool(fields[-1]))
+        return reply
+
+
+def replying_wires(ops: Sequence[Op]) -> list[tuple[Op, Wire]]:
+    """The ops whose results an EXEC_REPLY carries, each with its wire form, in order."""
+    out = []
+    for op in ops:
+        wire = wire_of(op)
+        if wire.reply is not None and wire.reply_fields is not None:
+            out.append((op, wire))
+    return out
 
 
 # --- helpers --------------------------------------------------------------------------------

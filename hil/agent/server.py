@@ -51,12 +51,13 @@ from hil.agent.protocol import (
     decode_program,
     op_duration_us,
     reply_size,
+    replying_wires,
 )
 from hil.allowlist import AllowList
 from hil.backends.base import DEVICE_CAPABILITIES, Backend, Capability
 from hil.errors import AccessDeniedError, HilError, MemoryRangeError, UndecodedPortError
 from hil.log import get_logger
-from hil.ops import Op, Poll, Result, is_device_op, is_irq_op, is_reading, memory_access, row_of, wait_us
+from hil.ops import Op, Poll, Result, Wire, is_device_op, is_irq_op, memory_access, row_of, wait_us
 
 if TYPE_CHECKING:
     import serial  # pyserial, imported where a serial line is opened
@@ -97,6 +98,22 @@ class Session:
     next: int  #: the sequence number to execute next (programs run in order, once)
     cache: OrderedDict[int, bytes] = field(default_factory=OrderedDict)  #: seq -> encoded reply frame
     held: dict[int, Frame] = field(default_factory=dict)  #: frames that arrived ahead of a lost one
+
+
+VALIDATED_PROGRAMS = 256  #: programs (by payload) an agent keeps validated; see AgentCore._validate
+VALIDATED_PAYLOAD = 4096  #: only programs up to this many payload bytes are kept
+
+
+def _waits(ops: list[Op]) -> bool:
+    """Whether a program may wait (a delay, poll, settle or IRQ wait with a time)."""
+    return any(row_of(op).times and wait_us(op) for op in ops)
+
+
+@dataclass(frozen=True)
+class _Validated:
+    ops: list[Op]
+    replying: list[tuple[Op, Wire]]  #: the ops the reply carries results of, with their wire forms
+    waits: bool  #: _waits(ops)
 
 
 QUICK_OPS = 64  #: the most ops of a program that may run on the agent's own loop (see AgentCore._quick)
@@ -158,19 +175,19 @@ class AgentCore:
         self._used = False  #: a program ran on the current I/O since it was opened
         self._lock = asyncio.Lock()  #: one program or session change at a time
         self._local = Connection("local")  #: the connection of frames handed in without one
+        self._validated: dict[tuple[bytes, int, int], _Validated] = {}  #: see _validate
         if self.io_thread is None:
             self.io_thread = self.io.capabilities.backend != "qemu"  # qemu: its streams live on this loop
         self._io_runner: _IoThread | None = None
         self._sim_io = self.io.capabilities.backend == "sim"  #: see _quick
 
-    def _quick(self, ops: list[Op]) -> bool:
+    def _quick(self, ops: list[Op], waits: bool) -> bool:
         """A program the I/O thread would finish in microseconds runs on this loop instead: the
         hand-off to the thread and back (two wake-ups) was most of a one-op program's time. Only
         on the in-process simulator, whose programs do no I/O, and only a short one that waits
         for nothing (no delay, poll, settle or IRQ wait: those may take long). Programs still
         run one at a time (the core's lock), so the machine is never used from both threads."""
-        return (self._sim_io and len(ops) <= QUICK_OPS
-                and not any(row_of(op).times and wait_us(op) for op in ops))
+        return self._sim_io and len(ops) <= QUICK_OPS and not waits
 
     def offer(self, conn: Connection | None) -> int:
         """The payload offered at HELLO on ``conn``: its link's, if larger than the core's."""
@@ -347,6 +364,42 @@ class AgentCore:
         return Limits(self._request_payload, self._reply_payload, self.max_ops, self.max_op_us, self.max_program_us)
 
     async def _execute(self, payload: bytes) -> bytes:
+        key = (payload, self._request_payload, self._reply_payload)
+        program = self._validated.get(key)
+        if program is None:
+            checked = self._validate(payload)
+            if isinstance(checked, bytes):
+                return checked  # refused
+            program = _Validated(checked, replying_wires(checked), _waits(checked))
+            if len(payload) <= VALIDATED_PAYLOAD:
+                if len(self._validated) >= VALIDATED_PROGRAMS:
+                    del self._validated[next(iter(self._validated))]  # the oldest
+                self._validated[key] = program
+        ops = program.ops
+        try:
+            self.io.check(ops)  # the I/O backend's own refusals (devport: 16-bit DMA ports), before any op runs
+        except MemoryRangeError as e:
+            return self._refuse(Status.MEM_DENIED, 0, str(e), ops)
+        except (AccessDeniedError, UndecodedPortError) as e:
+            return self._refuse(Status.PORT_DENIED, 0, str(e), ops)
+        except HilError as e:
+            return self._refuse(Status.UNSUPPORTED, 0, str(e), ops)
+        self._used = True
+        try:
+            results = await self._run_io(ops, program.waits)  # Settle runs as the I/O backend's own settle()
+        except HilError as e:
+            log.error("io_error", error=str(e))
+            return ExecReply(Status.IO_ERROR, 0xFFFF, str(e)).encode(ops, program.replying)
+        self.stats.executed += 1
+        met = [op.met(r) for op, r in zip((op for op, _ in program.replying), results)
+               if isinstance(op, Poll) and isinstance(r, int)]
+        return ExecReply(Status.OK, 0xFFFF, "", list(results), met).encode(ops, program.replying)
+
+    def _validate(self, payload: bytes) -> list[Op] | bytes:
+        """The program of ``payload`` if this agent may run it, else the encoded refusal. What
+        decides it (the payload, the session's sizes, the allow-list, the features) does not
+        change while a session lasts, so :meth:`_execute` keeps the programs that passed; the
+        I/O backend's own check, which may follow the machine's state, runs every time."""
         limits = self.limits()
         if not limits.request_fits(len(payload)):
             return self._refuse(Status.TOO_LARGE, 0xFFFF, f"a {len(payload)}-byte program exceeds the "
@@ -378,27 +431,11 @@ class AgentCore:
         if not limits.reply_fits(reply_size(ops)):
             return self._refuse(Status.TOO_LARGE, 0, f"reply of {reply_size(ops)} bytes exceeds "
                                                      f"{self._reply_payload}", ops)
-        try:
-            self.io.check(ops)  # the I/O backend's own refusals (devport: 16-bit DMA ports), before any op runs
-        except MemoryRangeError as e:
-            return self._refuse(Status.MEM_DENIED, 0, str(e), ops)
-        except (AccessDeniedError, UndecodedPortError) as e:
-            return self._refuse(Status.PORT_DENIED, 0, str(e), ops)
-        except HilError as e:
-            return self._refuse(Status.UNSUPPORTED, 0, str(e), ops)
-        self._used = True
-        try:
-            results = await self._run_io(ops)  # Settle runs as the I/O backend's own settle()
-        except HilError as e:
-            log.error("io_error", error=str(e))
-            return ExecReply(Status.IO_ERROR, 0xFFFF, str(e)).encode(ops)
-        self.stats.executed += 1
-        reading = [op for op in ops if is_reading(op)]
-        met = [op.met(r) for op, r in zip(reading, results) if isinstance(op, Poll) and isinstance(r, int)]
-        return ExecReply(Status.OK, 0xFFFF, "", list(results), met).encode(ops)
+        return ops
 
-    async def _run_io(self, ops: list[Op]) -> list[Result]:
-        if not self.io_thread or self._quick(ops):
+    async def _run_io(self, ops: list[Op], waits: bool) -> list[Result]:
+        """``waits``: :func:`_waits` of ``ops`` (worked out once per validated program)."""
+        if not self.io_thread or self._quick(ops, waits):
             return await self.io.execute(ops)
         if self._io_runner is None:
             self._io_runner = _IoThread()
@@ -417,33 +454,46 @@ async def serve_link(core: AgentCore, link: Link, *, stop: asyncio.Event | None 
     reader = FrameReader(core.offer(conn))
     loop = asyncio.get_running_loop()
     deadline = loop.time() + hello_timeout if hello_timeout is not None else None
+    # one timeout scope for the whole connection, moved before each read and lifted after it:
+    # wait_for() would wrap every read in a task of its own (a loop iteration or two per frame)
+    watch = asyncio.timeout(None)
     try:
-        while stop is None or not stop.is_set():
-            timeout = idle_timeout if conn.authenticated else (None if deadline is None else deadline - loop.time())
-            if timeout is None:
-                data = await link.read()
-            else:
-                try:
-                    data = await asyncio.wait_for(link.read(), max(0.0, timeout))
-                except TimeoutError:
-                    log.info("connection_dropped", conn=conn.name,
-                             reason="idle" if conn.authenticated else "no HELLO in time")
-                    break
-            if not data:
-                break
-            for frame in reader.feed(data):
-                reply = await core.handle(frame, conn)
-                if reply is not None:
-                    try:
-                        await link.write(reply)
-                    except LinkError as e:
-                        log.warning("reply_lost", error=str(e))
-                        return
-                    core.stats.frames_out += 1
+        async with watch:
+            await _serve_frames(core, link, conn, reader, watch, stop, deadline, idle_timeout)
+    except TimeoutError:
+        if not watch.expired():
+            raise
+        log.info("connection_dropped", conn=conn.name, reason="idle" if conn.authenticated else "no HELLO in time")
     finally:
         core.detach(conn)
         if reader.discarded:
             log.info("link_resyncs", discarded_bytes=reader.discarded, bad_frames=reader.bad_frames)
+
+
+async def _serve_frames(core: AgentCore, link: Link, conn: Connection, reader: FrameReader,
+                        watch: asyncio.Timeout, stop: asyncio.Event | None, deadline: float | None,
+                        idle_timeout: float | None) -> None:
+    """serve_link's loop: only a read waits under ``watch`` (a program that runs long is not idle)."""
+    loop = asyncio.get_running_loop()
+    while stop is None or not stop.is_set():
+        timeout = idle_timeout if conn.authenticated else (None if deadline is None else deadline - loop.time())
+        if timeout is None:
+            data = await link.read()
+        else:
+            watch.reschedule(loop.time() + max(0.0, timeout))
+            data = await link.read()
+            watch.reschedule(None)
+        if not data:
+            return
+        for frame in reader.feed(data):
+            reply = await core.handle(frame, conn)
+            if reply is not None:
+                try:
+                    await link.write(reply)
+                except LinkError as e:
+                    log.warning("reply_lost", error=str(e))
+                    return
+                core.stats.frames_out += 1
 
 
 @dataclass

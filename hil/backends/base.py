@@ -352,9 +352,12 @@ class Backend(abc.ABC):
         non-negative number of microseconds (``Delay(inf)`` would sleep forever on hardware).
         """
         check_program(ops)
+        irq: bool | None = None  #: the capability, asked once per check (a backend builds its capabilities afresh)
         for i, op in enumerate(ops):  # refuse before anything runs, rather than skip what cannot be done
             row = row_of(op)
-            if row.irq and Capability.IRQ not in self.capabilities:
+            if row.irq and irq is None:
+                irq = Capability.IRQ in self.capabilities
+            if row.irq and not irq:
                 raise UnsupportedOperationError(self._no_irq(type(op).__name__), index=i, op=type(op).__name__)
             if not isinstance(op, self.OPS) and not isinstance(op, Settle):
                 raise UnsupportedOperationError(
