@@ -366,13 +366,10 @@ class FaultyLine(Link):
         await self.inner.close()
 
 
-async def test_agent_fault_suite_over_the_uart_a_paused_vm_and_a_reset_one(vm_ready):
+async def test_agent_fault_suite_over_the_uart(vm_ready):
     """Over the real UART: frames dropped, duplicated, corrupted and reordered both ways (10 %
     each) still run once each, in order, with the simulator's results (the flip-flop makes a
-    repeated frame show in the values). The VM's CPUs stopped mid-program (QMP stop) and resumed:
-    the program completes with the right data through the client's retries. The VM reset
-    mid-program: the program fails with AgentResetError, the driver layer's reset listener
-    restores what it had programmed, and the next program runs on the rebooted agent."""
+    repeated frame show in the values)."""
     faults = Faults(7, {}, exec_only=False)
     be = open_backend("vm:?timeout=0.5&retries=200")
     assert isinstance(be, VmBackend)
@@ -392,7 +389,15 @@ async def test_agent_fault_suite_over_the_uart_a_paused_vm_and_a_reset_one(vm_re
                 break
         assert set(faults.seen.faults) == {"drop", "duplicate", "corrupt", "reorder"}, faults.seen.faults
         assert be.stats.retries > 0
-        faults.rates = {}
+
+
+async def test_link_survives_a_paused_vm_and_detects_a_reset_one(vm_ready):
+    """The VM's CPUs stopped mid-program (QMP stop) and resumed: the program completes with the
+    right data through the client's retries. The VM reset mid-program: the program fails with
+    AgentResetError, the driver layer's reset listener restores what it had programmed, and the
+    next program runs on the rebooted agent."""
+    async with open_backend("vm:?timeout=0.5&retries=200") as be:
+        assert isinstance(be, VmBackend) and be.vm is not None
         await be.execute([MemRead(0x10000, 16)])
         pattern = bytes(range(256)) * 64
         await be.write_mem(0x20000, pattern)

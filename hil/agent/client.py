@@ -608,13 +608,15 @@ class AgentBackend(Backend):
                     self._lose_link()
                     await asyncio.sleep(min(wait, 0.2))
                     continue
-                timer = loop.call_later(wait, self._expire, key)
+                timer = loop.call_later(wait, self._expire, key, fut)
                 try:
                     reply = await fut
                 finally:
                     timer.cancel()
                 if reply is _EXPIRED:
-                    fut = self._pending[key]  # a reply arriving from now on lands in the fresh one
+                    # a reply arriving from now on lands in the fresh future; if the key was taken
+                    # over meanwhile (a round trip of the same kind and seq ended), register again
+                    fut = self._pending.setdefault(key, loop.create_future())
                     if not fut.done():
                         continue
                     reply = fut.result()  # it came between the timeout and this task resuming
@@ -627,18 +629,21 @@ class AgentBackend(Backend):
                 f"is the agent running, the link right (baud {self.baud})?"
             )
         finally:
-            if self._pending.pop(key, None) is fut and fut.done() and not fut.cancelled():
-                fut.exception()  # failed by a reset while this frame was not waiting for it: seen
+            if self._pending.get(key) is fut:  # ours: another round trip may hold the key by now
+                del self._pending[key]
+                if fut.done() and not fut.cancelled():
+                    fut.exception()  # failed by a reset while this frame was not waiting for it: seen
 
-    def _expire(self, key: tuple[str, int]) -> None:
+    def _expire(self, key: tuple[str, int], waiting: asyncio.Future[Frame]) -> None:
         """A round trip's timeout: its waiter wakes with :data:`_EXPIRED`, and a fresh future
         takes its place under the same key first, so a late reply (to this or a retransmitted
         copy: the agent answers both the same) is still received. Awaiting the future itself,
         not ``asyncio.wait`` around it, saves a loop iteration per frame."""
-        old = self._pending.get(key)
-        if old is not None and not old.done():
+        if waiting.done():
+            return
+        if self._pending.get(key) is waiting:
             self._pending[key] = asyncio.get_running_loop().create_future()
-            old.set_result(_EXPIRED)
+        waiting.set_result(_EXPIRED)  # the waiter wakes whoever holds the key now: no wait without end
 
     def _reset_error(self) -> AgentResetError:
         return AgentResetError(
