@@ -470,7 +470,7 @@ def test_no_orphan_qemu_or_directory_when_the_host_goes(vm_ready, tmp_path, how)
     import signal
 
     from hil.backends.qemu.process import sweep_stale_workdirs
-    from hil.vm.machine import WORKDIR_PREFIX
+    from hil.vm.instance import WORKDIR_PREFIX
 
     script = tmp_path / "child.py"
     script.write_text(VM_CHILD)

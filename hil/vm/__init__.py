@@ -5,7 +5,7 @@
 * :mod:`~hil.vm.guest`: the guest's ``/init``;
 * :mod:`~hil.vm.kernel`: finding (and fetching) the kernel the VM boots;
 * :mod:`~hil.vm.qmp`: QEMU's monitor, to pause, resume and reset the VM;
-* :mod:`~hil.vm.machine`: one VM's QEMU process, its files and its console.
+* :mod:`~hil.vm.instance`: one running VM: its QEMU process, files, console and monitor.
 * :mod:`~hil.vm.backend`: :class:`VmBackend`, the agent backend over the VM's serial line.
 
 """

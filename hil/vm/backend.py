@@ -45,7 +45,7 @@ from hil.backends.base import DEVICE_PORTS, Capabilities, Capability
 from hil.errors import BackendOptionError, LinkError, VmBootError
 from hil.log import get_logger
 from hil.vm import image, kernel
-from hil.vm.machine import CommandResult, MachineSpec, VirtualMachine, run_in_guest
+from hil.vm.instance import CommandResult, MachineSpec, VirtualMachine, run_in_guest
 
 log = get_logger("hil.vm")
 
