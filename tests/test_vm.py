@@ -131,7 +131,7 @@ def test_guest_image_holds_every_module_the_agent_imports(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     loaded = json.loads(subprocess.run([PY, "-c", probe], capture_output=True, text=True, check=True, env=env).stdout)
     lay = image.layout()
-    stdlib_sources = {str(p) for g, p in lay.files.items() if g.startswith("stdlib:")}
+    stdlib_sources = {str(p) for p in lay.stdlib}
     guest_files = {str(p) for p in lay.files.values()}
     missing = []
     for path in loaded:

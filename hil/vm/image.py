@@ -91,6 +91,9 @@ class Layout:
     made: dict[str, bytes] = field(default_factory=dict)  #: guest path -> contents
     executable: set[str] = field(default_factory=set)  #: guest paths made mode 0755
     links: dict[str, str] = field(default_factory=dict)  #: guest path -> symlink target
+    #: the standard library's sources and where their compiled zip goes (compiled by build())
+    stdlib: list[Path] = field(default_factory=list)
+    stdlib_zip: str = ""
 
     def copy(self, host: Path, guest: str | None = None, *, exe: bool = False) -> None:
         path = guest or str(host)
@@ -106,6 +109,9 @@ class Layout:
         for guest, data in sorted(self.made.items()):
             yield f"{guest}\0{hashlib.sha256(data).hexdigest()}"
         yield from (f"{g}\0->{t}" for g, t in sorted(self.links.items()))
+        for source in self.stdlib:
+            st = source.stat()
+            yield f"{self.stdlib_zip}\0{source}\0{st.st_size}\0{st.st_mtime_ns}"
 
 
 def _interpreter() -> Path:
@@ -235,10 +241,8 @@ def layout() -> Layout:
         out.copy(Path(os.path.realpath(lib)), str(lib), exe=True)
     # the interpreter identifies its prefix by this landmark; the modules themselves are in the zip
     out.made[str(stdlib / "os.py")] = b"# the standard library is in the zip beside this directory\n"
-    version = f"{sys.version_info.major}{sys.version_info.minor}"
-    out.made[str(stdlib.parent / f"python{version}.zip")] = b""  # placeholder: filled by build(), keyed by stdlib inputs
-    for _, source in _stdlib_modules(stdlib):
-        out.files[f"stdlib:{source}"] = source  # cache key only; build() skips these
+    out.stdlib_zip = str(stdlib.parent / f"python{sys.version_info.major}{sys.version_info.minor}.zip")
+    out.stdlib = [source for _, source in sorted(_stdlib_modules(stdlib))]
     _package_files(Path(hil.__file__).parent, out)
     seen: set[str] = {"lpc-hil"}
     dist = None
@@ -280,18 +284,18 @@ def _stripped(host: Path, data: bytes, strip: str | None, scratch: Path) -> byte
 
 
 def _entries(lay: Layout, stdlib_zip_bytes: bytes, scratch: Path) -> Iterator[Entry]:
-    real = {g: h for g, h in lay.files.items() if not g.startswith("stdlib:")}
-    for d in sorted(_directories([*real, *lay.made, *lay.links]) | {"/dev", "/proc", "/sys", "/tmp", "/run", "/root"}):
+    every = [*lay.files, *lay.made, *lay.links, lay.stdlib_zip]
+    for d in sorted(_directories(every) | {"/dev", "/proc", "/sys", "/tmp", "/run", "/root"}):
         yield Entry.directory(d)
     yield Entry.chardev("/dev/console", 5, 1)
     yield Entry.chardev("/dev/null", 1, 3, 0o666)
     strip = shutil.which("strip")
-    for guest, host in real.items():
+    for guest, host in lay.files.items():
         data = _stripped(host, host.read_bytes(), strip, scratch)
         yield Entry.file(guest, data, 0o755 if guest in lay.executable else 0o644)
     for guest, data in lay.made.items():
-        yield Entry.file(guest, stdlib_zip_bytes if guest.endswith(".zip") else data,
-                         0o755 if guest in lay.executable else 0o644)
+        yield Entry.file(guest, data, 0o755 if guest in lay.executable else 0o644)
+    yield Entry.file(lay.stdlib_zip, stdlib_zip_bytes)
     for guest, target in lay.links.items():
         yield Entry.symlink(guest, target)
 
