@@ -554,3 +554,22 @@ async def test_a_stale_execs_no_session_never_answers_a_hello_of_the_same_seq():
     assert exec_waiting.done() and not hello.done()  # an EXEC waiting for it gets it
     be._route(Frame(MsgType.ERROR, 57, ErrorReply(Status.BUSY, "another host").encode()))
     assert hello.done()  # a HELLO's own refusals still reach it
+
+
+async def test_a_round_trips_timeout_wakes_its_own_waiter_whoever_holds_the_key():
+    """Seen over the VM's UART: a round trip's waiter whose key another round trip of the same
+    kind and seq had taken over (and then removed) never woke, so it waited without end instead
+    of retransmitting. The timer wakes the waiter it was set for, and leaves another's entry alone."""
+    from hil.agent.client import _EXPIRED
+
+    be = AgentBackend("agent+pipe://x", "pipe://x")
+    loop = asyncio.get_running_loop()
+    mine: asyncio.Future[Frame] = loop.create_future()
+    other: asyncio.Future[Frame] = loop.create_future()
+    be._pending[("exec", 5)] = other
+    be._expire(("exec", 5), mine)
+    assert mine.done() and mine.result() is _EXPIRED
+    assert be._pending[("exec", 5)] is other and not other.done()
+    be._pending[("exec", 5)] = mine2 = loop.create_future()
+    be._expire(("exec", 5), mine2)  # its own entry: a fresh future takes the key for a late reply
+    assert mine2.result() is _EXPIRED and be._pending[("exec", 5)] is not mine2
