@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import struct
 import time
 from pathlib import Path
@@ -30,7 +29,7 @@ from hil.agent.server import AgentCore, start
 from hil.allowlist import AllowList
 from hil.backends import open_backend
 from hil.backends.base import DEVICE_CAPABILITIES, DEVICE_PORTS
-from hil.bench.link import bench_shaped
+from hil.bench.link import bench_shaped, serve_echo
 from hil.logconfig import configure
 from hil.runner import run_script
 from hil.script import load_script
@@ -44,7 +43,7 @@ class Echo:
     answered, the least any protocol over the same sockets can cost."""
 
     async def __aenter__(self) -> Echo:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.server = await asyncio.start_server(serve_echo, "127.0.0.1", 0)
         port = self.server.sockets[0].getsockname()[1]
         self.reader, self.writer = await asyncio.open_connection("127.0.0.1", port)
         return self
@@ -52,14 +51,6 @@ class Echo:
     async def __aexit__(self, *exc: object) -> None:
         self.writer.close()
         self.server.close()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
-            while header := await reader.readexactly(8):
-                out, back = struct.unpack("<II", header)
-                await reader.readexactly(out)
-                writer.write(bytes(back))
-                await writer.drain()
 
     async def exchange(self, out: int, back: int) -> None:
         self.writer.write(struct.pack("<II", max(0, out - 8), back) + bytes(max(0, out - 8)))

@@ -142,6 +142,17 @@ class NoFloor(Floor):
         return None
 
 
+async def serve_echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """The echo floor's far end: each request is an 8-byte header (bytes that follow, bytes to
+    answer), that many bytes, and the answer is that many zero bytes."""
+    with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+        while header := await reader.readexactly(8):
+            out, back = struct.unpack("<II", header)
+            await reader.readexactly(out)
+            writer.write(bytes(back))
+            await writer.drain()
+
+
 class EchoFloor(Floor):
     """TCP has no baud rate: its floor is measured in the same run, as the best of ``repeat``
     exchanges of the same byte counts with a plain echo server on this machine's loopback."""
@@ -155,12 +166,7 @@ class EchoFloor(Floor):
         self._cache: dict[tuple[int, int], float] = {}
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
-            while header := await reader.readexactly(8):
-                out, back = struct.unpack("<II", header)
-                await reader.readexactly(out)
-                writer.write(bytes(back))
-                await writer.drain()
+        await serve_echo(reader, writer)
 
     async def minimum(self, out: int, back: int, trips: int = 1) -> float | None:
         if (out, back) in self._cache:

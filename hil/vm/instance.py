@@ -38,7 +38,7 @@ from hil.backends.qemu.process import (
     die_with_parent,
     find_binary,
     signal_group,
-    stop_group,
+    stop_process,
     sweep_stale_workdirs,
 )
 from hil.errors import QmpError, VmBootError, VmError
@@ -323,15 +323,7 @@ class VirtualMachine:
             self.qmp = None
         proc = self._proc
         if proc is not None:
-            if proc.returncode is None:
-                signal_group(proc.pid, signal.SIGTERM)
-                try:
-                    await asyncio.wait_for(proc.wait(), 2.0)
-                except TimeoutError:
-                    signal_group(proc.pid, signal.SIGKILL)
-                    await proc.wait()
-            await stop_group(proc.pid)
-            LIVE.pop(proc.pid, None)
+            await stop_process(proc)
             log.debug("vm_stopped", pid=proc.pid, status=proc.returncode)
             self._proc = None
         if self._log is not None:

@@ -11,7 +11,6 @@ import contextlib
 import functools
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -39,8 +38,7 @@ from hil.backends.qemu.process import (
     die_with_parent,
     find_binary,
     probe_version,
-    signal_group,
-    stop_group,
+    stop_process,
     sweep_stale_workdirs,
 )
 from hil.backends.qemu.settle import settle_on, wait_irq as wait_irq_line
@@ -227,16 +225,7 @@ class QemuBackend(Backend):
             self._server = None
         proc = self._proc
         if proc is not None:
-            pgid = proc.pid  # start_new_session: the process we started leads its own group
-            if proc.returncode is None:
-                signal_group(pgid, signal.SIGTERM)
-                try:
-                    await asyncio.wait_for(proc.wait(), 2.0)
-                except TimeoutError:
-                    signal_group(pgid, signal.SIGKILL)
-                    await proc.wait()
-            await stop_group(pgid)
-            LIVE.pop(proc.pid, None)
+            await stop_process(proc)
             log.debug("qemu_stopped", pid=proc.pid, status=proc.returncode)
         if self._log_file is not None:
             self._log_file.close()

@@ -245,6 +245,21 @@ async def stop_group(pgid: int) -> None:
         log.warning("qemu_group_survived", pgid=pgid)
 
 
+async def stop_process(proc: asyncio.subprocess.Process) -> None:
+    """Stop a QEMU this process started with ``start_new_session`` (it leads its own group):
+    SIGTERM to the group, SIGKILL if it has not gone within 2 s, then whatever of the group is
+    left (:func:`stop_group`), and forget it for the exit handler."""
+    if proc.returncode is None:
+        signal_group(proc.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), 2.0)
+        except TimeoutError:
+            signal_group(proc.pid, signal.SIGKILL)
+            await proc.wait()
+    await stop_group(proc.pid)
+    LIVE.pop(proc.pid, None)
+
+
 # --- arguments -----------------------------------------------------------------------------------
 
 _SET_HERE = "is set by the backend itself"
