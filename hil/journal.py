@@ -333,6 +333,41 @@ def _encode(record: dict[str, Any]) -> str:
     return "{" + ",".join(parts) + "}"
 
 
+def json_str(text: str) -> str:
+    """``text`` as the journal writes a string (``json.dumps``, ensure_ascii)."""
+    return _STR(text)
+
+
+@dataclass(frozen=True)
+class ObsFormat:
+    """The journal line of every observation one step makes, worked out once for the step: the
+    record's text as ``%``-formats, its constant keys written in, a ``%s`` for each key that
+    differs from one observation to the next (given as the JSON text :func:`_encode` writes for
+    it: an int as it is, a string through :func:`json_str`, a bool as ``"true"``/``"false"``),
+    then ``t`` (``%r`` of the float) and, in :attr:`with_vt`, ``vt_ns``. A runner's compiled step
+    fills it in for the price of one ``%``; tests/test_runner_fastpath.py holds it to
+    :meth:`Journal.observation`'s text."""
+
+    with_vt: str  #: the format when the observation has a ``vt_ns``
+    without_vt: str  #: ... and when it has none
+
+
+def obs_format(sample: Observation, slots: Sequence[str]) -> ObsFormat:
+    """The :class:`ObsFormat` of observations like ``sample``: the same kind, every key equal
+    or equally absent, except ``t``, ``vt_ns`` and the ``slots`` (present in ``sample``, in
+    record key order), which differ."""
+    record = sample._fill({"type": "obs"})
+    keys = [k for k in record if k not in ("t", "vt_ns")]
+    if list(record)[len(keys):] not in (["t"], ["t", "vt_ns"]) or [k for k in keys if k in slots] != list(slots):
+        raise ValueError(f"slots {slots} are not keys of {record} in record order, before t")
+    parts = []
+    for key in keys:  # "type" and the RECORD_KEYS: names without a "%"
+        value = "%s" if key in slots else _encode({key: record[key]})[len(_KEY_TEXT[key]) + 1:-1].replace("%", "%%")
+        parts.append(_KEY_TEXT[key] + value)
+    head = "{" + ",".join(parts) + ',"t":%r'
+    return ObsFormat(head + ',"vt_ns":%s}', head + "}")
+
+
 class Journal:
     """Append-only JSONL writer; every record is flushed as soon as it is written."""
 
@@ -347,10 +382,14 @@ class Journal:
             raise JournalError(f"journal {self.path}: cannot write it: {oserrors.file_reason(e)}") from None
 
     def _write(self, record: dict[str, Any]) -> None:
+        self.write_line(_encode(record))
+
+    def write_line(self, text: str) -> None:
+        """One record's text (without its newline) as a line of the journal."""
         if self._fh is None:
             return
         try:
-            line = (_encode(record) + "\n").encode("utf-8")
+            line = (text + "\n").encode("utf-8")
             while line:  # a regular file takes it whole; a pipe or a device may take a part
                 n = self._fh.write(line)
                 if not n:
