@@ -14,10 +14,11 @@ import errno
 import hashlib
 import io
 import json
+import operator
 import os
 import xml.etree.ElementTree as ET
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import IO, Any, ClassVar
@@ -333,6 +334,43 @@ def _encode(record: dict[str, Any]) -> str:
     return "{" + ",".join(parts) + "}"
 
 
+_NAME, _MAY_DIFFER = _KEY_TEXT["name"], _KEY_TEXT["may_differ"]
+#: per kind of observation: one getter of all its record keys' values, and the keys' texts
+_OBS_TEXT: dict[type[Observation], tuple[Callable[[Observation], tuple[Any, ...]], tuple[str, ...]]] = {}
+
+
+def _obs_text(obs: Observation) -> str:
+    """``_encode(obs._fill({"type": "obs"}))``, the record of an observation, without the
+    intermediate dict: the kind's values fetched in one call, the keys' texts made once per
+    kind. Anything but flat values goes to that general path (tests/test_runner_fastpath.py
+    compares the two)."""
+    kind = type(obs)
+    enc = _OBS_TEXT.get(kind)
+    if enc is None:
+        keys = _record_keys(kind)
+        enc = _OBS_TEXT[kind] = (operator.attrgetter(*keys), tuple(_KEY_TEXT[k] for k in keys))
+    get, texts = enc
+    parts = ['{"type":"obs"']
+    add = parts.append
+    for k, v in zip(texts, get(obs)):
+        if v is None:
+            continue
+        t = type(v)
+        if t is int:
+            add(k + int.__repr__(v))
+        elif t is str:
+            if v or k is not _NAME:  # an empty name is left out
+                add(k + _STR(v))
+        elif t is bool:
+            if v or k is not _MAY_DIFFER:  # so is the default may_differ
+                add(k + ("true" if v else "false"))
+        elif t is float and v == v and v != _FLOAT and v != -_FLOAT:
+            add(k + float.__repr__(v))
+        else:
+            return _encode(obs._fill({"type": "obs"}))
+    return ",".join(parts) + "}"
+
+
 def json_str(text: str) -> str:
     """``text`` as the journal writes a string (``json.dumps``, ensure_ascii)."""
     return _STR(text)
@@ -413,7 +451,7 @@ class Journal:
         })
 
     def observation(self, obs: Observation) -> None:
-        self._write(obs._fill({"type": "obs"}))
+        self.write_line(_obs_text(obs))
 
     def end(self, result: RunResult) -> None:
         self._write({"type": "end", "status": result.status, "error": result.error,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import random
 import re
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,18 @@ import pytest
 
 from hil.backends import open_backend
 from hil.backends.base import Backend, current_step
-from hil.journal import InObs, Journal, RunResult, json_str, obs_format, read_journal
+from hil.journal import (
+    OBS_KINDS,
+    ErrorObs,
+    InObs,
+    Journal,
+    RunResult,
+    _encode,
+    _obs_text,
+    json_str,
+    obs_format,
+    read_journal,
+)
 from hil.runner import run_script
 from hil.script import load_script
 
@@ -243,3 +255,21 @@ def test_obs_format_refuses_slots_the_record_does_not_have() -> None:
         obs_format(InObs("", 0, port=1, width=8, value=0), ("step", "index", "value", "ok"))
     with pytest.raises(ValueError, match="record order"):
         obs_format(InObs("", 0, port=1, width=8, value=0), ("value", "step"))
+
+
+def _random_value(rng: random.Random) -> Any:
+    return rng.choice([None, None, 0, rng.randrange(-5, 10**12), True, False, "", rng.choice(NAMES), "1[2].3",
+                       rng.random(), float("nan"), float("inf"), -0.0, [1, "x"], {"k": 1}])
+
+
+@pytest.mark.parametrize("seed", range(300))
+def test_observation_records_equal_the_general_encoder(seed: int) -> None:
+    """Journal.observation's record text (one getter per kind, no dict) is what the general
+    encoder writes for the record dict, for every kind and any value a field may hold,
+    including the ones it hands back to json.dumps (non-finite floats, nested values)."""
+    rng = random.Random(seed)
+    kind = rng.choice([*OBS_KINDS.values(), ErrorObs])
+    obs = kind("")
+    for f in fields(kind):
+        setattr(obs, f.name, _random_value(rng) if rng.random() < 0.8 else getattr(obs, f.name))
+    assert _obs_text(obs) == _encode(obs._fill({"type": "obs"}))
