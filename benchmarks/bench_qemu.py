@@ -195,8 +195,10 @@ async def main(rounds: int, repeat: int, json_path: str | None = None) -> None:
         path = Path(tmp) / "registers.toml"
         path.write_text(REGISTER_SCRIPT.format(rounds=rounds))
         body, steps = register_body(path)
-        sims = [await whole_run("sim", body) for _ in range(repeat)]
-        qemus = [await whole_run("qemu:", body) for _ in range(repeat)]
+        sims, qemus = [], []
+        for _ in range(repeat):  # in turn, so both see the same load on a shared machine (floors.py)
+            sims.append(await whole_run("sim", body))
+            qemus.append(await whole_run("qemu:", body))
         sim, qemu = best(sims), best(qemus)
         figures = [Figure(f"same register script ({steps} steps) on `qemu:` vs sim, whole run", "ms",
                           [q[0] * 1e3 for q in qemus], "the same run on sim", [s[0] * 1e3 for s in sims],

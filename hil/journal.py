@@ -424,15 +424,17 @@ class Journal:
 
     def write_line(self, text: str) -> None:
         """One record's text (without its newline) as a line of the journal."""
-        if self._fh is None:
+        fh = self._fh
+        if fh is None:
             return
+        line = (text + "\n").encode("utf-8")
         try:
-            line = (text + "\n").encode("utf-8")
-            while line:  # a regular file takes it whole; a pipe or a device may take a part
-                n = self._fh.write(line)
+            n = fh.write(line)
+            while n != len(line):  # a regular file takes it whole; a pipe or a device may take a part
                 if not n:
                     raise OSError(errno.EIO, "the file took none of a record")
                 line = line[n:]
+                n = fh.write(line)
         except OSError as e:  # a full disk, a file that takes no writes: one line, not a traceback
             raise JournalError(f"journal {self.path}: cannot write it: {oserrors.file_reason(e)}") from None
 

@@ -359,14 +359,15 @@ class _Cursor:
     """Where a compiled run is: the step running now, made a :class:`Step` only when something
     reports it (an error, an interrupt, a backend naming the step through ``CURRENT_STEP``)."""
 
-    __slots__ = ("index", "leaf", "path")
+    __slots__ = ("index", "leaf", "prefix")
 
     def __init__(self) -> None:
         self.leaf: _Leaf | None = None
-        self.index, self.path = -1, ""
+        self.index, self.prefix = -1, ""  #: the step's flat index, and the label of the body it is in
 
     def step(self) -> Step | None:
-        return None if self.leaf is None else self.leaf.step.placed(self.index, self.path)
+        leaf = self.leaf
+        return None if leaf is None else leaf.step.placed(self.index, self.prefix + leaf.step.path)
 
     def describe(self) -> str:
         step = self.step()
@@ -484,10 +485,9 @@ async def run_script(
                             return False
                 index += node.size
                 continue
-            path = prefix + node.step.path
-            cursor.leaf, cursor.index, cursor.path = node, index, path
+            cursor.leaf, cursor.index, cursor.prefix = node, index, prefix
             if progress is not None:
-                progress(index, total, node.step.placed(index, path))
+                progress(index, total, node.step.placed(index, prefix + node.step.path))
             now = clock()
             if now - last_yield >= YIELD_EVERY_S:
                 await asyncio.sleep(0)  # a pending cancellation (Ctrl-C) is delivered here
@@ -501,10 +501,10 @@ async def run_script(
                 if kind == IN:
                     value = await node.op(node.port)  # type: ignore[misc]  # an _IN leaf has its op
                 else:
-                    step = node.step.placed(index, path)
+                    step = node.step.placed(index, prefix + node.step.path)
                     obs = await _run_step(step, node.args, backend, state, script)
             except HilError as e:
-                fail(*await _failed(backend, node.step.placed(index, path), e))
+                fail(*await _failed(backend, node.step.placed(index, prefix + node.step.path), e))
                 return False
             if kind != IN:
                 if obs is not None:
@@ -513,7 +513,7 @@ async def run_script(
                 continue
             # an in's observation, as _in_obs, observe and emit make it (positional: the fields of
             # Observation, then InObs's port, width, value, expect, mask; a keyword call costs twice)
-            expect = node.expect
+            expect, path = node.expect, prefix + node.step.path
             t = round(clock() - t0, 6)
             vt = vtime()
             if expect is None:
@@ -528,12 +528,17 @@ async def run_script(
             if jr is not None:
                 if type(value) is not int:  # what the format does not cover
                     jr.observation(obs)
-                else:
+                else:  # the format's slots: step, index, value (and ok), then t (and vt_ns)
                     fmt = node.fmt
                     assert fmt is not None  # an _IN leaf has its format
-                    slots = ((json_str(path), index, value) if expect is None
-                             else (json_str(path), index, value, "true" if ok else "false"))
-                    jr.write_line(fmt.without_vt % (*slots, t) if vt is None else fmt.with_vt % (*slots, t, vt))
+                    if expect is None:
+                        text = (fmt.with_vt % (json_str(path), index, value, t, vt) if vt is not None
+                                else fmt.without_vt % (json_str(path), index, value, t))
+                    else:
+                        text = (fmt.with_vt % (json_str(path), index, value, "true" if ok else "false", t, vt)
+                                if vt is not None else
+                                fmt.without_vt % (json_str(path), index, value, "true" if ok else "false", t))
+                    jr.write_line(text)
             index += 1
         return True
 
