@@ -14,7 +14,8 @@ Run: python benchmarks/bench_qemu.py [--rounds N] [--repeat K]
   checks (TC, residue 0, the 64 KiB equal to LBA 0..127 of the generated image).
 
 Whole run = open the backend (QEMU: spawn, connect, first reply) + run + close. The best of
-``--repeat`` runs is reported, with the start-up share separately.
+``--repeat`` runs is reported, with the start-up share separately; the register script's sim
+and ``qemu:`` runs are taken in turn, so both see the same load on a shared machine.
 """
 
 from __future__ import annotations
