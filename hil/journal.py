@@ -14,10 +14,11 @@ import errno
 import hashlib
 import io
 import json
+import operator
 import os
 import xml.etree.ElementTree as ET
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import IO, Any, ClassVar
@@ -333,6 +334,78 @@ def _encode(record: dict[str, Any]) -> str:
     return "{" + ",".join(parts) + "}"
 
 
+_NAME, _MAY_DIFFER = _KEY_TEXT["name"], _KEY_TEXT["may_differ"]
+#: per kind of observation: one getter of all its record keys' values, and the keys' texts
+_OBS_TEXT: dict[type[Observation], tuple[Callable[[Observation], tuple[Any, ...]], tuple[str, ...]]] = {}
+
+
+def _obs_text(obs: Observation) -> str:
+    """``_encode(obs._fill({"type": "obs"}))``, the record of an observation, without the
+    intermediate dict: the kind's values fetched in one call, the keys' texts made once per
+    kind. Anything but flat values goes to that general path (tests/test_runner_fastpath.py
+    compares the two)."""
+    kind = type(obs)
+    enc = _OBS_TEXT.get(kind)
+    if enc is None:
+        keys = _record_keys(kind)
+        enc = _OBS_TEXT[kind] = (operator.attrgetter(*keys), tuple(_KEY_TEXT[k] for k in keys))
+    get, texts = enc
+    parts = ['{"type":"obs"']
+    add = parts.append
+    for k, v in zip(texts, get(obs)):
+        if v is None:
+            continue
+        t = type(v)
+        if t is int:
+            add(k + int.__repr__(v))
+        elif t is str:
+            if v or k is not _NAME:  # an empty name is left out
+                add(k + _STR(v))
+        elif t is bool:
+            if v or k is not _MAY_DIFFER:  # so is the default may_differ
+                add(k + ("true" if v else "false"))
+        elif t is float and v == v and v != _FLOAT and v != -_FLOAT:
+            add(k + float.__repr__(v))
+        else:
+            return _encode(obs._fill({"type": "obs"}))
+    return ",".join(parts) + "}"
+
+
+def json_str(text: str) -> str:
+    """``text`` as the journal writes a string (``json.dumps``, ensure_ascii)."""
+    return _STR(text)
+
+
+@dataclass(frozen=True)
+class ObsFormat:
+    """The journal line of every observation one step makes, worked out once for the step: the
+    record's text as ``%``-formats, its constant keys written in, a ``%s`` for each key that
+    differs from one observation to the next (given as the JSON text :func:`_encode` writes for
+    it: an int as it is, a string through :func:`json_str`, a bool as ``"true"``/``"false"``),
+    then ``t`` (``%r`` of the float) and, in :attr:`with_vt`, ``vt_ns``. A runner's compiled step
+    fills it in for the price of one ``%``; tests/test_runner_fastpath.py holds it to
+    :meth:`Journal.observation`'s text."""
+
+    with_vt: str  #: the format when the observation has a ``vt_ns``
+    without_vt: str  #: ... and when it has none
+
+
+def obs_format(sample: Observation, slots: Sequence[str]) -> ObsFormat:
+    """The :class:`ObsFormat` of observations like ``sample``: the same kind, every key equal
+    or equally absent, except ``t``, ``vt_ns`` and the ``slots`` (present in ``sample``, in
+    record key order), which differ."""
+    record = sample._fill({"type": "obs"})
+    keys = [k for k in record if k not in ("t", "vt_ns")]
+    if list(record)[len(keys):] not in (["t"], ["t", "vt_ns"]) or [k for k in keys if k in slots] != list(slots):
+        raise ValueError(f"slots {slots} are not keys of {record} in record order, before t")
+    parts = []
+    for key in keys:  # "type" and the RECORD_KEYS: names without a "%"
+        value = "%s" if key in slots else _encode({key: record[key]})[len(_KEY_TEXT[key]) + 1:-1].replace("%", "%%")
+        parts.append(_KEY_TEXT[key] + value)
+    head = "{" + ",".join(parts) + ',"t":%r'
+    return ObsFormat(head + ',"vt_ns":%s}', head + "}")
+
+
 class Journal:
     """Append-only JSONL writer; every record is flushed as soon as it is written."""
 
@@ -347,15 +420,21 @@ class Journal:
             raise JournalError(f"journal {self.path}: cannot write it: {oserrors.file_reason(e)}") from None
 
     def _write(self, record: dict[str, Any]) -> None:
-        if self._fh is None:
+        self.write_line(_encode(record))
+
+    def write_line(self, text: str) -> None:
+        """One record's text (without its newline) as a line of the journal."""
+        fh = self._fh
+        if fh is None:
             return
+        line = (text + "\n").encode("utf-8")
         try:
-            line = (_encode(record) + "\n").encode("utf-8")
-            while line:  # a regular file takes it whole; a pipe or a device may take a part
-                n = self._fh.write(line)
+            n = fh.write(line)
+            while n != len(line):  # a regular file takes it whole; a pipe or a device may take a part
                 if not n:
                     raise OSError(errno.EIO, "the file took none of a record")
                 line = line[n:]
+                n = fh.write(line)
         except OSError as e:  # a full disk, a file that takes no writes: one line, not a traceback
             raise JournalError(f"journal {self.path}: cannot write it: {oserrors.file_reason(e)}") from None
 
@@ -374,7 +453,7 @@ class Journal:
         })
 
     def observation(self, obs: Observation) -> None:
-        self._write(obs._fill({"type": "obs"}))
+        self.write_line(_obs_text(obs))
 
     def end(self, result: RunResult) -> None:
         self._write({"type": "end", "status": result.status, "error": result.error,

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from hil.backends.base import CURRENT_SCRIPT, CURRENT_STEP, Backend, Capability
 from hil.buffers import DmaZone
@@ -34,11 +35,14 @@ from hil.journal import (
     IrqObs,
     Journal,
     Observation,
+    ObsFormat,
     ReadObs,
     ResidueObs,
     RunResult,
     WaitIrqObs,
     WaitTcObs,
+    json_str,
+    obs_format,
 )
 from hil.log import get_logger
 from hil.ops import (
@@ -58,6 +62,7 @@ from hil.ports import MODE_DECREMENT, ModeSelect
 from hil.rules import check_buffer
 from hil.script.loader import bind_all, digest
 from hil.script.model import (
+    Node,
     Script,
     ScriptCapabilityError,
     ScriptError,
@@ -275,6 +280,100 @@ def check_steps(script: Script, backend: Backend, bound: list[StepArgs]) -> None
         check(step, bound[step.index])
 
 
+_GENERAL, _OUT, _IN = 0, 1, 2  #: how a compiled step runs: through _run_step, or as a bare out / in
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class _Leaf:
+    """A written step compiled once for a run. An ``out`` or ``in`` with bound operands, on a
+    backend whose programs are not round trips, runs in the loop itself: the backend's method
+    found once, the observation's record text made ready (:class:`~hil.journal.ObsFormat`);
+    every other step goes through :func:`_run_step` as in the general loop."""
+
+    step: Step  #: the template: its path is relative to the body it is written in
+    args: StepArgs
+    kind: int = _GENERAL
+    name: str = ""  #: the step's name and tolerance, looked up once
+    diff_mask: int | None = None
+    may_differ: bool = False
+    op: Callable[..., Awaitable[Any]] | None = None  #: the backend's outb/outw or inb/inw
+    port: int = 0
+    value: int = 0  #: an out's value
+    width: int = 8
+    expect: int | None = None  #: an in's expected value, compared under ``mask``
+    mask: int = 0
+    fmt: ObsFormat | None = None  #: an in's record
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class _Group:
+    """A repeat or an include of compiled steps (:class:`~hil.script.model.StepGroup`)."""
+
+    label: str
+    count: int | None
+    body: tuple[_Leaf | _Group, ...]
+    body_len: int
+    size: int
+
+
+def _compile(nodes: tuple[Node, ...], bound: list[StepArgs], index: int, be: Backend) -> tuple[_Leaf | _Group, ...]:
+    """The compiled form of ``nodes``, whose first step is flat step ``index``: each written
+    step once, with the arguments :func:`prepare` bound for its first pass (every pass has
+    the same); a body that never runs (a repeat of count 0) stays empty."""
+    out: list[_Leaf | _Group] = []
+    for node in nodes:
+        if isinstance(node, Step):
+            out.append(_leaf(node, bound[index], be))
+            index += 1
+            continue
+        body = _compile(node.body, bound, index, be) if node.count != 0 else ()
+        out.append(_Group(node.label, node.count, body, node.body_len, node.size))
+        index += node.size
+    return tuple(out)
+
+
+def _leaf(step: Step, a: StepArgs, be: Backend) -> _Leaf:
+    cls = type(a)
+    if cls is Out:
+        assert isinstance(a, Out)  # for mypy: cls is the class itself
+        if type(a.port) is int and type(a.value) is int:
+            return _Leaf(step, a, _OUT, op=be.outw if a.width == 16 else be.outb, port=a.port, value=a.value)
+    elif cls is In:
+        assert isinstance(a, In)
+        port, mask, expect = a.port, a.mask, a.expect
+        if type(port) is int and type(mask) is int and (expect is None or type(expect) is int):
+            tol = step.tolerance
+            if expect is None:  # as _in_obs makes them, then observe and emit
+                sample = InObs("", 0, step.name, port=port, width=a.width, value=0)
+                slots: tuple[str, ...] = ("step", "index", "value")
+            else:
+                sample = InObs("", 0, step.name, port=port, width=a.width, value=0, expect=expect, mask=mask, ok=True)
+                slots = ("step", "index", "value", "ok")
+            sample.diff_mask, sample.may_differ = tol.diff_mask, tol.may_differ
+            return _Leaf(step, a, _IN, step.name, tol.diff_mask, tol.may_differ, be.inw if a.width == 16 else be.inb,
+                         port, width=a.width, expect=expect, mask=mask, fmt=obs_format(sample, slots))
+    return _Leaf(step, a)
+
+
+class _Cursor:
+    """Where a compiled run is: the step running now, made a :class:`Step` only when something
+    reports it (an error, an interrupt, a backend naming the step through ``CURRENT_STEP``)."""
+
+    __slots__ = ("index", "leaf", "prefix")
+
+    def __init__(self) -> None:
+        self.leaf: _Leaf | None = None
+        self.index, self.prefix = -1, ""  #: the step's flat index, and the label of the body it is in
+
+    def step(self) -> Step | None:
+        leaf = self.leaf
+        return None if leaf is None else leaf.step.placed(self.index, self.prefix + leaf.step.path)
+
+    def describe(self) -> str:
+        step = self.step()
+        return _END_OF_SCRIPT.describe() if step is None else step.describe()
+
+
 def start_fresh(backend: Backend) -> None:
     """Let the next script on an already used ``backend`` start with the host-side state a
     fresh backend has: no channel claims, an empty controller shadow, no remembered TC bits
@@ -320,6 +419,7 @@ async def run_script(
     journal: Journal | str | Path | None = None,
     progress: Progress | None = None,
     prepared: list[StepArgs] | None = None,
+    compiled: bool = True,
 ) -> RunResult:
     """Run ``script`` on an opened ``backend``; never raises for what the run finds (the
     result's ``status`` says), only for a script that cannot run at all (:class:`ScriptError`).
@@ -327,6 +427,11 @@ async def run_script(
     ``prepared`` is what :func:`prepare` returned for this script on this kind of backend, to
     skip binding it again. Cancelled (or interrupted by KeyboardInterrupt), the run ends its
     journal with status ``interrupted`` naming the step, then re-raises.
+
+    Where programs are not round trips, the loaded script's steps are compiled once
+    (:func:`_compile`) and run without making a :class:`Step` per step; ``compiled=False``
+    runs the general loop, step by step, which tests/test_runner_fastpath.py holds the
+    compiled one to (the same journal, result and machine state).
     """
     bound = prepare(script, backend) if prepared is None else prepared
     result, jr, own_journal = _start(script, backend, journal)
@@ -358,35 +463,127 @@ async def run_script(
     # observation made when the results come back (observe, in step order all the same), and
     # an error in a combined program is reported on the step it belongs to (BatchError).
     later = observe if backend.ROUND_TRIPS else None
-    log.info("run_start", script=script.name, backend=backend.url, steps=len(script.steps))
+    steps = script.steps
+    plan = _compile(steps.nodes, bound, 0, backend) if (
+        compiled and later is None and isinstance(steps, StepList)) else None
+    cursor = _Cursor()
+    total = len(steps)
+    clock, vtime, record = time.perf_counter, backend.virtual_time_ns, result.observations.append
+    OUT, IN = _OUT, _IN  # constants, as closure cells: cheaper than globals per step
+
+    async def walk(nodes: tuple[_Leaf | _Group, ...], prefix: str, index: int) -> bool:
+        """Run compiled ``nodes`` from flat step ``index``; False once a step failed (reported)."""
+        nonlocal last_yield
+        for node in nodes:
+            if isinstance(node, _Group):
+                if node.count is None:
+                    if not await walk(node.body, prefix + node.label, index):
+                        return False
+                else:
+                    for n in range(1, node.count + 1):
+                        if not await walk(node.body, f"{prefix}{node.label}[{n}].", index + (n - 1) * node.body_len):
+                            return False
+                index += node.size
+                continue
+            cursor.leaf, cursor.index, cursor.prefix = node, index, prefix
+            if progress is not None:
+                progress(index, total, node.step.placed(index, prefix + node.step.path))
+            now = clock()
+            if now - last_yield >= YIELD_EVERY_S:
+                await asyncio.sleep(0)  # a pending cancellation (Ctrl-C) is delivered here
+                last_yield = now
+            kind = node.kind
+            try:
+                if kind == OUT:
+                    await node.op(node.port, node.value)  # type: ignore[misc]  # an _OUT leaf has its op
+                    index += 1
+                    continue
+                if kind == IN:
+                    value = await node.op(node.port)  # type: ignore[misc]  # an _IN leaf has its op
+                else:
+                    step = node.step.placed(index, prefix + node.step.path)
+                    obs = await _run_step(step, node.args, backend, state, script)
+            except HilError as e:
+                fail(*await _failed(backend, node.step.placed(index, prefix + node.step.path), e))
+                return False
+            if kind != IN:
+                if obs is not None:
+                    observe(step, obs)
+                index += 1
+                continue
+            # an in's observation, as _in_obs, observe and emit make it (positional: the fields of
+            # Observation, then InObs's port, width, value, expect, mask; a keyword call costs twice)
+            expect, path = node.expect, prefix + node.step.path
+            t = round(clock() - t0, 6)
+            vt = vtime()
+            if expect is None:
+                obs = InObs(path, index, node.name, None, node.diff_mask, node.may_differ, t, vt,
+                            node.port, node.width, value)
+            else:
+                mask = node.mask
+                ok = (value & mask) == (expect & mask)
+                obs = InObs(path, index, node.name, ok, node.diff_mask, node.may_differ, t, vt,
+                            node.port, node.width, value, expect, mask)
+            record(obs)
+            if jr is not None:
+                if type(value) is not int:  # what the format does not cover
+                    jr.observation(obs)
+                else:  # the format's slots: step, index, value (and ok), then t (and vt_ns)
+                    fmt = node.fmt
+                    assert fmt is not None  # an _IN leaf has its format
+                    if expect is None:
+                        text = (fmt.with_vt % (json_str(path), index, value, t, vt) if vt is not None
+                                else fmt.without_vt % (json_str(path), index, value, t))
+                    else:
+                        text = (fmt.with_vt % (json_str(path), index, value, "true" if ok else "false", t, vt)
+                                if vt is not None else
+                                fmt.without_vt % (json_str(path), index, value, "true" if ok else "false", t))
+                    jr.write_line(text)
+            index += 1
+        return True
+
+    def where() -> Step | None:
+        return cursor.step() if plan is not None else current
+
+    log.info("run_start", script=script.name, backend=backend.url, steps=total)
     script_token, step_token = CURRENT_SCRIPT.set(script.name), CURRENT_STEP.set(None)
     try:
         async with backend.batched():
-            for step, args in zip(script.steps, bound):
-                current = step
-                CURRENT_STEP.set(step)
-                if progress is not None:
-                    progress(step.index, len(script.steps), step)
-                now = time.perf_counter()
-                if now - last_yield >= YIELD_EVERY_S:
-                    await asyncio.sleep(0)  # a pending cancellation (Ctrl-C) is delivered here
-                    last_yield = now
-                try:
-                    if later is not None:
-                        backend.batch_tag = step
-                    obs = await _run_step(step, args, backend, state, script, later)
-                except HilError as e:
-                    fail(*await _failed(backend, step, e))
-                    break
-                if obs is not None:
-                    observe(step, obs)
+            last: Step | None = None
+            if plan is not None:
+                CURRENT_STEP.set(cursor)
+                done = await walk(plan, "", 0)
+                last = cursor.step()
             else:
-                current = None
+                done = True
+                for step, args in zip(steps, bound):
+                    current = last = step
+                    CURRENT_STEP.set(step)
+                    if progress is not None:
+                        progress(step.index, total, step)
+                    now = time.perf_counter()
+                    if now - last_yield >= YIELD_EVERY_S:
+                        await asyncio.sleep(0)  # a pending cancellation (Ctrl-C) is delivered here
+                        last_yield = now
+                    try:
+                        if later is not None:
+                            backend.batch_tag = step
+                        obs = await _run_step(step, args, backend, state, script, later)
+                    except HilError as e:
+                        fail(*await _failed(backend, step, e))
+                        done = False
+                        break
+                    if obs is not None:
+                        observe(step, obs)
+            if done:
+                current, cursor.leaf = None, None
                 CURRENT_STEP.set(_END_OF_SCRIPT)
                 try:
                     await backend.flush()  # the last steps' observations, before the status
                 except BatchError as e:
-                    fail(*_culprit(step, e))
+                    if last is None:
+                        raise
+                    fail(*_culprit(last, e))
                 else:
                     if state.devices:
                         channels = sorted(state.devices)
@@ -397,12 +594,14 @@ async def run_script(
             for ch in sorted(state.requested):
                 await state.dma.free_dma(ch)
     except (asyncio.CancelledError, KeyboardInterrupt):
+        at = where()
         result.status = "interrupted"
-        result.error = "interrupted" + (f" at {current.describe()}" if current is not None else " at the end")
+        result.error = "interrupted" + (f" at {at.describe()}" if at is not None else " at the end")
         raise
     except Exception as e:  # not something a run finds: a bug, or an error outside HilError
+        at = where()
         result.status = "error"
-        result.error = (f"{current.describe()}: " if current is not None else "") + f"{type(e).__name__}: {e}"
+        result.error = (f"{at.describe()}: " if at is not None else "") + f"{type(e).__name__}: {e}"
         raise
     finally:
         CURRENT_STEP.reset(step_token)

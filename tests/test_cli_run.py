@@ -350,6 +350,9 @@ def test_terminal_progress_is_rate_limited(monkeypatch: pytest.MonkeyPatch, caps
     path = write(tmp_path, LONG.format(count=20_000), name="long")
     term = Terminal()
     monkeypatch.setattr(sys, "stderr", term)
+    # a redraw every millisecond at most: 20,000 steps take tens of milliseconds now, fewer
+    # than one redraw at the real rate; still a small fraction of one write per step
+    monkeypatch.setattr(cli_run, "REDRAW_HZ", 1000)
     t0 = time.monotonic()
     code = main(["run", str(path)])
     took = time.monotonic() - t0

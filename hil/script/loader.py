@@ -774,26 +774,27 @@ def digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def bind(step: Step, buffers: Mapping[str, int], script: Script) -> StepArgs:
+def bind(step: Step, buffers: Mapping[str, int], script: Script, env: Mapping[str, int] | None = None) -> StepArgs:
     """The arguments of ``step`` with their expressions evaluated now that buffers are placed,
-    and their ranges checked. A step without expressions is returned as it is."""
+    and their ranges checked. A step without expressions is returned as it is. ``env`` is
+    the names the expressions see (:func:`bind_all` makes it once for all the steps)."""
     args = step.args
-    pending = [(f.name, a.kind, v) for f, a, _ in step_args(type(args))
+    pending = [(f.name, a.kind, v) for f, a, _ in _fields(type(args))
                if isinstance(v := getattr(args, f.name), Expr)]
     if not pending:
         return args
-    env = {**_env_names(script.variables), **buffers}
-    ctx = _Ctx(Path(step.file), step.path, step.op.value)
+    if env is None:
+        env = {**_env_names(script.variables), **buffers}
     out: dict[str, int] = {}
     for key, kind, value in pending:
         try:
             v = value.evaluate(env)
         except ExprLimitError as e:
-            raise _expr_limit(ctx, key, e) from None
+            raise _expr_limit(_Ctx(Path(step.file), step.path, step.op.value), key, e) from None
         except ExprNameError as e:
-            raise ctx.err(ScriptNameError, key, str(e)) from None
+            raise _Ctx(Path(step.file), step.path, step.op.value).err(ScriptNameError, key, str(e)) from None
         except ExprError as e:
-            raise ctx.err(ScriptRangeError, key, str(e)) from None
+            raise _Ctx(Path(step.file), step.path, step.op.value).err(ScriptRangeError, key, str(e)) from None
         match kind:
             case Kind.PORT:
                 lo, hi = 0, 0xFFFF
@@ -802,9 +803,21 @@ def bind(step: Step, buffers: Mapping[str, int], script: Script) -> StepArgs:
             case _:
                 lo, hi = 0, (1 << 32) - 1
         if not lo <= v <= hi:
-            raise ctx.err(ScriptRangeError, key, f"{value.text!r} = {v} is outside {lo}..{hi}")
+            raise _Ctx(Path(step.file), step.path, step.op.value).err(
+                ScriptRangeError, key, f"{value.text!r} = {v} is outside {lo}..{hi}")
         out[key] = v
     return dataclasses.replace(args, **out)
+
+
+_FIELDS: dict[type[StepArgs], tuple[tuple[dataclasses.Field[Any], Arg, tuple[str, ...]], ...]] = {}
+
+
+def _fields(cls: type[StepArgs]) -> tuple[tuple[dataclasses.Field[Any], Arg, tuple[str, ...]], ...]:
+    """:func:`~hil.script.steps.step_args` of a step class, worked out once per class."""
+    found = _FIELDS.get(cls)
+    if found is None:
+        found = _FIELDS[cls] = tuple(step_args(cls))
+    return found
 
 
 def bind_all(script: Script, buffers: Mapping[str, int]) -> list[StepArgs]:
@@ -813,8 +826,9 @@ def bind_all(script: Script, buffers: Mapping[str, int]) -> list[StepArgs]:
     would find them) and its (frozen) arguments are shared by all passes: a million-step
     repeat binds one step, not a million."""
     steps = script.steps
+    env = {**_env_names(script.variables), **buffers}  # once, not per step
     if not isinstance(steps, StepList):
-        return [bind(step, buffers, script) for step in steps]
+        return [bind(step, buffers, script, env) for step in steps]
     done: dict[int, StepArgs] = {}  # id(template.args) -> bound; shared fragments too
 
     def walk(nodes: tuple[Node, ...], prefix: str) -> list[StepArgs]:
@@ -823,7 +837,7 @@ def bind_all(script: Script, buffers: Mapping[str, int]) -> list[StepArgs]:
             if isinstance(node, Step):
                 args = done.get(id(node.args))
                 if args is None:
-                    args = done[id(node.args)] = bind(node.placed(-1, prefix + node.path), buffers, script)
+                    args = done[id(node.args)] = bind(node.placed(-1, prefix + node.path), buffers, script, env)
                 out.append(args)
             elif node.count is None:
                 out += walk(node.body, prefix + node.label)
