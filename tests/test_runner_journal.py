@@ -412,8 +412,10 @@ async def test_cancelled_run_ends_its_journal_as_interrupted(tmp_path: Path) -> 
 
 async def test_a_run_that_never_suspends_can_still_be_cancelled(tmp_path: Path) -> None:
     """On the simulator no await suspends; the runner yields to the loop now and then, so a
-    cancellation scheduled on the loop (what Ctrl-C does) lands within a few milliseconds."""
-    path = write(tmp_path, '[[step]]\nop = "repeat"\ncount = 200000\nsteps = [{op = "in", port = 8}]\n')
+    cancellation scheduled on the loop (what Ctrl-C does) lands within a few milliseconds. The
+    bound is loose (a loaded CI machine), yet far below the whole run's seconds: a runner that
+    never yields would only stop at the end."""
+    path = write(tmp_path, '[[step]]\nop = "repeat"\ncount = 1000000\nsteps = [{op = "in", port = 8}]\n')
     script, journal = load_script(path), tmp_path / "cancel.jsonl"
     async with SimBackend() as be:
         task = asyncio.create_task(run_script(script, be, journal=journal))
@@ -423,10 +425,10 @@ async def test_a_run_that_never_suspends_can_still_be_cancelled(tmp_path: Path) 
         with pytest.raises(asyncio.CancelledError):
             await task
         stopped = time.perf_counter()
-    assert asked and stopped - asked[0] < 0.05
+    assert asked and stopped - asked[0] < 0.5
     back = read_journal(journal)
     assert back.status == "interrupted" and back.error is not None
-    assert 0 < len(back.observations) < 200_000
+    assert 0 < len(back.observations) < 250_000
     assert back.error == f"interrupted at step {script.steps[len(back.observations)].path} (in)"
 
 
