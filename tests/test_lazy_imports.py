@@ -56,6 +56,27 @@ def test_a_sim_run_imports_only_the_run_command(one_step: Path) -> None:
                                                       "hil.workers", "hil.doctor", "hil.probe", "hil.waves"))}
 
 
+DEVICE_MODELS = {"hil.sim.fdc", "hil.sim.sb16", "hil.sim.ecp", "hil.sim.trace"}
+
+
+def test_a_plain_sim_run_imports_no_device_model(one_step: Path) -> None:
+    code, _, modules = hil_modules("run", "-q", "-b", "sim", str(one_step))
+    assert code == 0
+    assert "hil.sim.machine" in modules and not modules & DEVICE_MODELS
+
+
+@pytest.mark.parametrize(("options", "wanted"), [("floppy=generate", {"hil.sim.fdc"}), ("sb16=1", {"hil.sim.sb16"}),
+                                                 ("ecp=1", {"hil.sim.ecp"}), ("ecp_dma=1", {"hil.sim.ecp"})])
+def test_a_url_that_asks_for_a_device_gets_its_model(options: str, wanted: set[str], one_step: Path) -> None:
+    """``ecp_dma`` without ``ecp`` still reaches the ECP options' check (a one-line error)."""
+    code, out, modules = hil_modules("run", "-q", "--json", "-b", f"sim:?{options}", str(one_step))
+    assert modules & DEVICE_MODELS == wanted
+    if options == "ecp_dma=1":
+        assert code == 2 and "option ecp_dma needs ecp=1" in out
+    else:
+        assert code == 0 and json.loads(out)[0]["status"] == "passed"
+
+
 def test_help_imports_no_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
     proc = subprocess.run([sys.executable, "-c", "import sys\nfrom hil.cli import main\ntry:\n    main(['--help'])\n"
                            "except SystemExit:\n    pass\nprint(sorted(m for m in sys.modules if m.startswith('hil.')))"],
