@@ -24,12 +24,15 @@ import contextlib, io, json, sys
 from hil.cli import main
 with contextlib.redirect_stdout(io.StringIO()) as out:
     code = main(sys.argv[1:])
-print(json.dumps({"code": code, "out": out.getvalue(), "modules": sorted(m for m in sys.modules if m.startswith("hil"))}))
+watched = {"structlog", "xml.etree.ElementTree"}
+modules = sorted(m for m in sys.modules if m.startswith("hil") or m in watched)
+print(json.dumps({"code": code, "out": out.getvalue(), "modules": modules}))
 """
 
 
 def hil_modules(*argv: str) -> tuple[int, str, set[str]]:
-    """(exit status, stdout, the hil modules imported) of ``hil ARGV`` in a fresh interpreter."""
+    """(exit status, stdout, the hil modules and the watched others imported) of ``hil ARGV``
+    in a fresh interpreter."""
     proc = subprocess.run([sys.executable, "-c", PROBE, *argv], capture_output=True, text=True, timeout=120,
                           check=False)
     assert proc.returncode == 0, proc.stderr
@@ -63,6 +66,17 @@ def test_a_plain_sim_run_imports_no_device_model(one_step: Path) -> None:
     code, _, modules = hil_modules("run", "-q", "-b", "sim", str(one_step))
     assert code == 0
     assert "hil.sim.machine" in modules and not modules & DEVICE_MODELS
+    # nor what only some scripts or reports use: the buffer allocator (zone buffers), JUnit's XML
+    assert not modules & {"hil.buffers", "xml.etree.ElementTree", "structlog"}
+
+
+def test_a_run_with_zone_buffers_and_a_report_imports_what_they_need(tmp_path: Path) -> None:
+    path = tmp_path / "buf.toml"
+    path.write_text(SCRIPT + '\n[buffers.buf]\nsize = 512\nchannel = 1\n', encoding="utf-8")
+    code, _, modules = hil_modules("run", "-q", "-b", "sim", "--junit", str(tmp_path / "r.xml"), str(path))
+    assert code == 0
+    assert {"hil.buffers", "xml.etree.ElementTree"} <= modules
+    assert (tmp_path / "r.xml").read_text(encoding="utf-8").startswith("<testsuites")
 
 
 @pytest.mark.parametrize(("options", "wanted"), [("floppy=generate", {"hil.sim.fdc"}), ("sb16=1", {"hil.sim.sb16"}),
