@@ -2,8 +2,8 @@
 
 One module per subcommand (or per small family of them); each adds its own parser. The command
 line names one subcommand, so ``hil`` imports only that one's module (:data:`COMMANDS` lists
-them all for ``hil --help``): a one-step ``hil run`` is mostly start-up, and the other modules'
-imports (the agent, labgrid, the register decoder) were a third of it.
+them all for ``hil --help``): a one-step ``hil run`` is mostly start-up, and the other commands'
+modules (the agent, labgrid, the register decoder) are no part of it.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("labgrid", "labgrid", "labgrid places as benches: list them, free stale locks"),
     ("vm", "vm", "the vm: backend's Linux VM: fetch its kernel, build its image, run commands in it"),
 )
+
 EXIT_INTERRUPTED = 130  #: 128 + SIGINT, as a shell reports a command stopped by Ctrl-C
 EXIT_BROKEN_PIPE = 141  #: 128 + SIGPIPE, as a shell reports ``yes | head``'s ``yes``
 
@@ -57,7 +58,7 @@ class Subcommands(argparse._SubParsersAction):
 
     def list_commands(self) -> None:
         self._pending: dict[str, str] = {}  #: command -> its module, not imported yet
-        self._help = {name: text for name, _, text in COMMANDS}
+        self._listed = {name for name, _, _ in COMMANDS}
         self.unloaded = self._parser_class(prog=self._prog_prefix)  #: every choice's, until load() replaces it
         for name, module, text in COMMANDS:
             self._choices_actions.append(self._ChoicesPseudoAction(name, (), text))
@@ -67,7 +68,7 @@ class Subcommands(argparse._SubParsersAction):
     def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
         """A listed command's parser, called by its module: it replaces the placeholder (the
         help line is the table's); any other name is an ordinary subparser."""
-        if name not in self._help:
+        if name not in self._listed:
             return super().add_parser(name, **kwargs)
         kwargs.setdefault("prog", f"{self._prog_prefix} {name}")
         parser = self._parser_class(**kwargs)
@@ -75,6 +76,7 @@ class Subcommands(argparse._SubParsersAction):
         return parser
 
     def load(self, name: str) -> None:
+        """Import the command's module, which adds the parsers of all the commands it serves."""
         module = self._pending.get(name)
         if module is None:
             return
