@@ -9,7 +9,9 @@ and ratios; asserts nothing.
   for the realistic mix (device, program, wait_tc moving 4 KiB, in, read) and for bare in/out
   steps, target >= 60% on the realistic mix;
 * ``hil run`` of a one-step script as a whole process vs ``python -c pass`` (both with
-  bytecode cached), target <= 0.15 s;
+  bytecode cached), target <= 0.15 s; beside it, what of that is asyncio's import alone, and the
+  same command in-process once everything is imported (parse, open, load, prepare, run with a
+  journal) vs ``asyncio.run()`` of an empty coroutine;
 * ``hil diff`` on two sim backends vs one (issue 4: <= 1.2x).
 """
 
@@ -17,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import io
 import os
 import subprocess
 import sys
@@ -149,6 +153,28 @@ def whole_process(argv: list[str], env: dict[str, str]) -> float:
     return time.perf_counter() - t0
 
 
+def in_process(argv: list[str]) -> float:
+    """Seconds of ``hil ARGV`` called in this process (its modules imported already); it runs
+    its own event loop, so call it from a thread of its own."""
+    from hil.cli import main as hil_main
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        t0 = time.perf_counter()
+        code = hil_main(argv)
+        elapsed = time.perf_counter() - t0
+    assert code == 0, code
+    return elapsed
+
+
+def empty_loop() -> float:
+    async def nothing() -> None:
+        pass
+
+    t0 = time.perf_counter()
+    asyncio.run(nothing())
+    return time.perf_counter() - t0
+
+
 async def main(steps: int, repeat: int, json_path: str | None) -> None:
     figures: list[Figure] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -189,6 +215,20 @@ async def main(steps: int, repeat: int, json_path: str | None) -> None:
             proc.append(whole_process(hil, env))
         figures.append(Figure("`hil run` of a 1-step script, whole process", "s", proc, "`python -c pass`", floor,
                               "value <= 0.15"))
+        aio, floor = [], []
+        for _ in range(repeat):
+            floor.append(whole_process([sys.executable, "-c", "pass"], env))
+            aio.append(whole_process([sys.executable, "-c", "import asyncio"], env))
+        figures.append(Figure("`hil run` start-up: `import asyncio` alone, whole process", "s", aio, "`python -c pass`",
+                              floor))
+        argv = ["run", "-q", "-b", "sim", "--journal", str(base / "one.jsonl"), str(one)]
+        await asyncio.to_thread(in_process, argv)  # imports everything the command uses
+        inner, floor = [], []
+        for _ in range(repeat * 4):
+            floor.append(await asyncio.to_thread(empty_loop) * 1e3)
+            inner.append(await asyncio.to_thread(in_process, argv) * 1e3)
+        figures.append(Figure("`hil run` of a 1-step script with a journal, in-process after its imports", "ms", inner,
+                              "`asyncio.run()` of an empty coroutine", floor))
 
         script = load_script(mix)
         await run_on_backends([script], ["sim"], journal_dir=base / "warm")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import fnmatch
 import tomllib
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,12 +49,19 @@ class Deviation:
     diff_mask: int | None = None  #: compare only these bits instead of tolerating everything
 
     def matches(self, script: str, obs: Observation, tags_a: set[str], tags_b: set[str]) -> bool:
+        return self.applies(script, tags_a, tags_b) and self.covers(obs)
+
+    def applies(self, script: str, tags_a: set[str], tags_b: set[str]) -> bool:
+        """The part of :meth:`matches` that is the same for every observation of two runs of
+        ``script``: :func:`compare` asks it once per pair of runs, not per observation."""
         x, y = self.between
         pair = (x in tags_a and y in tags_b) or (y in tags_a and x in tags_b)
+        return pair and fnmatch.fnmatchcase(script, self.script)
+
+    def covers(self, obs: Observation) -> bool:
+        """The part of :meth:`matches` about the observation itself."""
         return (
-            pair
-            and fnmatch.fnmatchcase(script, self.script)
-            and fnmatch.fnmatchcase(obs.step, self.step)
+            fnmatch.fnmatchcase(obs.step, self.step)
             and fnmatch.fnmatchcase(obs.op, self.op)
             and (self.port is None or (isinstance(obs, InObs) and obs.port == self.port))
         )
@@ -173,6 +179,8 @@ class DiffReport:
                 "warnings": self.warnings, "divergences": [d.to_json() for d in self.divergences]}
 
     def to_junit(self) -> str:
+        import xml.etree.ElementTree as ET  # only under --junit
+
         suites = ET.Element("testsuites", name="hil diff")
         by_script: dict[str, list[Divergence]] = {s: [] for s in self.scripts}
         for d in self.divergences:
@@ -314,7 +322,11 @@ def _differs(a: Observation, b: Observation, mask: int) -> bool:
         return True
     if a.error:
         return False  # both failed the same step: the run errors are reported separately
-    match a, b:
+    match a, b:  # the kinds are disjoint classes (but WaitIrqObs before IrqObs): the commonest first
+        case InObs(value=int(va)) | ResidueObs(value=int(va)), InObs(value=int(vb)) | ResidueObs(value=int(vb)):
+            return (va & mask) != (vb & mask)
+        case InObs() | ResidueObs(), InObs() | ResidueObs():
+            return a.value != b.value  # one has no value
         case ReadObs(), ReadObs():
             return a.digest != b.digest
         case DeviceObs(), DeviceObs():
@@ -325,10 +337,6 @@ def _differs(a: Observation, b: Observation, mask: int) -> bool:
             return (a.reached, a.level, a.count) != (b.reached, b.level, b.count)
         case IrqObs(), IrqObs():
             return (a.level, a.count) != (b.level, b.count)
-        case InObs(value=int(va)) | ResidueObs(value=int(va)), InObs(value=int(vb)) | ResidueObs(value=int(vb)):
-            return (va & mask) != (vb & mask)
-        case InObs() | ResidueObs(), InObs() | ResidueObs():
-            return a.value != b.value  # one has no value
     return a != b
 
 
@@ -361,7 +369,9 @@ def compare(results: list[RunResult], deviations: list[Deviation] | None = None,
     ref_tags = ref.tags  # a property that builds a set: once per run, not per observation
     for other, label in zip(results[1:], labels[1:]):
         other_map = {(o.step, o.op): o for o in other.observations}
-        other_tags = other.tags
+        # the deviations that can hold between these two runs, in their order (the first that
+        # covers an observation is the one reported): most name one script, or one pair of kinds
+        candidates = [d for d in deviations or [] if d.applies(script, ref_tags, other.tags)]
         keys = list(ref_map) + [k for k in other_map if k not in ref_map]
         for key in keys:
             a, b = ref_map.get(key), other_map.get(key)
@@ -376,7 +386,7 @@ def compare(results: list[RunResult], deviations: list[Deviation] | None = None,
                                                      f"observed on {ref_label if a else label} only", name=o.name))
                 continue
             mask = o.diff_mask if o.diff_mask is not None else 0xFFFF
-            dev = next((d for d in deviations or [] if d.matches(script, o, ref_tags, other_tags)), None)
+            dev = next((d for d in candidates if d.covers(o)), None)
             if dev is not None and dev.diff_mask is not None:
                 mask &= dev.diff_mask
             if not _differs(a, b, mask):

@@ -16,7 +16,6 @@ import io
 import json
 import operator
 import os
-import xml.etree.ElementTree as ET
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
@@ -483,6 +482,8 @@ def junit(results: Sequence[RunResult], name: str = "hil run") -> str:
     """A JUnit XML report of runs: one test case per script, in the style of ``hil diff --junit``.
     Failed expectations are a failure, a run that stopped (error, interrupted) an error, a skipped
     script a skipped case; each message is the line ``hil run`` prints."""
+    import xml.etree.ElementTree as ET  # only for a report: not imported by every run
+
     suites = ET.Element("testsuites", name=name)
     by_backend: dict[str, list[RunResult]] = {}
     for r in results:

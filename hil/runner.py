@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from hil.backends.base import CURRENT_SCRIPT, CURRENT_STEP, Backend, Capability
-from hil.buffers import DmaZone
 from hil.dma import DmaSnapshot, IsaDma, forget_host_state
 from hil.errors import (
     AddressLimitError,
@@ -165,7 +164,7 @@ def place_buffers(script: Script, backend: Backend) -> dict[str, int]:
     lo, hi = backend.capabilities.memory_window
     out: dict[str, int] = {}
     fixed = [(s.at, s.at + s.size) for s in script.buffers.values() if s.at is not None]
-    zone: DmaZone | None = None
+    zone = None
     for spec in script.buffers.values():
         try:
             if spec.at is not None:
@@ -176,6 +175,8 @@ def place_buffers(script: Script, backend: Backend) -> dict[str, int]:
                 out[spec.name] = spec.at
                 continue
             if zone is None:
+                from hil.buffers import DmaZone  # only a script with zone buffers needs the allocator
+
                 zone = DmaZone(start=max(lo, ZONE_START), end=min(hi, 1 << 24))
             while True:  # extents that collide with a fixed buffer stay allocated, never used
                 buf = zone.alloc_nowait(spec.size, spec.channel)

@@ -43,7 +43,7 @@ async def run_on_backends(
     base = Path(journal_dir) if journal_dir else Path(tempfile.mkdtemp(prefix="hil-diff-"))
     names = journal_names([s.file for s in scripts])  # what each ``hil run`` worker names them
 
-    async def worker(b: int, url: str) -> int:
+    async def worker(b: int, url: str) -> list[RunResult | None]:
         out = base / f"backend{b + 1}"
         out.mkdir(parents=True, exist_ok=True)
         for name in names:  # a reused --journal-dir must not yield a stale run
@@ -68,24 +68,30 @@ async def run_on_backends(
                 errors[b] = await asyncio.to_thread(_worker_error, error_file, rc)
         if on_done is not None:
             on_done(url, rc)
-        return rc
+        # Read this backend's journals now, in a thread: while the slower backends still run,
+        # not all of them one after another at the end, on the event loop.
+        row, error = await asyncio.to_thread(_read_row, [out / name for name in names])
+        if error is not None and errors is not None:
+            errors.setdefault(b, error)
+        return row
 
     async with asyncio.TaskGroup() as group:  # interrupted, it waits until every worker is stopped
-        for b, url in enumerate(urls):
-            group.create_task(worker(b, url))
-    results: list[list[RunResult | None]] = []
-    for b in range(len(urls)):
-        row: list[RunResult | None] = []
-        for name in names:
-            path = base / f"backend{b + 1}" / name
-            try:
-                row.append(read_journal(path) if path.exists() else None)
-            except JournalError as e:  # a worker's journal that is not one: no run to compare
-                row.append(None)
-                if errors is not None:
-                    errors.setdefault(b, e)
-        results.append(row)
-    return results
+        tasks = [group.create_task(worker(b, url)) for b, url in enumerate(urls)]
+    return [task.result() for task in tasks]
+
+
+def _read_row(paths: list[Path]) -> tuple[list[RunResult | None], JournalError | None]:
+    """One backend's runs (None where a journal never appeared, or is not one) and the first
+    journal that is not one."""
+    row: list[RunResult | None] = []
+    first: JournalError | None = None
+    for path in paths:
+        try:
+            row.append(read_journal(path) if path.exists() else None)
+        except JournalError as e:  # a worker's journal that is not one: no run to compare
+            row.append(None)
+            first = first or e
+    return row, first
 
 
 def _worker_error(path: Path, rc: int) -> HilError:

@@ -23,6 +23,7 @@ import hashlib
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hil.backends import BackendURL
 from hil.backends.base import Backend, Capabilities, Capability
@@ -61,12 +62,25 @@ from hil.ops import (
 )
 from hil.ports import CASCADE_CHANNEL
 from hil.sim.devices import Device, Sink, Source
-from hil.sim.ecp import OPTIONS as ECP_OPTIONS, EcpConfig, EcpPort, config_from_options
-from hil.sim.fdc import SECTOR, Disk, FloppyController, fdc_for, generated_image
 from hil.sim.machine import PROFILES, Machine, Timing, machine_for
-from hil.sim.sb16 import card_for
-from hil.sim.trace import Emit, SignalTrace
 
+if TYPE_CHECKING:  # the device models and the tracer are imported when a URL asks for them
+    from hil.sim.ecp import EcpConfig, EcpPort
+    from hil.sim.fdc import FloppyController
+    from hil.sim.isa import IsaDevice
+    from hil.sim.trace import Emit, SignalTrace
+
+#: the options that configure an ECP port (:func:`hil.sim.ecp.config_from_options` reads them)
+ECP_OPTIONS = {
+    "ecp": "0|1|0x378|0x278|0x3BC, plug an ECP parallel port (1: 0x378)",
+    "ecp_dma": "1|3, the port's DMA channel (default 3)",
+    "ecp_irq": "5|7, the port's IRQ (default 7)",
+    "ecp_test_dma": "1|0, DMA in FIFO test mode (1: SMSC data sheets, 0: 86Box)",
+    "ecp_threshold": "0-16, the FIFO threshold field (default 8: interrupt at 8 free / 8 full)",
+    "ecp_rate": "bytes/s of the stand-in peripheral (default 2500000)",
+    "ecp_stall": "0|1, the peripheral holds Busy (the FIFO never drains)",
+    "ecp_starve": "N, the reverse source has N bytes, then runs dry",
+}
 OPTIONS = {
     "profile": "intel|qemu",
     "mem": "memory size such as 16M, 640K or 0x100000",
@@ -117,10 +131,14 @@ def from_url(url: BackendURL) -> SimBackend:
             if not path.is_file():
                 raise BackendOptionError(url.raw, f"option floppy={floppy!r}: no such image file (or use floppy=generate)")
             floppy = str(path.resolve())
-    try:
-        ecp = config_from_options(opts)
-    except ValueError as e:
-        raise BackendOptionError(url.raw, str(e)) from None
+    ecp = None
+    if any(key in ECP_OPTIONS for key in opts):
+        from hil.sim.ecp import config_from_options
+
+        try:
+            ecp = config_from_options(opts)
+        except ValueError as e:
+            raise BackendOptionError(url.raw, str(e)) from None
     try:
         return SimBackend(url.raw, profile=PROFILE_ALIASES[name], mem_size=mem, strict=strict, post=post, sb16=sb16,
                           floppy=floppy, ecp=ecp)
@@ -149,9 +167,16 @@ class SimBackend(Backend):
     ) -> None:
         super().__init__(url)
         self.machine = machine_for(profile, mem_size=mem_size, strict=strict, post=post, timing=timing)
-        self.sb16 = self.machine.plug(card_for(self.machine.profile)) if sb16 else None
-        self.ecp = EcpPort(ecp) if ecp is not None else None
-        if self.ecp is not None:
+        self.sb16: IsaDevice | None = None
+        if sb16:
+            from hil.sim.sb16 import card_for
+
+            self.sb16 = self.machine.plug(card_for(self.machine.profile))
+        self.ecp: EcpPort | None = None
+        if ecp is not None:
+            from hil.sim.ecp import EcpPort
+
+            self.ecp = EcpPort(ecp)
             self.machine.plug(self.ecp)
         self.floppy = floppy  #: "generate", an image path, or None
         self.fdc: FloppyController | None = None  #: plugged when the backend opens
@@ -165,6 +190,8 @@ class SimBackend(Backend):
         """Plug the floppy controller; an image file is read off the event loop."""
         if self.floppy is None:
             return
+        from hil.sim.fdc import Disk, fdc_for, generated_image
+
         path = self.floppy_path
         if path is None:
             disk = Disk(generated_image(), name="generated")
@@ -186,6 +213,8 @@ class SimBackend(Backend):
         disk = self.fdc.drives[0].disk if self.fdc is not None else None
         if path is None or disk is None or not disk.dirty:
             return
+        from hil.sim.fdc import SECTOR
+
         sectors = sorted(disk.changed)
         chunks = [(lba, bytes(disk.data[lba * SECTOR:(lba + 1) * SECTOR])) for lba in sectors]
         disk.changed.clear()
@@ -394,6 +423,8 @@ class SimBackend(Backend):
         :mod:`hil.sim.trace`): it runs from its ``attach()`` to its ``detach()``, one at a time."""
         if self.machine.tracer is not None:
             raise BackendError(f"backend {self.url} is already traced")
+        from hil.sim.trace import SignalTrace
+
         return SignalTrace(self.machine, emit)
 
     def _irq_lines(self) -> IrqLines:

@@ -15,7 +15,7 @@ from hil.errors import HilError
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("agent", help="serve port I/O and memory to a host over a link (the far end of agent+...)",
+    p = sub.add_parser("agent",
                        description="Run the reference agent: execute programs sent by an agent+... backend on an "
                                    "I/O backend (sim for tests, devport on a Linux target), within an allow-list.")
     p.add_argument("--io", default="sim", metavar="URL",

@@ -10,7 +10,7 @@ from hil.errors import HilError
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("backends", help="list backend URL schemes and their capabilities")
+    p = sub.add_parser("backends")
     add_common(p, backend=False)
     p.set_defaults(func=cmd_backends)
 

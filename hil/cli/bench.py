@@ -12,7 +12,7 @@ SIM_BAUD, SIM_LATENCY_MS = 3_000_000, 1.0
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="benchmarks: 'hil bench link' measures the agent link",
+    p = sub.add_parser("bench",
                        description="Measure channel programming, a register dump and a 64 KiB read through an "
                                    "agent link, as ratios to the physical minimum of the link in use: a serial "
                                    "line's baud rate and latency timer, TCP's loopback echo measured in the same "

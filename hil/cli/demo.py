@@ -20,7 +20,7 @@ CHANNEL = 2  #: the floppy's channel on a PC (docs/reference/linux-isa-dma.md §
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="run a floppy-style DMA transfer and show what moved and the registers",
+    p = sub.add_parser("demo",
                        description="Program channel 2 with the Linux floppy sequence, let a simulated device "
                                    "send a sector into memory, then print the data, the residue and every register. "
                                    "Needs a backend with the 'devices' capability: sim (the default) or an agent "

@@ -13,7 +13,7 @@ from hil.errors import HilError
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("diff", help="run scripts on several backends concurrently and compare step by step",
+    p = sub.add_parser("diff",
                        description="Run the scripts on every --backend at once (one worker process per backend, "
                                    "so wall time is that of the slowest), or compare saved journals (--journal), "
                                    "and report every divergence with its meaning. Exit status: 0 equal, "

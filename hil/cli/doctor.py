@@ -9,7 +9,7 @@ from hil.cli.common import add_common
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("doctor", help="check that a backend URL can reach its target, and say how to fix what cannot",
+    p = sub.add_parser("doctor",
                        description="Run the diagnostics registered for the URL's scheme (devport: kernel lockdown, "
                                    "CAP_SYS_RAWIO, /dev/port, the /dev/mem window and its reservation; sim: opens). "
                                    "Exit status: 0 all checks passed, 1 a check failed.")

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("labgrid", help="labgrid places as benches: list them, free stale locks",
+    p = sub.add_parser("labgrid",
                        description="Benches shared through a labgrid coordinator (README: Sharing benches). "
                                    "A place's lock is stale when the lpc-hil run that took it is gone "
                                    "(docs/reference/labgrid.md §3).")

@@ -10,7 +10,7 @@ from hil.cli.common import add_common, with_backend
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("probe", help="say what DMA hardware a target has: 8237, channels in use, FDC, ECP, SB16, Super I/O",
+    p = sub.add_parser("probe",
                        description="Probe a backend URL for ISA/LPC DMA hardware and print one line per finding "
                                    "with the port accesses it rests on. Read-only by default: the 8237 (page "
                                    "register 0x87, the Linux rule), its mask read-back, the channels' address, count "

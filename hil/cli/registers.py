@@ -87,7 +87,7 @@ WIDTH_HELP = ("access width in bits: 8 (default; every DMA and page register is 
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("regs", help="read and decode every readable DMA register (clears status TC bits)",
+    p = sub.add_parser("regs",
                        description="Read both controllers' address, count, status, temporary and mask registers "
                                    "and the page registers in one program, and decode them for the backend's "
                                    "controllers (Intel chipsets or QEMU: which ports read back what). Counts are "
@@ -95,14 +95,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     add_common(p)
     p.set_defaults(func=cmd_regs)
 
-    p = sub.add_parser("peek", help="read one I/O port (sim:, qemu: a fresh machine each time)",
+    p = sub.add_parser("peek",
                        description="Read one I/O port and print 'PORT -> VALUE'. " + FRESH_NOTE)
     add_common(p)
     p.add_argument("port", type=port_arg, metavar="PORT", help=PORT_HELP)
     p.add_argument("--width", type=int, choices=(8, 16), default=8, help=WIDTH_HELP)
     p.set_defaults(func=cmd_peek)
 
-    p = sub.add_parser("poke", help="write one I/O port (sim:, qemu: a fresh machine each time)",
+    p = sub.add_parser("poke",
                        description="Write one I/O port and print 'PORT <- VALUE'. " + FRESH_NOTE)
     add_common(p)
     p.add_argument("port", type=port_arg, metavar="PORT", help=PORT_HELP)

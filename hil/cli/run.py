@@ -32,7 +32,7 @@ PLAIN_EVERY_S = 5.0  #: without a terminal (CI logs), one plain progress line th
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("run", help="run transfer scripts on a backend",
+    p = sub.add_parser("run",
                        description="Validate every script against the backend, then run each on it in order "
                                    "(one connection for the whole run; on sim: and qemu: each script gets a fresh "
                                    "machine), journaling every observation as it happens. A script whose "

@@ -12,7 +12,7 @@ CAPABILITIES = {"CAP_SYS_RAWIO": 17}
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("vm", help="the vm: backend's Linux VM: fetch its kernel, build its image, run commands in it",
+    p = sub.add_parser("vm",
                        description="The rehearsal VM of the vm: backend (README 'Rehearse a bench in a VM').")
     _common(p, argparse.SUPPRESS)  # here or after WHAT: 'hil vm --json image' as 'hil vm image --json'
     p.set_defaults(log_format="console", verbose=0, json=False)

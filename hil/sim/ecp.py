@@ -467,21 +467,9 @@ class EcpPort(IsaDevice):
             self._update()
 
 
-#: the URL options of ``sim:`` that configure the port (hil/backends/sim.py adds them)
-OPTIONS = {
-    "ecp": "0|1|0x378|0x278|0x3BC, plug an ECP parallel port (1: 0x378)",
-    "ecp_dma": "1|3, the port's DMA channel (default 3)",
-    "ecp_irq": "5|7, the port's IRQ (default 7)",
-    "ecp_test_dma": "1|0, DMA in FIFO test mode (1: SMSC data sheets, 0: 86Box)",
-    "ecp_threshold": "0-16, the FIFO threshold field (default 8: interrupt at 8 free / 8 full)",
-    "ecp_rate": "bytes/s of the stand-in peripheral (default 2500000)",
-    "ecp_stall": "0|1, the peripheral holds Busy (the FIFO never drains)",
-    "ecp_starve": "N, the reverse source has N bytes, then runs dry",
-}
-
-
 def config_from_options(opts: Mapping[str, str]) -> EcpConfig | None:
-    """The port the ``ecp*`` URL options describe, None without ``ecp`` (or ``ecp=0``). Raises
+    """The port the ``ecp*`` URL options describe (``hil.backends.sim.ECP_OPTIONS``), None
+    without ``ecp`` (or ``ecp=0``). Raises
     :class:`ValueError` naming the option."""
     text = opts.get("ecp", "0").strip().lower()
     if text in ("0", "no", "off", "false", "none"):
@@ -525,4 +513,4 @@ def _bool(key: str, text: str) -> bool:
     raise ValueError(f"option {key}={text!r}: expected 0 or 1")
 
 
-__all__ = ["OPTIONS", "EcpConfig", "EcpPort", "Fifo", "Mode", "Peripheral", "config_from_options"]
+__all__ = ["EcpConfig", "EcpPort", "Fifo", "Mode", "Peripheral", "config_from_options"]
