@@ -49,6 +49,7 @@ from hil.ports import (
     DMA1,
     DMA1_MIRROR,
     DMA2,
+    MASK_SET,
     PAGE_BASE,
     PAGE_CHANNEL,
     PAGE_FILE,
@@ -61,7 +62,7 @@ from hil.ports import (
     TransferType,
 )
 from hil.sim.devices import Device, Direction
-from hil.sim.i8237 import FLOAT, I8237, Controller, QemuI8257
+from hil.sim.i8237 import FLOAT, I8237, Controller, QemuI8257, R
 from hil.sim.i8259 import PORTS as PIC_PORTS, PicPair, QemuPicPair
 from hil.sim.isa import DmaPort, IrqBus, IrqLine, IsaDevice, IsolatedDmaPort, isa_line
 from hil.sim.timers import Scheduler
@@ -226,8 +227,31 @@ class Machine:
                 ctl.write_control(index, value)
                 self._idle = False
 
-            # clearing the flip-flop changes nothing the arbiters look at, in either model
-            self._writers[port] = partial(ctl.write_control, index) if index == Reg.CLEAR_FF else write_control
+            def write_mask(value: int) -> None:
+                ctl.write_control(index, value)
+                if not value & MASK_SET:
+                    self._idle = False
+
+            def write_mode(value: int) -> None:
+                bit = 1 << (value & 3)
+                ctl.write_control(index, value)
+                if not ctl.mask & bit or ctl.sw_request & bit:
+                    self._idle = False
+
+            # Clearing the flip-flop changes nothing the arbiters look at, in either model. Nor
+            # can setting a mask bit start a service (§6: a mask only ever refuses one; the
+            # cascade closes with channel 4's), nor a mode written to a masked channel without
+            # a software request (the one request a mask does not refuse, §2.6): the writes
+            # that open a programming sequence keep "nothing can be serviced" as it was.
+            match index:
+                case R.CLEAR_FF:
+                    self._writers[port] = partial(ctl.write_control, index)
+                case R.SINGLE_MASK:
+                    self._writers[port] = write_mask
+                case R.MODE:
+                    self._writers[port] = write_mode
+                case _:
+                    self._writers[port] = write_control
 
     def decodes(self, port: int) -> bool:
         return port in self._readers
