@@ -93,7 +93,7 @@ class Timing:
 class Tracer(Protocol):
     """What the machine tells a waveform tracer (:class:`hil.sim.trace.SignalTrace`)."""
 
-    def moved(self, channel: int, phys: int, step: int, units: int, size: int, data: bytes | None,
+    def moved(self, channel: int, phys: int, step: int, units: int, size: int, data: bytes | memoryview | None,
               direction: Direction | None) -> None:
         """A chunk of the grant in progress moved (``data`` None: verify cycles)."""
 
@@ -317,7 +317,7 @@ class Machine:
 
     def mem_read(self, addr: int, length: int) -> bytes:
         self._check_mem(addr, length)
-        return bytes(self.memory[addr : addr + length])
+        return bytes(memoryview(self.memory)[addr : addr + length])  # one copy, not a slice and a copy
 
     def mem_write(self, addr: int, data: bytes) -> None:
         self._check_mem(addr, len(data))
@@ -785,7 +785,7 @@ class Machine:
         low = phys if step > 0 else phys - (k - 1) * size
         return low, low + k * size
 
-    def _dma_store(self, phys: int, step: int, data: bytes, size: int) -> None:
+    def _dma_store(self, phys: int, step: int, data: bytes | memoryview, size: int) -> None:
         if step < 0:
             data = _reverse_units(data, size)
         low, high = self._span(phys, step, len(data) // size, size)
@@ -809,7 +809,7 @@ class Machine:
                 buf[lo - low : hi - low] = mem[lo:hi]
             data = bytes(buf)
         else:
-            data = bytes(mem[low:high])
+            data = bytes(memoryview(mem)[low:high])  # one copy, not a slice and a copy
         return _reverse_units(data, size) if step < 0 else data
 
     def _mem_to_mem(self) -> int:
@@ -1008,7 +1008,7 @@ class QemuMachine(Machine):
     # QEMU's DMA_{read,write}_memory move a decrementing chunk *forward*, in the block ending
     # below the current address, and the read path then mirrors the chunk's first half from its
     # second (docs/reference/qemu-qtest.md §6.3 'Address decrement').
-    def _dma_store(self, phys: int, step: int, data: bytes, size: int) -> None:
+    def _dma_store(self, phys: int, step: int, data: bytes | memoryview, size: int) -> None:
         if step < 0:
             phys, step = self._span(phys, step, len(data) // size, size)[0], 1
         super()._dma_store(phys, step, data, size)
@@ -1089,9 +1089,9 @@ def machine_for(
     return cls(mem_size=mem_size, strict=strict, post=post, timing=timing)
 
 
-def _reverse_units(data: bytes, size: int) -> bytes:
+def _reverse_units(data: bytes | memoryview, size: int) -> bytes:
     if size == 1:
-        return data[::-1]
+        return bytes(data[::-1])  # a view reversed is not contiguous: one copy (of bytes: none more)
     view = memoryview(data)
     if len(data) % 2:
         return b"".join(bytes(view[i : i + 2]) for i in range(len(data) - 2, -1, -2))
