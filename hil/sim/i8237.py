@@ -56,6 +56,24 @@ class R:
     CLEAR_MASK = Reg.CLEAR_MASK.value
     ALL_MASK = Reg.ALL_MASK.value
 
+
+class Sel:
+    """:class:`hil.ports.ModeSelect` as plain ints (mode bits 7:6), for the same reason as :class:`R`."""
+
+    DEMAND = ModeSelect.DEMAND.value
+    SINGLE = ModeSelect.SINGLE.value
+    BLOCK = ModeSelect.BLOCK.value
+    CASCADE = ModeSelect.CASCADE.value
+
+
+class Xfer:
+    """:class:`hil.ports.TransferType` as plain ints (mode bits 3:2), as :class:`R`."""
+
+    VERIFY = TransferType.VERIFY.value
+    WRITE = TransferType.WRITE.value
+    READ = TransferType.READ.value
+    ILLEGAL = TransferType.ILLEGAL.value
+
 FLOAT = 0xFF  #: what an undriven ISA data bus reads
 
 

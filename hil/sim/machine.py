@@ -62,7 +62,7 @@ from hil.ports import (
     TransferType,
 )
 from hil.sim.devices import Device, Direction
-from hil.sim.i8237 import FLOAT, I8237, Controller, QemuI8257, R
+from hil.sim.i8237 import FLOAT, I8237, Controller, QemuI8257, R, Sel, Xfer
 from hil.sim.i8259 import PORTS as PIC_PORTS, PicPair, QemuPicPair
 from hil.sim.isa import DmaPort, IrqBus, IrqLine, IsaDevice, IsolatedDmaPort, isa_line
 from hil.sim.timers import Scheduler
@@ -74,6 +74,7 @@ _COMPRESSED = Command.COMPRESSED.value
 _DACK_ACTIVE_HIGH = Command.DACK_ACTIVE_HIGH.value
 _DREQ_ACTIVE_LOW = Command.DREQ_ACTIVE_LOW.value
 _CASCADE = ModeSelect.CASCADE.value
+_TO_MEMORY, _FROM_MEMORY = Direction.TO_MEMORY, Direction.FROM_MEMORY  #: one global look-up, not an enum's
 
 log = get_logger("hil.sim")
 
@@ -163,6 +164,10 @@ class Machine:
         self.devices: dict[int, Device] = {}
         self.now_ns = 0
         self._idle = False  #: cached "nothing can be serviced"; cleared by anything that may change it
+        #: the attached devices' DREQ lines, bit n = channel n, kept by the DREQ listener (as
+        #: ``_idle`` is): the arbitration reads them at every port access and every grant
+        self._lines = 0
+        self._live_lines = False  #: a device with its own ``dreq`` property: read every line live
         self._warned: set[tuple[str, int]] = set()
         self._readers: dict[int, Callable[[], int]] = {}
         self._writers: dict[int, Callable[[int], None]] = {}
@@ -341,6 +346,8 @@ class Machine:
             raise DeviceError(f"channel {channel} belongs to {held.owner.name}; unplug it first")
         self.detach(channel)
         self.devices[channel] = device
+        if type(device).dreq is not Device.dreq:  # its level may change without telling the listener
+            self._live_lines = True
         device._bind(lambda: self._dreq_changed(channel))
         self._dreq_changed(channel)
 
@@ -354,7 +361,9 @@ class Machine:
     def _dreq_changed(self, channel: int) -> None:
         self._idle = False
         device = self.devices.get(channel)
-        self._ctl(channel).dreq_edge(channel & 3, bool(device and device.dreq))
+        level = bool(device and device.dreq)
+        self._lines = self._lines | 1 << channel if level else self._lines & ~(1 << channel)
+        self._ctl(channel).dreq_edge(channel & 3, level)
 
     # --- ISA devices and IRQ lines ---------------------------------------------------------
     def plug(self, device: IsaDevice) -> IsaDevice:
@@ -465,6 +474,9 @@ class Machine:
         return self.pages[PAGE_PORT[channel] - PAGE_BASE]
 
     def _dreq_bits(self, first: int) -> int:
+        """The DREQ lines of channels ``first``..``first + 3``, as bits 0-3."""
+        if not self._live_lines:
+            return self._lines >> first & 0x0F
         bits = 0
         for channel, device in self.devices.items():  # the few attached, not four look-ups
             if first <= channel < first + 4 and device.dreq:
@@ -674,10 +686,10 @@ class Machine:
         t = self.timing
         acquire = t.acquire_clocks * t.clock_ns
         unit = self._unit_ns(ctl)
-        match ctl.select(local):
-            case ModeSelect.BLOCK:  # §3.5: runs to TC once started, DREQ or not
+        match ctl.channels[local].mode >> 6:  # ctl.select(local), without making the enum member
+            case Sel.BLOCK:  # §3.5: runs to TC once started, DREQ or not
                 return acquire + left * unit, self._move(ctl, channel, device, left, width)
-            case ModeSelect.DEMAND:  # §3.5: holds the bus while DREQ stays active, up to TC
+            case Sel.DEMAND:  # §3.5: holds the bus while DREQ stays active, up to TC
                 moved, tc = 0, False
                 while not tc:
                     units = max(1, self._burst(ctl, channel, device, width, left - moved))
@@ -686,7 +698,7 @@ class Machine:
                     if not self._line_active(ctl, channel):
                         break
                 return acquire + moved * unit, tc
-            case ModeSelect.CASCADE:  # §3.5: DACK to the bus master while its DREQ is active
+            case Sel.CASCADE:  # §3.5: DACK to the bus master while its DREQ is active
                 return self._cascade(ctl, channel, device, budget_ns), False
         # SINGLE (§3.5): one transfer per grant, then the arbiters decide again. Consecutive
         # grants of a lone requester are merged into one slice only when nothing could have
@@ -748,11 +760,11 @@ class Machine:
 
     def _direction(self, ctl: Controller, local: int, device: Device | None) -> Direction | None:
         """The memory cycle the transfer type selects (§2.5); verify and type 11 move nothing."""
-        match ctl.transfer_type(local):
-            case TransferType.WRITE:
-                return Direction.TO_MEMORY
-            case TransferType.READ:
-                return Direction.FROM_MEMORY
+        match ctl.channels[local].mode >> 2 & 3:  # ctl.transfer_type(local), as plain ints
+            case Xfer.WRITE:
+                return _TO_MEMORY
+            case Xfer.READ:
+                return _FROM_MEMORY
         return None
 
     def _move(self, ctl: Controller, channel: int, device: Device | None, units: int, width: int) -> bool:
@@ -766,10 +778,10 @@ class Machine:
         while moved < units and not tc:
             phys, step, before_wrap = ctl.next_unit(local, page)
             k = min(units - moved, before_wrap)
-            if direction is Direction.TO_MEMORY:
+            if direction is _TO_MEMORY:
                 data = dev.supply_many(channel, k, width) if dev is not None else bytes([FLOAT]) * (k * size)
                 self._dma_store(phys, step, data, size)
-            elif direction is Direction.FROM_MEMORY:
+            elif direction is _FROM_MEMORY:
                 data = self._dma_load(phys, step, k, size)
                 if dev is not None:
                     dev.accept_many(channel, data, width)
