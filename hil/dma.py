@@ -443,7 +443,11 @@ class IsaDma:
         ops += self._count_ops(channel, nbytes)
         if enable:
             ops.append(wiring.mask_clear)
-        await self._run("program", ops)
+        owner = self._state.owner
+        if owner is not None and owner is asyncio.current_task():  # self._run's fast case, one await less
+            await self.backend.execute(ops)
+        else:
+            await self._run("program", ops)
         sh = self._state.shadow.channels[channel]
         sh.mode = value
         self._shadow_addr(channel, phys)

@@ -226,7 +226,8 @@ class SimBackend(Backend):
     async def execute(self, ops: Sequence[Op]) -> list[Result]:
         # The model runs synchronously inside one event-loop step, so a program cannot be
         # interleaved with another task's: atomic without taking the lock.
-        self._check_open()
+        if self._closed or not self._opened:
+            self._check_open()
         self.check(ops)
         results = self._run(ops) if self.machine.tracer is None else self._run_traced(ops)
         if self.fdc is not None:
@@ -444,17 +445,23 @@ class SimBackend(Backend):
         return self.machine.now_ns
 
     async def settle(self, timeout_s: float | None = None) -> None:
-        self._check_open()
-        await self._settle(timeout_s)
+        if self._closed or not self._opened:
+            self._check_open()
+        self._run_until_idle(timeout_s)  # _settle, one await less: settling is what a transfer waits on
+        if self.fdc is not None:
+            await self._write_back()
 
     async def _settle(self, timeout_s: float | None) -> None:
         """Run virtual time until no channel can be serviced (``timeout_s`` is virtual)."""
+        self._run_until_idle(timeout_s)
+        if self.fdc is not None:
+            await self._write_back()
+
+    def _run_until_idle(self, timeout_s: float | None) -> None:
         limit = 10.0 if timeout_s is None else timeout_s
         self.machine.run_until_idle(round(limit * 1e9))
         if self.machine.tracer is not None:
             self.machine.tracer.sample()
-        if self.fdc is not None:
-            await self._write_back()
 
 
 def ecp_details(port: EcpPort) -> dict[str, object]:

@@ -279,7 +279,9 @@ class I8237(Controller):
     def write_channel(self, index: int, value: int) -> None:
         """§2.1/§2.2: the byte selected by the FF goes to base *and* current; FF toggles."""
         ch = self.channels[index >> 1]
-        shift = 8 * self._toggle()
+        ff = self.ff  # self._toggle(), inlined: half of a channel programming's writes come here
+        self.ff = ff ^ 1
+        shift = 8 * ff
         keep = 0xFF00 >> shift
         byte = (value & 0xFF) << shift
         if index & 1:
