@@ -94,6 +94,7 @@ def _wiring(channel: int) -> _Wiring:
 
 
 _WIRING: tuple[_Wiring, ...] = tuple(_wiring(ch) for ch in range(8))
+_CASCADE_SELECT = ModeSelect.CASCADE.value  #: a plain int: an enum member's look-up costs more than the test
 
 MAX_DMA_CHANNELS = 8
 DMA_MODE_READ = 0x44  #: I/O -> memory, single, increment, no autoinit
@@ -434,7 +435,7 @@ class IsaDma:
             raise ChannelNotRequestedError(channel, "has not been claimed with request_dma")
         if type(mode) is not int or not 0 <= mode <= 0xFF or mode & MODE_CHANNEL_MASK:
             raise InvalidModeError(channel, f"mode {mode!r} must be a byte without channel bits")
-        if mode >> 6 != ModeSelect.CASCADE and not self.unchecked:
+        if mode >> 6 != _CASCADE_SELECT and not self.unchecked:
             check_buffer(channel, phys, nbytes, decrement=bool(mode & MODE_DECREMENT))
         wiring = _WIRING[channel]
         value = mode | (channel & 3)

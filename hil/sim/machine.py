@@ -513,14 +513,17 @@ class Machine:
         d2 = self.dma2
         if not d2.enabled:
             return []
-        want2 = d2.service_mask(self._dreq_bits(4)) & 0x0E  # channel 4's place is DMA1's
+        lines = self._lines if not self._live_lines else self._dreq_bits(0) | self._dreq_bits(4) << 4
+        want2 = d2.service_mask(lines >> 4 & 0x0F) & 0x0E  # channel 4's place is DMA1's
         first: list[int] = []
         if self._cascade_open():
             d1 = self.dma1
-            if d1.enabled and (want1 := d1.service_mask(self._dreq_bits(0))):
+            if d1.enabled and (want1 := d1.service_mask(lines & 0x0F)):
                 first = [c for c in d1.priority_order() if want1 >> c & 1]
         if not want2:
             return first
+        if not first and not want2 & (want2 - 1):  # one requester: no order to decide
+            return [3 + want2.bit_length()]
         out: list[int] = []
         for local in d2.priority_order():
             if local == 0:
@@ -649,7 +652,7 @@ class Machine:
 
     def _service(self, channel: int, budget_ns: int, *, alone: bool) -> int:
         """Grant the bus to ``channel`` once; return the virtual ns the grant took."""
-        ctl, local = self._ctl(channel), channel & 3
+        ctl, local = self.dma2 if channel >= 4 else self.dma1, channel & 3  # self._ctl(channel)
         if channel == 0 and ctl.mem_to_mem() and ctl.software_started(0):
             cost = self._mem_to_mem()
             if self.tracer is not None:
@@ -769,7 +772,7 @@ class Machine:
 
     def _move(self, ctl: Controller, channel: int, device: Device | None, units: int, width: int) -> bool:
         local = channel & 3
-        page = self.page_of(channel)
+        page = self.pages[PAGE_PORT[channel] - PAGE_BASE]  # self.page_of(channel)
         direction = self._direction(ctl, local, device)
         dev = device if device is not None and self._dack_seen(ctl) else None
         size = width // 8
