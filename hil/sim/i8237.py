@@ -74,6 +74,7 @@ class Xfer:
     READ = TransferType.READ.value
     ILLEGAL = TransferType.ILLEGAL.value
 
+
 FLOAT = 0xFF  #: what an undriven ISA data bus reads
 
 
