@@ -210,12 +210,13 @@ class Machine:
             self._wide[port] = device
 
     def _map_page(self, index: int) -> None:
-        self._readers[PAGE_BASE + index] = lambda: self.pages[index]
-        self._writers[PAGE_BASE + index] = lambda value: self.pages.__setitem__(index, value)
+        # bound methods of the latch file (never rebound), not lambdas: no Python frame per access
+        self._readers[PAGE_BASE + index] = partial(self.pages.__getitem__, index)
+        self._writers[PAGE_BASE + index] = partial(self.pages.__setitem__, index)
 
     def _map(self, port: int, ctl: Controller, index: int) -> None:
         if index < 8:
-            self._readers[port] = lambda: ctl.read_channel(index)
+            self._readers[port] = partial(ctl.read_channel, index)
 
             def write_channel(value: int) -> None:
                 ctl.write_channel(index, value)
