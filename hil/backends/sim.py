@@ -250,13 +250,13 @@ class SimBackend(Backend):
         return m
 
     async def inb(self, port: int) -> int:  # the hottest: _port_ready inlined
-        if self.machine.tracer is not None:  # a waveform is recorded: the traced one-op program
+        m = self.machine
+        if m.tracer is not None:  # a waveform is recorded: the traced one-op program
             return await super().inb(port)
         if type(port) is not int or not 0 <= port <= 0xFFFF:
             check_port(port)
         if self._closed or not self._opened:
             self._check_open()
-        m = self.machine
         if m.strict and not m.decodes(port):
             raise UndecodedPortError(port, False)
         value = m.io_read(port)
