@@ -45,6 +45,8 @@ from hil.ports import (
     MODE_CHANNEL_MASK,
     MODE_DECREMENT,
     PAGE_PORT,
+    ChannelPorts,
+    ControllerPorts,
     Ctrl,
     Mode,
     ModeSelect,
@@ -55,6 +57,44 @@ from hil.ports import (
 from hil.rules import check_buffer, check_channel
 
 log = get_logger("hil.dma")
+
+#: the byte writes this driver builds, each made (and validated by :class:`Out`) once: ops are
+#: immutable, and the driver writes a few dozen DMA and page ports with byte values, so the table
+#: stays small, and programming a channel costs dictionary look-ups instead of nine validations
+_OUTS: dict[int, Out] = {}
+
+
+def _out(port: int, value: int) -> Out:
+    """``Out(port, value)`` for the driver's own byte writes (ints it computed, already masked)."""
+    if value >> 8:  # not a byte (negative included): Out refuses it as it would anyway
+        return Out(port, value)
+    key = port << 8 | value
+    op = _OUTS.get(key)
+    if op is None:
+        op = _OUTS[key] = Out(port, value)
+    return op
+
+
+@dataclass(frozen=True, slots=True)
+class _Wiring:
+    """One channel's ports and fixed writes, made once (``channel_ports`` builds them per call)."""
+
+    ports: ChannelPorts
+    ctrl: ControllerPorts
+    index: int  #: the controller, as an index into the per-controller lists
+    mask_set: Out
+    mask_clear: Out
+    clear_ff: Out
+
+
+def _wiring(channel: int) -> _Wiring:
+    ctrl = controller_of(channel)
+    return _Wiring(channel_ports(channel), ctrl, int(ctrl.ctrl), _out(ctrl.single_mask, (channel & 3) | MASK_SET),
+                   _out(ctrl.single_mask, channel & 3), _out(ctrl.clear_ff, 0))
+
+
+_WIRING: tuple[_Wiring, ...] = tuple(_wiring(ch) for ch in range(8))
+_CASCADE_SELECT = ModeSelect.CASCADE.value  #: a plain int: an enum member's look-up costs more than the test
 
 MAX_DMA_CHANNELS = 8
 DMA_MODE_READ = 0x44  #: I/O -> memory, single, increment, no autoinit
@@ -203,6 +243,9 @@ class IsaDma:
             yield
 
     async def _run(self, what: str, ops: Sequence[Op], *, warn: bool = True) -> list[int]:
+        owner = self._state.owner
+        if owner is not None and owner is asyncio.current_task():  # _locked's first case, without its generator
+            return await self.backend.execute(ops)  # type: ignore[return-value]  # port I/O only: int results
         async with self._locked(what, warn=warn):
             return await self.backend.execute(ops)  # type: ignore[return-value]  # port I/O only: int results
 
@@ -225,7 +268,7 @@ class IsaDma:
         return False
 
     def _check_ff(self, channel: int, what: str, off: bool) -> None:
-        ctrl = int(controller_of(channel).ctrl)
+        ctrl = _WIRING[channel].index
         ff = self._state.ff[ctrl]
         if ff == 1 and not off:
             raise FlipFlopError(
@@ -238,15 +281,15 @@ class IsaDma:
             log.warning("flip_flop_unknown", channel=channel, call=what, note="call clear_dma_ff first")
 
     def _toggle_ff(self, channel: int, times: int) -> None:
-        ctrl = int(controller_of(channel).ctrl)
+        ctrl = _WIRING[channel].index
         ff = self._state.ff[ctrl]
         self._state.ff[ctrl] = ((ff or 0) + times) & 1 if ff is not None else None
 
     # --- asm/dma.h: each one program, exactly Linux's traffic --------------------------------
     async def clear_dma_ff(self, channel: int) -> None:
         check_channel(channel, allow_cascade=True)
-        await self._run("clear_dma_ff", [Out(controller_of(channel).clear_ff, 0)])
-        self._state.ff[int(controller_of(channel).ctrl)] = 0
+        await self._run("clear_dma_ff", [_WIRING[channel].clear_ff])
+        self._state.ff[_WIRING[channel].index] = 0
 
     async def set_dma_mode(self, channel: int, mode: int, *, unchecked: bool | None = None) -> None:
         off = self._programmable(channel, unchecked)
@@ -257,7 +300,7 @@ class IsaDma:
         if Mode.decode(mode).transfer == TransferType.ILLEGAL and (mode >> 6) != ModeSelect.CASCADE and not off:
             raise InvalidModeError(channel, f"mode 0x{mode:02X}: transfer type 11 is illegal on the 8237")
         value = (mode | (channel & 3)) & 0xFF
-        await self._run("set_dma_mode", [Out(controller_of(channel).mode, value)])
+        await self._run("set_dma_mode", [_out(_WIRING[channel].ctrl.mode, value)])
         self._state.shadow.channels[channel].mode = value
 
     def _page_ops(self, channel: int, page: int) -> list[Out]:
@@ -266,7 +309,7 @@ class IsaDma:
         value = page & 0xFF
         if channel >= 4:
             value &= 0xFE
-        return [Out(PAGE_PORT[channel], value)]
+        return [_out(PAGE_PORT[channel], value)]
 
     async def set_dma_page(self, channel: int, page: int, *, unchecked: bool | None = None) -> None:
         self._programmable(channel, unchecked)
@@ -278,9 +321,9 @@ class IsaDma:
             self._state.shadow.channels[channel].page = ops[0].value
 
     def _addr_ops(self, channel: int, phys: int) -> list[Op]:
-        port = channel_ports(channel).addr
+        port = _WIRING[channel].ports.addr
         word = phys >> 1 if channel >= 4 else phys
-        return [*self._page_ops(channel, phys >> 16), Out(port, word & 0xFF), Out(port, (word >> 8) & 0xFF)]
+        return [*self._page_ops(channel, phys >> 16), _out(port, word & 0xFF), _out(port, (word >> 8) & 0xFF)]
 
     async def set_dma_addr(self, channel: int, phys: int, *, unchecked: bool | None = None) -> None:
         off = self._programmable(channel, unchecked)
@@ -299,11 +342,11 @@ class IsaDma:
         sh.phys = phys
 
     def _count_ops(self, channel: int, nbytes: int) -> list[Op]:
-        port = channel_ports(channel).count
+        port = _WIRING[channel].ports.count
         c = (nbytes - 1) & 0xFFFFFFFF  # unsigned int: a count of 0 underflows, as in Linux
         if channel >= 4:
-            return [Out(port, (c >> 1) & 0xFF), Out(port, (c >> 9) & 0xFF)]
-        return [Out(port, c & 0xFF), Out(port, (c >> 8) & 0xFF)]
+            return [_out(port, (c >> 1) & 0xFF), _out(port, (c >> 9) & 0xFF)]
+        return [_out(port, c & 0xFF), _out(port, (c >> 8) & 0xFF)]
 
     async def set_dma_count(self, channel: int, nbytes: int, *, unchecked: bool | None = None) -> None:
         off = self._programmable(channel, unchecked)
@@ -321,7 +364,8 @@ class IsaDma:
         sh.nbytes = nbytes
 
     def _mask_op(self, channel: int, masked: bool) -> Out:
-        return Out(controller_of(channel).single_mask, (channel & 3) | (MASK_SET if masked else 0))
+        wiring = _WIRING[channel]
+        return wiring.mask_set if masked else wiring.mask_clear
 
     def check_rules(self, channel: int) -> None:
         """Raise the first DMA-ISA-LPC rule the programmed channel breaks."""
@@ -366,7 +410,7 @@ class IsaDma:
         ``1 + lsb + (msb << 8)`` (0xFFFF after TC wraps to 0), doubled on channels 5-7."""
         check_channel(channel, allow_cascade=True)
         self._check_ff(channel, "get_dma_residue", self.unchecked)
-        port = channel_ports(channel).count
+        port = _WIRING[channel].ports.count
         lsb, msb = await self._run("get_dma_residue", [In(port), In(port)])
         self._toggle_ff(channel, 2)
         count = (1 + lsb + (msb << 8)) & 0xFFFF
@@ -391,26 +435,26 @@ class IsaDma:
             raise ChannelNotRequestedError(channel, "has not been claimed with request_dma")
         if type(mode) is not int or not 0 <= mode <= 0xFF or mode & MODE_CHANNEL_MASK:
             raise InvalidModeError(channel, f"mode {mode!r} must be a byte without channel bits")
-        if mode >> 6 != ModeSelect.CASCADE and not self.unchecked:
+        if mode >> 6 != _CASCADE_SELECT and not self.unchecked:
             check_buffer(channel, phys, nbytes, decrement=bool(mode & MODE_DECREMENT))
-        ctrl = controller_of(channel)
+        wiring = _WIRING[channel]
         value = mode | (channel & 3)
-        ops: list[Op] = [
-            self._mask_op(channel, True),
-            Out(ctrl.clear_ff, 0),
-            Out(ctrl.mode, value),
-            *self._addr_ops(channel, phys),
-            *self._count_ops(channel, nbytes),
-        ]
+        ops: list[Op] = [wiring.mask_set, wiring.clear_ff, _out(wiring.ctrl.mode, value)]
+        ops += self._addr_ops(channel, phys)
+        ops += self._count_ops(channel, nbytes)
         if enable:
-            ops.append(self._mask_op(channel, False))
-        await self._run("program", ops)
+            ops.append(wiring.mask_clear)
+        owner = self._state.owner
+        if owner is not None and owner is asyncio.current_task():  # self._run's fast case, one await less
+            await self.backend.execute(ops)
+        else:
+            await self._run("program", ops)
         sh = self._state.shadow.channels[channel]
         sh.mode = value
         self._shadow_addr(channel, phys)
         self._shadow_count(channel, nbytes)
         sh.masked = not enable
-        self._state.ff[int(ctrl.ctrl)] = 0
+        self._state.ff[wiring.index] = 0
 
     async def read_status(self, ctrl: Ctrl) -> int:
         """Read a status register, remembering TC bits so no other waiter loses them."""

@@ -43,10 +43,12 @@ def check_channel(channel: object, *, allow_cascade: bool = False) -> int:
 
 
 def rules_for(channel: int) -> ChannelRules:
-    check_channel(channel)
-    if channel >= 4:
-        return ChannelRules(channel, 16, 0x20000, 0x20000, 2)
-    return ChannelRules(channel, 8, 0x10000, 0x10000, 1)
+    return _RULES[check_channel(channel)]
+
+
+#: each channel's rules, made once (they are immutable; every programming call asks)
+_RULES = {ch: ChannelRules(ch, 16, 0x20000, 0x20000, 2) if ch >= 4 else ChannelRules(ch, 8, 0x10000, 0x10000, 1)
+          for ch in range(8) if ch != CASCADE_CHANNEL}
 
 
 def transfer_span(channel: int, phys: int, length: int, *, decrement: bool = False) -> tuple[int, int]:

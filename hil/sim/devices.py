@@ -127,7 +127,8 @@ class Device:
         """
         return budget_ns
 
-    def supply_many(self, channel: int, count: int, width: int) -> bytes:
+    def supply_many(self, channel: int, count: int, width: int) -> bytes | memoryview:
+        """``count`` units (a view is fine: the machine copies them into memory at once)."""
         size = width // 8
         return b"".join(self.supply(channel, width).to_bytes(size, "little") for _ in range(count))
 
@@ -200,22 +201,29 @@ class Source(Device):
         if data and ran_dry and self._armed:
             self.dreq = True
 
-    def _take(self, nbytes: int) -> bytes:
-        had_data = self.pos < len(self._data)
-        chunk = self._data[self.pos : self.pos + nbytes]
-        self.pos += len(chunk)
-        short = nbytes - len(chunk)
-        if short:
+    def _take(self, nbytes: int) -> bytes | memoryview:
+        """The next ``nbytes``: a view of the (immutable) data where it has them all, so that a
+        burst is copied once, into memory, rather than sliced out first."""
+        pos, data = self.pos, self._data
+        had_data = pos < len(data)
+        chunk: bytes | memoryview
+        if pos + nbytes <= len(data):
+            chunk = memoryview(data)[pos : pos + nbytes]
+            self.pos = pos + nbytes
+        else:
+            chunk = data[pos:]
+            self.pos += len(chunk)
+            short = nbytes - len(chunk)
             self.underruns += short
             chunk += bytes([self.FLOAT]) * short
-        if had_data and self.remaining == 0:
+        if had_data and self.pos == len(data):
             self.dreq = False  # FIFO empty: the request drops by itself
         return chunk
 
     def supply(self, channel: int, width: int) -> int:
         return int.from_bytes(self._take(width // 8), "little")
 
-    def supply_many(self, channel: int, count: int, width: int) -> bytes:
+    def supply_many(self, channel: int, count: int, width: int) -> bytes | memoryview:
         return self._take(count * (width // 8))
 
     def burst_units(self, channel: int, width: int, limit: int) -> int:

@@ -49,6 +49,7 @@ from hil.ports import (
     DMA1,
     DMA1_MIRROR,
     DMA2,
+    MASK_SET,
     PAGE_BASE,
     PAGE_CHANNEL,
     PAGE_FILE,
@@ -61,7 +62,7 @@ from hil.ports import (
     TransferType,
 )
 from hil.sim.devices import Device, Direction
-from hil.sim.i8237 import FLOAT, I8237, Controller, QemuI8257
+from hil.sim.i8237 import FLOAT, I8237, Controller, QemuI8257, R, Sel, Xfer
 from hil.sim.i8259 import PORTS as PIC_PORTS, PicPair, QemuPicPair
 from hil.sim.isa import DmaPort, IrqBus, IrqLine, IsaDevice, IsolatedDmaPort, isa_line
 from hil.sim.timers import Scheduler
@@ -73,6 +74,7 @@ _COMPRESSED = Command.COMPRESSED.value
 _DACK_ACTIVE_HIGH = Command.DACK_ACTIVE_HIGH.value
 _DREQ_ACTIVE_LOW = Command.DREQ_ACTIVE_LOW.value
 _CASCADE = ModeSelect.CASCADE.value
+_TO_MEMORY, _FROM_MEMORY = Direction.TO_MEMORY, Direction.FROM_MEMORY  #: one global look-up, not an enum's
 
 log = get_logger("hil.sim")
 
@@ -92,7 +94,7 @@ class Timing:
 class Tracer(Protocol):
     """What the machine tells a waveform tracer (:class:`hil.sim.trace.SignalTrace`)."""
 
-    def moved(self, channel: int, phys: int, step: int, units: int, size: int, data: bytes | None,
+    def moved(self, channel: int, phys: int, step: int, units: int, size: int, data: bytes | memoryview | None,
               direction: Direction | None) -> None:
         """A chunk of the grant in progress moved (``data`` None: verify cycles)."""
 
@@ -162,6 +164,10 @@ class Machine:
         self.devices: dict[int, Device] = {}
         self.now_ns = 0
         self._idle = False  #: cached "nothing can be serviced"; cleared by anything that may change it
+        #: the attached devices' DREQ lines, bit n = channel n, kept by the DREQ listener (as
+        #: ``_idle`` is): the arbitration reads them at every port access and every grant
+        self._lines = 0
+        self._live_lines = False  #: a device with its own ``dreq`` property: read every line live
         self._warned: set[tuple[str, int]] = set()
         self._readers: dict[int, Callable[[], int]] = {}
         self._writers: dict[int, Callable[[int], None]] = {}
@@ -204,12 +210,13 @@ class Machine:
             self._wide[port] = device
 
     def _map_page(self, index: int) -> None:
-        self._readers[PAGE_BASE + index] = lambda: self.pages[index]
-        self._writers[PAGE_BASE + index] = lambda value: self.pages.__setitem__(index, value)
+        # bound methods of the latch file (never rebound), not lambdas: no Python frame per access
+        self._readers[PAGE_BASE + index] = partial(self.pages.__getitem__, index)
+        self._writers[PAGE_BASE + index] = partial(self.pages.__setitem__, index)
 
     def _map(self, port: int, ctl: Controller, index: int) -> None:
         if index < 8:
-            self._readers[port] = lambda: ctl.read_channel(index)
+            self._readers[port] = partial(ctl.read_channel, index)
 
             def write_channel(value: int) -> None:
                 ctl.write_channel(index, value)
@@ -226,8 +233,31 @@ class Machine:
                 ctl.write_control(index, value)
                 self._idle = False
 
-            # clearing the flip-flop changes nothing the arbiters look at, in either model
-            self._writers[port] = partial(ctl.write_control, index) if index == Reg.CLEAR_FF else write_control
+            def write_mask(value: int) -> None:
+                ctl.write_control(index, value)
+                if not value & MASK_SET:
+                    self._idle = False
+
+            def write_mode(value: int) -> None:
+                bit = 1 << (value & 3)
+                ctl.write_control(index, value)
+                if not ctl.mask & bit or ctl.sw_request & bit:
+                    self._idle = False
+
+            # Clearing the flip-flop changes nothing the arbiters look at, in either model. Nor
+            # can setting a mask bit start a service (§6: a mask only ever refuses one; the
+            # cascade closes with channel 4's), nor a mode written to a masked channel without
+            # a software request (the one request a mask does not refuse, §2.6): the writes
+            # that open a programming sequence keep "nothing can be serviced" as it was.
+            match index:
+                case R.CLEAR_FF:
+                    self._writers[port] = partial(ctl.write_control, index)
+                case R.SINGLE_MASK:
+                    self._writers[port] = write_mask
+                case R.MODE:
+                    self._writers[port] = write_mode
+                case _:
+                    self._writers[port] = write_control
 
     def decodes(self, port: int) -> bool:
         return port in self._readers
@@ -293,7 +323,7 @@ class Machine:
 
     def mem_read(self, addr: int, length: int) -> bytes:
         self._check_mem(addr, length)
-        return bytes(self.memory[addr : addr + length])
+        return bytes(memoryview(self.memory)[addr : addr + length])  # one copy, not a slice and a copy
 
     def mem_write(self, addr: int, data: bytes) -> None:
         self._check_mem(addr, len(data))
@@ -317,6 +347,8 @@ class Machine:
             raise DeviceError(f"channel {channel} belongs to {held.owner.name}; unplug it first")
         self.detach(channel)
         self.devices[channel] = device
+        if type(device).dreq is not Device.dreq:  # its level may change without telling the listener
+            self._live_lines = True
         device._bind(lambda: self._dreq_changed(channel))
         self._dreq_changed(channel)
 
@@ -330,7 +362,9 @@ class Machine:
     def _dreq_changed(self, channel: int) -> None:
         self._idle = False
         device = self.devices.get(channel)
-        self._ctl(channel).dreq_edge(channel & 3, bool(device and device.dreq))
+        level = bool(device and device.dreq)
+        self._lines = self._lines | 1 << channel if level else self._lines & ~(1 << channel)
+        self._ctl(channel).dreq_edge(channel & 3, level)
 
     # --- ISA devices and IRQ lines ---------------------------------------------------------
     def plug(self, device: IsaDevice) -> IsaDevice:
@@ -441,6 +475,9 @@ class Machine:
         return self.pages[PAGE_PORT[channel] - PAGE_BASE]
 
     def _dreq_bits(self, first: int) -> int:
+        """The DREQ lines of channels ``first``..``first + 3``, as bits 0-3."""
+        if not self._live_lines:
+            return self._lines >> first & 0x0F
         bits = 0
         for channel, device in self.devices.items():  # the few attached, not four look-ups
             if first <= channel < first + 4 and device.dreq:
@@ -477,14 +514,17 @@ class Machine:
         d2 = self.dma2
         if not d2.enabled:
             return []
-        want2 = d2.service_mask(self._dreq_bits(4)) & 0x0E  # channel 4's place is DMA1's
+        lines = self._lines if not self._live_lines else self._dreq_bits(0) | self._dreq_bits(4) << 4
+        want2 = d2.service_mask(lines >> 4 & 0x0F) & 0x0E  # channel 4's place is DMA1's
         first: list[int] = []
         if self._cascade_open():
             d1 = self.dma1
-            if d1.enabled and (want1 := d1.service_mask(self._dreq_bits(0))):
+            if d1.enabled and (want1 := d1.service_mask(lines & 0x0F)):
                 first = [c for c in d1.priority_order() if want1 >> c & 1]
         if not want2:
             return first
+        if not first and not want2 & (want2 - 1):  # one requester: no order to decide
+            return [3 + want2.bit_length()]
         out: list[int] = []
         for local in d2.priority_order():
             if local == 0:
@@ -613,7 +653,7 @@ class Machine:
 
     def _service(self, channel: int, budget_ns: int, *, alone: bool) -> int:
         """Grant the bus to ``channel`` once; return the virtual ns the grant took."""
-        ctl, local = self._ctl(channel), channel & 3
+        ctl, local = self.dma2 if channel >= 4 else self.dma1, channel & 3  # self._ctl(channel)
         if channel == 0 and ctl.mem_to_mem() and ctl.software_started(0):
             cost = self._mem_to_mem()
             if self.tracer is not None:
@@ -650,10 +690,10 @@ class Machine:
         t = self.timing
         acquire = t.acquire_clocks * t.clock_ns
         unit = self._unit_ns(ctl)
-        match ctl.select(local):
-            case ModeSelect.BLOCK:  # §3.5: runs to TC once started, DREQ or not
+        match ctl.channels[local].mode >> 6:  # ctl.select(local), without making the enum member
+            case Sel.BLOCK:  # §3.5: runs to TC once started, DREQ or not
                 return acquire + left * unit, self._move(ctl, channel, device, left, width)
-            case ModeSelect.DEMAND:  # §3.5: holds the bus while DREQ stays active, up to TC
+            case Sel.DEMAND:  # §3.5: holds the bus while DREQ stays active, up to TC
                 moved, tc = 0, False
                 while not tc:
                     units = max(1, self._burst(ctl, channel, device, width, left - moved))
@@ -662,7 +702,7 @@ class Machine:
                     if not self._line_active(ctl, channel):
                         break
                 return acquire + moved * unit, tc
-            case ModeSelect.CASCADE:  # §3.5: DACK to the bus master while its DREQ is active
+            case Sel.CASCADE:  # §3.5: DACK to the bus master while its DREQ is active
                 return self._cascade(ctl, channel, device, budget_ns), False
         # SINGLE (§3.5): one transfer per grant, then the arbiters decide again. Consecutive
         # grants of a lone requester are merged into one slice only when nothing could have
@@ -724,16 +764,16 @@ class Machine:
 
     def _direction(self, ctl: Controller, local: int, device: Device | None) -> Direction | None:
         """The memory cycle the transfer type selects (§2.5); verify and type 11 move nothing."""
-        match ctl.transfer_type(local):
-            case TransferType.WRITE:
-                return Direction.TO_MEMORY
-            case TransferType.READ:
-                return Direction.FROM_MEMORY
+        match ctl.channels[local].mode >> 2 & 3:  # ctl.transfer_type(local), as plain ints
+            case Xfer.WRITE:
+                return _TO_MEMORY
+            case Xfer.READ:
+                return _FROM_MEMORY
         return None
 
     def _move(self, ctl: Controller, channel: int, device: Device | None, units: int, width: int) -> bool:
         local = channel & 3
-        page = self.page_of(channel)
+        page = self.pages[PAGE_PORT[channel] - PAGE_BASE]  # self.page_of(channel)
         direction = self._direction(ctl, local, device)
         dev = device if device is not None and self._dack_seen(ctl) else None
         size = width // 8
@@ -742,10 +782,10 @@ class Machine:
         while moved < units and not tc:
             phys, step, before_wrap = ctl.next_unit(local, page)
             k = min(units - moved, before_wrap)
-            if direction is Direction.TO_MEMORY:
+            if direction is _TO_MEMORY:
                 data = dev.supply_many(channel, k, width) if dev is not None else bytes([FLOAT]) * (k * size)
                 self._dma_store(phys, step, data, size)
-            elif direction is Direction.FROM_MEMORY:
+            elif direction is _FROM_MEMORY:
                 data = self._dma_load(phys, step, k, size)
                 if dev is not None:
                     dev.accept_many(channel, data, width)
@@ -761,7 +801,7 @@ class Machine:
         low = phys if step > 0 else phys - (k - 1) * size
         return low, low + k * size
 
-    def _dma_store(self, phys: int, step: int, data: bytes, size: int) -> None:
+    def _dma_store(self, phys: int, step: int, data: bytes | memoryview, size: int) -> None:
         if step < 0:
             data = _reverse_units(data, size)
         low, high = self._span(phys, step, len(data) // size, size)
@@ -785,7 +825,7 @@ class Machine:
                 buf[lo - low : hi - low] = mem[lo:hi]
             data = bytes(buf)
         else:
-            data = bytes(mem[low:high])
+            data = bytes(memoryview(mem)[low:high])  # one copy, not a slice and a copy
         return _reverse_units(data, size) if step < 0 else data
 
     def _mem_to_mem(self) -> int:
@@ -984,7 +1024,7 @@ class QemuMachine(Machine):
     # QEMU's DMA_{read,write}_memory move a decrementing chunk *forward*, in the block ending
     # below the current address, and the read path then mirrors the chunk's first half from its
     # second (docs/reference/qemu-qtest.md §6.3 'Address decrement').
-    def _dma_store(self, phys: int, step: int, data: bytes, size: int) -> None:
+    def _dma_store(self, phys: int, step: int, data: bytes | memoryview, size: int) -> None:
         if step < 0:
             phys, step = self._span(phys, step, len(data) // size, size)[0], 1
         super()._dma_store(phys, step, data, size)
@@ -1065,9 +1105,9 @@ def machine_for(
     return cls(mem_size=mem_size, strict=strict, post=post, timing=timing)
 
 
-def _reverse_units(data: bytes, size: int) -> bytes:
+def _reverse_units(data: bytes | memoryview, size: int) -> bytes:
     if size == 1:
-        return data[::-1]
+        return bytes(data[::-1])  # a view reversed is not contiguous: one copy (of bytes: none more)
     view = memoryview(data)
     if len(data) % 2:
         return b"".join(bytes(view[i : i + 2]) for i in range(len(data) - 2, -1, -2))

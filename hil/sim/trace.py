@@ -91,7 +91,7 @@ class SignalTrace:
         self._index: dict[str, int] = {}
         self._values: list[Value | None] = []
         self._last_t = machine.now_ns
-        self._chunks: list[tuple[int, int, int, int, bytes | None, Direction | None]] = []
+        self._chunks: list[tuple[int, int, int, int, bytes | memoryview | None, Direction | None]] = []
         self._clear: list[int] = []  #: event signals to blank at the next later time
         self._clear_t = 0
         self._fdc_cmd: list[int] = []
@@ -193,7 +193,7 @@ class SignalTrace:
 
     # --- the machine's hooks --------------------------------------------------------------------
 
-    def moved(self, channel: int, phys: int, step: int, units: int, size: int, data: bytes | None,
+    def moved(self, channel: int, phys: int, step: int, units: int, size: int, data: bytes | memoryview | None,
               direction: Direction | None) -> None:
         """One chunk of a grant in progress (called by ``Machine._move``)."""
         self._chunks.append((phys, step, units, size, data, direction))
