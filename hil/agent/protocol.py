@@ -33,6 +33,7 @@ from hil.ops import (
     IRQ_OPS,
     DevState,
     In,
+    IrqLines,
     IrqState,
     MemFill,
     Op,
@@ -616,10 +617,14 @@ class ExecReply:
 FIXED_REPLIES = (In, Poll, IrqState, WaitIrq)
 
 
+_OTHER, _INT, _LINES = 0, 1, 2  #: how a ReplyLayout item's result maps to its fields
+
+
 class ReplyLayout:
     """A successful EXEC_REPLY to a program whose replying ops all have fixed-size replies, read
-    with one ``struct`` (their formats joined: little-endian, no padding) instead of one read
-    per op. What :meth:`ExecReply.decode` gives without it (tests/test_agent_fastpaths.py)."""
+    (host) and written (agent) with one ``struct`` (their formats joined: little-endian, no
+    padding) instead of one per op. What :meth:`ExecReply.decode` and :meth:`ExecReply.encode`
+    give without it (tests/test_agent_fastpaths.py, tests/test_agent_wire_properties.py)."""
 
     def __init__(self, replying: Sequence[tuple[Op, Wire]]) -> None:
         fmt, self.items = "<", []
@@ -628,13 +633,21 @@ class ReplyLayout:
             assert wire.reply is not None
             n = len(wire.reply.unpack(bytes(wire.reply.size)))
             fmt += wire.reply.format.lstrip("<")
-            self.items.append((op, wire, at, at + n))
+            kind = _INT if isinstance(op, In) else _LINES if isinstance(op, IrqState) else _OTHER
+            self.items.append((op, wire, at, at + n, kind))
             at += n
         self.struct = struct.Struct(fmt)
+        #: the whole reply with status OK and no reason: the header's fields, then the results'
+        self.whole = struct.Struct(REPLY_HEADER.format + fmt.lstrip("<"))
+        self.met = any(wire.met for _, wire, _, _, _ in self.items)  #: it carries a poll's condition
 
     @classmethod
     def of(cls, ops: Sequence[Op]) -> ReplyLayout | None:
-        replying = replying_wires(ops)
+        return cls.of_replying(replying_wires(ops))
+
+    @classmethod
+    def of_replying(cls, replying: Sequence[tuple[Op, Wire]]) -> ReplyLayout | None:
+        """:meth:`of` the ops :func:`replying_wires` found, if all of them reply in fixed sizes."""
         if not all(isinstance(op, FIXED_REPLIES) for op, _ in replying):
             return None
         return cls(replying)
@@ -642,13 +655,36 @@ class ReplyLayout:
     def decode(self, p: bytes, reply: ExecReply) -> ExecReply:
         values = self.struct.unpack_from(p, REPLY_HEADER.size)
         results, met = reply.results, reply.polls_met
-        for op, wire, a, b in self.items:
+        for op, wire, a, b, kind in self.items:
+            if kind == _INT:
+                results.append(values[a])
+                continue
+            if kind == _LINES:
+                results.append(IrqLines(values[a], values[a + 1 : b]))
+                continue
             fields = values[a:b]
             assert wire.result is not None  # a replying wire
             results.append(wire.result(op, fields, b""))
             if wire.met:
                 met.append(bool(fields[-1]))
         return reply
+
+    def encode(self, results: Sequence[Result], polls_met: Sequence[bool]) -> bytes:
+        """The payload of an OK reply with these results (one per item, in order)."""
+        values: list[int] = [Status.OK, 0xFFFF, 0]
+        met = iter(polls_met)
+        for (op, wire, _, _, kind), v in zip(self.items, results, strict=True):
+            if kind == _INT:
+                values.append(v)  # type: ignore[arg-type]  # an In's result is an int
+            elif kind == _LINES:
+                assert isinstance(v, IrqLines)
+                values.append(v.levels & 0xFFFF)
+                values.extend([c & 0xFFFF for c in v.counts])
+            else:
+                assert wire.reply_fields is not None  # a replying wire
+                fields, _ = wire.reply_fields(op, v, next(met, False) if wire.met else False)
+                values.extend(fields)
+        return self.whole.pack(*values)
 
 
 def replying_wires(ops: Sequence[Op]) -> list[tuple[Op, Wire]]:

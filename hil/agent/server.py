@@ -47,6 +47,7 @@ from hil.agent.protocol import (
     Limits,
     MsgType,
     ProtocolError,
+    ReplyLayout,
     Status,
     decode_program,
     op_duration_us,
@@ -114,6 +115,9 @@ class _Validated:
     ops: list[Op]
     replying: list[tuple[Op, Wire]]  #: the ops the reply carries results of, with their wire forms
     waits: bool  #: _waits(ops)
+    #: its OK reply in one pack, when every replying op's reply has a fixed size
+    layout: ReplyLayout | None = None
+    polls: bool = False  #: it has a Poll (whose reply says whether its condition was met)
 
 
 QUICK_OPS = 64  #: the most ops of a program that may run on the agent's own loop (see AgentCore._quick)
@@ -370,7 +374,9 @@ class AgentCore:
             checked = self._validate(payload)
             if isinstance(checked, bytes):
                 return checked  # refused
-            program = _Validated(checked, replying_wires(checked), _waits(checked))
+            replying = replying_wires(checked)
+            program = _Validated(checked, replying, _waits(checked), ReplyLayout.of_replying(replying),
+                                 any(isinstance(op, Poll) for op in checked))
             if len(payload) <= VALIDATED_PAYLOAD:
                 if len(self._validated) >= VALIDATED_PROGRAMS:
                     del self._validated[next(iter(self._validated))]  # the oldest
@@ -392,7 +398,9 @@ class AgentCore:
             return ExecReply(Status.IO_ERROR, 0xFFFF, str(e)).encode(ops, program.replying)
         self.stats.executed += 1
         met = [op.met(r) for op, r in zip((op for op, _ in program.replying), results)
-               if isinstance(op, Poll) and isinstance(r, int)]
+               if isinstance(op, Poll) and isinstance(r, int)] if program.polls else []
+        if program.layout is not None and len(results) == len(program.replying):
+            return program.layout.encode(results, met)  # what ExecReply.encode gives, in one pack
         return ExecReply(Status.OK, 0xFFFF, "", list(results), met).encode(ops, program.replying)
 
     def _validate(self, payload: bytes) -> list[Op] | bytes:
@@ -454,24 +462,71 @@ async def serve_link(core: AgentCore, link: Link, *, stop: asyncio.Event | None 
     reader = FrameReader(core.offer(conn))
     loop = asyncio.get_running_loop()
     deadline = loop.time() + hello_timeout if hello_timeout is not None else None
-    # one timeout scope for the whole connection, moved before each read and lifted after it:
-    # wait_for() would wrap every read in a task of its own (a loop iteration or two per frame)
-    watch = asyncio.timeout(None)
+    task = asyncio.current_task()
+    assert task is not None  # serve_link runs in a task
+    watch = _Watch(loop, task)
     try:
-        async with watch:
-            await _serve_frames(core, link, conn, reader, watch, stop, deadline, idle_timeout)
-    except TimeoutError:
-        if not watch.expired():
+        await _serve_frames(core, link, conn, reader, watch, stop, deadline, idle_timeout)
+    except asyncio.CancelledError:
+        if not watch.expired or task.uncancel():
             raise
         log.info("connection_dropped", conn=conn.name, reason="idle" if conn.authenticated else "no HELLO in time")
     finally:
+        watch.stop()
         core.detach(conn)
         if reader.discarded:
             log.info("link_resyncs", discarded_bytes=reader.discarded, bad_frames=reader.bad_frames)
 
 
+class _Watch:
+    """Drops a connection whose read has waited too long (only a read: a program that runs long
+    is not idle). The deadline of each read is a time noted, not a timer: the one timer fires at
+    the earliest deadline it may have, finds the read in progress younger than its limit (the
+    usual case) and re-arms for it. A timer rescheduled before and after every read (``wait_for``
+    or ``asyncio.timeout``) cost two timer events per frame."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, task: asyncio.Task[None]) -> None:
+        self._loop, self._task = loop, task
+        self._due: float | None = None  #: when the read in progress times out; None: no read waiting
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_when = 0.0
+        self.expired = False  #: the task was cancelled for a read that waited too long
+
+    def reading(self, timeout: float) -> None:
+        """A read begins that may wait ``timeout`` seconds."""
+        due = self._loop.time() + max(0.0, timeout)
+        self._due = due
+        if self._timer is None or self._timer_when > due:
+            self._arm(due)
+
+    def done(self) -> None:
+        """The read returned (data or not): no deadline until the next one."""
+        self._due = None
+
+    def _arm(self, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer, self._timer_when = self._loop.call_at(when, self._fire), when
+
+    def _fire(self) -> None:
+        self._timer = None
+        due = self._due
+        if due is None:  # no read waiting: the next read arms the timer again
+            return
+        if self._loop.time() < due:
+            self._arm(due)
+            return
+        self.expired = True
+        self._task.cancel()  # the task waits in that read (it notes done() before anything else)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
 async def _serve_frames(core: AgentCore, link: Link, conn: Connection, reader: FrameReader,
-                        watch: asyncio.Timeout, stop: asyncio.Event | None, deadline: float | None,
+                        watch: _Watch, stop: asyncio.Event | None, deadline: float | None,
                         idle_timeout: float | None) -> None:
     """serve_link's loop: only a read waits under ``watch`` (a program that runs long is not idle)."""
     loop = asyncio.get_running_loop()
@@ -480,9 +535,9 @@ async def _serve_frames(core: AgentCore, link: Link, conn: Connection, reader: F
         if timeout is None:
             data = await link.read()
         else:
-            watch.reschedule(loop.time() + max(0.0, timeout))
+            watch.reading(timeout)
             data = await link.read()
-            watch.reschedule(None)
+            watch.done()
         if not data:
             return
         for frame in reader.feed(data):
