@@ -204,3 +204,45 @@ def test_a_reply_written_by_its_layout_is_the_reply_written_op_by_op():
         general = ExecReply(Status.OK, 0xFFFF, "", list(results), list(met)).encode(ops, replying)  # type: ignore[arg-type]  # results drawn per op
         assert layout.encode(results, met) == general  # type: ignore[arg-type]  # as above
         assert ExecReply.decode(general, ops, layout) == ExecReply.decode(general, ops)
+
+
+def _cobs_data(rng: random.Random) -> bytes:
+    """Frames as they come: zero runs (cleared memory, IRQ counts), long runs without a zero
+    (past a 254-byte block), single zeros, random bytes."""
+    parts = []
+    for _ in range(rng.randrange(0, 8)):
+        kind = rng.random()
+        if kind < 0.3:
+            parts.append(bytes(rng.randrange(1, 300)))
+        elif kind < 0.5:
+            parts.append(bytes(rng.randrange(1, 256) for _ in range(rng.randrange(200, 600))))
+        elif kind < 0.7:
+            parts.append(bytes(rng.choice([0, 0, 1, 0xFF, rng.randrange(256)]) for _ in range(rng.randrange(1, 80))))
+        else:
+            parts.append(rng.randbytes(rng.randrange(0, 100)))
+    return b"".join(parts)
+
+
+def test_the_run_encoder_and_the_chain_decoder_give_the_block_codecs_bytes():
+    from hil.agent.protocol import _cobs_decode_blocks, _cobs_encode_runs, _cobs_encode_split, cobs_decode, cobs_encode
+
+    rng = random.Random(13)
+    for _ in range(3000):
+        data = _cobs_data(rng)
+        wire = cobs_encode(data)
+        assert wire == _cobs_encode_split(data) == _cobs_encode_runs(data)
+        assert cobs_decode(wire) == _cobs_decode_blocks(wire) == data
+        damaged = bytearray(wire)  # a damaged frame: the same bytes or the same refusal
+        for _ in range(rng.randrange(1, 4)):
+            if damaged:
+                damaged[rng.randrange(len(damaged))] = rng.choice([0, 1, 2, 0xFF, rng.randrange(256)])
+        if rng.random() < 0.3:
+            damaged = damaged[: rng.randrange(len(damaged) + 1)]
+
+        def outcome(decode: object, frame: bytes) -> object:
+            try:
+                return decode(frame)  # type: ignore[operator]  # one of the two decoders
+            except Exception as e:
+                return type(e), str(e)
+
+        assert outcome(cobs_decode, bytes(damaged)) == outcome(_cobs_decode_blocks, bytes(damaged))
