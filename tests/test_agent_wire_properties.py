@@ -132,6 +132,7 @@ async def _agent_and_direct(link: str, seed: int, n: int) -> tuple[int, int, int
                     got = await _run(be, ops, None)
                     assert _outcome(got) == _outcome(want), (i, ops, got, want)
                     assert _lines(be) == _lines(direct), (i, ops)
+                    assert be.capabilities == be._make_capabilities()  # the cached ones are current
                     compared += 1
                     refused += isinstance(want, BaseException)
                     rose += direct.irq_count(6) > before

@@ -507,6 +507,7 @@ class AgentBackend(Backend):
         self._prepared: dict[tuple[Op, ...], _Prepared] = {}  #: see _remember
         #: the program check() found remembered, its key and entry, for _execute to take (see check)
         self._hit: tuple[Sequence[Op], tuple[Op, ...], _Prepared] | None = None
+        self._capabilities: tuple[tuple[object, ...], Capabilities] | None = None  #: see capabilities
 
     # --- life cycle ---------------------------------------------------------------------
     async def _open(self) -> None:
@@ -769,6 +770,17 @@ class AgentBackend(Backend):
     # --- the backend interface ----------------------------------------------------------
     @property
     def capabilities(self) -> Capabilities:
+        """Made once per agent session (what they say changes only at HELLO): a register dump
+        asks for them every time, and building them cost more than its program's encoding."""
+        key = (self.agent, self.boot_nonce, self.keep, self.link_url)
+        cached = self._capabilities
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        caps = self._make_capabilities()
+        self._capabilities = (key, caps)
+        return caps
+
+    def _make_capabilities(self) -> Capabilities:
         info = self.agent
         memory = (info.memory[0][0], info.memory[0][1] + 1) if info and info.memory else (0, 0)
         if info is None:
