@@ -279,7 +279,9 @@ class FrameSizer:
 class _Wire:
     """One open link and the two tasks that move its bytes, owned together.
 
-    The reader turns bytes into frames and hands each to ``route``; the writer sends queued
+    The reader turns bytes into frames and hands each to ``route`` (a link that pushes its bytes,
+    :meth:`Link.on_data`, has no reader task: its callback does the reader's work, and its end or
+    crash is handled as the reader task's would be); the writer sends queued
     frames one at a time, so two frames in flight never interleave on the line. The link going
     away (EOF, :class:`LinkError`, ``OSError``) only marks the wire ``down``: the next frame
     reconnects. Anything else is a crash and reaches someone as itself: a write's goes to the

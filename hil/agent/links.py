@@ -63,6 +63,16 @@ class Link(abc.ABC):
         written, use :meth:`write`. A link whose writes always wait keeps this default."""
         return False
 
+    def counted(self, receiver: Receiver) -> Receiver:
+        """``receiver``, counting the bytes in ``stats`` first (as :meth:`read` does)."""
+        stats = self.stats
+
+        def count(data: bytes) -> None:
+            stats.bytes_in += len(data)
+            receiver(data)
+
+        return count
+
     def on_data(self, receiver: Receiver | None) -> bool:
         """Hand arriving bytes to ``receiver`` as they arrive, in the event loop's own callback
         (``b""`` once: the far end has gone), instead of to :meth:`read`: a reader task between
@@ -110,7 +120,7 @@ class StreamLink(Link):
     def on_data(self, receiver: Receiver | None) -> bool:
         if self._push is None:
             return False
-        self._push.receiver = receiver
+        self._push.receiver = None if receiver is None else self.counted(receiver)
         return True
 
     async def read(self) -> bytes:

@@ -52,6 +52,7 @@ class _Pipe:
     def __init__(self, baud: int, latency: float) -> None:
         self.byte_time, self.latency = 10 / baud, latency
         self.queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self.receiver: Callable[[bytes], None] | None = None  #: set: deliveries go there, not to the queue
         self.busy_until = 0.0
         self._loop = asyncio.get_running_loop()
         self._heap: list[tuple[float, int, bytes]] = []
@@ -83,7 +84,7 @@ class _Pipe:
                 time.sleep(0)  # releases the GIL: the loop thread runs meanwhile
             with self._cv:
                 heapq.heappop(self._heap)
-            self._loop.call_soon_threadsafe(self.queue.put_nowait, data)
+            self._loop.call_soon_threadsafe(self.receiver or self.queue.put_nowait, data)
 
 
 def _fine_timers() -> None:
@@ -108,6 +109,11 @@ class ShapedLink(Link):
     async def write(self, data: bytes) -> None:
         self._tx.send(data)
         self.stats.bytes_out += len(data)
+
+    def on_data(self, receiver: Callable[[bytes], None] | None) -> bool:
+        """As a TCP link does: the bytes go to the host's router as they arrive."""
+        self._rx.receiver = None if receiver is None else self.counted(receiver)
+        return True
 
     async def close(self) -> None:
         pass
