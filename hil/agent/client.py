@@ -129,6 +129,7 @@ class _Chunk:
     payload: bytes | None = None  #: the EXEC payload of ``ops``, once encoded (a remembered program)
     layout: ReplyLayout | None = None  #: how its reply reads in one unpack, if it can (a remembered program)
     reply_bytes: int | None = None  #: reply_size(ops), once worked out (a remembered program)
+    wait_s: float | None = None  #: the longest its ops may wait, in s, once worked out (a remembered program)
 
 
 PREPARED_PROGRAMS = 256  #: single-frame programs a backend remembers checked, planned and encoded
@@ -278,7 +279,9 @@ class FrameSizer:
 class _Wire:
     """One open link and the two tasks that move its bytes, owned together.
 
-    The reader turns bytes into frames and hands each to ``route``; the writer sends queued
+    The reader turns bytes into frames and hands each to ``route`` (a link that pushes its bytes,
+    :meth:`Link.on_data`, has no reader task: its callback does the reader's work, and its end or
+    crash is handled as the reader task's would be); the writer sends queued
     frames one at a time, so two frames in flight never interleave on the line. The link going
     away (EOF, :class:`LinkError`, ``OSError``) only marks the wire ``down``: the next frame
     reconnects. Anything else is a crash and reaches someone as itself: a write's goes to the
@@ -295,8 +298,12 @@ class _Wire:
         self._frames = FrameReader()
         self._queue: asyncio.Queue[tuple[bytes, asyncio.Future[None]]] = asyncio.Queue()
         self._closer: asyncio.Task[None] | None = None
-        self._tasks = (asyncio.create_task(self._read(), name=f"{name} reader"),
-                       asyncio.create_task(self._write(), name=f"{name} writer"))
+        self._receiving = True  #: pushed bytes are still taken (see _received)
+        writer = asyncio.create_task(self._write(), name=f"{name} writer")
+        if link.on_data(self._received):  # bytes come to _received as they arrive: no reader task
+            self._tasks: tuple[asyncio.Task[None], ...] = (writer,)
+        else:
+            self._tasks = (asyncio.create_task(self._read(), name=f"{name} reader"), writer)
         for task in self._tasks:
             task.add_done_callback(self._ended)
 
@@ -329,6 +336,33 @@ class _Wire:
             for frame in self._frames.feed(data):
                 self._route(frame)
             self._stats.discarded_bytes = self._frames.discarded
+
+    def _received(self, data: bytes) -> None:
+        """What :meth:`_read` does with each read, for a link that pushes its bytes (on_data)."""
+        if not self._receiving:
+            return
+        if not data:
+            log.warning("link_closed", backend=self._name)
+            self._stop_receiving(None)
+            return
+        self._stats.bytes_in += len(data)
+        try:
+            for frame in self._frames.feed(data):
+                self._route(frame)
+        except Exception as e:  # a crash of the router: as a reader task's crash would be
+            self._stop_receiving(e)
+            return
+        self._stats.discarded_bytes = self._frames.discarded
+
+    def _stop_receiving(self, exc: BaseException | None) -> None:
+        """The pushed bytes ended (EOF, or ``exc`` crashed their handling): as :meth:`_ended` is for a reader task."""
+        self._receiving = False
+        self.link.on_data(None)
+        self.down = True
+        if exc is not None:
+            self._crashed(exc)
+        if self._closer is None:
+            self._closer = asyncio.get_running_loop().create_task(self._close_link(), name=f"{self._name} close")
 
     async def _write(self) -> None:
         while True:
@@ -373,6 +407,9 @@ class _Wire:
             self._closer = asyncio.get_running_loop().create_task(self._close_link(), name=f"{self._name} close")
 
     async def _close_link(self) -> None:
+        if self._receiving:
+            self._receiving = False
+            self.link.on_data(None)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -456,6 +493,12 @@ class AgentBackend(Backend):
         #: a retransmission may ask for
         self._unanswered: list[int] = []
         self._window_open = asyncio.Condition()
+        self._admitting = 0  #: programs waiting in _admit for the window to open (see _admit)
+        #: the deadline of each round trip waiting for its reply, by its waiter; one timer for all
+        #: of them (see _arm): a timer per round trip was a heap push and a cancel every frame
+        self._deadlines: dict[asyncio.Future[Frame], tuple[float, tuple[str, int]]] = {}
+        self._tick: asyncio.TimerHandle | None = None
+        self._tick_when = 0.0
         self._hello_lock = asyncio.Lock()
         self._connect_lock = asyncio.Lock()  #: one reconnect for the whole backend, not one per frame
         self._secret = b""  #: the session secret from HELLO_REPLY: a reconnect resumes with it
@@ -464,6 +507,9 @@ class AgentBackend(Backend):
         #: the IRQ lines at the end of the last program (feature IRQ), with counts unwrapped
         self._irq = IrqLines()
         self._prepared: dict[tuple[Op, ...], _Prepared] = {}  #: see _remember
+        #: the program check() found remembered, its key and entry, for _execute to take (see check)
+        self._hit: tuple[Sequence[Op], tuple[Op, ...], _Prepared] | None = None
+        self._capabilities: tuple[tuple[object, ...], Capabilities] | None = None  #: see capabilities
 
     # --- life cycle ---------------------------------------------------------------------
     async def _open(self) -> None:
@@ -513,6 +559,9 @@ class AgentBackend(Backend):
         async with self._connect_lock:  # a reconnect in progress ends before the link is dropped
             await self._drop_link()
         self._fail_pending(AgentError(f"{self.url}: backend closed"))
+        if self._tick is not None:
+            self._tick.cancel()
+            self._tick = None
         self._raise_crash()
 
     def _fail_pending(self, exc: BaseException, kind: str | None = None) -> int:
@@ -608,11 +657,11 @@ class AgentBackend(Backend):
                     self._lose_link()
                     await asyncio.sleep(min(wait, 0.2))
                     continue
-                timer = loop.call_later(wait, self._expire, key, fut)
+                self._arm(fut, key, loop.time() + wait)
                 try:
                     reply = await fut
                 finally:
-                    timer.cancel()
+                    self._deadlines.pop(fut, None)
                 if reply is _EXPIRED:
                     # a reply arriving from now on lands in the fresh future; if the key was taken
                     # over meanwhile (a round trip of the same kind and seq ended), register again
@@ -633,6 +682,27 @@ class AgentBackend(Backend):
                 del self._pending[key]
                 if fut.done() and not fut.cancelled():
                     fut.exception()  # failed by a reset while this frame was not waiting for it: seen
+
+    def _arm(self, fut: asyncio.Future[Frame], key: tuple[str, int], when: float) -> None:
+        """``fut`` expires (:meth:`_expire`) at ``when`` unless answered first. The one timer runs
+        at the earliest deadline at most: one that finds nothing due re-arms for the next, so a
+        stream of round trips answered in time costs a timer event per timeout, not per frame."""
+        self._deadlines[fut] = (when, key)
+        if self._tick is None or when < self._tick_when:
+            if self._tick is not None:
+                self._tick.cancel()
+            self._tick, self._tick_when = asyncio.get_running_loop().call_at(when, self._on_tick), when
+
+    def _on_tick(self) -> None:
+        self._tick = None
+        now = asyncio.get_running_loop().time()
+        due = [(fut, key) for fut, (when, key) in self._deadlines.items() if when <= now]
+        for fut, key in due:
+            del self._deadlines[fut]
+            self._expire(key, fut)
+        if self._deadlines:
+            when = min(w for w, _ in self._deadlines.values())
+            self._tick, self._tick_when = asyncio.get_running_loop().call_at(when, self._on_tick), when
 
     def _expire(self, key: tuple[str, int], waiting: asyncio.Future[Frame]) -> None:
         """A round trip's timeout: its waiter wakes with :data:`_EXPIRED`, and a fresh future
@@ -702,6 +772,17 @@ class AgentBackend(Backend):
     # --- the backend interface ----------------------------------------------------------
     @property
     def capabilities(self) -> Capabilities:
+        """Made once per agent session (what they say changes only at HELLO): a register dump
+        asks for them every time, and building them cost more than its program's encoding."""
+        key = (self.agent, self.boot_nonce, self.keep, self.link_url)
+        cached = self._capabilities
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        caps = self._make_capabilities()
+        self._capabilities = (key, caps)
+        return caps
+
+    def _make_capabilities(self) -> Capabilities:
         info = self.agent
         memory = (info.memory[0][0], info.memory[0][1] + 1) if info and info.memory else (0, 0)
         if info is None:
@@ -744,6 +825,19 @@ class AgentBackend(Backend):
             await self._notify_reset()  # outside the backend lock: the restore runs programs
             raise
 
+    def check(self, ops: Sequence[Op]) -> None:
+        """A program sent before to the same agent at the same frame size passed this check then
+        (a remembered program is kept only after it did), and the check depends on nothing else:
+        it is not run again. :meth:`_execute` takes the remembered program found here."""
+        info = self.agent
+        key = _program_key(ops) if info is not None else None
+        prepared = self._prepared.get(key) if key is not None else None
+        if key is not None and prepared is not None and prepared.info is info and prepared.size == self.sizer.size:
+            self._hit = (ops, key, prepared)
+            return
+        self._hit = None
+        super().check(ops)
+
     def _check_queued(self, ops: Sequence[Op]) -> None:
         """A queued program is refused when it is queued, for what the agent would refuse of it."""
         super()._check_queued(ops)
@@ -763,14 +857,22 @@ class AgentBackend(Backend):
             raise BackendNotOpenError(self.url)
         tracking = bool(info.features & Feature.IRQ)
         sizer = self.sizer
-        key = _program_key(ops)
-        prepared = self._prepared.get(key) if key is not None else None
+        hit, self._hit = self._hit, None
+        key: tuple[Op, ...] | None
+        prepared: _Prepared | None
+        if hit is not None and hit[0] is ops:  # check() found it a moment ago
+            key, prepared = hit[1], hit[2]
+        else:
+            key = _program_key(ops)
+            prepared = self._prepared.get(key) if key is not None else None
         if prepared is not None and prepared.info is info and prepared.size == sizer.size:
             ops = prepared.ops  # checked and planned before, against the same agent and frame size
             chunks: Iterator[_Chunk] = iter((prepared.chunk,))
             if prepared.direct:
                 return self._results_direct(prepared, await self._exec_one(prepared.chunk), tracking)
         else:
+            if hit is not None and hit[0] is ops:  # the agent changed since check() skipped the base check
+                Backend.check(self, ops)
             self._check(ops, info)  # before planning: a refused program sends no frame at all
             if tracking:
                 ops = [*ops, IrqState()]  # the lines at the program's end ride along (taken off below)
@@ -850,8 +952,12 @@ class AgentBackend(Backend):
         if tracking:
             last = ordered.pop()
             assert isinstance(last, IrqLines)  # the IrqState at the program's end
-            base = self._irq.counts
-            self._irq = IrqLines(last.levels, tuple(b + ((c - b) & 0xFFFF) for b, c in zip(base, last.counts)))
+            irq = self._irq
+            if last.counts != irq.counts:  # a line rose (equal counts unwrap to themselves)
+                base = irq.counts
+                self._irq = IrqLines(last.levels, tuple(b + ((c - b) & 0xFFFF) for b, c in zip(base, last.counts)))
+            elif last.levels != irq.levels:
+                self._irq = IrqLines(last.levels, irq.counts)
         return ordered
 
     def _remember(self, key: tuple[Op, ...], ops: Sequence[Op], chunks: Iterator[_Chunk], info: HelloReply,
@@ -868,6 +974,7 @@ class AgentBackend(Backend):
             first.payload = encode_program(first.ops)
             first.layout = ReplyLayout.of(first.ops)
             first.reply_bytes = reply_size(first.ops)
+            first.wait_s = sum(wait_us(op) for op in first.ops) / 1e6
             if len(self._prepared) >= PREPARED_PROGRAMS:
                 del self._prepared[next(iter(self._prepared))]  # the oldest
             # results as the reply holds them: one reply part per reading op, in order; and, with
@@ -952,7 +1059,21 @@ class AgentBackend(Backend):
     async def _admit(self, generation: int) -> int:
         """The sequence number of the next frame, once it is within the window of the oldest
         frame still unanswered (not merely when fewer than ``window`` are in flight). After a
-        reset none is taken: the new session expects the next one from a new-generation frame."""
+        reset none is taken: the new session expects the next one from a new-generation frame.
+        With nothing in flight and nobody waiting the window is open: no condition to take."""
+        if not self._unanswered and not self._admitting:
+            if generation != self._generation:
+                raise self._reset_error()
+            seq = self._next_seq()
+            self._unanswered.append(seq)
+            return seq
+        self._admitting += 1
+        try:
+            return await self._admit_waiting(generation)
+        finally:
+            self._admitting -= 1
+
+    async def _admit_waiting(self, generation: int) -> int:
         async with self._window_open:
             await self._window_open.wait_for(
                 lambda: not self._unanswered or ((self._seq - self._unanswered[0]) & 0xFFFF) < self._window_size)
@@ -963,9 +1084,10 @@ class AgentBackend(Backend):
             return seq
 
     async def _retire(self, seq: int) -> None:
-        async with self._window_open:
-            self._unanswered.remove(seq)
-            self._window_open.notify_all()
+        self._unanswered.remove(seq)
+        if self._admitting:  # someone waits for the window: tell them it moved
+            async with self._window_open:
+                self._window_open.notify_all()
 
     async def _exec_in_window(self, chunk: _Chunk, generation: int, seq: int) -> ExecReply:
         try:
@@ -975,7 +1097,7 @@ class AgentBackend(Backend):
 
     async def _exec_chunk(self, chunk: _Chunk, generation: int, seq: int) -> ExecReply:
         """One frame of a program, sent as ``seq`` (admitted by the window)."""
-        extra = sum(wait_us(op) for op in chunk.ops) / 1e6
+        extra = chunk.wait_s if chunk.wait_s is not None else sum(wait_us(op) for op in chunk.ops) / 1e6
         if generation != self._generation:
             raise self._reset_error()
         frame = Frame(MsgType.EXEC, seq, chunk.payload if chunk.payload is not None else encode_program(chunk.ops))

@@ -19,6 +19,7 @@ import errno
 import os
 import termios
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -62,14 +63,65 @@ class Link(abc.ABC):
         written, use :meth:`write`. A link whose writes always wait keeps this default."""
         return False
 
+    def counted(self, receiver: Receiver) -> Receiver:
+        """``receiver``, counting the bytes in ``stats`` first (as :meth:`read` does)."""
+        stats = self.stats
+
+        def count(data: bytes) -> None:
+            stats.bytes_in += len(data)
+            receiver(data)
+
+        return count
+
+    def on_data(self, receiver: Receiver | None) -> bool:
+        """Hand arriving bytes to ``receiver`` as they arrive, in the event loop's own callback
+        (``b""`` once: the far end has gone), instead of to :meth:`read`: a reader task between
+        the bytes and their frame's waiter cost a loop iteration per frame. Called before the
+        first read, or not at all; False: this link has only :meth:`read`."""
+        return False
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name}>"
 
 
+Receiver = Callable[[bytes], None]
+
+
+class PushProtocol(asyncio.StreamReaderProtocol):
+    """The streams protocol of a connection whose bytes may go straight to a receiver
+    (:meth:`Link.on_data`) rather than into its :class:`asyncio.StreamReader`."""
+
+    receiver: Receiver | None = None
+
+    def data_received(self, data: bytes) -> None:
+        if self.receiver is not None:
+            self.receiver(data)
+        else:
+            super().data_received(data)
+
+    def eof_received(self) -> bool:
+        if self.receiver is not None:
+            self.receiver(b"")
+        return bool(super().eof_received())
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.receiver is not None:
+            self.receiver(b"")
+        super().connection_lost(exc)
+
+
 class StreamLink(Link):
-    def __init__(self, name: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, name: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 push: PushProtocol | None = None) -> None:
         super().__init__(name)
         self._reader, self._writer = reader, writer
+        self._push = push
+
+    def on_data(self, receiver: Receiver | None) -> bool:
+        if self._push is None:
+            return False
+        self._push.receiver = None if receiver is None else self.counted(receiver)
+        return True
 
     async def read(self) -> bytes:
         try:
@@ -364,11 +416,15 @@ async def open_link(url: str, *, baud: int = 115200) -> Link:
         parts = urlsplit(url)
         if not parts.hostname or not parts.port:
             raise LinkError(f"{url}: expected tcp://HOST:PORT")
-        try:
-            reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=READ_CHUNK, loop=loop)
+        protocol = PushProtocol(reader, loop=loop)
+        try:  # asyncio.open_connection, with a protocol that can hand bytes on directly
+            transport, _ = await loop.create_connection(lambda: protocol, parts.hostname, parts.port)
         except OSError as e:
             raise oserrors.connect_error(url, e, LinkError) from None
-        return StreamLink(url, reader, writer)
+        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+        return StreamLink(url, reader, writer, protocol)
     import serial  # pyserial: imported only for serial links
 
     path = url[len("serial://"):] if url.startswith("serial://") else url

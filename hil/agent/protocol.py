@@ -33,6 +33,7 @@ from hil.ops import (
     IRQ_OPS,
     DevState,
     In,
+    IrqLines,
     IrqState,
     MemFill,
     Op,
@@ -141,13 +142,20 @@ _CODES = [bytes((n,)) for n in range(256)]  #: a COBS block's code byte, by valu
 
 def cobs_encode(data: bytes) -> bytes:
     """Per block, not per byte: a frame is cut at its zeros by ``bytes.split`` (C speed) and each
-    piece becomes one block (or several, past 254 bytes); data with many zeros (cleared memory)
-    is encoded per run of zeros instead (:func:`_cobs_encode_runs`), where splitting would make a
-    block of every zero. Both give the same bytes (tests/test_agent_fastpaths.py)."""
+    piece becomes one block (or several, past 254 bytes); data whose zeros come mostly in long
+    runs (cleared memory, IRQ counts) is encoded per run of zeros instead
+    (:func:`_cobs_encode_runs`), where splitting would make a block of every zero. Which one is
+    decided by the zeros in runs of 8 or more (C-speed counts); isolated zeros, such as the high
+    byte of every port number in a request, stay with the split, which is the faster there. Both
+    give the same bytes (tests/test_agent_fastpaths.py, tests/test_agent_wire_properties.py)."""
     data = bytes(data)
-    if data.count(0) > len(data) >> 2:
+    zeros = data.count(0)
+    if zeros > 16 and data.count(_ZERO_RUN) * len(_ZERO_RUN) * 4 >= zeros * 3:
         return _cobs_encode_runs(data)
     return _cobs_encode_split(data)
+
+
+_ZERO_RUN = bytes(8)
 
 
 def _cobs_encode_split(data: bytes) -> bytes:
@@ -192,6 +200,35 @@ _ONES = re.compile(b"\x01+")
 
 
 def cobs_decode(data: bytes) -> bytes:
+    """Walks the chain of code bytes only (a run of empty blocks, a run of zeros, in one step)
+    and turns each code into the zero it stands for, in a copy of the frame: the decoded bytes
+    are that copy from its second byte on. A block of 254 (code 0xFF) implies no zero, so a
+    frame with one is decoded block by block (:func:`_cobs_decode_blocks`); both give the same
+    bytes (tests/test_agent_wire_properties.py)."""
+    out = bytearray(data)
+    i, n = 0, len(data)
+    while i < n:
+        code = data[i]
+        if code == 1:  # a run of empty blocks: a run of zeros
+            ones = _ONES.match(data, i)
+            assert ones is not None  # data[i] is 1: the run has at least that byte
+            end = ones.end()
+            out[i:end] = bytes(end - i)
+            i = end
+            continue
+        if code == 0:
+            raise ProtocolError(Status.BAD_FRAME, "zero byte inside a COBS frame")
+        if code == 0xFF:
+            return _cobs_decode_blocks(data)
+        out[i] = 0
+        i += code
+    if i > n:
+        raise ProtocolError(Status.BAD_FRAME, "COBS block runs past the end of the frame")
+    return bytes(out[1:])
+
+
+def _cobs_decode_blocks(data: bytes) -> bytes:
+    """Block by block: the general decoder (and the one for frames with 254-byte blocks)."""
     out = bytearray()
     i, n = 0, len(data)
     while i < n:
@@ -616,10 +653,14 @@ class ExecReply:
 FIXED_REPLIES = (In, Poll, IrqState, WaitIrq)
 
 
+_OTHER, _INT, _LINES = 0, 1, 2  #: how a ReplyLayout item's result maps to its fields
+
+
 class ReplyLayout:
     """A successful EXEC_REPLY to a program whose replying ops all have fixed-size replies, read
-    with one ``struct`` (their formats joined: little-endian, no padding) instead of one read
-    per op. What :meth:`ExecReply.decode` gives without it (tests/test_agent_fastpaths.py)."""
+    (host) and written (agent) with one ``struct`` (their formats joined: little-endian, no
+    padding) instead of one per op. What :meth:`ExecReply.decode` and :meth:`ExecReply.encode`
+    give without it (tests/test_agent_fastpaths.py, tests/test_agent_wire_properties.py)."""
 
     def __init__(self, replying: Sequence[tuple[Op, Wire]]) -> None:
         fmt, self.items = "<", []
@@ -628,13 +669,21 @@ class ReplyLayout:
             assert wire.reply is not None
             n = len(wire.reply.unpack(bytes(wire.reply.size)))
             fmt += wire.reply.format.lstrip("<")
-            self.items.append((op, wire, at, at + n))
+            kind = _INT if isinstance(op, In) else _LINES if isinstance(op, IrqState) else _OTHER
+            self.items.append((op, wire, at, at + n, kind))
             at += n
         self.struct = struct.Struct(fmt)
+        #: the whole reply with status OK and no reason: the header's fields, then the results'
+        self.whole = struct.Struct(REPLY_HEADER.format + fmt.lstrip("<"))
+        self.met = any(wire.met for _, wire, _, _, _ in self.items)  #: it carries a poll's condition
 
     @classmethod
     def of(cls, ops: Sequence[Op]) -> ReplyLayout | None:
-        replying = replying_wires(ops)
+        return cls.of_replying(replying_wires(ops))
+
+    @classmethod
+    def of_replying(cls, replying: Sequence[tuple[Op, Wire]]) -> ReplyLayout | None:
+        """:meth:`of` the ops :func:`replying_wires` found, if all of them reply in fixed sizes."""
         if not all(isinstance(op, FIXED_REPLIES) for op, _ in replying):
             return None
         return cls(replying)
@@ -642,13 +691,36 @@ class ReplyLayout:
     def decode(self, p: bytes, reply: ExecReply) -> ExecReply:
         values = self.struct.unpack_from(p, REPLY_HEADER.size)
         results, met = reply.results, reply.polls_met
-        for op, wire, a, b in self.items:
+        for op, wire, a, b, kind in self.items:
+            if kind == _INT:
+                results.append(values[a])
+                continue
+            if kind == _LINES:
+                results.append(IrqLines(values[a], values[a + 1 : b]))
+                continue
             fields = values[a:b]
             assert wire.result is not None  # a replying wire
             results.append(wire.result(op, fields, b""))
             if wire.met:
                 met.append(bool(fields[-1]))
         return reply
+
+    def encode(self, results: Sequence[Result], polls_met: Sequence[bool]) -> bytes:
+        """The payload of an OK reply with these results (one per item, in order)."""
+        values: list[int] = [Status.OK, 0xFFFF, 0]
+        met = iter(polls_met)
+        for (op, wire, _, _, kind), v in zip(self.items, results, strict=True):
+            if kind == _INT:
+                values.append(v)  # type: ignore[arg-type]  # an In's result is an int
+            elif kind == _LINES:
+                assert isinstance(v, IrqLines)
+                values.append(v.levels & 0xFFFF)
+                values.extend([c & 0xFFFF for c in v.counts])
+            else:
+                assert wire.reply_fields is not None  # a replying wire
+                fields, _ = wire.reply_fields(op, v, next(met, False) if wire.met else False)
+                values.extend(fields)
+        return self.whole.pack(*values)
 
 
 def replying_wires(ops: Sequence[Op]) -> list[tuple[Op, Wire]]:

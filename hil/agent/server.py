@@ -15,6 +15,7 @@ import dataclasses
 import ipaddress
 import os
 import secrets
+import sys
 import threading
 import tty
 from collections import OrderedDict
@@ -47,6 +48,7 @@ from hil.agent.protocol import (
     Limits,
     MsgType,
     ProtocolError,
+    ReplyLayout,
     Status,
     decode_program,
     op_duration_us,
@@ -57,7 +59,7 @@ from hil.allowlist import AllowList
 from hil.backends.base import DEVICE_CAPABILITIES, Backend, Capability
 from hil.errors import AccessDeniedError, HilError, MemoryRangeError, UndecodedPortError
 from hil.log import get_logger
-from hil.ops import Op, Poll, Result, Wire, is_device_op, is_irq_op, memory_access, row_of, wait_us
+from hil.ops import IrqState, Op, Poll, Result, Wire, is_device_op, is_irq_op, memory_access, row_of, wait_us
 
 if TYPE_CHECKING:
     import serial  # pyserial, imported where a serial line is opened
@@ -114,6 +116,11 @@ class _Validated:
     ops: list[Op]
     replying: list[tuple[Op, Wire]]  #: the ops the reply carries results of, with their wire forms
     waits: bool  #: _waits(ops)
+    #: its OK reply in one pack, when every replying op's reply has a fixed size
+    layout: ReplyLayout | None = None
+    polls: bool = False  #: it has a Poll (whose reply says whether its condition was met)
+    #: the ops before its last, when that is an IrqState (every tracking host's program ends so)
+    body: list[Op] | None = None
 
 
 QUICK_OPS = 64  #: the most ops of a program that may run on the agent's own loop (see AgentCore._quick)
@@ -180,6 +187,7 @@ class AgentCore:
             self.io_thread = self.io.capabilities.backend != "qemu"  # qemu: its streams live on this loop
         self._io_runner: _IoThread | None = None
         self._sim_io = self.io.capabilities.backend == "sim"  #: see _quick
+        self._machine_lines = _is_simulator(self.io)  #: see _execute
 
     def _quick(self, ops: list[Op], waits: bool) -> bool:
         """A program the I/O thread would finish in microseconds runs on this loop instead: the
@@ -341,6 +349,7 @@ class AgentCore:
         fresh = self.fresh_io()
         await fresh.open()
         old, self.io, self._used = self.io, fresh, False
+        self._machine_lines = _is_simulator(fresh)
         await old.close()
         log.info("session_reset", io=fresh.url)
 
@@ -370,14 +379,23 @@ class AgentCore:
             checked = self._validate(payload)
             if isinstance(checked, bytes):
                 return checked  # refused
-            program = _Validated(checked, replying_wires(checked), _waits(checked))
+            replying = replying_wires(checked)
+            program = _Validated(checked, replying, _waits(checked), ReplyLayout.of_replying(replying),
+                                 any(isinstance(op, Poll) for op in checked),
+                                 checked[:-1] if checked and isinstance(checked[-1], IrqState) else None)
             if len(payload) <= VALIDATED_PAYLOAD:
                 if len(self._validated) >= VALIDATED_PROGRAMS:
                     del self._validated[next(iter(self._validated))]  # the oldest
                 self._validated[key] = program
         ops = program.ops
+        # On the simulator, a closing IrqState is the machine's lines after the rest has run: the
+        # same call its IrqState makes (SimBackend._irq_lines), without an IRQ op in the program,
+        # which the I/O backend's checks would otherwise ask its capabilities about each time
+        lines_after = (self._machine_lines and self._irq and program.body is not None
+                       and self._quick(ops, program.waits))
+        run = program.body if lines_after and program.body is not None else ops
         try:
-            self.io.check(ops)  # the I/O backend's own refusals (devport: 16-bit DMA ports), before any op runs
+            self.io.check(run)  # the I/O backend's own refusals (devport: 16-bit DMA ports), before any op runs
         except MemoryRangeError as e:
             return self._refuse(Status.MEM_DENIED, 0, str(e), ops)
         except (AccessDeniedError, UndecodedPortError) as e:
@@ -386,13 +404,17 @@ class AgentCore:
             return self._refuse(Status.UNSUPPORTED, 0, str(e), ops)
         self._used = True
         try:
-            results = await self._run_io(ops, program.waits)  # Settle runs as the I/O backend's own settle()
+            results = await self._run_io(run, program.waits)  # Settle runs as the I/O backend's own settle()
+            if run is not ops:
+                results = [*results, self.io._irq_lines()]
         except HilError as e:
             log.error("io_error", error=str(e))
             return ExecReply(Status.IO_ERROR, 0xFFFF, str(e)).encode(ops, program.replying)
         self.stats.executed += 1
         met = [op.met(r) for op, r in zip((op for op, _ in program.replying), results)
-               if isinstance(op, Poll) and isinstance(r, int)]
+               if isinstance(op, Poll) and isinstance(r, int)] if program.polls else []
+        if program.layout is not None and len(results) == len(program.replying):
+            return program.layout.encode(results, met)  # what ExecReply.encode gives, in one pack
         return ExecReply(Status.OK, 0xFFFF, "", list(results), met).encode(ops, program.replying)
 
     def _validate(self, payload: bytes) -> list[Op] | bytes:
@@ -442,6 +464,13 @@ class AgentCore:
         return await self._io_runner.run(self.io.execute(ops))
 
 
+def _is_simulator(io: Backend) -> bool:
+    """Whether ``io`` is the simulator itself (not a backend wrapping it, which may record every
+    op it runs). Not imported for this: no simulator is loaded where none was opened."""
+    sim = sys.modules.get("hil.backends.sim")
+    return sim is not None and isinstance(io, sim.SimBackend)
+
+
 async def serve_link(core: AgentCore, link: Link, *, stop: asyncio.Event | None = None,
                      conn: Connection | None = None, hello_timeout: float | None = None,
                      idle_timeout: float | None = None) -> None:
@@ -454,24 +483,71 @@ async def serve_link(core: AgentCore, link: Link, *, stop: asyncio.Event | None 
     reader = FrameReader(core.offer(conn))
     loop = asyncio.get_running_loop()
     deadline = loop.time() + hello_timeout if hello_timeout is not None else None
-    # one timeout scope for the whole connection, moved before each read and lifted after it:
-    # wait_for() would wrap every read in a task of its own (a loop iteration or two per frame)
-    watch = asyncio.timeout(None)
+    task = asyncio.current_task()
+    assert task is not None  # serve_link runs in a task
+    watch = _Watch(loop, task)
     try:
-        async with watch:
-            await _serve_frames(core, link, conn, reader, watch, stop, deadline, idle_timeout)
-    except TimeoutError:
-        if not watch.expired():
+        await _serve_frames(core, link, conn, reader, watch, stop, deadline, idle_timeout)
+    except asyncio.CancelledError:
+        if not watch.expired or task.uncancel():
             raise
         log.info("connection_dropped", conn=conn.name, reason="idle" if conn.authenticated else "no HELLO in time")
     finally:
+        watch.stop()
         core.detach(conn)
         if reader.discarded:
             log.info("link_resyncs", discarded_bytes=reader.discarded, bad_frames=reader.bad_frames)
 
 
+class _Watch:
+    """Drops a connection whose read has waited too long (only a read: a program that runs long
+    is not idle). The deadline of each read is a time noted, not a timer: the one timer fires at
+    the earliest deadline it may have, finds the read in progress younger than its limit (the
+    usual case) and re-arms for it. A timer rescheduled before and after every read (``wait_for``
+    or ``asyncio.timeout``) cost two timer events per frame."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, task: asyncio.Task[None]) -> None:
+        self._loop, self._task = loop, task
+        self._due: float | None = None  #: when the read in progress times out; None: no read waiting
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_when = 0.0
+        self.expired = False  #: the task was cancelled for a read that waited too long
+
+    def reading(self, timeout: float) -> None:
+        """A read begins that may wait ``timeout`` seconds."""
+        due = self._loop.time() + max(0.0, timeout)
+        self._due = due
+        if self._timer is None or self._timer_when > due:
+            self._arm(due)
+
+    def done(self) -> None:
+        """The read returned (data or not): no deadline until the next one."""
+        self._due = None
+
+    def _arm(self, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer, self._timer_when = self._loop.call_at(when, self._fire), when
+
+    def _fire(self) -> None:
+        self._timer = None
+        due = self._due
+        if due is None:  # no read waiting: the next read arms the timer again
+            return
+        if self._loop.time() < due:
+            self._arm(due)
+            return
+        self.expired = True
+        self._task.cancel()  # the task waits in that read (it notes done() before anything else)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
 async def _serve_frames(core: AgentCore, link: Link, conn: Connection, reader: FrameReader,
-                        watch: asyncio.Timeout, stop: asyncio.Event | None, deadline: float | None,
+                        watch: _Watch, stop: asyncio.Event | None, deadline: float | None,
                         idle_timeout: float | None) -> None:
     """serve_link's loop: only a read waits under ``watch`` (a program that runs long is not idle)."""
     loop = asyncio.get_running_loop()
@@ -480,9 +556,9 @@ async def _serve_frames(core: AgentCore, link: Link, conn: Connection, reader: F
         if timeout is None:
             data = await link.read()
         else:
-            watch.reschedule(loop.time() + max(0.0, timeout))
+            watch.reading(timeout)
             data = await link.read()
-            watch.reschedule(None)
+            watch.done()
         if not data:
             return
         for frame in reader.feed(data):
