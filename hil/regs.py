@@ -21,6 +21,7 @@ left, doubled on the 16-bit channels.
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass
 
 from hil.backends.base import Backend, Capabilities
@@ -219,6 +220,13 @@ def _page_ports(profile: Profile | None) -> tuple[int, ...]:
 
 def dump_program(profile: Profile | None = None) -> list[Op]:
     """The reads of one dump (``profile`` None: every candidate register of both maps)."""
+    return list(_dump_ops(profile))
+
+
+@functools.cache
+def _dump_ops(profile: Profile | None) -> tuple[Op, ...]:
+    """Made once per profile: a dump is the same 58 or so reads every time, and ops are
+    immutable, so every dump (and a link's program cache) can share them."""
     ops: list[Op] = []
     for ports in CONTROLLERS:
         ops.append(Out(ports.clear_ff, 0))
@@ -229,13 +237,13 @@ def dump_program(profile: Profile | None = None) -> list[Op]:
             ops.append(In(ports.temp))
         ops += [In(ports.reg(r)) for r in _mask_regs(profile)]
     ops += [In(port) for port in _page_ports(profile)]
-    return ops
+    return tuple(ops)
 
 
 async def read_registers(backend: Backend, profile: Profile | None = None) -> RegisterDump:
     """One program: a single round trip on a link. ``profile`` defaults to the backend's."""
     profile = profile or profile_of(backend.capabilities)
-    values = iter(await backend.execute(dump_program(profile)))
+    values = iter(await backend.execute(_dump_ops(profile)))
 
     def take() -> int:
         value = next(values)
