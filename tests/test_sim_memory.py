@@ -111,17 +111,21 @@ async def run_memory_step(be: SimBackend, step: tuple[object, ...]) -> object:
         case ("read", int(addr), int(length)):
             return await be.read_mem(addr, length)
         case ("write", int(addr), bytes(data)):
-            return await be.write_mem(addr, data)
+            await be.write_mem(addr, data)
+            return None
         case ("fill", int(addr), int(length), int(value)):
-            return await be.fill_mem(addr, length, value)
+            await be.fill_mem(addr, length, value)
+            return None
         case ("m2m", int(src), int(dst), int(n), bool(down), bool(hold)):
             await be.execute(m2m_program(src, dst, n, down, hold))
-            return await be.settle(0.01)
+            await be.settle(0.01)
+            return None
         case ("master", int(ch), int(addr), bytes(data)):
             be.machine.attach(ch, BusMaster(500, data=data, addr=addr))
             ctrl = DMA1 if ch < 4 else DMA2
             await be.execute([Out(ctrl.mode, 0xC0 | (ch & 3)), Out(ctrl.single_mask, ch & 3)])
-            return await be.settle(0.01)
+            await be.settle(0.01)
+            return None
     raise AssertionError(f"unknown step {step!r}")
 
 
@@ -209,7 +213,8 @@ def test_zeroed_is_zero_and_keeps_its_length() -> None:
 async def test_the_memory_steps_move_data() -> None:
     """The memory-to-memory and bus-master steps of a session really write memory (on the AT;
     QEMU's i8257 has neither), so the comparison covers their writes."""
-    async with SimBackend(mem_size=1 << 18) as be:
+    be = SimBackend(mem_size=1 << 18)
+    async with be:
         await be.write_mem(0x1000, bytes(range(1, 200)))
         assert await memory_outcome(be, ("m2m", 0x1000, 0x3000, 199, False, False)) == ("ok", None)
         assert await be.read_mem(0x3000, 199) == bytes(range(1, 200))
