@@ -21,7 +21,7 @@ import asyncio
 import copy
 import weakref
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 
 from hil.backends.base import Backend, Capability
@@ -85,15 +85,19 @@ class _Wiring:
     mask_set: Out
     mask_clear: Out
     clear_ff: Out
+    count_read: In  #: one byte of the current count (a residue is two of them)
 
 
 def _wiring(channel: int) -> _Wiring:
     ctrl = controller_of(channel)
-    return _Wiring(channel_ports(channel), ctrl, int(ctrl.ctrl), _out(ctrl.single_mask, (channel & 3) | MASK_SET),
-                   _out(ctrl.single_mask, channel & 3), _out(ctrl.clear_ff, 0))
+    ports = channel_ports(channel)
+    return _Wiring(ports, ctrl, int(ctrl.ctrl), _out(ctrl.single_mask, (channel & 3) | MASK_SET),
+                   _out(ctrl.single_mask, channel & 3), _out(ctrl.clear_ff, 0), In(ports.count))
 
 
 _WIRING: tuple[_Wiring, ...] = tuple(_wiring(ch) for ch in range(8))
+#: each controller's status read, as a one-op program (``wait_dma_done`` polls it)
+_STATUS_READ: tuple[tuple[In], ...] = tuple((In(ports.status),) for ports in CONTROLLERS)
 _CASCADE_SELECT = ModeSelect.CASCADE.value  #: a plain int: an enum member's look-up costs more than the test
 
 MAX_DMA_CHANNELS = 8
@@ -159,6 +163,12 @@ class _ControllerState:
 _STATES: weakref.WeakKeyDictionary[Backend, _ControllerState] = weakref.WeakKeyDictionary()
 
 
+def _residue(channel: int, lsb: int, msb: int) -> int:
+    """``get_dma_residue``'s arithmetic on the two count bytes read (docs/reference/linux-isa-dma.md §1.3)."""
+    count = (1 + lsb + (msb << 8)) & 0xFFFF
+    return count << 1 if channel >= 4 else count
+
+
 def forget_host_state(backend: Backend) -> None:
     """Forget what was claimed and programmed through :class:`IsaDma` on ``backend``, as if it
     had just been opened (claims, shadow, flip-flop, remembered TC bits), for a runner that
@@ -169,6 +179,29 @@ def forget_host_state(backend: Backend) -> None:
         if state.lock.locked():
             raise LockError(None, "forget_host_state while the DMA lock is held")
         state.__init__()  # type: ignore[misc]  # reset in place: the reset listener holds this object
+
+
+class _Claim:
+    """``async with claim_dma_lock()``: the lock, owned by the entering task until the block
+    ends. A class rather than a generator-based context manager, which costs three times as much
+    and is entered once per programming step."""
+
+    __slots__ = ("state",)
+
+    def __init__(self, state: _ControllerState) -> None:
+        self.state = state
+
+    async def __aenter__(self) -> None:
+        state = self.state
+        task = asyncio.current_task()
+        if state.owner is not None and state.owner is task:
+            raise LockError(None, "claim_dma_lock is not recursive: this task already holds it")
+        await state.lock.acquire()
+        state.owner = task
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.state.owner = None
+        self.state.lock.release()
 
 
 class IsaDma:
@@ -215,18 +248,9 @@ class IsaDma:
         return self._state.busy.get(channel)
 
     # --- the lock -----------------------------------------------------------------------
-    @asynccontextmanager
-    async def claim_dma_lock(self) -> AsyncIterator[None]:
+    def claim_dma_lock(self) -> AbstractAsyncContextManager[None]:
         """Serialise every user of the controllers on this backend (DMA-ISA-LPC rule 14)."""
-        state = self._state
-        if state.owner is not None and state.owner is asyncio.current_task():
-            raise LockError(None, "claim_dma_lock is not recursive: this task already holds it")
-        async with state.lock:
-            state.owner = asyncio.current_task()
-            try:
-                yield
-            finally:
-                state.owner = None
+        return _Claim(self._state)
 
     @asynccontextmanager
     async def _locked(self, what: str, *, warn: bool = True) -> AsyncIterator[None]:
@@ -243,11 +267,26 @@ class IsaDma:
             yield
 
     async def _run(self, what: str, ops: Sequence[Op], *, warn: bool = True) -> list[int]:
-        owner = self._state.owner
-        if owner is not None and owner is asyncio.current_task():  # _locked's first case, without its generator
+        """``execute(ops)`` inside :meth:`_locked`, spelled out: the two context-manager
+        generators (``_locked``, then ``claim_dma_lock``) cost more than a status read on the
+        simulator, and a polling wait takes the lock once per poll (the same steps in the same
+        order: the caller's own lock, else the one-time warning, then the lock, owned by this
+        task until the program is done; tests/test_dma_driver_paths.py compares them)."""
+        state = self._state
+        task = asyncio.current_task()
+        owner = state.owner
+        if owner is not None and owner is task:
             return await self.backend.execute(ops)  # type: ignore[return-value]  # port I/O only: int results
-        async with self._locked(what, warn=warn):
-            return await self.backend.execute(ops)  # type: ignore[return-value]  # port I/O only: int results
+        if warn and "nolock" not in state.warned:
+            state.warned.add("nolock")
+            log.warning("dma_call_without_lock", call=what,
+                        note="hold claim_dma_lock() around a programming sequence (DMA-ISA-LPC)")
+        async with state.lock:
+            state.owner = task
+            try:
+                return await self.backend.execute(ops)  # type: ignore[return-value]  # port I/O only: int results
+            finally:
+                state.owner = None
 
     # --- checks -------------------------------------------------------------------------
     def _programmable(self, channel: int, unchecked: bool | None) -> bool:
@@ -410,11 +449,10 @@ class IsaDma:
         ``1 + lsb + (msb << 8)`` (0xFFFF after TC wraps to 0), doubled on channels 5-7."""
         check_channel(channel, allow_cascade=True)
         self._check_ff(channel, "get_dma_residue", self.unchecked)
-        port = _WIRING[channel].ports.count
-        lsb, msb = await self._run("get_dma_residue", [In(port), In(port)])
+        read = _WIRING[channel].count_read
+        lsb, msb = await self._run("get_dma_residue", [read, read])
         self._toggle_ff(channel, 2)
-        count = (1 + lsb + (msb << 8)) & 0xFFFF
-        return count << 1 if channel >= 4 else count
+        return _residue(channel, lsb, msb)
 
     # --- extensions ---------------------------------------------------------------------
     async def set_dma_command(self, ctrl: Ctrl, value: int) -> None:
@@ -458,7 +496,7 @@ class IsaDma:
 
     async def read_status(self, ctrl: Ctrl) -> int:
         """Read a status register, remembering TC bits so no other waiter loses them."""
-        status = (await self._run("read_status", [In(CONTROLLERS[ctrl].status)], warn=False))[0]
+        status = (await self._run("read_status", _STATUS_READ[ctrl], warn=False))[0]
         self._state.pending_tc[int(ctrl)] |= status & 0x0F
         return status
 
@@ -478,35 +516,50 @@ class IsaDma:
         get_dma_residue()". With ``check`` an incomplete transfer raises
         :class:`~hil.errors.TransferIncompleteError` carrying the residue. On virtual-time
         backends the timeout is virtual time.
+
+        Each poll is :meth:`read_status` (its own program, under the lock, so the TC bits it
+        clears are kept for every waiter), then a delay outside the lock. The closing
+        ``disable_dma``, ``clear_dma_ff``, ``get_dma_residue`` (no ``disable_dma`` under
+        autoinit) are one locked sequence, as parport_pc's (docs/reference/linux-isa-dma.md
+        §2(c)), sent as one program: the same writes and reads in the same order, one round trip.
         """
         check_channel(channel)
-        sh = self._state.shadow.channels[channel]
+        state = self._state
+        sh = state.shadow.channels[channel]
         expected = sh.nbytes or 0
         autoinit = bool(sh.mode is not None and sh.mode & DMA_AUTOINIT)
         virtual = Capability.VIRTUAL_TIME in self.backend.capabilities
         loop = asyncio.get_running_loop()
         start, waited = loop.time(), 0.0
-        ctrl = Ctrl.DMA2 if channel >= 4 else Ctrl.DMA1
+        ctrl = int(channel >= 4)  # Ctrl.DMA2 for channels 4-7, as an index
+        status_read, bit = _STATUS_READ[ctrl], 1 << (channel & 3)
+        delay = self.backend.delay
         tc = False
         interval = poll_us  # doubles up to 1/16 of the timeout: quick for short transfers, and
         longest = max(poll_us, timeout * 1e6 / 16)  # a long one costs few status reads
         while True:
-            await self.read_status(ctrl)
-            if self._take_tc(channel):
+            status = (await self._run("read_status", status_read, warn=False))[0]  # read_status, inlined
+            pending = state.pending_tc
+            if (pending[ctrl] | status) & bit:  # _take_tc, inlined
+                pending[ctrl] = (pending[ctrl] | status & 0x0F) & ~bit
                 tc = True
                 break
+            pending[ctrl] |= status & 0x0F
             elapsed = waited if virtual else loop.time() - start
             if elapsed >= timeout:
                 break
             step = min(interval, max(0.0, (timeout - elapsed) * 1e6))
-            await self.backend.delay(step)
+            await delay(step)
             waited += step / 1e6
             interval = min(interval * 2, longest)
-        async with self._locked("wait_dma_done", warn=False):
-            if not autoinit:
-                await self.disable_dma(channel)
-            await self.clear_dma_ff(channel)
-            residue = await self.get_dma_residue(channel)
+        wiring = _WIRING[channel]
+        read = wiring.count_read
+        closing: list[Op] = [wiring.clear_ff, read, read] if autoinit else [wiring.mask_set, wiring.clear_ff, read, read]
+        lsb, msb = await self._run("wait_dma_done", closing, warn=False)
+        if not autoinit:
+            state.shadow.channels[channel].masked = True  # disable_dma's record (the shadow a reset restored, too)
+        state.ff[wiring.index] = 0  # cleared, then two count reads
+        residue = _residue(channel, lsb, msb)
         elapsed = waited if virtual else loop.time() - start
         result = TransferResult(channel, tc, 0 if autoinit and tc else residue, expected, elapsed)
         log.debug("dma_done", channel=channel, tc=tc, residue=result.residue, expected=expected)

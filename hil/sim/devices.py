@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import ClassVar
 
 from hil.errors import DeviceError
+from hil.sim.memory import Memory
 
 
 class Direction(enum.Enum):
@@ -116,7 +117,7 @@ class Device:
         if self._listener is not None:
             self._listener()
 
-    def master_cycles(self, channel: int, memory: bytearray, budget_ns: int) -> int:
+    def master_cycles(self, channel: int, memory: Memory, budget_ns: int) -> int:
         """DACK on a cascade-mode channel: the device is bus master and runs its own cycles.
 
         Return the virtual ns it held the bus; the machine keeps granting it the bus while its
@@ -160,7 +161,7 @@ class BusMaster(Device):
     def request(self) -> None:
         self.dreq = True
 
-    def master_cycles(self, channel: int, memory: bytearray, budget_ns: int) -> int:
+    def master_cycles(self, channel: int, memory: Memory, budget_ns: int) -> int:
         end = min(self.addr + len(self.data), len(memory))
         if self.addr < end:
             memory[self.addr : end] = self.data[: end - self.addr]

@@ -65,6 +65,7 @@ from hil.sim.devices import Device, Direction
 from hil.sim.i8237 import FLOAT, I8237, Controller, QemuI8257, R, Sel, Xfer
 from hil.sim.i8259 import PORTS as PIC_PORTS, PicPair, QemuPicPair
 from hil.sim.isa import DmaPort, IrqBus, IrqLine, IsaDevice, IsolatedDmaPort, isa_line
+from hil.sim.memory import Memory, zeroed
 from hil.sim.timers import Scheduler
 
 #: the command bits as plain ints: ``int & IntFlag`` goes through the enum's ``__rand__``,
@@ -160,7 +161,7 @@ class Machine:
         self.dma1: Controller = self.controller(Ctrl.DMA1)
         self.dma2: Controller = self.controller(Ctrl.DMA2)
         self.pages = bytearray(16)
-        self.memory = bytearray(mem_size)
+        self.memory: Memory = zeroed(mem_size)  #: touched pages only (hil.sim.memory)
         self.devices: dict[int, Device] = {}
         self.now_ns = 0
         self._idle = False  #: cached "nothing can be serviced"; cleared by anything that may change it
