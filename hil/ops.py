@@ -90,6 +90,11 @@ class MemWrite:
     def __post_init__(self) -> None:
         if not isinstance(self.data, (bytes, bytearray, memoryview)):
             raise InvalidAccessError(f"memory write data must be bytes, not {type(self.data).__name__}")
+        if isinstance(self.data, memoryview) and (self.data.itemsize != 1 or self.data.ndim != 1):
+            # len() of such a view counts items, not bytes: the write would not be the length
+            # every check (and the agent's size table) takes it for
+            raise InvalidAccessError(f"memory write data must be bytes; a memoryview of {self.data.format!r} "
+                                     f"items in {self.data.ndim} dimension(s) is not (use .cast('B'))")
         _check_addr(self.addr, len(self.data))
 
 

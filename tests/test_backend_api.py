@@ -10,6 +10,7 @@ docs/reference/8237.md §2.12 (undriven bus reads 0xFF) and §1.4 (what an AT de
 
 from __future__ import annotations
 
+import array
 import asyncio
 from collections.abc import Sequence
 
@@ -91,6 +92,10 @@ async def test_bad_program_steps(be):
     assert "step 1" in str(exc.value)
     with pytest.raises(InvalidAccessError):
         MemWrite(0x1000, "text")  # type: ignore[arg-type]
+    with pytest.raises(InvalidAccessError) as exc:  # len() of a view of words counts words, not bytes
+        MemWrite(0x1000, memoryview(array.array("H", [1, 2])))
+    assert "cast('B')" in str(exc.value)
+    assert MemWrite(0x1000, memoryview(array.array("H", [1, 2])).cast("B")).data.nbytes == 4
     with pytest.raises(InvalidAccessError):
         MemRead(-1, 4)
     with pytest.raises(InvalidAccessError):
