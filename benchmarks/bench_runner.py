@@ -233,7 +233,7 @@ async def main(steps: int, repeat: int, json_path: str | None) -> None:
         script = load_script(mix)
         await run_on_backends([script], ["sim"], journal_dir=base / "warm")
         one_t, two_t = [], []
-        for _ in range(max(1, repeat // 2)):
+        for _ in range(repeat):  # seconds-long samples on a shared machine: as many as the others
             t0 = time.perf_counter()
             await run_on_backends([script], ["sim"], journal_dir=base / "one")
             one_t.append(time.perf_counter() - t0)

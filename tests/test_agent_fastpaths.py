@@ -11,14 +11,7 @@ from hypothesis import given, settings, strategies as st
 
 from hil.agent.client import AgentBackend, LinkStatistics, _Wire
 from hil.agent.links import Link
-from hil.agent.protocol import (
-    ExecReply,
-    ReplyLayout,
-    _cobs_encode_runs,
-    _cobs_encode_split,
-    cobs_decode,
-    cobs_encode,
-)
+from hil.agent.protocol import ExecReply, ReplyLayout
 from hil.agent.server import AgentCore, serve_link
 from hil.allowlist import AllowList
 from hil.backends import open_backend
@@ -205,16 +198,6 @@ async def test_the_hosts_prepared_programs_send_and_return_what_a_fresh_plan_doe
     assert outcomes[0] == outcomes[1]
     assert any(isinstance(o, tuple) for o in outcomes[0]) and any(isinstance(o, list) for o in outcomes[0])
     assert stats[0] == stats[1]
-
-
-@settings(max_examples=400, deadline=None)
-@given(st.lists(st.one_of(st.just(b"\x00"), st.binary(max_size=300), st.just(b"\x00" * 40),
-                          st.binary(min_size=250, max_size=600).map(lambda b: b.replace(b"\x00", b"\x07"))),
-                max_size=12).map(b"".join))
-def test_cobs_split_encoder_gives_the_run_encoders_bytes(data):
-    assert _cobs_encode_split(data) == _cobs_encode_runs(data)
-    assert cobs_encode(data) == _cobs_encode_runs(data)
-    assert cobs_decode(cobs_encode(data)) == data
 
 
 _FIXED_OPS = st.sampled_from([In(0x08), In(0x81, 16), Poll(0x08, 0x01, 0x01, 1000, 10), IrqState(),

@@ -23,6 +23,8 @@ import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
+from cobs import cobs as _cobs  # type: ignore[import-untyped]  # the package ships no type hints
+
 from hil.errors import (
     InvalidAccessError,
     ProtocolError as ProtocolError,  # defined there; importable from here as before
@@ -134,123 +136,31 @@ def crc32(data: bytes) -> int:
     return zlib.crc32(data) & 0xFFFFFFFF
 
 
-_RUNS = re.compile(b"([^\x00]*)(\x00*)")
-
-
-_CODES = [bytes((n,)) for n in range(256)]  #: a COBS block's code byte, by value
-
-
 def cobs_encode(data: bytes) -> bytes:
-    """Per block, not per byte: a frame is cut at its zeros by ``bytes.split`` (C speed) and each
-    piece becomes one block (or several, past 254 bytes); data whose zeros come mostly in long
-    runs (cleared memory, IRQ counts) is encoded per run of zeros instead
-    (:func:`_cobs_encode_runs`), where splitting would make a block of every zero. Which one is
-    decided by the zeros in runs of 8 or more (C-speed counts); isolated zeros, such as the high
-    byte of every port number in a request, stay with the split, which is the faster there. Both
-    give the same bytes (tests/test_agent_fastpaths.py, tests/test_agent_wire_properties.py)."""
-    data = bytes(data)
-    zeros = data.count(0)
-    if zeros > 16 and data.count(_ZERO_RUN) * len(_ZERO_RUN) * 4 >= zeros * 3:
-        return _cobs_encode_runs(data)
-    return _cobs_encode_split(data)
-
-
-_ZERO_RUN = bytes(8)
-
-
-def _cobs_encode_split(data: bytes) -> bytes:
-    codes = _CODES
-    out: list[bytes] = []
-    for piece in data.split(b"\x00"):  # a zero after every piece but the last
-        n = len(piece)
-        if n < 254:
-            out.append(codes[n + 1])
-            out.append(piece)
-            continue
-        while n >= 254:  # a full block: code 0xFF, no zero implied after it
-            out.append(b"\xff")
-            out.append(piece[:254])
-            piece, n = piece[254:], n - 254
-        out.append(codes[n + 1])
-        out.append(piece)
-    return b"".join(out)
-
-
-def _cobs_encode_runs(data: bytes) -> bytes:
-    """Per run of non-zero bytes and per run of zeros, not per byte: long zero runs stay cheap."""
-    out = bytearray()
-    for m in _RUNS.finditer(data):
-        segment, zeros = m.group(1), len(m.group(2))
-        if not segment and not zeros:
-            continue  # the empty match at the very end
-        while len(segment) >= 254:  # a full block: code 0xFF, no zero implied after it
-            out.append(0xFF)
-            out += segment[:254]
-            segment = segment[254:]
-        out.append(len(segment) + 1)  # this block's code implies the first zero of the run
-        out += segment
-        if zeros > 1:
-            out += b"\x01" * (zeros - 1)  # each further zero is an empty block
-    if not data or data.endswith(b"\x00"):
-        out.append(1)  # the (empty) segment after the last zero
-    return bytes(out)
-
-
-_ONES = re.compile(b"\x01+")
+    """COBS by the ``cobs`` package's C extension (a small frame 20x, a 60 KiB one 3x faster
+    than the best pure-Python encoder we had). That encoder leaves out the final block's code
+    when the data ends in a full 254-byte block; §1 of docs/agent-protocol.md writes it always
+    (``0x01``), so it is added here: the wire bytes are the protocol's, whoever encodes them.
+    Tested against a byte-by-byte encoder of §1 (tests/test_agent_protocol.py)."""
+    if type(data) is not bytes:
+        data = bytes(data)
+    wire = _cobs.encode(data)
+    tail = len(data) - data.rfind(0) - 1  # the non-zero bytes after the last zero
+    if tail and tail % 254 == 0:
+        return wire + b"\x01"
+    return wire
 
 
 def cobs_decode(data: bytes) -> bytes:
-    """Walks the chain of code bytes only (a run of empty blocks, a run of zeros, in one step)
-    and turns each code into the zero it stands for, in a copy of the frame: the decoded bytes
-    are that copy from its second byte on. A block of 254 (code 0xFF) implies no zero, so a
-    frame with one is decoded block by block (:func:`_cobs_decode_blocks`); both give the same
-    bytes (tests/test_agent_wire_properties.py)."""
-    out = bytearray(data)
-    i, n = 0, len(data)
-    while i < n:
-        code = data[i]
-        if code == 1:  # a run of empty blocks: a run of zeros
-            ones = _ONES.match(data, i)
-            assert ones is not None  # data[i] is 1: the run has at least that byte
-            end = ones.end()
-            out[i:end] = bytes(end - i)
-            i = end
-            continue
-        if code == 0:
-            raise ProtocolError(Status.BAD_FRAME, "zero byte inside a COBS frame")
-        if code == 0xFF:
-            return _cobs_decode_blocks(data)
-        out[i] = 0
-        i += code
-    if i > n:
-        raise ProtocolError(Status.BAD_FRAME, "COBS block runs past the end of the frame")
-    return bytes(out[1:])
-
-
-def _cobs_decode_blocks(data: bytes) -> bytes:
-    """Block by block: the general decoder (and the one for frames with 254-byte blocks)."""
-    out = bytearray()
-    i, n = 0, len(data)
-    while i < n:
-        code = data[i]
-        if code == 1:  # a run of empty blocks is a run of zeros (zero-filled memory is common)
-            ones = _ONES.match(data, i)
-            assert ones is not None  # data[i] is 1: the run has at least that byte
-            run = ones.end() - i
-            end = i + run
-            out += bytes(run if end < n else run - 1)
-            i = end
-            continue
-        if code == 0:
-            raise ProtocolError(Status.BAD_FRAME, "zero byte inside a COBS frame")
-        end = i + code
-        if end > n:
-            raise ProtocolError(Status.BAD_FRAME, "COBS block runs past the end of the frame")
-        out += data[i + 1 : end]
-        i = end
-        if code != 0xFF and i < n:
-            out.append(0)
-    return bytes(out)
+    """The C decoder, with the protocol's two ways a frame is bad as :class:`ProtocolError`: a
+    zero inside it (the C decoder's other failure is a code that runs past the end). Both forms
+    of a final full block, with and without the ``0x01`` after it, decode alike."""
+    if data.find(0) >= 0:
+        raise ProtocolError(Status.BAD_FRAME, "zero byte inside a COBS frame")
+    try:
+        return _cobs.decode(data)
+    except _cobs.DecodeError:
+        raise ProtocolError(Status.BAD_FRAME, "COBS block runs past the end of the frame") from None
 
 
 # --- frames ---------------------------------------------------------------------------------
