@@ -11,10 +11,12 @@ import asyncio
 import random
 from collections.abc import Sequence
 
+import pytest
 from hypothesis import given, settings, strategies as st
 
+from hil.agent import cobs_fallback, protocol
 from hil.agent.client import AgentBackend
-from hil.agent.protocol import ExecReply, ReplyLayout, Status, cobs_decode, cobs_encode, replying_wires
+from hil.agent.protocol import ExecReply, ReplyLayout, Status, replying_wires
 from hil.agent.server import AgentCore, start
 from hil.allowlist import AllowList
 from hil.backends import open_backend
@@ -258,15 +260,27 @@ def reference_decode(wire: bytes) -> bytes | str:
     return bytes(out)
 
 
+@pytest.fixture(params=["extension", "fallback"])
+def codec(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The protocol's codec with the C extension (as installed here) and with hil's own
+    fallback (an install without a C compiler): both must give §1's bytes and refusals."""
+    if request.param == "fallback":
+        monkeypatch.setattr(protocol, "cobs_encode", cobs_fallback.encode)
+        monkeypatch.setattr(protocol, "_decode", cobs_fallback.decode)
+    else:
+        assert protocol._cobs is not None, "the cobs package's C extension is not built here"
+    return str(request.param)
+
+
 def _decoded(wire: bytes) -> bytes | str:
     try:
-        return cobs_decode(wire)
+        return protocol.cobs_decode(wire)
     except ProtocolError as e:
         assert e.status is Status.BAD_FRAME
         return "zero" if "zero byte" in str(e) else "overrun"
 
 
-def test_the_cobs_codec_gives_the_protocols_bytes_and_refusals():
+def test_the_cobs_codec_gives_the_protocols_bytes_and_refusals(codec: str) -> None:
     """The C codec and its two adjustments (§1's final code after a full block, the protocol's
     errors) against the byte-by-byte reference, damaged frames included."""
     rng = random.Random(13)
@@ -275,11 +289,11 @@ def test_the_cobs_codec_gives_the_protocols_bytes_and_refusals():
                full + b"\x01", bytes(range(1, 256)) * 3]
     for n in range(3000):
         data = vectors[n] if n < len(vectors) else _cobs_data(rng)
-        wire = cobs_encode(data)
+        wire = protocol.cobs_encode(data)
         assert wire == reference_encode(data)
-        assert cobs_decode(wire) == data
+        assert protocol.cobs_decode(wire) == data
         if data.endswith(full):  # a peer that leaves the final code out is understood too
-            assert cobs_decode(wire[:-1]) == data
+            assert protocol.cobs_decode(wire[:-1]) == data
         damaged = bytearray(wire)  # a damaged frame: the same bytes or the same refusal
         for _ in range(rng.randrange(1, 4)):
             if damaged:
@@ -294,5 +308,6 @@ def test_the_cobs_codec_gives_the_protocols_bytes_and_refusals():
                           st.binary(min_size=250, max_size=600).map(lambda b: b.replace(b"\x00", b"\x07"))),
                 max_size=12).map(b"".join))
 def test_cobs_matches_the_reference_on_any_bytes(data: bytes) -> None:
-    assert cobs_encode(data) == reference_encode(data)
-    assert cobs_decode(cobs_encode(data)) == data
+    for encode in (protocol.cobs_encode, cobs_fallback.encode):
+        assert encode(data) == reference_encode(data)
+        assert protocol.cobs_decode(encode(data)) == data == cobs_fallback.decode(encode(data))

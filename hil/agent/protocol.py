@@ -23,8 +23,7 @@ import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from cobs import cobs as _cobs  # type: ignore[import-untyped]  # the package ships no type hints
-
+from hil.agent import cobs_fallback
 from hil.errors import (
     InvalidAccessError,
     ProtocolError as ProtocolError,  # defined there; importable from here as before
@@ -136,12 +135,17 @@ def crc32(data: bytes) -> int:
     return zlib.crc32(data) & 0xFFFFFFFF
 
 
-def cobs_encode(data: bytes) -> bytes:
+try:  # the cobs package's C extension; its pure-Python fallback is slower than ours
+    from cobs.cobs import _cobs_ext as _cobs  # type: ignore[import-untyped]  # the package ships no type hints
+except ImportError:  # no C compiler at install: hil.agent.cobs_fallback
+    _cobs = None
+
+
+def _encode_c(data: bytes) -> bytes:
     """COBS by the ``cobs`` package's C extension (a small frame 20x, a 60 KiB one 3x faster
-    than the best pure-Python encoder we had). That encoder leaves out the final block's code
-    when the data ends in a full 254-byte block; §1 of docs/agent-protocol.md writes it always
-    (``0x01``), so it is added here: the wire bytes are the protocol's, whoever encodes them.
-    Tested against a byte-by-byte encoder of §1 (tests/test_agent_protocol.py)."""
+    than :mod:`hil.agent.cobs_fallback`). That encoder leaves out the final block's code when
+    the data ends in a full 254-byte block; §1 of docs/agent-protocol.md writes it always
+    (``0x01``), so it is added here: the wire bytes are the protocol's, whoever encodes them."""
     if type(data) is not bytes:
         data = bytes(data)
     wire = _cobs.encode(data)
@@ -151,15 +155,21 @@ def cobs_encode(data: bytes) -> bytes:
     return wire
 
 
+#: COBS-encode a frame (tested against a byte-by-byte encoder of §1: tests/test_agent_wire_properties.py)
+cobs_encode = cobs_fallback.encode if _cobs is None else _encode_c
+_decode = cobs_fallback.decode if _cobs is None else _cobs.decode
+_DECODE_ERRORS = (cobs_fallback.DecodeError,) if _cobs is None else (_cobs.DecodeError, cobs_fallback.DecodeError)
+
+
 def cobs_decode(data: bytes) -> bytes:
-    """The C decoder, with the protocol's two ways a frame is bad as :class:`ProtocolError`: a
-    zero inside it (the C decoder's other failure is a code that runs past the end). Both forms
-    of a final full block, with and without the ``0x01`` after it, decode alike."""
+    """Decode with the protocol's two ways a frame is bad as :class:`ProtocolError`: a zero
+    inside it, and a code that runs past its end. Both forms of a final full block, with and
+    without the ``0x01`` after it, decode alike."""
     if data.find(0) >= 0:
         raise ProtocolError(Status.BAD_FRAME, "zero byte inside a COBS frame")
     try:
-        return _cobs.decode(data)
-    except _cobs.DecodeError:
+        return _decode(data)
+    except _DECODE_ERRORS:
         raise ProtocolError(Status.BAD_FRAME, "COBS block runs past the end of the frame") from None
 
 
