@@ -2,17 +2,13 @@
 was not built (no C compiler): that package then falls back to a byte-by-byte codec some 50x
 slower than its extension, and about 15x slower than this one, which works per block (C-speed
 ``bytes.split`` and ``count``). Same wire bytes as docs/agent-protocol.md §1 (the final ``0x01``
-after a full block written); :mod:`hil.agent.protocol` picks the extension when it is there.
+after a full block written); :mod:`hil.agent.protocol` picks the extension when it is there
+and turns a ``ValueError`` from :func:`decode` into its ``ProtocolError``.
 """
 
 from __future__ import annotations
 
 import re
-
-
-class DecodeError(ValueError):
-    """A frame that is not COBS (the extension's exception has the same name and use)."""
-
 
 _RUNS = re.compile(b"([^\x00]*)(\x00*)")
 
@@ -97,13 +93,13 @@ def decode(data: bytes) -> bytes:
             i = end
             continue
         if code == 0:
-            raise DecodeError("zero byte inside a COBS frame")
+            raise ValueError("zero byte inside a COBS frame")
         if code == 0xFF:
             return _cobs_decode_blocks(data)
         out[i] = 0
         i += code
     if i > n:
-        raise DecodeError("COBS block runs past the end of the frame")
+        raise ValueError("COBS block runs past the end of the frame")
     return bytes(out[1:])
 
 
@@ -122,10 +118,10 @@ def _cobs_decode_blocks(data: bytes) -> bytes:
             i = end
             continue
         if code == 0:
-            raise DecodeError("zero byte inside a COBS frame")
+            raise ValueError("zero byte inside a COBS frame")
         end = i + code
         if end > n:
-            raise DecodeError("COBS block runs past the end of the frame")
+            raise ValueError("COBS block runs past the end of the frame")
         out += data[i + 1 : end]
         i = end
         if code != 0xFF and i < n:

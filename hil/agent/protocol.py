@@ -158,7 +158,7 @@ def _encode_c(data: bytes) -> bytes:
 #: COBS-encode a frame (tested against a byte-by-byte encoder of §1: tests/test_agent_wire_properties.py)
 cobs_encode = cobs_fallback.encode if _cobs is None else _encode_c
 _decode = cobs_fallback.decode if _cobs is None else _cobs.decode
-_DECODE_ERRORS = (cobs_fallback.DecodeError,) if _cobs is None else (_cobs.DecodeError, cobs_fallback.DecodeError)
+_DECODE_ERRORS = (ValueError,) if _cobs is None else (_cobs.DecodeError, ValueError)  #: the codecs' refusals
 
 
 def cobs_decode(data: bytes) -> bytes:
