@@ -255,38 +255,33 @@ class IsaDma:
     @asynccontextmanager
     async def _locked(self, what: str, *, warn: bool = True) -> AsyncIterator[None]:
         """Hold the DMA lock for one call unless the caller already holds it."""
-        state = self._state
-        if state.owner is not None and state.owner is asyncio.current_task():
+        if self._holds_lock():
             yield
             return
-        if warn and "nolock" not in state.warned:
-            state.warned.add("nolock")
-            log.warning("dma_call_without_lock", call=what,
-                        note="hold claim_dma_lock() around a programming sequence (DMA-ISA-LPC)")
-        async with self.claim_dma_lock():
+        self._warn_unlocked(what, warn)
+        async with _Claim(self._state):
             yield
 
     async def _run(self, what: str, ops: Sequence[Op], *, warn: bool = True) -> list[int]:
-        """``execute(ops)`` inside :meth:`_locked`, spelled out: the two context-manager
-        generators (``_locked``, then ``claim_dma_lock``) cost more than a status read on the
-        simulator, and a polling wait takes the lock once per poll (the same steps in the same
-        order: the caller's own lock, else the one-time warning, then the lock, owned by this
-        task until the program is done; tests/test_dma_driver_paths.py compares them)."""
-        state = self._state
-        task = asyncio.current_task()
-        owner = state.owner
-        if owner is not None and owner is task:
+        """``execute(ops)`` under :meth:`_locked`'s rule, without its generator: a polling wait
+        takes the lock once per poll, and a context-manager generator costs more than a status
+        read on the simulator (tests/test_dma_driver_paths.py holds the two to the same steps)."""
+        if self._holds_lock():
             return await self.backend.execute(ops)  # type: ignore[return-value]  # port I/O only: int results
+        self._warn_unlocked(what, warn)
+        async with _Claim(self._state):
+            return await self.backend.execute(ops)  # type: ignore[return-value]  # as above
+
+    def _holds_lock(self) -> bool:
+        owner = self._state.owner
+        return owner is not None and owner is asyncio.current_task()
+
+    def _warn_unlocked(self, what: str, warn: bool) -> None:
+        state = self._state
         if warn and "nolock" not in state.warned:
             state.warned.add("nolock")
             log.warning("dma_call_without_lock", call=what,
                         note="hold claim_dma_lock() around a programming sequence (DMA-ISA-LPC)")
-        async with state.lock:
-            state.owner = task
-            try:
-                return await self.backend.execute(ops)  # type: ignore[return-value]  # port I/O only: int results
-            finally:
-                state.owner = None
 
     # --- checks -------------------------------------------------------------------------
     def _programmable(self, channel: int, unchecked: bool | None) -> bool:
