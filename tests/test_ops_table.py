@@ -247,12 +247,12 @@ def test_plan_frames_fit_and_are_full(program: list[Op], max_request: int, max_r
 
 
 def test_ops_is_the_bottom_layer() -> None:
-    """hil/ops.py imports nothing of hil but the errors and the port map; nothing in hil imports
-    the compatibility module hil/backends/ops.py."""
+    """hil/ops.py imports nothing of hil but the errors, the port map and the dataclass decorator;
+    nothing in hil imports the compatibility module hil/backends/ops.py."""
     tree = ast.parse((ROOT / "hil" / "ops.py").read_text(encoding="utf-8"))
     imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
     imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
-    assert {m for m in imported if m == "hil" or m.startswith("hil.")} <= {"hil.errors", "hil.ports"}
+    assert {m for m in imported if m == "hil" or m.startswith("hil.")} <= {"hil.errors", "hil.ports", "hil.records"}
     users = [str(path.relative_to(ROOT)) for path in (ROOT / "hil").rglob("*.py")
              if path.name != "ops.py" or path.parent.name != "backends"
              if "hil.backends.ops" in path.read_text(encoding="utf-8")
