@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from hil.errors import (
@@ -21,6 +20,7 @@ from hil.errors import (
 )
 from hil.ops import Op, memory_access, port_access
 from hil.ports import DMA_LIMIT, DMA_PORT_RANGES
+from hil.records import dataclass
 
 
 def _fmt(r: range) -> str:

@@ -41,7 +41,7 @@ import itertools
 import math
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 from hil.errors import (  # the zone's errors were defined here; their names stay importable from here
@@ -56,6 +56,7 @@ from hil.errors import (  # the zone's errors were defined here; their names sta
 )
 from hil.log import get_logger
 from hil.ports import DMA_LIMIT
+from hil.records import dataclass
 from hil.rules import ChannelRules, check_buffer, rules_for
 
 __all__ = [

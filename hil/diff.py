@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import fnmatch
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any
 
 from hil.errors import (
     DeviationFileError as DeviationFileError,  # defined there; importable from here as before
-    )
+)
 from hil.journal import (
     DeviceObs,
     ErrorObs,
@@ -31,6 +31,7 @@ from hil.journal import (
     WaitTcObs,
 )
 from hil.ports import PortRole, Reg, decode_port, port_names
+from hil.records import dataclass
 from hil.script.model import escape_controls
 
 

@@ -22,7 +22,7 @@ import copy
 import weakref
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from hil.backends.base import Backend, Capability
 from hil.errors import (
@@ -54,6 +54,7 @@ from hil.ports import (
     channel_ports,
     controller_of,
 )
+from hil.records import dataclass
 from hil.rules import check_buffer, check_channel
 
 log = get_logger("hil.dma")

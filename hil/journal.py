@@ -18,7 +18,7 @@ import operator
 import os
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import field, fields
 from pathlib import Path
 from typing import IO, Any, ClassVar
 
@@ -26,6 +26,7 @@ from hil import oserrors
 from hil.errors import (
     JournalError as JournalError,  # defined there; importable from here as before
 )
+from hil.records import dataclass
 
 JOURNAL_VERSION = 1
 SHOWN_BYTES = 32  #: hex bytes of data shown in a one-line description

@@ -26,11 +26,12 @@ import enum
 import struct
 import typing
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 from hil.errors import InvalidAccessError, InvalidPortError, InvalidWidthError, ValueWidthError
 from hil.ports import CHANNELS
+from hil.records import dataclass
 
 WIDTHS = (8, 16)
 

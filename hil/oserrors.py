@@ -19,7 +19,6 @@ from __future__ import annotations
 import errno as E
 import os
 import re
-from dataclasses import dataclass
 from typing import TypeVar
 
 from hil.errors import (
@@ -32,6 +31,7 @@ from hil.errors import (
     MemoryWindowError,
     StrictDevmemError,
 )
+from hil.records import dataclass
 
 LOCKDOWN_PATH = "/sys/kernel/security/lockdown"
 PROC_STATUS_PATH = "/proc/self/status"

@@ -8,7 +8,8 @@ docs/reference/linux-isa-dma.md §1.1 (Linux's names for the same ports).
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+
+from hil.records import dataclass
 
 CHANNELS = range(8)
 CASCADE_CHANNEL = 4  #: DMA2 local channel 0 receives DMA1's HRQ (docs/reference/8237.md §3.6)

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from functools import partial
 from typing import Any
 
@@ -47,6 +47,7 @@ from hil.errors import AccessDeniedError, HilError, UndecodedPortError
 from hil.log import get_logger
 from hil.ops import Delay, In, Op, Out, Poll, port_access
 from hil.ports import CASCADE_CHANNEL, channel_ports
+from hil.records import dataclass
 
 log = get_logger("hil.probe")
 

@@ -37,7 +37,7 @@ import re
 import tomllib
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AbstractAsyncContextManager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,7 @@ from hil.dma import IsaDma, forget_host_state
 from hil.errors import HilError, PlaceBusyError, ScriptRunFailedError
 from hil.ops import Op, Out
 from hil.ports import CASCADE_CHANNEL, DMA1, DMA2, MASK_SET, PAGE_PORT, Mode, ModeSelect
+from hil.records import dataclass
 
 BACKEND_ENV = "HIL_BACKEND"
 PLACE_TIMEOUT_S = 60.0  #: how long a test waits for a busy labgrid place before it skips

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import enum
 import functools
-from dataclasses import dataclass
 
 from hil.backends.base import Backend, Capabilities
 from hil.ops import In, Op, Out
@@ -36,6 +35,7 @@ from hil.ports import (
     status_requests,
     status_tc,
 )
+from hil.records import dataclass
 
 # --- hex formatting shared by the register commands (regs, peek, poke, demo) ---------------
 

@@ -6,8 +6,6 @@ Both the driver layer (:mod:`hil.dma`, before a channel is enabled) and the DMA 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from hil.errors import (
     AddressLimitError,
     AlignmentError,
@@ -17,6 +15,7 @@ from hil.errors import (
     TransferLengthError,
 )
 from hil.ports import CASCADE_CHANNEL, DMA_LIMIT
+from hil.records import dataclass
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,7 @@ from hil.ops import (
     WaitIrq as WaitIrqOp,
 )
 from hil.ports import MODE_DECREMENT, ModeSelect
+from hil.records import dataclass
 from hil.rules import check_buffer
 from hil.script.loader import bind_all, digest
 from hil.script.model import (

@@ -234,3 +234,32 @@ def test_init_is_compiled_on_first_use_only() -> None:
     assert Late(1) == Late(1, 2)
     assert Late.__init__ is not stand_in
     assert str(inspect.signature(Late)) == "(a: 'int', b: 'int' = 2) -> None"
+
+
+def test_package_classes_pickle_and_copy() -> None:
+    from hil.ops import In, Out
+    from hil.script import steps
+
+    ops: list[object] = [In(0x81), Out(0x0A, 0x05), Out(0xC4, 0x1234, width=16), steps.In(port=0x81, mask=0xFF)]
+    for op in ops:
+        assert pickle.loads(pickle.dumps(op)) == op
+        assert copy.deepcopy(op) == op and hash(copy.copy(op)) == hash(op)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            op.port = 1  # type: ignore[attr-defined]
+
+
+def test_package_uses_these_dataclasses() -> None:
+    """Every dataclass of the package comes from here, so no class pays the import-time compile
+    and frozen classes of both kinds never meet in one hierarchy."""
+    offenders = []
+    for path in sorted((ROOT / "hil").rglob("*.py")):
+        if path.name == "records.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module == "dataclasses":
+                if any(alias.name == "dataclass" for alias in node.names):
+                    offenders.append(str(path.relative_to(ROOT)))
+            if isinstance(node, ast.Attribute) and node.attr == "dataclass" and isinstance(node.value, ast.Name):
+                if node.value.id == "dataclasses":
+                    offenders.append(str(path.relative_to(ROOT)))
+    assert offenders == []

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from typing import ClassVar
 
 from hil.agent.limits import DEFAULT_MAX_PROGRAM_US
@@ -91,6 +91,7 @@ from hil.ops import (
     result_size,
     wait_us,
 )
+from hil.records import dataclass
 
 log = get_logger("hil.agent.client")
 

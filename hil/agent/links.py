@@ -20,7 +20,6 @@ import os
 import termios
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -29,6 +28,7 @@ from hil.errors import (
     LinkError as LinkError,  # defined there; importable from here as before
 )
 from hil.log import get_logger
+from hil.records import dataclass
 
 log = get_logger("hil.link")
 

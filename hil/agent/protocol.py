@@ -21,7 +21,7 @@ import re
 import struct
 import zlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from hil.agent import cobs_fallback
 from hil.errors import (
@@ -48,6 +48,7 @@ from hil.ops import (
     wait_us,
     wire_of,
 )
+from hil.records import dataclass
 
 VERSION = 1
 HEADER = struct.Struct("<BBHH")  #: version, type, seq, payload length
@@ -279,7 +280,7 @@ class Hello:
     max_payload: int = DEFAULT_MAX_PAYLOAD
     token: bytes = b""
     name: str = "hil"
-    flags: HelloFlag = HelloFlag(0)  # noqa: RUF009 - an immutable flag value
+    flags: HelloFlag = HelloFlag(0)
     #: flag RESUME: the secret of the session to resume (from that session's HELLO_REPLY)
     secret: bytes = b""
 

@@ -20,7 +20,7 @@ import threading
 import tty
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -60,6 +60,7 @@ from hil.backends.base import DEVICE_CAPABILITIES, Backend, Capability
 from hil.errors import AccessDeniedError, HilError, MemoryRangeError, UndecodedPortError
 from hil.log import get_logger
 from hil.ops import IrqState, Op, Poll, Result, Wire, is_device_op, is_irq_op, memory_access, row_of, wait_us
+from hil.records import dataclass
 
 if TYPE_CHECKING:
     import serial  # pyserial, imported where a serial line is opened

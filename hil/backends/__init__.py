@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import field
 from urllib.parse import parse_qsl, urlsplit
 
 from hil.backends.base import Backend, Capabilities, Capability
 from hil.errors import BackendOptionError, UnknownBackendError
+from hil.records import dataclass
 
 __all__ = [
     "HOST_PORT_SCHEMES",

@@ -25,7 +25,7 @@ import enum
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import field
 from types import TracebackType
 from typing import Any, ClassVar, Protocol
 
@@ -56,6 +56,7 @@ from hil.ops import (
     row_of,
     wait_us,
 )
+from hil.records import dataclass
 
 log = get_logger("hil.backend")
 

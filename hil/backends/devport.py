@@ -39,7 +39,7 @@ import stat
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any, TypeVar
 
 from hil import oserrors
@@ -84,6 +84,7 @@ from hil.ports import (
     controller_of,
     decode_port,
 )
+from hil.records import dataclass
 
 log = get_logger("hil.devport")
 

@@ -19,11 +19,12 @@ import collections
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from hil import oserrors
 from hil.errors import InvalidAccessError, QemuExitedError, QtestError
 from hil.log import get_logger
+from hil.records import dataclass
 
 log = get_logger("hil.qtest")
 

@@ -9,10 +9,10 @@ docs/reference/linux-isa-dma.md; journals and replays build on the same entries.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from hil.backends.base import Backend, Capabilities
 from hil.ops import ALL_OPS, IrqLines, Op, Result, is_reading, port_access
+from hil.records import dataclass
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from hil.errors import BackendOptionError, RecordFormatError, ReplayMismatchErro
 from hil.log import get_logger
 from hil.ops import ALL_OPS, IrqLines, Op, Result, check_program
 from hil.oserrors import file_reason
+from hil.records import dataclass
 
 log = get_logger("hil.replay")
 

@@ -19,7 +19,6 @@ import struct
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
 from hil.agent.client import AgentBackend
 from hil.agent.links import Link, LinkKind, link_kind
@@ -30,6 +29,7 @@ from hil.dma import DMA_MODE_READ, IsaDma
 from hil.doctor.agent import Env
 from hil.ops import In, MemRead, Op, Out
 from hil.ports import channel_ports
+from hil.records import dataclass
 from hil.regs import dump_program, read_registers
 
 PAGE = channel_ports(2).page  #: a harmless read/write register for raw timing

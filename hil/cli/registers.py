@@ -16,12 +16,12 @@ import argparse
 import difflib
 import re
 import sys
-from dataclasses import dataclass
 
 from hil.backends.base import Backend
 from hil.cli.common import add_common, number, out, with_backend
 from hil.errors import HilError
 from hil.ports import CONTROLLERS, Reg, port_names
+from hil.records import dataclass
 
 FRESH = ("sim", "qemu")  #: backends that start a new machine on every open
 FRESH_NOTE = ("On sim: and qemu: every command starts a fresh machine: a peek sees the reset state and a poke's "

@@ -22,7 +22,7 @@ import importlib
 import os
 import stat
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 from hil.errors import DiagnosedError, HilError
@@ -41,6 +41,7 @@ from hil.oserrors import (
     read_iomem,
     system_ram_overlap,
 )
+from hil.records import dataclass
 
 __all__ = [  # with the kernel diagnosis from hil.oserrors, re-exported
     "CAP_SYS_RAWIO",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import grp
 import os
 import pwd
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from hil.agent.links import LinkKind, link_kind, parse_ftdi_url
 from hil.agent.protocol import Status as ProtocolStatus
 from hil.doctor import CheckResult, Status, fail, ok
 from hil.errors import HilError, LinkError
+from hil.records import dataclass
 
 
 @dataclass

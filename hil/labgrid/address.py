@@ -27,13 +27,14 @@ from __future__ import annotations
 import fnmatch
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from urllib.parse import urlsplit
 
 from hil.backends import BackendURL
 from hil.backends.base import Capability
 from hil.errors import BackendOptionError
 from hil.labgrid.lock import DEFAULT_LEASE_S
+from hil.records import dataclass
 
 COORDINATOR_ENV = "LG_COORDINATOR"
 DEFAULT_COORDINATOR = "127.0.0.1:20408"

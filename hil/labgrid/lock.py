@@ -23,7 +23,8 @@ import enum
 import errno
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+
+from hil.records import dataclass
 
 PID_TAG = "hil-pid"  #: the holding process's id on the holder's host
 LEASE_TAG = "hil-lease"  #: Unix time (s) until which the holder vouches for itself

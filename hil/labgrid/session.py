@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -22,6 +22,7 @@ from hil.errors import LabgridError, LabgridMissingError, PlaceBusyError
 from hil.labgrid.address import tag
 from hil.labgrid.lock import LEASE_TAG, PID_TAG, LockState, Verdict, judge
 from hil.log import get_logger
+from hil.records import dataclass
 
 log = get_logger("hil.labgrid")
 

@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from hil.ops import In, MemFill, MemRead, Op, Out
 from hil.qemu.randprog import RESET_OPS, STATE_READS, format_ops
+from hil.records import dataclass
 
 FDC_DOR, FDC_MSR, FDC_FIFO, FDC_DIR = 0x3F2, 0x3F4, 0x3F5, 0x3F7
 #: bytes QEMU 7.2's command table maps to no command (its "unknown" entry): all give ST0 0x80

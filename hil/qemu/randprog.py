@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from hil.ops import In, Op, Out, port_access
 from hil.ports import DMA1, DMA2, PAGE_FILE, PAGE_PORT, ControllerPorts, Reg
+from hil.records import dataclass
 
 #: channel register ports: DMA1 0x00-0x07, DMA2 0xC0-0xCF including the odd aliases
 CHANNEL_PORTS = tuple(range(0x00, 0x08)) + tuple(range(0xC0, 0xD0))

@@ -10,13 +10,13 @@ from __future__ import annotations
 import ast
 import operator
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 
 from hil.errors import (
     ExprError as ExprError,  # defined there; importable from here as before
     ExprLimitError as ExprLimitError,
     ExprNameError as ExprNameError,
 )
+from hil.records import dataclass
 
 _BINOPS: dict[type[ast.operator], Callable[[int, int], int]] = {
     ast.Add: operator.add,

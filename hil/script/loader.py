@@ -16,13 +16,13 @@ import re
 import stat
 import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 from hil import dma as _dma
 from hil.ports import CASCADE_CHANNEL, port_names
+from hil.records import dataclass
 from hil.script.expr import MAX_MAGNITUDE, Expr, ExprError, ExprLimitError, ExprNameError, parse
 from hil.script.model import (
     CONTROL_CHARS,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import overload
 
 from hil.errors import (  # the script errors were defined here; their names stay importable from here
@@ -32,6 +32,7 @@ from hil.errors import (  # the script errors were defined here; their names sta
     ScriptTypeError as ScriptTypeError,
     escape_controls as escape_controls,
 )
+from hil.records import dataclass
 from hil.script.steps import Op, StepArgs
 
 

@@ -16,9 +16,10 @@ from __future__ import annotations
 import dataclasses
 import enum
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any, ClassVar
 
+from hil.records import dataclass
 from hil.script.expr import Expr
 
 

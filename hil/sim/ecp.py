@@ -49,10 +49,11 @@ from __future__ import annotations
 import enum
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from hil.errors import DeviceError
 from hil.log import get_logger
+from hil.records import dataclass
 from hil.sim.isa import IsaDevice, PortRange
 from hil.sim.timers import Timer
 

@@ -34,11 +34,12 @@ drive's state (cylinder, head, sector, disk change); drive A is unit 0.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import ClassVar
 
 from hil.errors import DeviceError
 from hil.log import get_logger
+from hil.records import dataclass
 from hil.sim.isa import DmaWindow, IsaDevice, PortRange
 from hil.sim.timers import Timer, TimerCallback
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import ClassVar
 
 from hil.ports import (
@@ -31,6 +30,7 @@ from hil.ports import (
     Reg,
     TransferType,
 )
+from hil.records import dataclass
 
 #: the command bits as plain ints: ``int & IntFlag`` goes through the enum's ``__rand__``,
 #: a microsecond per test in the arbitration that runs at every port access

@@ -13,8 +13,9 @@ can see the difference (docs/reference/8259.md §7). Pure state machines: no I/O
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
 from typing import ClassVar
+
+from hil.records import dataclass
 
 #: the floating data bus, when no chip drives the vector (docs/reference/8259.md §4.4)
 FLOAT = 0xFF

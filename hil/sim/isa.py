@@ -21,10 +21,10 @@ only when a line changes (docs/reference/qemu-qtest.md §3.2).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from typing import Protocol
 
 from hil.errors import DeviceError
+from hil.records import dataclass
 from hil.sim.devices import Device, Direction
 from hil.sim.timers import Scheduler, Timer, TimerCallback
 

@@ -38,7 +38,6 @@ There is no I/O and no asyncio here; the backend in :mod:`hil.backends.sim` wrap
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from functools import partial
 from typing import ClassVar, Protocol
 
@@ -61,6 +60,7 @@ from hil.ports import (
     Reg,
     TransferType,
 )
+from hil.records import dataclass
 from hil.sim.devices import Device, Direction
 from hil.sim.i8237 import FLOAT, I8237, Controller, QemuI8257, R, Sel, Xfer
 from hil.sim.i8259 import PORTS as PIC_PORTS, PicPair, QemuPicPair

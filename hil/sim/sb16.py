@@ -37,12 +37,12 @@ mixer's volume registers beyond storage, ADPCM, MIDI and the FM ports 0x220-0x22
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
 from functools import partial
 from typing import ClassVar
 
 from hil.errors import DeviceError
 from hil.log import get_logger
+from hil.records import dataclass
 from hil.sim.devices import Direction
 from hil.sim.isa import IsaDevice, PortRange
 from hil.sim.timers import Timer

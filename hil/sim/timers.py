@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from hil.errors import DeviceError
+from hil.records import dataclass
 
 #: what a timer calls: it gets the virtual time the event was scheduled for (the machine's
 #: clock may be later when a bus-holding DMA burst delayed the event; devices that care use this)

@@ -33,10 +33,10 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from hil.ports import ModeSelect
+from hil.records import dataclass
 from hil.sim.devices import Direction
 
 if TYPE_CHECKING:

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ from hil.backends import BackendURL
 from hil.backends.base import DEVICE_PORTS, Capabilities, Capability
 from hil.errors import BackendOptionError, LinkError, VmBootError
 from hil.log import get_logger
+from hil.records import dataclass
 from hil.vm import image, kernel
 from hil.vm.instance import CommandResult, MachineSpec, VirtualMachine, run_in_guest
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import stat
 from collections.abc import Iterable
-from dataclasses import dataclass
+
+from hil.records import dataclass
 
 MAGIC = b"070701"
 TRAILER = "TRAILER!!!"

@@ -37,11 +37,12 @@ import sysconfig
 import tempfile
 import zipfile
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 
 from hil.errors import VmImageError
 from hil.log import get_logger
+from hil.records import dataclass
 from hil.vm.cpio import Entry, archive
 
 log = get_logger("hil.vm.image")

@@ -27,7 +27,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -43,6 +43,7 @@ from hil.backends.qemu.process import (
 )
 from hil.errors import QmpError, VmBootError, VmError
 from hil.log import get_logger
+from hil.records import dataclass
 from hil.vm.cpio import Entry, archive
 from hil.vm.guest import RESULT_TAG, encode_config
 from hil.vm.image import cache_dir

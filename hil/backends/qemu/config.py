@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shlex
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ from hil.backends import BackendURL
 from hil.backends.qemu.process import check_args
 from hil.errors import BackendOptionError
 from hil.ports import DMA_PORT_RANGES
+from hil.records import dataclass
 
 FDC_PORTS = range(0x3F0, 0x3F8)
 SB16_PORTS = range(0x220, 0x230)
