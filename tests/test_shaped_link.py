@@ -1,5 +1,5 @@
 """The simulated FT232H line behind ``hil bench link`` (hil.bench.link): no byte may reach the far
-end before the wire and its latency allow, or its
+end before the wire and the latency timer allow (docs/reference/hil-lessons.md §1.12), or its
 figures would beat physics. Only lower bounds are asserted: how late the model is, is what the
 benchmark measures, not a property a test may time."""
 
@@ -11,8 +11,9 @@ import time
 
 import pytest
 
+from hil.backends import open_backend
 from hil.bench import link as shaped
-from hil.bench.link import ShapedLink, shaped_pair
+from hil.bench.link import SerialFloor, ShapedLink, bench_shaped, floor_for, shaped_pair
 from hil.testing import require
 
 
@@ -62,8 +63,8 @@ async def test_no_write_arrives_before_its_bytes_have_crossed_the_line_and_the_t
         baud = rng.choice([115_200, 921_600, 3_000_000])
         latency = rng.choice([0.0005, 0.001, 0.002])
         host, agent = shaped_pair(baud, latency)
-        hold_ns = round(latency * 1e9)
-        for sender, receiver, push in ((host, agent, False), (agent, host, True)):
+        # host -> agent: the line only; agent -> host: the line, then the adapter's latency timer
+        for sender, receiver, hold_ns, push in ((host, agent, 0, False), (agent, host, round(latency * 1e9), True)):
             got = Received(receiver, push)
             writes: list[tuple[int, bytes]] = []  #: (the earliest the far end may have it, bytes)
             line_free = 0
@@ -109,3 +110,16 @@ async def test_a_closed_end_reads_the_end_after_what_the_line_still_carries(alar
     assert time.monotonic_ns() - start >= wire_ns(50, 115_200)
     assert await agent.read() == b""
     await agent.close()
+
+
+async def test_the_simulated_adapter_costs_what_a_real_ft232h_is_charged() -> None:
+    """The simulated line's floor is the real FTDI link's: the latency timer once per exchange
+    (it holds the replies only), not once per direction."""
+    floor, figures = await bench_shaped(3_000_000, 0.001)
+    real = floor_for(open_backend("agent+ftdi://ftdi:232h/1?baud=3000000"))
+    assert isinstance(floor, SerialFloor) and (floor.baud, floor.latency) == (3_000_000, 0.001)
+    for out, back, trips in ((16, 51, 1), (183, 104, 1), (170, 65_600, 17)):
+        assert await floor.minimum(out, back, trips) == await real.minimum(out, back, trips)
+    for f in figures:  # the model never beats its own physical minimum
+        assert f.minimum is not None and f.bytes_out > 0 and f.bytes_in > 0
+        assert f.seconds >= f.minimum, f.line()

@@ -5,8 +5,9 @@ the wire bytes the run moved, on the link actually in use (:func:`floor_for`): a
 costs 10 bit times a byte (8N1) at its baud rate plus its latency timer; TCP has no baud rate,
 so its floor is an echo of the same bytes over loopback, measured in the same run; a pty or
 ``loop://`` has no wire and no minimum. Without a real link, a :class:`ShapedLink` pair models
-one in process: every byte costs 10 bit times at ``baud`` and each direction adds ``latency``
-(an FT232H with its latency timer at 1 ms).
+an FT232H in process (docs/reference/hil-lessons.md §1.12): every byte costs 10 bit times at
+``baud`` each way, and what the agent sends waits ``latency`` more in the adapter (its latency
+timer, 1 ms); what the host sends is not held.
 """
 
 from __future__ import annotations
@@ -85,8 +86,9 @@ class _Alarm:
 class _Pipe:
     """One direction of the simulated line: the bytes of each write reach the far end when the line
     has carried them (10 bit times a byte, after whatever it still carries) plus ``hold``, and all
-    that is due by then in one delivery. Deliveries are timed by an :class:`_Alarm` on the loop;
-    a delivery is never early (the model must not beat the wire)."""
+    that is due by then in one delivery. ``hold`` is the FTDI latency timer on the replies' way
+    (docs/reference/hil-lessons.md §1.12), none on the requests'. Deliveries are timed by an
+    :class:`_Alarm` on the loop; a delivery is never early (the model must not beat the wire)."""
 
     def __init__(self, baud: int, hold: float) -> None:
         self.baud, self.hold_ns = baud, math.ceil(hold * 1e9)
@@ -219,8 +221,9 @@ class ShapedLink(Link):
 
 
 def shaped_pair(baud: int, latency: float) -> tuple[ShapedLink, ShapedLink]:
-    """(host end, agent end) of a simulated line: ``latency`` each way."""
-    to_agent, to_host = _Pipe(baud, latency), _Pipe(baud, latency)
+    """(host end, agent end) of a simulated FT232H line: ``latency`` is its latency timer, which
+    holds what the agent sends (docs/reference/hil-lessons.md §1.12)."""
+    to_agent, to_host = _Pipe(baud, 0.0), _Pipe(baud, latency)
     return ShapedLink("host", to_host, to_agent), ShapedLink("agent", to_agent, to_host)
 
 
@@ -242,8 +245,8 @@ class Floor(abc.ABC):
 @dataclass
 class SerialFloor(Floor):
     """A UART at ``baud``, 8N1 (10 bit times a byte), plus ``latency`` per exchange: the FTDI
-    latency timer (the adapter holds received bytes for up to that long before the USB transfer),
-    or, for the simulated link, its one-way latency twice."""
+    latency timer, which holds a short reply that long in the adapter before its USB transfer
+    (only the replies' way: docs/reference/hil-lessons.md §1.12), real or simulated."""
 
     baud: int
     latency: float
@@ -385,13 +388,14 @@ async def _measure(be: AgentBackend, floor: Floor, name: str, coro_factory: Call
 
 
 async def bench_shaped(baud: int = 3_000_000, latency: float = 0.001) -> tuple[Floor, list[Figure]]:
-    """Programming, register dump and 64 KiB read through a simulated link to a sim agent."""
+    """Programming, register dump and 64 KiB read through a simulated FT232H (``latency``: its
+    latency timer) to a sim agent."""
     host_link, agent_link = shaped_pair(baud, latency)
     async with open_backend("sim") as io:
         core = AgentCore(io, AllowList.default([range(0, 1 << 24)]))
         server = asyncio.create_task(serve_link(core, agent_link))
         be = AgentBackend("agent+bench", "shaped", baud=baud, timeout=1.0, link_factory=lambda: _ready(host_link))
-        floor = SerialFloor(baud, 2 * latency, f"simulated {baud} baud 8N1, {latency * 1e3:g} ms latency each way")
+        floor = SerialFloor(baud, latency, f"simulated FT232H: {baud} baud 8N1 + its {latency * 1e3:g} ms latency timer")
         try:
             await be.open()
             return floor, await bench_backend(be, floor)
