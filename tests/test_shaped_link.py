@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from types import SimpleNamespace
 
 import pytest
 
@@ -123,3 +124,22 @@ async def test_the_simulated_adapter_costs_what_a_real_ft232h_is_charged() -> No
     for f in figures:  # the model never beats its own physical minimum
         assert f.minimum is not None and f.bytes_out > 0 and f.bytes_in > 0
         assert f.seconds >= f.minimum, f.line()
+
+
+async def test_a_figure_is_set_against_the_minimum_of_its_own_run() -> None:
+    """Before: the best time was divided by the minimum of the last run's bytes; at 230400 baud a
+    64 KiB read whose later runs retransmitted came out at 0.76x its "physical minimum"."""
+    stats = SimpleNamespace(round_trips=0, bytes_out=0, bytes_in=0)
+    runs = iter([(0.0, 100), (0.05, 9000), (0.05, 9000)])  # the fastest run moves the fewest bytes
+
+    async def run() -> None:
+        pause, back = next(runs)
+        await asyncio.sleep(pause)
+        stats.round_trips += 1
+        stats.bytes_out += 10
+        stats.bytes_in += back
+
+    floor = SerialFloor(1_000_000, 0.0)
+    figure = await shaped._measure(SimpleNamespace(stats=stats), floor, "x", run, repeat=3)  # type: ignore[arg-type]  # only .stats is used
+    assert (figure.round_trips, figure.bytes_out, figure.bytes_in) == (1, 10, 100)
+    assert figure.minimum == await floor.minimum(10, 100, 1)

@@ -375,15 +375,18 @@ class Figure:
 
 async def _measure(be: AgentBackend, floor: Floor, name: str, coro_factory: Callable[[], Awaitable[object]],
                    repeat: int = 5) -> Figure:
-    """Best of ``repeat``; the minimum is one exchange of the wire bytes the run actually moved."""
+    """Best of ``repeat``; the minimum is one exchange of the wire bytes that run moved (not the
+    last run's: a run with retransmissions moves more, and its minimum could exceed the best time)."""
     best, trips, out, back = float("inf"), 0, 0, 0
     for _ in range(repeat):
         before = (be.stats.round_trips, be.stats.bytes_out, be.stats.bytes_in)
         t0 = time.perf_counter()
         await coro_factory()
-        best = min(best, time.perf_counter() - t0)
-        trips, out, back = (now - was for now, was in
-                            zip((be.stats.round_trips, be.stats.bytes_out, be.stats.bytes_in), before))
+        took = time.perf_counter() - t0
+        if took < best:
+            best = took
+            trips, out, back = (now - was for now, was in
+                                zip((be.stats.round_trips, be.stats.bytes_out, be.stats.bytes_in), before))
     return Figure(name, best, await floor.minimum(out, back, trips), trips, out, back)
 
 
