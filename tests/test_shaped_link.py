@@ -107,8 +107,11 @@ async def test_a_closed_end_reads_the_end_after_what_the_line_still_carries(alar
     start = time.monotonic_ns()
     await host.write(b"x" * 50)
     await host.close()  # the host hangs up behind its last bytes
+    await host.write(b"late")  # nothing follows the end
     assert await agent.read() == b"x" * 50
     assert time.monotonic_ns() - start >= wire_ns(50, 115_200)
+    assert await agent.read() == b""
+    await asyncio.sleep(0.002)  # time enough for the late bytes, had they gone out
     assert await agent.read() == b""
     await agent.close()
 

@@ -94,6 +94,7 @@ class _Pipe:
         self.baud, self.hold_ns = baud, math.ceil(hold * 1e9)
         self.receiver: Callable[[bytes], None] | None = None  #: set: deliveries go there, not to read()
         self.closed = False
+        self._hung_up = False  #: the sender has gone: nothing follows its end
         self._busy_until = 0  #: monotonic ns: when the line has carried everything it was given
         self._due: collections.deque[tuple[int, bytes]] = collections.deque()  #: (when, bytes), in time order
         self._arrived = bytearray()  #: delivered, not yet read
@@ -106,8 +107,8 @@ class _Pipe:
         return -(-n * 10_000_000_000 // self.baud)
 
     def send(self, data: bytes) -> None:
-        if self.closed:
-            return  # bytes into a line nobody listens to
+        if self.closed or self._hung_up:
+            return  # bytes into a line nobody listens to, or after the sender's end
         self._busy_until = max(time.monotonic_ns(), self._busy_until) + self.wire_ns(len(data))
         when = self._busy_until + self.hold_ns  # deliveries stay in order: both terms only grow
         self._due.append((when, data))
@@ -116,7 +117,8 @@ class _Pipe:
 
     def hang_up(self) -> None:
         """The sender has gone: the far end sees the end after what the line still carries."""
-        if not self.closed:
+        if not self.closed and not self._hung_up:
+            self._hung_up = True
             self._due.append((max(time.monotonic_ns(), self._busy_until) + self.hold_ns, b""))
             if len(self._due) == 1:
                 self._alarm.arm(self._due[0][0])
