@@ -6,7 +6,7 @@ Run: python benchmarks/bench_link.py [--repeat K] [--json FILE]
   the same request and reply bytes (target <= 1.3x);
 * reading 1 MiB through the agent over TCP, MB/s, vs the same echo moving 1 MiB in 64 KiB
   messages (target >= 100 MB/s);
-* the simulated FT232H link (3 Mbaud, 1 ms latency each way; ``hil bench link``): channel
+* the simulated FT232H link (3 Mbaud, a 1 ms latency timer on replies; ``hil bench link``): channel
   programming (one round trip), every register, 64 KiB, each vs the physical minimum of the
   bytes it moved (target <= 1.10x);
 * the programs the ``floppy-read`` example takes on an agent (target <= 6).

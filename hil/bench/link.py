@@ -5,18 +5,22 @@ the wire bytes the run moved, on the link actually in use (:func:`floor_for`): a
 costs 10 bit times a byte (8N1) at its baud rate plus its latency timer; TCP has no baud rate,
 so its floor is an echo of the same bytes over loopback, measured in the same run; a pty or
 ``loop://`` has no wire and no minimum. Without a real link, a :class:`ShapedLink` pair models
-one in process: every byte costs 10 bit times at ``baud`` and each direction adds ``latency``
-(an FT232H with its latency timer at 1 ms).
+an FT232H in process (docs/reference/hil-lessons.md §1.12): every byte costs 10 bit times at
+``baud`` each way, and what the agent sends waits ``latency`` more in the adapter (its latency
+timer, 1 ms); what the host sends is not held.
 """
 
 from __future__ import annotations
 
 import abc
 import asyncio
+import collections
 import contextlib
-import heapq
+import ctypes
+import math
+import os
 import struct
-import threading
+import sys
 import time
 from collections.abc import Awaitable, Callable
 
@@ -35,65 +39,158 @@ from hil.regs import dump_program, read_registers
 PAGE = channel_ports(2).page  #: a harmless read/write register for raw timing
 
 
-SPIN = 200e-6  #: the last stretch before a delivery is waited out awake (see _Pipe)
-TIMER_SLACK_NS = 1  #: the delivery thread's timer slack (Linux ``PR_SET_TIMERSLACK``): 50 µs by default
+class _Alarm:
+    """Calls ``fire`` on the event loop at a ``time.monotonic_ns()`` instant, not before it.
+
+    On Linux a ``timerfd`` (nanosecond expiry on ``CLOCK_MONOTONIC``) on the loop's
+    own selector: the loop sleeps until the instant and wakes once, with no thread handing bytes
+    across (a delivery thread cost a second wake-up and GIL hand-offs inside the round trip).
+    Elsewhere the loop's own timer, which may run late (epoll rounds its timeout up to whole
+    milliseconds) or a clock tick early: ``fire`` checks the time and arms again if it is early."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, fire: Callable[[], None]) -> None:
+        self._loop, self._fire = loop, fire
+        self._fd = _timerfd()
+        self._handle: asyncio.TimerHandle | None = None
+        self._spec = _ITIMERSPEC()  #: reused: building one per arm cost as much as the call
+        if self._fd is not None:
+            loop.add_reader(self._fd, self._ready)
+
+    def arm(self, when_ns: int) -> None:
+        if self._fd is not None:
+            spec = self._spec
+            spec[2], spec[3] = divmod(when_ns, 1_000_000_000)
+            if _LIBC.timerfd_settime(self._fd, 1, spec, None) != 0:  # type: ignore[union-attr]  # 1: TFD_TIMER_ABSTIME; a fd means libc
+                raise OSError(ctypes.get_errno(), "timerfd_settime failed")
+        else:
+            if self._handle is not None:
+                self._handle.cancel()
+            self._handle = self._loop.call_at(when_ns / 1e9, self._fire)  # loop.time() is time.monotonic()
+
+    def _ready(self) -> None:
+        try:
+            os.read(self._fd, 8)  # type: ignore[arg-type]  # only registered with a timerfd
+        except BlockingIOError:  # re-armed for later since it expired: nothing is due yet
+            return
+        self._fire()
+
+    def close(self) -> None:
+        if self._fd is not None:
+            self._loop.remove_reader(self._fd)
+            os.close(self._fd)
+            self._fd = None
+        if self._handle is not None:
+            self._handle.cancel()
 
 
 class _Pipe:
-    """One direction: bytes arrive after their serialisation time plus the latency.
+    """One direction of the simulated line: the bytes of each write reach the far end when the line
+    has carried them (10 bit times a byte, after whatever it still carries) plus ``hold``, and all
+    that is due by then in one delivery. ``hold`` is the FTDI latency timer on the replies' way
+    (docs/reference/hil-lessons.md §1.12), none on the requests'. Deliveries are timed by an
+    :class:`_Alarm` on the loop; a delivery is never early (the model must not beat the wire)."""
 
-    Delivery is timed by a thread, because the event loop's own timers round up to whole
-    milliseconds (epoll) and would double a 1 ms latency. The thread sleeps until shortly before
-    a delivery is due and waits out the rest awake (yielding the GIL), so a delivery is not late
-    by a sleep's overshoot (about 0.1 ms each way with the default timer slack, which made the
-    model's latency 1.2 ms rather than 1 ms): the figures measure the protocol, not the model.
-    """
+    def __init__(self, baud: int, hold: float) -> None:
+        self.baud, self.hold_ns = baud, math.ceil(hold * 1e9)
+        self.receiver: Callable[[bytes], None] | None = None  #: set: deliveries go there, not to read()
+        self.closed = False
+        self._hung_up = False  #: the sender has gone: nothing follows its end
+        self._busy_until = 0  #: monotonic ns: when the line has carried everything it was given
+        self._due: collections.deque[tuple[int, bytes]] = collections.deque()  #: (when, bytes), in time order
+        self._arrived = bytearray()  #: delivered, not yet read
+        self._eof = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._alarm = _Alarm(asyncio.get_running_loop(), self._fire)
 
-    def __init__(self, baud: int, latency: float) -> None:
-        self.byte_time, self.latency = 10 / baud, latency
-        self.queue: asyncio.Queue[bytes] = asyncio.Queue()
-        self.receiver: Callable[[bytes], None] | None = None  #: set: deliveries go there, not to the queue
-        self.busy_until = 0.0
-        self._loop = asyncio.get_running_loop()
-        self._heap: list[tuple[float, int, bytes]] = []
-        self._cv = threading.Condition()
-        self._n = 0
-        self._thread = threading.Thread(target=self._deliver, daemon=True, name="shaped-pipe")
-        self._thread.start()
+    def wire_ns(self, n: int) -> int:
+        """The line's time for ``n`` bytes, 8N1, rounded up."""
+        return -(-n * 10_000_000_000 // self.baud)
 
     def send(self, data: bytes) -> None:
-        now = time.perf_counter()
-        self.busy_until = max(now, self.busy_until) + len(data) * self.byte_time
-        with self._cv:
-            self._n += 1
-            heapq.heappush(self._heap, (self.busy_until + self.latency, self._n, data))
-            self._cv.notify()
+        if self.closed or self._hung_up:
+            return  # bytes into a line nobody listens to, or after the sender's end
+        self._busy_until = max(time.monotonic_ns(), self._busy_until) + self.wire_ns(len(data))
+        when = self._busy_until + self.hold_ns  # deliveries stay in order: both terms only grow
+        self._due.append((when, data))
+        if len(self._due) == 1:
+            self._alarm.arm(when)
 
-    def _deliver(self) -> None:
-        _fine_timers()
-        while True:
-            with self._cv:
-                while not self._heap:
-                    self._cv.wait()
-                due, _, data = self._heap[0]
-                delay = due - time.perf_counter()
-                if delay > SPIN:
-                    self._cv.wait(delay - SPIN)
-                    continue
-            while time.perf_counter() < due:
-                time.sleep(0)  # releases the GIL: the loop thread runs meanwhile
-            with self._cv:
-                heapq.heappop(self._heap)
-            self._loop.call_soon_threadsafe(self.receiver or self.queue.put_nowait, data)
+    def hang_up(self) -> None:
+        """The sender has gone: the far end sees the end after what the line still carries."""
+        if not self.closed and not self._hung_up:
+            self._hung_up = True
+            self._due.append((max(time.monotonic_ns(), self._busy_until) + self.hold_ns, b""))
+            if len(self._due) == 1:
+                self._alarm.arm(self._due[0][0])
+
+    def _fire(self) -> None:
+        now, due = time.monotonic_ns(), self._due
+        parts = []
+        while due and due[0][0] <= now:
+            parts.append(due.popleft()[1])
+        if due:
+            self._alarm.arm(due[0][0])
+        if not parts:
+            return
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        if data:
+            self._deliver(data)
+        if not parts[-1]:  # the far end hung up
+            self._deliver(b"")
+
+    def _deliver(self, data: bytes) -> None:
+        if self.receiver is not None:
+            self.receiver(data)
+            return
+        if data:
+            self._arrived += data
+        else:
+            self._eof = True
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def read(self) -> bytes:
+        while not self._arrived and not self._eof and not self.closed:
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+        data = bytes(self._arrived)
+        self._arrived.clear()
+        return data
+
+    def close(self) -> None:
+        """Nothing more is delivered (the receiving end closed)."""
+        self.closed = True
+        self._due.clear()
+        self._alarm.close()
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
 
-def _fine_timers() -> None:
-    """This thread's sleeps end when asked, not up to 50 µs later (Linux timer slack); elsewhere
-    (or without ctypes) the default stays, and the spin before each delivery covers the rest."""
-    with contextlib.suppress(Exception):
-        import ctypes
+_ITIMERSPEC = ctypes.c_long * 4  #: struct itimerspec: interval (s, ns), then the expiry (s, ns)
 
-        ctypes.CDLL(None).prctl(29, TIMER_SLACK_NS, 0, 0, 0)  # 29: PR_SET_TIMERSLACK
+
+def _load_libc() -> ctypes.CDLL | None:
+    """The C library, where it has timerfd (Linux: glibc >= 2.8, musl), else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.timerfd_create.argtypes = [ctypes.c_int, ctypes.c_int]
+        libc.timerfd_settime.argtypes = [ctypes.c_int, ctypes.c_int, _ITIMERSPEC, ctypes.c_void_p]
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+_LIBC = _load_libc()
+
+
+def _timerfd() -> int | None:
+    """A non-blocking ``CLOCK_MONOTONIC`` timerfd, or None where there is none."""
+    if _LIBC is None:
+        return None
+    fd = _LIBC.timerfd_create(time.CLOCK_MONOTONIC, os.O_NONBLOCK | os.O_CLOEXEC)
+    return fd if fd >= 0 else None
 
 
 class ShapedLink(Link):
@@ -102,13 +199,18 @@ class ShapedLink(Link):
         self._rx, self._tx = rx, tx
 
     async def read(self) -> bytes:
-        data = await self._rx.queue.get()
+        data = await self._rx.read()
         self.stats.bytes_in += len(data)
         return data
 
     async def write(self, data: bytes) -> None:
+        self.write_now(data)
+
+    def write_now(self, data: bytes) -> bool:
+        """The line takes any write at once (the bytes queue in the adapter), as ``write`` does."""
         self._tx.send(data)
         self.stats.bytes_out += len(data)
+        return True
 
     def on_data(self, receiver: Callable[[bytes], None] | None) -> bool:
         """As a TCP link does: the bytes go to the host's router as they arrive."""
@@ -116,12 +218,15 @@ class ShapedLink(Link):
         return True
 
     async def close(self) -> None:
-        pass
+        self._tx.hang_up()
+        self._rx.close()
 
 
 def shaped_pair(baud: int, latency: float) -> tuple[ShapedLink, ShapedLink]:
-    a2b, b2a = _Pipe(baud, latency), _Pipe(baud, latency)
-    return ShapedLink("host", b2a, a2b), ShapedLink("agent", a2b, b2a)
+    """(host end, agent end) of a simulated FT232H line: ``latency`` is its latency timer, which
+    holds what the agent sends (docs/reference/hil-lessons.md §1.12)."""
+    to_agent, to_host = _Pipe(baud, 0.0), _Pipe(baud, latency)
+    return ShapedLink("host", to_host, to_agent), ShapedLink("agent", to_agent, to_host)
 
 
 class Floor(abc.ABC):
@@ -142,8 +247,8 @@ class Floor(abc.ABC):
 @dataclass
 class SerialFloor(Floor):
     """A UART at ``baud``, 8N1 (10 bit times a byte), plus ``latency`` per exchange: the FTDI
-    latency timer (the adapter holds received bytes for up to that long before the USB transfer),
-    or, for the simulated link, its one-way latency twice."""
+    latency timer, which holds a short reply that long in the adapter before its USB transfer
+    (only the replies' way: docs/reference/hil-lessons.md §1.12), real or simulated."""
 
     baud: int
     latency: float
@@ -272,32 +377,40 @@ class Figure:
 
 async def _measure(be: AgentBackend, floor: Floor, name: str, coro_factory: Callable[[], Awaitable[object]],
                    repeat: int = 5) -> Figure:
-    """Best of ``repeat``; the minimum is one exchange of the wire bytes the run actually moved."""
+    """Best of ``repeat``; the minimum is one exchange of the wire bytes that run moved (not the
+    last run's: a run with retransmissions moves more, and its minimum could exceed the best time)."""
     best, trips, out, back = float("inf"), 0, 0, 0
     for _ in range(repeat):
         before = (be.stats.round_trips, be.stats.bytes_out, be.stats.bytes_in)
         t0 = time.perf_counter()
         await coro_factory()
-        best = min(best, time.perf_counter() - t0)
-        trips, out, back = (now - was for now, was in
-                            zip((be.stats.round_trips, be.stats.bytes_out, be.stats.bytes_in), before))
+        took = time.perf_counter() - t0
+        if took < best:
+            best = took
+            trips, out, back = (now - was for now, was in
+                                zip((be.stats.round_trips, be.stats.bytes_out, be.stats.bytes_in), before))
     return Figure(name, best, await floor.minimum(out, back, trips), trips, out, back)
 
 
 async def bench_shaped(baud: int = 3_000_000, latency: float = 0.001) -> tuple[Floor, list[Figure]]:
-    """Programming, register dump and 64 KiB read through a simulated link to a sim agent."""
+    """Programming, register dump and 64 KiB read through a simulated FT232H (``latency``: its
+    latency timer) to a sim agent."""
     host_link, agent_link = shaped_pair(baud, latency)
     async with open_backend("sim") as io:
         core = AgentCore(io, AllowList.default([range(0, 1 << 24)]))
         server = asyncio.create_task(serve_link(core, agent_link))
         be = AgentBackend("agent+bench", "shaped", baud=baud, timeout=1.0, link_factory=lambda: _ready(host_link))
-        floor = SerialFloor(baud, 2 * latency, f"simulated {baud} baud 8N1, {latency * 1e3:g} ms latency each way")
+        floor = SerialFloor(baud, latency, f"simulated FT232H: {baud} baud 8N1 + its {latency * 1e3:g} ms latency timer")
         try:
             await be.open()
             return floor, await bench_backend(be, floor)
         finally:
             await be.close()
             server.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await server
+            await agent_link.close()
+            await host_link.close()
 
 
 async def bench_backend(be: AgentBackend, floor: Floor | None = None) -> list[Figure]:

@@ -25,8 +25,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--baud", type=int, metavar="N",
                    help=f"baud rate of the simulated link (default {SIM_BAUD}; not with --backend)")
     p.add_argument("--latency-ms", type=float, metavar="MS",
-                   help=f"one-way latency of the simulated link (default {SIM_LATENCY_MS:g}: an FT232H with its "
-                        f"latency timer at 1 ms; not with --backend)")
+                   help=f"latency timer of the simulated FT232H, which holds what the agent sends that long "
+                        f"(default {SIM_LATENCY_MS:g}; the host's bytes are not held; not with --backend)")
     p.add_argument("--log-format", choices=("console", "json"), default="console",
                    help="structlog output format on stderr")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
