@@ -135,6 +135,12 @@ def crc32(data: bytes) -> int:
     return zlib.crc32(data) & 0xFFFFFFFF
 
 
+#: CRC-32/ISO-HDLC of any data followed by its own CRC (little-endian): the one value of the 2^32
+#: the four appended bytes can make it, so a frame's CRC is checked over the whole decoded frame
+#: without cutting the CRC off first (tests/test_agent_tcp_fastpath.py)
+CRC_RESIDUE = 0x2144DF1C
+
+
 try:  # the cobs package's C extension; its pure-Python fallback is slower than ours
     from cobs.cobs import _cobs_ext as _cobs  # type: ignore[import-untyped]  # the package ships no type hints
 except ImportError:  # no C compiler at install: hil.agent.cobs_fallback
@@ -184,21 +190,26 @@ class Frame:
 
     def encode(self) -> bytes:
         """Bytes on the wire: COBS(header + payload + CRC) followed by the 0x00 delimiter."""
-        body = HEADER.pack(VERSION, self.type, self.seq & 0xFFFF, len(self.payload)) + self.payload
-        return cobs_encode(body + CRC.pack(crc32(body))) + b"\x00"
+        return encode_frame(self.type, self.seq, self.payload)
+
+
+def encode_frame(mtype: int, seq: int, payload: bytes) -> bytes:
+    """``Frame(mtype, seq, payload).encode()``, for a sender that has no Frame to hand."""
+    body = HEADER.pack(VERSION, mtype, seq & 0xFFFF, len(payload)) + payload
+    return cobs_encode(body + CRC.pack(zlib.crc32(body))) + b"\x00"
 
 
 def decode_frame(raw: bytes) -> Frame:
     """Decode the bytes between two delimiters. Raises ProtocolError (BAD_FRAME) for anything malformed."""
     body = cobs_decode(raw)
-    if len(body) < OVERHEAD:
+    size = len(body) - OVERHEAD
+    if size < 0:
         raise ProtocolError(Status.BAD_FRAME, f"frame of {len(body)} bytes is shorter than the {OVERHEAD}-byte minimum")
-    (crc,) = CRC.unpack_from(body, len(body) - CRC.size)
-    if crc32(body[: -CRC.size]) != crc:
+    if zlib.crc32(body) != CRC_RESIDUE:  # the CRC of header|payload|crc32: that constant iff crc32 is theirs
         raise ProtocolError(Status.BAD_FRAME, "CRC mismatch")
     version, mtype, seq, length = HEADER.unpack_from(body)
-    if length != len(body) - OVERHEAD:
-        raise ProtocolError(Status.BAD_FRAME, f"length field {length} does not match the {len(body) - OVERHEAD} payload bytes")
+    if length != size:
+        raise ProtocolError(Status.BAD_FRAME, f"length field {length} does not match the {size} payload bytes")
     if version != VERSION:
         raise ProtocolError(Status.VERSION, f"protocol version {version}, expected {VERSION}")
     return Frame(mtype, seq, bytes(body[HEADER.size : -CRC.size]))
@@ -221,6 +232,14 @@ class FrameReader:
         self.bad_frames = 0
 
     def feed(self, data: bytes) -> Iterator[Frame]:
+        if not self._buf and data.find(0) == len(data) - 1 > 0:  # one whole frame, the usual read
+            frame, used = self._decode(data[:-1])
+            if used < len(data) - 1:
+                self.discarded += len(data) - 1 - used + (1 if frame is None else 0)
+                self.bad_frames += 1
+            if frame is not None:
+                yield frame
+            return
         self._buf += data
         while True:
             end = self._buf.find(0)
@@ -596,6 +615,10 @@ class ReplyLayout:
         #: the whole reply with status OK and no reason: the header's fields, then the results'
         self.whole = struct.Struct(REPLY_HEADER.format + fmt.lstrip("<"))
         self.met = any(wire.met for _, wire, _, _, _ in self.items)  #: it carries a poll's condition
+        #: every item an In or an IrqState (a host's port reads): encode() packs their results as they are
+        self._plain = tuple(kind for _, _, _, _, kind in self.items) if all(
+            kind != _OTHER for _, _, _, _, kind in self.items) else None
+        self._lines: tuple[IrqLines | None, tuple[int, ...]] = (None, ())  #: the last IrqLines packed, and its fields
 
     @classmethod
     def of(cls, ops: Sequence[Op]) -> ReplyLayout | None:
@@ -628,6 +651,21 @@ class ReplyLayout:
     def encode(self, results: Sequence[Result], polls_met: Sequence[bool]) -> bytes:
         """The payload of an OK reply with these results (one per item, in order)."""
         values: list[int] = [Status.OK, 0xFFFF, 0]
+        plain = self._plain
+        if plain is not None:  # the loop below for In and IrqState only; an agent's IrqLines repeats until a line changes
+            if len(results) != len(plain):
+                raise ValueError(f"{len(results)} results for a reply of {len(plain)}")
+            for kind, v in zip(plain, results):
+                if kind == _INT:
+                    values.append(v)  # type: ignore[arg-type]  # an In's result is an int
+                    continue
+                seen, fields = self._lines
+                if v is not seen:
+                    assert isinstance(v, IrqLines)
+                    fields = (v.levels & 0xFFFF, *[c & 0xFFFF for c in v.counts])
+                    self._lines = (v, fields)
+                values.extend(fields)
+            return self.whole.pack(*values)
         met = iter(polls_met)
         for (op, wire, _, _, kind), v in zip(self.items, results, strict=True):
             if kind == _INT:
