@@ -146,7 +146,7 @@ class StreamLink(Link):
         if transport.is_closing() or transport.get_write_buffer_size():
             return False
         try:
-            self._writer.write(data)
+            transport.write(data)  # what StreamWriter.write does
         except (ConnectionError, OSError) as e:
             raise oserrors.failure(self.name, "write failed", e, LinkError) from None
         self.stats.bytes_out += len(data)

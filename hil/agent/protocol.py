@@ -619,6 +619,7 @@ class ReplyLayout:
         self._plain = tuple(kind for _, _, _, _, kind in self.items) if all(
             kind != _OTHER for _, _, _, _, kind in self.items) else None
         self._lines: tuple[IrqLines | None, tuple[int, ...]] = (None, ())  #: the last IrqLines packed, and its fields
+        self._seen = IrqLines()  #: the last IrqLines decoded (immutable: handed out again while equal)
 
     @classmethod
     def of(cls, ops: Sequence[Op]) -> ReplyLayout | None:
@@ -638,8 +639,12 @@ class ReplyLayout:
             if kind == _INT:
                 results.append(values[a])
                 continue
-            if kind == _LINES:
-                results.append(IrqLines(values[a], values[a + 1 : b]))
+            if kind == _LINES:  # the lines of the last reply again, most of the time: that same IrqLines
+                seen = self._seen
+                counts = values[a + 1 : b]
+                if seen.levels != values[a] or seen.counts != counts:
+                    seen = self._seen = IrqLines(values[a], counts)
+                results.append(seen)
                 continue
             fields = values[a:b]
             assert wire.result is not None  # a replying wire
