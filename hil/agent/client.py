@@ -48,6 +48,7 @@ from hil.agent.protocol import (
     ProtocolError,
     ReplyLayout,
     Status,
+    encode_frame,
     encode_program,
     op_duration_us,
     reply_size,
@@ -241,7 +242,8 @@ def _pieces(op: Op, parts: list[tuple[int, int]], req_limit: Callable[[], int],
             yield op, parts
 
 
-_ERROR, _EXEC_REPLY = int(MsgType.ERROR), int(MsgType.EXEC_REPLY)  #: compared per frame (an enum's attribute costs)
+#: compared and sent per frame (an enum's attribute costs a lookup)
+_ERROR, _EXEC, _EXEC_REPLY = int(MsgType.ERROR), int(MsgType.EXEC), int(MsgType.EXEC_REPLY)
 
 #: what a round trip's waiter wakes with when its timeout ran out (not a message: type 0 is none)
 _EXPIRED = Frame(0, 0)
@@ -638,17 +640,17 @@ class AgentBackend(Backend):
                 await self._drop_link()
                 raise
 
-    async def _round_trip(self, kind: str, frame: Frame, extra_s: float = 0.0, *, generation: int | None = None,
-                          size: int = 0) -> Frame:
-        """Send ``frame`` and return its reply, retransmitting the same bytes on silence.
+    async def _round_trip(self, kind: str, seq: int, wire: bytes, extra_s: float = 0.0, *,
+                          generation: int | None = None, size: int = 0) -> Frame:
+        """Send frame ``seq`` (``wire``, its encoding) and return its reply, retransmitting the
+        same bytes on silence.
 
         ``generation`` (EXEC frames) stops a retransmission after an agent reset: the frame was
         meant for a controller that no longer has the state it assumed. ``size`` (EXEC frames:
         the larger of its request and reply payloads) feeds the adaptive frame size.
         """
-        wire = frame.encode()
         wait = self.timeout + extra_s + 2 * len(wire) * 10 / self.baud
-        key = (kind, frame.seq)
+        key = (kind, seq)
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Frame] = loop.create_future()
         self._pending[key] = fut
@@ -657,7 +659,7 @@ class AgentBackend(Backend):
             for attempt in range(self.retries + 1):
                 if attempt:
                     self.stats.retries += 1
-                    log.info("retransmit", kind=kind, seq=frame.seq, attempt=attempt)
+                    log.info("retransmit", kind=kind, seq=seq, attempt=attempt)
                     if size and attempt == 1:
                         self.sizer.lost(size)
                 try:
@@ -694,7 +696,7 @@ class AgentBackend(Backend):
                     self.sizer.clean()
                 return reply
             raise AgentTimeoutError(
-                f"{self.url}: no reply to frame {frame.seq} after {self.retries + 1} tries of {wait:.2f} s: "
+                f"{self.url}: no reply to frame {seq} after {self.retries + 1} tries of {wait:.2f} s: "
                 f"is the agent running, the link right (baud {self.baud})?"
             )
         finally:
@@ -751,7 +753,7 @@ class AgentBackend(Backend):
         if self._secret:  # we had a session: resume it (the agent keeps its replay cache for us only)
             flags |= HelloFlag.RESUME
         hello = Hello(self._host_nonce, self._max_payload, self._token, "hil", flags, self._secret)
-        reply = await self._round_trip("hello", Frame(MsgType.HELLO, seq, hello.encode()))
+        reply = await self._round_trip("hello", seq, encode_frame(MsgType.HELLO, seq, hello.encode()))
         if reply.type == MsgType.ERROR:
             err = ErrorReply.decode(reply.payload)
             raise AgentRefusedError(err.status, 0xFFFF, err.message)
@@ -1154,9 +1156,10 @@ class AgentBackend(Backend):
         extra = chunk.wait_s if chunk.wait_s is not None else sum(wait_us(op) for op in chunk.ops) / 1e6
         if generation != self._generation:
             raise self._reset_error()
-        frame = Frame(MsgType.EXEC, seq, chunk.payload if chunk.payload is not None else encode_program(chunk.ops))
-        size = max(len(frame.payload), reply_size(chunk.ops) if chunk.reply_bytes is None else chunk.reply_bytes)
-        reply = await self._round_trip("exec", frame, extra, generation=generation, size=size)
+        payload = chunk.payload if chunk.payload is not None else encode_program(chunk.ops)
+        size = max(len(payload), reply_size(chunk.ops) if chunk.reply_bytes is None else chunk.reply_bytes)
+        reply = await self._round_trip("exec", seq, encode_frame(_EXEC, seq, payload), extra, generation=generation,
+                                       size=size)
         if reply.type == _ERROR:
             err = ErrorReply.decode(reply.payload)
             if err.status == Status.NO_SESSION:  # the agent lost our session: restarted?
@@ -1184,7 +1187,7 @@ class AgentBackend(Backend):
         loop = asyncio.get_running_loop()
         t0 = loop.time()
         async with self._lock:
-            await self._round_trip("ping", Frame(MsgType.PING, self._seq, b""))  # PING does not consume a seq
+            await self._round_trip("ping", self._seq, encode_frame(MsgType.PING, self._seq, b""))  # PING does not consume a seq
         return loop.time() - t0
 
 def _refusal(result: ExecReply, ops: Sequence[Op], info: HelloReply | None) -> HilError:

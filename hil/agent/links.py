@@ -92,10 +92,14 @@ class PushProtocol(asyncio.StreamReaderProtocol):
     (:meth:`Link.on_data`) rather than into its :class:`asyncio.StreamReader`."""
 
     receiver: Receiver | None = None
+    counts: LinkStats | None = None  #: where the bytes handed to ``receiver`` are counted (Link.counted's work)
 
     def data_received(self, data: bytes) -> None:
-        if self.receiver is not None:
-            self.receiver(data)
+        receiver = self.receiver
+        if receiver is not None:
+            if self.counts is not None:
+                self.counts.bytes_in += len(data)
+            receiver(data)
         else:
             super().data_received(data)
 
@@ -120,7 +124,7 @@ class StreamLink(Link):
     def on_data(self, receiver: Receiver | None) -> bool:
         if self._push is None:
             return False
-        self._push.receiver = None if receiver is None else self.counted(receiver)
+        self._push.receiver, self._push.counts = receiver, self.stats  # counted as Link.counted does, without its call
         return True
 
     async def read(self) -> bytes:

@@ -233,6 +233,15 @@ class FrameReader:
 
     def feed(self, data: bytes) -> Iterator[Frame]:
         if not self._buf and data.find(0) == len(data) - 1 > 0:  # one whole frame, the usual read
+            whole: Frame | None = None
+            if len(data) <= self.max_wire:
+                try:
+                    whole = decode_frame(data[:-1])
+                except ProtocolError:
+                    pass  # searched below, as any delimited run that does not decode
+            if whole is not None:
+                yield whole
+                return
             frame, used = self._decode(data[:-1])
             if used < len(data) - 1:
                 self.discarded += len(data) - 1 - used + (1 if frame is None else 0)
@@ -620,6 +629,8 @@ class ReplyLayout:
             kind != _OTHER for _, _, _, _, kind in self.items) else None
         self._lines: tuple[IrqLines | None, tuple[int, ...]] = (None, ())  #: the last IrqLines packed, and its fields
         self._seen = IrqLines()  #: the last IrqLines decoded (immutable: handed out again while equal)
+        #: the last results encoded (plain layouts) and their bytes; None: nothing encoded yet
+        self._encoded: tuple[list[Result] | None, bytes] = (None, b"")
 
     @classmethod
     def of(cls, ops: Sequence[Op]) -> ReplyLayout | None:
@@ -658,6 +669,9 @@ class ReplyLayout:
         values: list[int] = [Status.OK, 0xFFFF, 0]
         plain = self._plain
         if plain is not None:  # the loop below for In and IrqState only; an agent's IrqLines repeats until a line changes
+            last, payload = self._encoded
+            if results == last:  # the results of the last reply again (a status register polled): its bytes
+                return payload
             if len(results) != len(plain):
                 raise ValueError(f"{len(results)} results for a reply of {len(plain)}")
             for kind, v in zip(plain, results):
@@ -670,7 +684,9 @@ class ReplyLayout:
                     fields = (v.levels & 0xFFFF, *[c & 0xFFFF for c in v.counts])
                     self._lines = (v, fields)
                 values.extend(fields)
-            return self.whole.pack(*values)
+            payload = self.whole.pack(*values)
+            self._encoded = (list(results), payload)
+            return payload
         met = iter(polls_met)
         for (op, wire, _, _, kind), v in zip(self.items, results, strict=True):
             if kind == _INT:
