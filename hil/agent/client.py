@@ -359,8 +359,12 @@ class _Wire:
             return
         self._stats.bytes_in += len(data)
         try:
-            for frame in self._frames.feed(data):
+            frame = self._frames.whole(data)
+            if frame is not None:
                 self._route(frame)
+            else:
+                for frame in self._frames.feed(data):
+                    self._route(frame)
         except Exception as e:  # a crash of the router: as a reader task's crash would be
             self._stop_receiving(e)
             return
@@ -881,11 +885,15 @@ class AgentBackend(Backend):
         if (prepared is None or prepared.info is not self.agent or prepared.size != self.sizer.size
                 or self._batch is not None or self._closed or not self._opened):
             return await super().inb(port)
+        lock = self._lock
         try:
-            async with self._lock:
+            await lock.acquire()  # async with, without its two coroutines
+            try:
                 if self._crash is not None:
                     self._raise_crash()
                 results = self._results_direct(prepared, await self._exec_one(prepared.chunk), prepared.tracking)
+            finally:
+                lock.release()
         except AgentResetError:
             await self._notify_reset()  # as _program does
             raise

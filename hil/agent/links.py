@@ -93,6 +93,9 @@ class PushProtocol(asyncio.StreamReaderProtocol):
 
     receiver: Receiver | None = None
     counts: LinkStats | None = None  #: where the bytes handed to ``receiver`` are counted (Link.counted's work)
+    #: something (bytes, the end) went to the StreamReader: it must be read there, not pushed
+    #: (an agent's connection may have bytes before its serving task asks for them)
+    buffered = False
 
     def data_received(self, data: bytes) -> None:
         receiver = self.receiver
@@ -101,16 +104,21 @@ class PushProtocol(asyncio.StreamReaderProtocol):
                 self.counts.bytes_in += len(data)
             receiver(data)
         else:
+            self.buffered = True
             super().data_received(data)
 
     def eof_received(self) -> bool:
         if self.receiver is not None:
             self.receiver(b"")
+        else:
+            self.buffered = True
         return bool(super().eof_received())
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.receiver is not None:
             self.receiver(b"")
+        else:
+            self.buffered = True
         super().connection_lost(exc)
 
 
@@ -122,8 +130,8 @@ class StreamLink(Link):
         self._push = push
 
     def on_data(self, receiver: Receiver | None) -> bool:
-        if self._push is None:
-            return False
+        if self._push is None or (receiver is not None and self._push.buffered):
+            return False  # (bytes already in the StreamReader are read from there, in order)
         self._push.receiver, self._push.counts = receiver, self.stats  # counted as Link.counted does, without its call
         return True
 

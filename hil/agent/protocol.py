@@ -212,7 +212,7 @@ def decode_frame(raw: bytes) -> Frame:
         raise ProtocolError(Status.BAD_FRAME, f"length field {length} does not match the {size} payload bytes")
     if version != VERSION:
         raise ProtocolError(Status.VERSION, f"protocol version {version}, expected {VERSION}")
-    return Frame(mtype, seq, bytes(body[HEADER.size : -CRC.size]))
+    return Frame(mtype, seq, body[HEADER.size : -CRC.size])  # a slice of bytes: bytes
 
 
 class FrameReader:
@@ -231,24 +231,18 @@ class FrameReader:
         self.discarded = 0  #: bytes dropped while resynchronising
         self.bad_frames = 0
 
+    def whole(self, data: bytes) -> Frame | None:
+        """The frame ``data`` is, when it is one whole frame and delimiter with nothing buffered
+        before it (the usual read on TCP): what :meth:`feed` yields for it, without the buffer
+        and the generator. None: anything else (also a frame that does not decode), for :meth:`feed`."""
+        if self._buf or len(data) > self.max_wire or data.find(0) != len(data) - 1 or len(data) < 2:
+            return None
+        try:
+            return decode_frame(data[:-1])
+        except ProtocolError:
+            return None
+
     def feed(self, data: bytes) -> Iterator[Frame]:
-        if not self._buf and data.find(0) == len(data) - 1 > 0:  # one whole frame, the usual read
-            whole: Frame | None = None
-            if len(data) <= self.max_wire:
-                try:
-                    whole = decode_frame(data[:-1])
-                except ProtocolError:
-                    pass  # searched below, as any delimited run that does not decode
-            if whole is not None:
-                yield whole
-                return
-            frame, used = self._decode(data[:-1])
-            if used < len(data) - 1:
-                self.discarded += len(data) - 1 - used + (1 if frame is None else 0)
-                self.bad_frames += 1
-            if frame is not None:
-                yield frame
-            return
         self._buf += data
         while True:
             end = self._buf.find(0)

@@ -686,7 +686,8 @@ class _Pushed:
             return
         try:
             work = self._work
-            for frame in self._reader.feed(data):
+            frame = self._reader.whole(data)
+            for frame in (frame,) if frame is not None else self._reader.feed(data):
                 if not work and not self._busy and (self._stop is None or not self._stop.is_set()):
                     reply = self._core.answer_now(frame, self._conn)
                     if reply is not LATER:
