@@ -653,7 +653,7 @@ class AgentBackend(Backend):
         meant for a controller that no longer has the state it assumed. ``size`` (EXEC frames:
         the larger of its request and reply payloads) feeds the adaptive frame size.
         """
-        wait = self.timeout + extra_s + 2 * len(wire) * 10 / self.baud
+        wait = self.timeout + extra_s + 20 * len(wire) / self.baud
         key = (kind, seq)
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Frame] = loop.create_future()
@@ -704,8 +704,9 @@ class AgentBackend(Backend):
                 f"is the agent running, the link right (baud {self.baud})?"
             )
         finally:
-            if self._pending.get(key) is fut:  # ours: another round trip may hold the key by now
-                del self._pending[key]
+            pending = self._pending
+            if pending.get(key) is fut:  # ours: another round trip may hold the key by now
+                del pending[key]
                 if fut.done() and not fut.cancelled():
                     fut.exception()  # failed by a reset while this frame was not waiting for it: seen
 
