@@ -133,6 +133,8 @@ class _Validated:
     polls: bool = False  #: it has a Poll (whose reply says whether its condition was met)
     #: the ops before its last, when that is an IrqState (every tracking host's program ends so)
     body: list[Op] | None = None
+    quick: bool = False  #: AgentCore._quick(ops, waits), worked out once
+
 
 
 QUICK_OPS = 64  #: the most ops of a program that may run on the agent's own loop (see AgentCore._quick)
@@ -427,11 +429,11 @@ class AgentCore:
         anyway (:meth:`_quick`) on an I/O that is the simulator itself and runs it without
         waiting (:meth:`~hil.backends.sim.SimBackend.run_inline`, what its ``execute`` does after
         the check made here), and any program refused before it runs."""
-        program = self._program_of(payload)
+        program = self._validated.get((payload, self._request_payload, self._reply_payload)) or self._program_of(payload)
         if isinstance(program, bytes):
             return program  # refused
         sim = self._sim
-        if sim is None or not sim.runs_inline or not self._quick(program.ops, program.waits):
+        if sim is None or not program.quick or not sim.runs_inline:
             return None
         run = self._io_checked(program)
         if isinstance(run, bytes):
@@ -455,9 +457,11 @@ class AgentCore:
         if isinstance(checked, bytes):
             return checked  # refused
         replying = replying_wires(checked)
-        program = _Validated(checked, replying, _waits(checked), ReplyLayout.of_replying(replying),
+        waits = _waits(checked)
+        program = _Validated(checked, replying, waits, ReplyLayout.of_replying(replying),
                              any(isinstance(op, Poll) for op in checked),
-                             checked[:-1] if checked and isinstance(checked[-1], IrqState) else None)
+                             checked[:-1] if checked and isinstance(checked[-1], IrqState) else None,
+                             self._quick(checked, waits))
         if len(payload) <= VALIDATED_PAYLOAD:
             if len(self._validated) >= VALIDATED_PROGRAMS:
                 del self._validated[next(iter(self._validated))]  # the oldest
@@ -470,8 +474,7 @@ class AgentCore:
         same call its IrqState makes (SimBackend._irq_lines), without an IRQ op in the program,
         which the I/O backend's checks would otherwise ask its capabilities about each time."""
         ops = program.ops
-        lines_after = (self._sim is not None and self._irq and program.body is not None
-                       and self._quick(ops, program.waits))
+        lines_after = self._sim is not None and self._irq and program.body is not None and program.quick
         run = program.body if lines_after and program.body is not None else ops
         try:
             self.io.check(run)  # the I/O backend's own refusals (devport: 16-bit DMA ports), before any op runs
