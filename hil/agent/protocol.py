@@ -125,6 +125,7 @@ SECRET_SIZE = 16  #: bytes of a session secret (feature SESSION_SECRET, HELLO fl
 
 STATE_FIXED = result_size(DevState(0, 0))  #: DEV_STATE reply bytes before the head
 REPLY_HEADER = struct.Struct("<BHB")  #: EXEC_REPLY: status, index, reason length (the reason follows)
+_OK = Status.OK  #: looked up once (a reply decoded per round trip)
 
 
 # --- CRC and COBS ---------------------------------------------------------------------------
@@ -568,9 +569,8 @@ class ExecReply:
     @classmethod
     def decode(cls, p: bytes, ops: Sequence[Op], layout: ReplyLayout | None = None) -> ExecReply:
         """``layout``: the :class:`ReplyLayout` of ``ops``, for a successful reply read in one unpack."""
-        if (layout is not None and len(p) == REPLY_HEADER.size + layout.struct.size and p[0] == Status.OK
-                and p[3] == 0):
-            return layout.decode(p, cls(Status.OK, int.from_bytes(p[1:3], "little")))
+        if layout is not None and len(p) == layout.ok_size and not p[0] and not p[3]:  # OK, no reason
+            return layout.decode(p, cls(_OK, p[1] | p[2] << 8))
         r = _Reader(p)
         status, index = _status(r.u8()), r.u16()
         reason = r.take(r.u8()).decode(errors="replace")
@@ -615,6 +615,7 @@ class ReplyLayout:
             self.items.append((op, wire, at, at + n, kind))
             at += n
         self.struct = struct.Struct(fmt)
+        self.ok_size = REPLY_HEADER.size + self.struct.size  #: payload bytes of its OK reply
         #: the whole reply with status OK and no reason: the header's fields, then the results'
         self.whole = struct.Struct(REPLY_HEADER.format + fmt.lstrip("<"))
         self.met = any(wire.met for _, wire, _, _, _ in self.items)  #: it carries a poll's condition
