@@ -48,6 +48,7 @@ from hil.agent.protocol import (
     ProtocolError,
     ReplyLayout,
     Status,
+    encode_frame,
     encode_program,
     op_duration_us,
     reply_size,
@@ -75,6 +76,7 @@ from hil.ops import (
     DevAppend,
     DevAttach,
     DevState,
+    In,
     IrqLines,
     IrqState,
     MemRead,
@@ -145,6 +147,7 @@ class _Prepared:
     ops: list[Op]  #: with the IrqState a tracking program ends with
     chunk: _Chunk
     direct: bool = False  #: see AgentBackend._results_direct
+    tracking: bool = False  #: the agent tracks IRQ lines (feature IRQ): ``ops`` ends with an IrqState
 
 
 def _program_key(ops: Sequence[Op]) -> tuple[Op, ...] | None:
@@ -240,6 +243,9 @@ def _pieces(op: Op, parts: list[tuple[int, int]], req_limit: Callable[[], int],
             yield op, parts
 
 
+#: compared and sent per frame (an enum's attribute costs a lookup)
+_ERROR, _EXEC, _EXEC_REPLY = int(MsgType.ERROR), int(MsgType.EXEC), int(MsgType.EXEC_REPLY)
+
 #: what a round trip's waiter wakes with when its timeout ran out (not a message: type 0 is none)
 _EXPIRED = Frame(0, 0)
 
@@ -310,18 +316,24 @@ class _Wire:
 
     async def send(self, data: bytes) -> None:
         """Queue ``data`` and return once it is written; :class:`LinkError` if the link is down."""
-        if self.down:
-            raise LinkError(f"{self.link.name}: link down")
-        if not self._writing and self._queue.empty():  # nothing ahead of it: no hand-off to the writer
-            try:
-                if self.link.write_now(data):
-                    return
-            except LinkError:
-                self.down = True
-                raise
+        if self.send_now(data):
+            return
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((data, done))
         await done
+
+    def send_now(self, data: bytes) -> bool:
+        """:meth:`send`'s part that needs no wait: ``data`` written at once, with nothing queued
+        ahead of it (True), or nothing done (False: :meth:`send` queues it for the writer task)."""
+        if self.down:
+            raise LinkError(f"{self.link.name}: link down")
+        if not self._writing and not self._queue.qsize():  # nothing ahead of it: no hand-off to the writer
+            try:
+                return self.link.write_now(data)
+            except LinkError:
+                self.down = True
+                raise
+        return False
 
     async def _read(self) -> None:
         while True:
@@ -348,8 +360,12 @@ class _Wire:
             return
         self._stats.bytes_in += len(data)
         try:
-            for frame in self._frames.feed(data):
+            frame = self._frames.whole(data)
+            if frame is not None:
                 self._route(frame)
+            else:
+                for frame in self._frames.feed(data):
+                    self._route(frame)
         except Exception as e:  # a crash of the router: as a reader task's crash would be
             self._stop_receiving(e)
             return
@@ -508,6 +524,8 @@ class AgentBackend(Backend):
         #: the IRQ lines at the end of the last program (feature IRQ), with counts unwrapped
         self._irq = IrqLines()
         self._prepared: dict[tuple[Op, ...], _Prepared] = {}  #: see _remember
+        #: port -> the remembered program of inb(port) (at most one per port: see inb)
+        self._reads: dict[int, _Prepared] = {}
         #: the program check() found remembered, its key and entry, for _execute to take (see check)
         self._hit: tuple[Sequence[Op], tuple[Op, ...], _Prepared] | None = None
         self._capabilities: tuple[tuple[object, ...], Capabilities] | None = None  #: see capabilities
@@ -583,6 +601,11 @@ class AgentBackend(Backend):
     }
 
     def _route(self, frame: Frame) -> None:
+        if frame.type == _EXEC_REPLY:  # the usual reply: its one waiter
+            fut = self._pending.get(("exec", frame.seq))
+            if fut is not None and not fut.done():
+                fut.set_result(frame)
+            return
         if frame.type == MsgType.ERROR and frame.payload[:1] and frame.payload[0] in (Status.AUTH, Status.VERSION, Status.BUSY):
             candidates = [k for k in self._pending if k[0] == "hello"]  # refusals of a HELLO, whatever seq
         elif frame.type == MsgType.ERROR and frame.payload[:1] and frame.payload[0] == Status.NO_SESSION:
@@ -622,37 +645,40 @@ class AgentBackend(Backend):
                 await self._drop_link()
                 raise
 
-    async def _round_trip(self, kind: str, frame: Frame, extra_s: float = 0.0, *, generation: int | None = None,
-                          size: int = 0) -> Frame:
-        """Send ``frame`` and return its reply, retransmitting the same bytes on silence.
+    async def _round_trip(self, kind: str, seq: int, wire: bytes, extra_s: float = 0.0, *,
+                          generation: int | None = None, size: int = 0) -> Frame:
+        """Send frame ``seq`` (``wire``, its encoding) and return its reply, retransmitting the
+        same bytes on silence.
 
         ``generation`` (EXEC frames) stops a retransmission after an agent reset: the frame was
         meant for a controller that no longer has the state it assumed. ``size`` (EXEC frames:
         the larger of its request and reply payloads) feeds the adaptive frame size.
         """
-        wire = frame.encode()
-        wait = self.timeout + extra_s + 2 * len(wire) * 10 / self.baud
-        key = (kind, frame.seq)
+        wait = self.timeout + extra_s + 20 * len(wire) / self.baud
+        key = (kind, seq)
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Frame] = loop.create_future()
         self._pending[key] = fut
+        stats = self.stats
         try:
             for attempt in range(self.retries + 1):
                 if attempt:
                     self.stats.retries += 1
-                    log.info("retransmit", kind=kind, seq=frame.seq, attempt=attempt)
+                    log.info("retransmit", kind=kind, seq=seq, attempt=attempt)
                     if size and attempt == 1:
                         self.sizer.lost(size)
                 try:
-                    if kind != "hello":
+                    if kind != "hello" and self._link is None:
                         await self._ensure_link()
                     if generation is not None and generation != self._generation:
                         raise self._reset_error()
-                    if self._wire is None:
+                    link = self._wire
+                    if link is None:
                         raise LinkError(f"{self.link_url}: link down")
-                    await self._wire.send(wire)
-                    self.stats.bytes_out += len(wire)
-                    self.stats.frames_sent += 1
+                    if not link.send_now(wire):
+                        await link.send(wire)
+                    stats.bytes_out += len(wire)
+                    stats.frames_sent += 1
                 except (LinkError, OSError) as e:
                     log.warning("send_failed", error=str(e))
                     self._lose_link()
@@ -670,17 +696,18 @@ class AgentBackend(Backend):
                     if not fut.done():
                         continue
                     reply = fut.result()  # it came between the timeout and this task resuming
-                self.stats.round_trips += 1
+                stats.round_trips += 1
                 if size and not attempt:
                     self.sizer.clean()
                 return reply
             raise AgentTimeoutError(
-                f"{self.url}: no reply to frame {frame.seq} after {self.retries + 1} tries of {wait:.2f} s: "
+                f"{self.url}: no reply to frame {seq} after {self.retries + 1} tries of {wait:.2f} s: "
                 f"is the agent running, the link right (baud {self.baud})?"
             )
         finally:
-            if self._pending.get(key) is fut:  # ours: another round trip may hold the key by now
-                del self._pending[key]
+            pending = self._pending
+            if pending.get(key) is fut:  # ours: another round trip may hold the key by now
+                del pending[key]
                 if fut.done() and not fut.cancelled():
                     fut.exception()  # failed by a reset while this frame was not waiting for it: seen
 
@@ -732,7 +759,7 @@ class AgentBackend(Backend):
         if self._secret:  # we had a session: resume it (the agent keeps its replay cache for us only)
             flags |= HelloFlag.RESUME
         hello = Hello(self._host_nonce, self._max_payload, self._token, "hil", flags, self._secret)
-        reply = await self._round_trip("hello", Frame(MsgType.HELLO, seq, hello.encode()))
+        reply = await self._round_trip("hello", seq, encode_frame(MsgType.HELLO, seq, hello.encode()))
         if reply.type == MsgType.ERROR:
             err = ErrorReply.decode(reply.payload)
             raise AgentRefusedError(err.status, 0xFFFF, err.message)
@@ -851,12 +878,35 @@ class AgentBackend(Backend):
         limit = info.max_program_us if info is not None and info.features & Feature.LIMITS else DEFAULT_MAX_PROGRAM_US
         return wait_us <= limit
 
+    async def inb(self, port: int) -> int:
+        """A port read sent before (:attr:`_reads`) goes as :meth:`execute` would send it again,
+        without the op, the program's key or the check that found it remembered (they were most
+        of the host's time of a one-op program on TCP): the same lock, the same frame, the same
+        reset notice; anything else takes the general path."""
+        prepared = self._reads.get(port) if type(port) is int else None
+        if (prepared is None or prepared.info is not self.agent or prepared.size != self.sizer.size
+                or self._batch is not None or self._closed or not self._opened):
+            return await super().inb(port)
+        lock = self._lock
+        try:
+            await lock.acquire()  # async with, without its two coroutines
+            try:
+                if self._crash is not None:
+                    self._raise_crash()
+                results = self._results_direct(prepared, await self._exec_one(prepared.chunk), prepared.tracking)
+            finally:
+                lock.release()
+        except AgentResetError:
+            await self._notify_reset()  # as _program does
+            raise
+        return results[0]  # type: ignore[return-value]  # an In's result is an int
+
     async def _execute(self, ops: Sequence[Op]) -> list[Result]:
-        self._raise_crash()
+        if self._crash is not None:
+            self._raise_crash()
         info = self.agent
         if info is None:  # execute() refuses an unopened backend; this is the link's own view
             raise BackendNotOpenError(self.url)
-        tracking = bool(info.features & Feature.IRQ)
         sizer = self.sizer
         hit, self._hit = self._hit, None
         key: tuple[Op, ...] | None
@@ -867,11 +917,13 @@ class AgentBackend(Backend):
             key = _program_key(ops)
             prepared = self._prepared.get(key) if key is not None else None
         if prepared is not None and prepared.info is info and prepared.size == sizer.size:
+            if prepared.direct:
+                return self._results_direct(prepared, await self._exec_one(prepared.chunk), prepared.tracking)
             ops = prepared.ops  # checked and planned before, against the same agent and frame size
             chunks: Iterator[_Chunk] = iter((prepared.chunk,))
-            if prepared.direct:
-                return self._results_direct(prepared, await self._exec_one(prepared.chunk), tracking)
+            tracking = prepared.tracking
         else:
+            tracking = bool(info.features & Feature.IRQ)
             if hit is not None and hit[0] is ops:  # the agent changed since check() skipped the base check
                 Backend.check(self, ops)
             self._check(ops, info)  # before planning: a refused program sends no frame at all
@@ -939,11 +991,19 @@ class AgentBackend(Backend):
         """A program of one frame: admitted, sent, answered, retired (as _execute does it)."""
         self.stats.programs += 1
         generation = self._generation
-        seq = await self._admit(generation)
+        unanswered = self._unanswered
+        if not unanswered and not self._admitting:  # _admit's open window, without its call
+            seq = self._seq
+            self._seq = (seq + 1) & 0xFFFF
+            unanswered.append(seq)
+        else:
+            seq = await self._admit(generation)
         try:
             return await self._exec_chunk(chunk, generation, seq)
         finally:
-            await self._retire(seq)
+            unanswered.remove(seq)
+            if self._admitting:  # _retire's notice to those waiting for the window
+                await self._retire_notify()
 
     def _results_direct(self, prepared: _Prepared, reply: ExecReply, tracking: bool) -> list[Result]:
         """The results of a remembered program whose reply holds them as they are (no coalesced
@@ -984,7 +1044,9 @@ class AgentBackend(Backend):
             direct = all(len(p) == 1 and p[0][0] == i for i, p in enumerate(first.parts)) and (
                 not tracking or not any(isinstance(op, PowerReset) or (is_irq_op(op) and is_reading(op))
                                         for op in ops[:-1]))
-            self._prepared[key] = _Prepared(info, size, list(ops), first, direct)
+            self._prepared[key] = prepared = _Prepared(info, size, list(ops), first, direct, tracking)
+            if direct and len(key) == 1 and type(key[0]) is In and key[0].width == 8:
+                self._reads[key[0].port] = prepared  # inb(port), remembered by its port
         yield first
         if second is not None:
             yield second
@@ -1087,8 +1149,11 @@ class AgentBackend(Backend):
     async def _retire(self, seq: int) -> None:
         self._unanswered.remove(seq)
         if self._admitting:  # someone waits for the window: tell them it moved
-            async with self._window_open:
-                self._window_open.notify_all()
+            await self._retire_notify()
+
+    async def _retire_notify(self) -> None:
+        async with self._window_open:
+            self._window_open.notify_all()
 
     async def _exec_in_window(self, chunk: _Chunk, generation: int, seq: int) -> ExecReply:
         try:
@@ -1101,10 +1166,11 @@ class AgentBackend(Backend):
         extra = chunk.wait_s if chunk.wait_s is not None else sum(wait_us(op) for op in chunk.ops) / 1e6
         if generation != self._generation:
             raise self._reset_error()
-        frame = Frame(MsgType.EXEC, seq, chunk.payload if chunk.payload is not None else encode_program(chunk.ops))
-        size = max(len(frame.payload), reply_size(chunk.ops) if chunk.reply_bytes is None else chunk.reply_bytes)
-        reply = await self._round_trip("exec", frame, extra, generation=generation, size=size)
-        if reply.type == MsgType.ERROR:
+        payload = chunk.payload if chunk.payload is not None else encode_program(chunk.ops)
+        size = max(len(payload), reply_size(chunk.ops) if chunk.reply_bytes is None else chunk.reply_bytes)
+        reply = await self._round_trip("exec", seq, encode_frame(_EXEC, seq, payload), extra, generation=generation,
+                                       size=size)
+        if reply.type == _ERROR:
             err = ErrorReply.decode(reply.payload)
             if err.status == Status.NO_SESSION:  # the agent lost our session: restarted?
                 if generation != self._generation or await self._hello():
@@ -1116,7 +1182,7 @@ class AgentBackend(Backend):
             result = ExecReply.decode(reply.payload, chunk.ops, chunk.layout)
         except ProtocolError as e:
             raise AgentError(f"{self.url}: malformed reply: {e}") from None
-        if result.status != Status.OK:
+        if result.status:  # not OK
             raise _refusal(result, chunk.ops, self.agent)
         return result
 
@@ -1131,7 +1197,7 @@ class AgentBackend(Backend):
         loop = asyncio.get_running_loop()
         t0 = loop.time()
         async with self._lock:
-            await self._round_trip("ping", Frame(MsgType.PING, self._seq, b""))  # PING does not consume a seq
+            await self._round_trip("ping", self._seq, encode_frame(MsgType.PING, self._seq, b""))  # PING does not consume a seq
         return loop.time() - t0
 
 def _refusal(result: ExecReply, ops: Sequence[Op], info: HelloReply | None) -> HilError:

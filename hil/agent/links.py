@@ -92,21 +92,33 @@ class PushProtocol(asyncio.StreamReaderProtocol):
     (:meth:`Link.on_data`) rather than into its :class:`asyncio.StreamReader`."""
 
     receiver: Receiver | None = None
+    counts: LinkStats | None = None  #: where the bytes handed to ``receiver`` are counted (Link.counted's work)
+    #: something (bytes, the end) went to the StreamReader: it must be read there, not pushed
+    #: (an agent's connection may have bytes before its serving task asks for them)
+    buffered = False
 
     def data_received(self, data: bytes) -> None:
-        if self.receiver is not None:
-            self.receiver(data)
+        receiver = self.receiver
+        if receiver is not None:
+            if self.counts is not None:
+                self.counts.bytes_in += len(data)
+            receiver(data)
         else:
+            self.buffered = True
             super().data_received(data)
 
     def eof_received(self) -> bool:
         if self.receiver is not None:
             self.receiver(b"")
+        else:
+            self.buffered = True
         return bool(super().eof_received())
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.receiver is not None:
             self.receiver(b"")
+        else:
+            self.buffered = True
         super().connection_lost(exc)
 
 
@@ -118,9 +130,9 @@ class StreamLink(Link):
         self._push = push
 
     def on_data(self, receiver: Receiver | None) -> bool:
-        if self._push is None:
-            return False
-        self._push.receiver = None if receiver is None else self.counted(receiver)
+        if self._push is None or (receiver is not None and self._push.buffered):
+            return False  # (bytes already in the StreamReader are read from there, in order)
+        self._push.receiver, self._push.counts = receiver, self.stats  # counted as Link.counted does, without its call
         return True
 
     async def read(self) -> bytes:
@@ -146,7 +158,7 @@ class StreamLink(Link):
         if transport.is_closing() or transport.get_write_buffer_size():
             return False
         try:
-            self._writer.write(data)
+            transport.write(data)  # what StreamWriter.write does
         except (ConnectionError, OSError) as e:
             raise oserrors.failure(self.name, "write failed", e, LinkError) from None
         self.stats.bytes_out += len(data)

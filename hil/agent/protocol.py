@@ -126,6 +126,7 @@ SECRET_SIZE = 16  #: bytes of a session secret (feature SESSION_SECRET, HELLO fl
 
 STATE_FIXED = result_size(DevState(0, 0))  #: DEV_STATE reply bytes before the head
 REPLY_HEADER = struct.Struct("<BHB")  #: EXEC_REPLY: status, index, reason length (the reason follows)
+_OK = Status.OK  #: looked up once (a reply decoded per round trip)
 
 
 # --- CRC and COBS ---------------------------------------------------------------------------
@@ -134,6 +135,12 @@ REPLY_HEADER = struct.Struct("<BHB")  #: EXEC_REPLY: status, index, reason lengt
 def crc32(data: bytes) -> int:
     """CRC-32/ISO-HDLC (zlib, Ethernet): poly 0x04C11DB7 reflected, init and xorout 0xFFFFFFFF."""
     return zlib.crc32(data) & 0xFFFFFFFF
+
+
+#: CRC-32/ISO-HDLC of any data followed by its own CRC (little-endian): the one value of the 2^32
+#: the four appended bytes can make it, so a frame's CRC is checked over the whole decoded frame
+#: without cutting the CRC off first (tests/test_agent_tcp_fastpath.py)
+CRC_RESIDUE = 0x2144DF1C
 
 
 try:  # the cobs package's C extension; its pure-Python fallback is slower than ours
@@ -185,24 +192,29 @@ class Frame:
 
     def encode(self) -> bytes:
         """Bytes on the wire: COBS(header + payload + CRC) followed by the 0x00 delimiter."""
-        body = HEADER.pack(VERSION, self.type, self.seq & 0xFFFF, len(self.payload)) + self.payload
-        return cobs_encode(body + CRC.pack(crc32(body))) + b"\x00"
+        return encode_frame(self.type, self.seq, self.payload)
+
+
+def encode_frame(mtype: int, seq: int, payload: bytes) -> bytes:
+    """``Frame(mtype, seq, payload).encode()``, for a sender that has no Frame to hand."""
+    body = HEADER.pack(VERSION, mtype, seq & 0xFFFF, len(payload)) + payload
+    return cobs_encode(body + CRC.pack(zlib.crc32(body))) + b"\x00"
 
 
 def decode_frame(raw: bytes) -> Frame:
     """Decode the bytes between two delimiters. Raises ProtocolError (BAD_FRAME) for anything malformed."""
     body = cobs_decode(raw)
-    if len(body) < OVERHEAD:
+    size = len(body) - OVERHEAD
+    if size < 0:
         raise ProtocolError(Status.BAD_FRAME, f"frame of {len(body)} bytes is shorter than the {OVERHEAD}-byte minimum")
-    (crc,) = CRC.unpack_from(body, len(body) - CRC.size)
-    if crc32(body[: -CRC.size]) != crc:
+    if zlib.crc32(body) != CRC_RESIDUE:  # the CRC of header|payload|crc32: that constant iff crc32 is theirs
         raise ProtocolError(Status.BAD_FRAME, "CRC mismatch")
     version, mtype, seq, length = HEADER.unpack_from(body)
-    if length != len(body) - OVERHEAD:
-        raise ProtocolError(Status.BAD_FRAME, f"length field {length} does not match the {len(body) - OVERHEAD} payload bytes")
+    if length != size:
+        raise ProtocolError(Status.BAD_FRAME, f"length field {length} does not match the {size} payload bytes")
     if version != VERSION:
         raise ProtocolError(Status.VERSION, f"protocol version {version}, expected {VERSION}")
-    return Frame(mtype, seq, bytes(body[HEADER.size : -CRC.size]))
+    return Frame(mtype, seq, body[HEADER.size : -CRC.size])  # a slice of bytes: bytes
 
 
 class FrameReader:
@@ -220,6 +232,17 @@ class FrameReader:
         self.max_wire = 2 * (max_payload + OVERHEAD) + 16  #: COBS worst case, generously
         self.discarded = 0  #: bytes dropped while resynchronising
         self.bad_frames = 0
+
+    def whole(self, data: bytes) -> Frame | None:
+        """The frame ``data`` is, when it is one whole frame and delimiter with nothing buffered
+        before it (the usual read on TCP): what :meth:`feed` yields for it, without the buffer
+        and the generator. None: anything else (also a frame that does not decode), for :meth:`feed`."""
+        if self._buf or len(data) > self.max_wire or data.find(0) != len(data) - 1 or len(data) < 2:
+            return None
+        try:
+            return decode_frame(data[:-1])
+        except ProtocolError:
+            return None
 
     def feed(self, data: bytes) -> Iterator[Frame]:
         self._buf += data
@@ -547,9 +570,8 @@ class ExecReply:
     @classmethod
     def decode(cls, p: bytes, ops: Sequence[Op], layout: ReplyLayout | None = None) -> ExecReply:
         """``layout``: the :class:`ReplyLayout` of ``ops``, for a successful reply read in one unpack."""
-        if (layout is not None and len(p) == REPLY_HEADER.size + layout.struct.size and p[0] == Status.OK
-                and p[3] == 0):
-            return layout.decode(p, cls(Status.OK, int.from_bytes(p[1:3], "little")))
+        if layout is not None and len(p) == layout.ok_size and not p[0] and not p[3]:  # OK, no reason
+            return layout.decode(p, cls(_OK, p[1] | p[2] << 8))
         r = _Reader(p)
         status, index = _status(r.u8()), r.u16()
         reason = r.take(r.u8()).decode(errors="replace")
@@ -594,9 +616,17 @@ class ReplyLayout:
             self.items.append((op, wire, at, at + n, kind))
             at += n
         self.struct = struct.Struct(fmt)
+        self.ok_size = REPLY_HEADER.size + self.struct.size  #: payload bytes of its OK reply
         #: the whole reply with status OK and no reason: the header's fields, then the results'
         self.whole = struct.Struct(REPLY_HEADER.format + fmt.lstrip("<"))
         self.met = any(wire.met for _, wire, _, _, _ in self.items)  #: it carries a poll's condition
+        #: every item an In or an IrqState (a host's port reads): encode() packs their results as they are
+        self._plain = tuple(kind for _, _, _, _, kind in self.items) if all(
+            kind != _OTHER for _, _, _, _, kind in self.items) else None
+        self._lines: tuple[IrqLines | None, tuple[int, ...]] = (None, ())  #: the last IrqLines packed, and its fields
+        self._seen = IrqLines()  #: the last IrqLines decoded (immutable: handed out again while equal)
+        #: the last results encoded (plain layouts) and their bytes; None: nothing encoded yet
+        self._encoded: tuple[list[Result] | None, bytes] = (None, b"")
 
     @classmethod
     def of(cls, ops: Sequence[Op]) -> ReplyLayout | None:
@@ -616,8 +646,12 @@ class ReplyLayout:
             if kind == _INT:
                 results.append(values[a])
                 continue
-            if kind == _LINES:
-                results.append(IrqLines(values[a], values[a + 1 : b]))
+            if kind == _LINES:  # the lines of the last reply again, most of the time: that same IrqLines
+                seen = self._seen
+                counts = values[a + 1 : b]
+                if seen.levels != values[a] or seen.counts != counts:
+                    seen = self._seen = IrqLines(values[a], counts)
+                results.append(seen)
                 continue
             fields = values[a:b]
             assert wire.result is not None  # a replying wire
@@ -629,6 +663,26 @@ class ReplyLayout:
     def encode(self, results: Sequence[Result], polls_met: Sequence[bool]) -> bytes:
         """The payload of an OK reply with these results (one per item, in order)."""
         values: list[int] = [Status.OK, 0xFFFF, 0]
+        plain = self._plain
+        if plain is not None:  # the loop below for In and IrqState only; an agent's IrqLines repeats until a line changes
+            last, payload = self._encoded
+            if results == last:  # the results of the last reply again (a status register polled): its bytes
+                return payload
+            if len(results) != len(plain):
+                raise ValueError(f"{len(results)} results for a reply of {len(plain)}")
+            for kind, v in zip(plain, results):
+                if kind == _INT:
+                    values.append(v)  # type: ignore[arg-type]  # an In's result is an int
+                    continue
+                seen, fields = self._lines
+                if v is not seen:
+                    assert isinstance(v, IrqLines)
+                    fields = (v.levels & 0xFFFF, *[c & 0xFFFF for c in v.counts])
+                    self._lines = (v, fields)
+                values.extend(fields)
+            payload = self.whole.pack(*values)
+            self._encoded = (list(results), payload)
+            return payload
         met = iter(polls_met)
         for (op, wire, _, _, kind), v in zip(self.items, results, strict=True):
             if kind == _INT:

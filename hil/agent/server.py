@@ -12,13 +12,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import enum
 import ipaddress
 import os
 import secrets
 import sys
 import threading
 import tty
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Coroutine
 from dataclasses import field
 from typing import TYPE_CHECKING, Any
@@ -31,7 +32,7 @@ from hil.agent.limits import (  # defined apart for the command line, kept impor
     DEFAULT_MAX_OP_US as DEFAULT_MAX_OP_US,
     DEFAULT_MAX_PROGRAM_US as DEFAULT_MAX_PROGRAM_US,
 )
-from hil.agent.links import FdLink, Link, LinkError, StreamLink
+from hil.agent.links import READ_CHUNK, FdLink, Link, LinkError, PushProtocol, StreamLink
 from hil.agent.protocol import (
     DEFAULT_MAX_PAYLOAD,
     SECRET_SIZE,
@@ -51,6 +52,7 @@ from hil.agent.protocol import (
     ReplyLayout,
     Status,
     decode_program,
+    encode_frame,
     op_duration_us,
     reply_size,
     replying_wires,
@@ -64,6 +66,8 @@ from hil.records import dataclass
 
 if TYPE_CHECKING:
     import serial  # pyserial, imported where a serial line is opened
+
+    from hil.backends.sim import SimBackend
 
 log = get_logger("hil.agent")
 
@@ -103,6 +107,14 @@ class Session:
     held: dict[int, Frame] = field(default_factory=dict)  #: frames that arrived ahead of a lost one
 
 
+class Later(enum.Enum):
+    """:meth:`AgentCore.answer_now`'s "not at once": the frame goes to :meth:`AgentCore.handle`."""
+
+    LATER = "later"
+
+
+LATER = Later.LATER
+
 VALIDATED_PROGRAMS = 256  #: programs (by payload) an agent keeps validated; see AgentCore._validate
 VALIDATED_PAYLOAD = 4096  #: only programs up to this many payload bytes are kept
 
@@ -122,6 +134,8 @@ class _Validated:
     polls: bool = False  #: it has a Poll (whose reply says whether its condition was met)
     #: the ops before its last, when that is an IrqState (every tracking host's program ends so)
     body: list[Op] | None = None
+    quick: bool = False  #: AgentCore._quick(ops, waits), worked out once
+
 
 
 QUICK_OPS = 64  #: the most ops of a program that may run on the agent's own loop (see AgentCore._quick)
@@ -188,7 +202,7 @@ class AgentCore:
             self.io_thread = self.io.capabilities.backend != "qemu"  # qemu: its streams live on this loop
         self._io_runner: _IoThread | None = None
         self._sim_io = self.io.capabilities.backend == "sim"  #: see _quick
-        self._machine_lines = _is_simulator(self.io)  #: see _execute
+        self._sim = _simulator(self.io)  #: the I/O backend if it is the simulator itself (see _io_checked, _execute_now)
 
     def _quick(self, ops: list[Op], waits: bool) -> bool:
         """A program the I/O thread would finish in microseconds runs on this loop instead: the
@@ -272,13 +286,35 @@ class AgentCore:
                 replies.append(await self._run(session, session.held.pop(session.next)))
             return b"".join(replies)
 
+    def answer_now(self, frame: Frame, conn: Connection | None = None) -> bytes | Later | None:
+        """What :meth:`handle` answers ``frame``, without awaiting anything, where it can: the
+        program the session expects next, with nothing held behind it and no program or session
+        change in progress, that the in-process simulator runs in microseconds (see
+        :meth:`_execute_now`). Anything else is :data:`LATER`, untouched: :meth:`handle` it. A
+        link's own callback answers with this, so the frame needs no task woken (a loop
+        iteration of every round trip)."""
+        if frame.type != MsgType.EXEC or self._lock.locked():
+            return LATER
+        session = self._session
+        if session is None or session.conn is not (conn or self._local) or frame.seq != session.next or session.held:
+            return LATER
+        reply = self._execute_now(frame.payload)
+        if reply is None:
+            return LATER
+        self.stats.frames_in += 1
+        return self._ran(session, frame.seq, reply)
+
     async def _run(self, session: Session, frame: Frame) -> bytes:
-        reply = await self._execute(frame.payload)
-        wire = Frame(MsgType.EXEC_REPLY, frame.seq, reply).encode()
-        session.cache[frame.seq] = wire
-        while len(session.cache) > self._cache_size:
-            session.cache.popitem(last=False)
-        session.next = (frame.seq + 1) & 0xFFFF
+        return self._ran(session, frame.seq, await self._execute(frame.payload))
+
+    def _ran(self, session: Session, seq: int, reply: bytes) -> bytes:
+        """The reply frame of program ``seq``, cached for a retry of it; ``next`` moves on."""
+        wire = encode_frame(MsgType.EXEC_REPLY, seq, reply)
+        cache = session.cache
+        cache[seq] = wire
+        if len(cache) > self._cache_size:
+            cache.popitem(last=False)
+        session.next = (seq + 1) & 0xFFFF
         return wire
 
     async def _hello(self, frame: Frame, conn: Connection) -> bytes:
@@ -350,7 +386,7 @@ class AgentCore:
         fresh = self.fresh_io()
         await fresh.open()
         old, self.io, self._used = self.io, fresh, False
-        self._machine_lines = _is_simulator(fresh)
+        self._sim = _simulator(fresh)
         await old.close()
         log.info("session_reset", io=fresh.url)
 
@@ -374,26 +410,72 @@ class AgentCore:
         return Limits(self._request_payload, self._reply_payload, self.max_ops, self.max_op_us, self.max_program_us)
 
     async def _execute(self, payload: bytes) -> bytes:
+        program = self._program_of(payload)
+        if isinstance(program, bytes):
+            return program  # refused
+        run = self._io_checked(program)
+        if isinstance(run, bytes):
+            return run
+        self._used = True
+        try:
+            results = await self._run_io(run, program.waits)  # Settle runs as the I/O backend's own settle()
+            if run is not program.ops:
+                results = [*results, self.io._irq_lines()]
+        except HilError as e:
+            return self._io_error(program, e)
+        return self._ok(program, results)
+
+    def _execute_now(self, payload: bytes) -> bytes | None:
+        """:meth:`_execute` without the event loop, or None: a program that runs on this loop
+        anyway (:meth:`_quick`) on an I/O that is the simulator itself and runs it without
+        waiting (:meth:`~hil.backends.sim.SimBackend.run_inline`, what its ``execute`` does after
+        the check made here), and any program refused before it runs."""
+        program = self._validated.get((payload, self._request_payload, self._reply_payload)) or self._program_of(payload)
+        if isinstance(program, bytes):
+            return program  # refused
+        sim = self._sim
+        if sim is None or not program.quick or not sim.runs_inline:
+            return None
+        run = self._io_checked(program)
+        if isinstance(run, bytes):
+            return run
+        self._used = True
+        try:
+            results = sim.run_inline(run)
+            if run is not program.ops:
+                results.append(sim._irq_lines())
+        except HilError as e:
+            return self._io_error(program, e)
+        return self._ok(program, results)
+
+    def _program_of(self, payload: bytes) -> _Validated | bytes:
+        """The validated program of ``payload`` (kept, see :meth:`_validate`), or its refusal."""
         key = (payload, self._request_payload, self._reply_payload)
         program = self._validated.get(key)
-        if program is None:
-            checked = self._validate(payload)
-            if isinstance(checked, bytes):
-                return checked  # refused
-            replying = replying_wires(checked)
-            program = _Validated(checked, replying, _waits(checked), ReplyLayout.of_replying(replying),
-                                 any(isinstance(op, Poll) for op in checked),
-                                 checked[:-1] if checked and isinstance(checked[-1], IrqState) else None)
-            if len(payload) <= VALIDATED_PAYLOAD:
-                if len(self._validated) >= VALIDATED_PROGRAMS:
-                    del self._validated[next(iter(self._validated))]  # the oldest
-                self._validated[key] = program
+        if program is not None:
+            return program
+        checked = self._validate(payload)
+        if isinstance(checked, bytes):
+            return checked  # refused
+        replying = replying_wires(checked)
+        waits = _waits(checked)
+        program = _Validated(checked, replying, waits, ReplyLayout.of_replying(replying),
+                             any(isinstance(op, Poll) for op in checked),
+                             checked[:-1] if checked and isinstance(checked[-1], IrqState) else None,
+                             self._quick(checked, waits))
+        if len(payload) <= VALIDATED_PAYLOAD:
+            if len(self._validated) >= VALIDATED_PROGRAMS:
+                del self._validated[next(iter(self._validated))]  # the oldest
+            self._validated[key] = program
+        return program
+
+    def _io_checked(self, program: _Validated) -> list[Op] | bytes:
+        """The ops the I/O backend runs for ``program`` once its own check passed, or the refusal.
+        On the simulator, a closing IrqState is the machine's lines after the rest has run: the
+        same call its IrqState makes (SimBackend._irq_lines), without an IRQ op in the program,
+        which the I/O backend's checks would otherwise ask its capabilities about each time."""
         ops = program.ops
-        # On the simulator, a closing IrqState is the machine's lines after the rest has run: the
-        # same call its IrqState makes (SimBackend._irq_lines), without an IRQ op in the program,
-        # which the I/O backend's checks would otherwise ask its capabilities about each time
-        lines_after = (self._machine_lines and self._irq and program.body is not None
-                       and self._quick(ops, program.waits))
+        lines_after = self._sim is not None and self._irq and program.body is not None and program.quick
         run = program.body if lines_after and program.body is not None else ops
         try:
             self.io.check(run)  # the I/O backend's own refusals (devport: 16-bit DMA ports), before any op runs
@@ -403,20 +485,20 @@ class AgentCore:
             return self._refuse(Status.PORT_DENIED, 0, str(e), ops)
         except HilError as e:
             return self._refuse(Status.UNSUPPORTED, 0, str(e), ops)
-        self._used = True
-        try:
-            results = await self._run_io(run, program.waits)  # Settle runs as the I/O backend's own settle()
-            if run is not ops:
-                results = [*results, self.io._irq_lines()]
-        except HilError as e:
-            log.error("io_error", error=str(e))
-            return ExecReply(Status.IO_ERROR, 0xFFFF, str(e)).encode(ops, program.replying)
+        return run
+
+    def _io_error(self, program: _Validated, e: HilError) -> bytes:
+        log.error("io_error", error=str(e))
+        return ExecReply(Status.IO_ERROR, 0xFFFF, str(e)).encode(program.ops, program.replying)
+
+    def _ok(self, program: _Validated, results: list[Result]) -> bytes:
+        """The OK reply of ``program`` that gave ``results``."""
         self.stats.executed += 1
         met = [op.met(r) for op, r in zip((op for op, _ in program.replying), results)
                if isinstance(op, Poll) and isinstance(r, int)] if program.polls else []
         if program.layout is not None and len(results) == len(program.replying):
             return program.layout.encode(results, met)  # what ExecReply.encode gives, in one pack
-        return ExecReply(Status.OK, 0xFFFF, "", list(results), met).encode(ops, program.replying)
+        return ExecReply(Status.OK, 0xFFFF, "", list(results), met).encode(program.ops, program.replying)
 
     def _validate(self, payload: bytes) -> list[Op] | bytes:
         """The program of ``payload`` if this agent may run it, else the encoded refusal. What
@@ -465,11 +547,11 @@ class AgentCore:
         return await self._io_runner.run(self.io.execute(ops))
 
 
-def _is_simulator(io: Backend) -> bool:
-    """Whether ``io`` is the simulator itself (not a backend wrapping it, which may record every
+def _simulator(io: Backend) -> SimBackend | None:
+    """``io`` if it is the simulator itself (not a backend wrapping it, which may record every
     op it runs). Not imported for this: no simulator is loaded where none was opened."""
-    sim = sys.modules.get("hil.backends.sim")
-    return sim is not None and isinstance(io, sim.SimBackend)
+    module = sys.modules.get("hil.backends.sim")
+    return io if module is not None and isinstance(io, module.SimBackend) else None
 
 
 async def serve_link(core: AgentCore, link: Link, *, stop: asyncio.Event | None = None,
@@ -487,13 +569,18 @@ async def serve_link(core: AgentCore, link: Link, *, stop: asyncio.Event | None 
     task = asyncio.current_task()
     assert task is not None  # serve_link runs in a task
     watch = _Watch(loop, task)
+    pushed = _Pushed(core, link, conn, reader, watch, stop, deadline, idle_timeout)
     try:
-        await _serve_frames(core, link, conn, reader, watch, stop, deadline, idle_timeout)
+        if link.on_data(pushed.received):
+            await pushed.serve()
+        else:
+            await _serve_frames(core, link, conn, reader, watch, stop, deadline, idle_timeout)
     except asyncio.CancelledError:
         if not watch.expired or task.uncancel():
             raise
         log.info("connection_dropped", conn=conn.name, reason="idle" if conn.authenticated else "no HELLO in time")
     finally:
+        pushed.close()
         watch.stop()
         core.detach(conn)
         if reader.discarded:
@@ -573,6 +660,114 @@ async def _serve_frames(core: AgentCore, link: Link, conn: Connection, reader: F
                 core.stats.frames_out += 1
 
 
+class _Pushed:
+    """serve_link for a link that pushes its bytes (:meth:`Link.on_data`, TCP). A frame the core
+    answers at once (:meth:`AgentCore.answer_now`: the next program, run by the simulator in
+    microseconds) is answered in the link's own callback; any other frame, and everything that
+    arrives behind it, waits its turn in the serving task (:meth:`serve`), which handles it as
+    :func:`_serve_frames` does. Waking that task for every frame was a loop iteration of every
+    round trip. Order is kept: nothing is answered in the callback while the task has work."""
+
+    def __init__(self, core: AgentCore, link: Link, conn: Connection, reader: FrameReader, watch: _Watch,
+                 stop: asyncio.Event | None, deadline: float | None, idle_timeout: float | None) -> None:
+        self._core, self._link, self._conn, self._reader, self._watch = core, link, conn, reader, watch
+        self._stop, self._deadline, self._idle_timeout = stop, deadline, idle_timeout
+        self._loop = asyncio.get_running_loop()
+        self._work: deque[Frame | bytes] = deque()  #: frames for handle() and replies to write, in order
+        self._busy = False  #: the task is handling a frame or writing a reply
+        self._wake: asyncio.Future[None] | None = None  #: what the idle task awaits
+        self._eof = False
+        self._failure: BaseException | None = None  #: a crash in the callback, raised by the task
+        self._attached = False
+
+    def received(self, data: bytes) -> None:
+        """The link's callback: bytes as they arrive, ``b""`` once the far end has gone."""
+        if self._eof or self._failure is not None:
+            return
+        if not data:
+            self._eof = True
+            self._poke()
+            return
+        try:
+            work = self._work
+            frame = self._reader.whole(data)
+            for frame in (frame,) if frame is not None else self._reader.feed(data):
+                if not work and not self._busy and (self._stop is None or not self._stop.is_set()):
+                    reply = self._core.answer_now(frame, self._conn)
+                    if reply is not LATER:
+                        if reply is not None and not self._write_now(reply):
+                            work.append(reply)  # the transport is busy: the task writes it, in turn
+                        continue
+                work.append(frame)
+        except Exception as e:  # a crash answering: the serving task's, as in _serve_frames
+            self._failure = e
+        if work or self._failure is not None:
+            self._poke()
+        elif not self._busy:  # answered here: the next read begins (the idle and HELLO time limits)
+            timeout = self._timeout()
+            if timeout is not None:
+                self._watch.reading(timeout)
+
+    def _write_now(self, reply: bytes) -> bool:
+        try:
+            written = self._link.write_now(reply)
+        except LinkError:
+            return False  # the task's write meets the failure and ends the connection, as _serve_frames
+        if written:
+            self._core.stats.frames_out += 1
+        return written
+
+    def _poke(self) -> None:
+        wake = self._wake
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+
+    def _timeout(self) -> float | None:
+        if self._conn.authenticated:
+            return self._idle_timeout
+        return None if self._deadline is None else self._deadline - self._loop.time()
+
+    async def serve(self) -> None:
+        self._attached = True
+        core, link, work, watch = self._core, self._link, self._work, self._watch
+        while True:
+            if self._failure is not None:
+                raise self._failure
+            if work:
+                self._busy = True
+                try:
+                    item = work.popleft()
+                    reply = item if isinstance(item, bytes) else await core.handle(item, self._conn)
+                    if reply is not None:
+                        try:
+                            await link.write(reply)
+                        except LinkError as e:
+                            log.warning("reply_lost", error=str(e))
+                            return
+                        core.stats.frames_out += 1
+                finally:
+                    self._busy = False
+                continue
+            if self._eof or (self._stop is not None and self._stop.is_set()):
+                return
+            timeout = self._timeout()
+            self._wake = self._loop.create_future()
+            if timeout is not None:
+                watch.reading(timeout)
+            try:
+                await self._wake
+            finally:
+                self._wake = None
+                watch.done()
+
+    def close(self) -> None:
+        """No more bytes to this connection's callback (the serving task has ended)."""
+        if self._attached:
+            self._attached = False
+            self._link.on_data(None)
+        self._eof = True
+
+
 @dataclass
 class Listener:
     """A running agent: ``address`` is what clients connect to (pty slave path, TCP address)."""
@@ -620,11 +815,11 @@ async def start(core: AgentCore, listen: str, *, token_required_beyond_loopback:
             raise LinkError(f"{listen}: expected tcp://HOST:PORT with a port number (0: any free port)")
         if not _loopback(host) and token_required_beyond_loopback and not core.token:
             raise LinkError(f"{listen}: listening beyond loopback requires --token (clients must present it in HELLO)")
-        async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, protocol: PushProtocol) -> None:
             """Every connection is served; BUSY is decided at HELLO, after the token (AgentCore)."""
             peer = writer.get_extra_info("peername")
             log.info("client_connected", peer=str(peer))
-            link = StreamLink(f"tcp {peer}", reader, writer)
+            link = StreamLink(f"tcp {peer}", reader, writer, protocol)
             conn = Connection(f"tcp {peer}", kick=writer.close, max_payload=TCP_MAX_PAYLOAD)
             try:
                 await serve_link(core, link, conn=conn, hello_timeout=core.hello_timeout,
@@ -633,8 +828,15 @@ async def start(core: AgentCore, listen: str, *, token_required_beyond_loopback:
                 await link.close()
                 log.info("client_gone", peer=str(peer))
 
+        loop = asyncio.get_running_loop()
+
+        def connection() -> PushProtocol:  # asyncio.start_server's, with a protocol that can push its bytes
+            reader = asyncio.StreamReader(limit=READ_CHUNK, loop=loop)
+            protocol = PushProtocol(reader, lambda r, w: client(r, w, protocol), loop=loop)
+            return protocol
+
         try:
-            server = await asyncio.start_server(client, host, port)
+            server = await loop.create_server(connection, host, port)
         except OSError as e:  # port in use, address not on this machine, privileged port
             raise oserrors.listen_error(listen, e, LinkError) from None
         sock = server.sockets[0].getsockname()

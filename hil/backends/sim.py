@@ -180,6 +180,7 @@ class SimBackend(Backend):
             self.machine.plug(self.ecp)
         self.floppy = floppy  #: "generate", an image path, or None
         self.fdc: FloppyController | None = None  #: plugged when the backend opens
+        self._irq_seen: tuple[object, IrqLines] = (None, IrqLines())  #: see _irq_lines
 
     @property
     def floppy_path(self) -> Path | None:
@@ -262,6 +263,20 @@ class SimBackend(Backend):
         if self.fdc is not None:
             await self._write_back()
         return results
+
+    @property
+    def runs_inline(self) -> bool:
+        """:meth:`execute` never waits here (no floppy image file to write sectors back to), so
+        :meth:`run_inline` may stand for it: an agent runs a short program in its link's callback."""
+        return self.fdc is None or self.floppy_path is None
+
+    def run_inline(self, ops: Sequence[Op]) -> list[Result]:
+        """What :meth:`execute` does with ``ops`` once :meth:`check` passed them (the caller
+        checked them a moment before, with nothing run in between), without the event loop;
+        only where :attr:`runs_inline`."""
+        if self._closed or not self._opened:
+            self._check_open()
+        return self._run(ops) if self.machine.tracer is None else self._run_traced(ops)
 
     # --- one-op conveniences: the general path (an op object, the program checks, the op
     # switch) costs ten times the model's own port access. Each refuses exactly what that path
@@ -440,8 +455,10 @@ class SimBackend(Backend):
     def _irq_lines(self) -> IrqLines:
         """The machine's lines now: virtual time moves only inside programs, so between them
         this is the state at the end of the last one. Line 2 reads IRQ 9 (docs/reference/8259.md §1)."""
-        levels, counts = self.machine.irq_bus.lines()  # irq_level / irq_count of every line, at once
-        return IrqLines(levels, counts)
+        lines = self.machine.irq_bus.lines()  # irq_level / irq_count of every line, at once
+        if lines is not self._irq_seen[0]:  # the bus keeps its answer until a line changes; so does this
+            self._irq_seen = (lines, IrqLines(*lines))
+        return self._irq_seen[1]
 
     def _device(self, channel: int) -> Device:
         device = self.machine.devices.get(channel)

@@ -75,6 +75,7 @@ class IrqBus:
         self._high = [0] * IRQ_LINES  #: drivers currently high, per wire
         self.counts = [0] * IRQ_LINES  #: rising edges per wire since reset
         self.changed: Callable[[], None] | None = None  #: the machine's wake-up (wait_irq)
+        self._lines: tuple[int, tuple[int, ...]] | None = None  #: lines() until a wire changes
 
     def level(self, n: int) -> bool:
         return self._high[isa_line(n)] > 0
@@ -84,16 +85,22 @@ class IrqBus:
 
     def lines(self) -> tuple[int, tuple[int, ...]]:
         """:meth:`level` of IRQ 0-15 as bits and :meth:`count` of each, in one pass: what a
-        backend reports after every program (IRQ 2 reads IRQ 9, as in :meth:`level`)."""
-        high, counts = self._high, self.counts
-        return (sum(1 << n for n, wire in enumerate(_WIRES) if high[wire] > 0),
-                tuple(counts[wire] for wire in _WIRES))
+        backend reports after every program (IRQ 2 reads IRQ 9, as in :meth:`level`). Kept
+        until a wire's level changes (:meth:`_drive`) or the counts are cleared: an agent asks
+        after every program, and a line changes in few of them."""
+        lines = self._lines
+        if lines is None:
+            high, counts = self._high, self.counts
+            lines = self._lines = (sum(1 << n for n, wire in enumerate(_WIRES) if high[wire] > 0),
+                                   tuple(counts[wire] for wire in _WIRES))
+        return lines
 
     def _drive(self, wire: int, up: bool) -> None:
         before = self._high[wire] > 0
         self._high[wire] += 1 if up else -1
         after = self._high[wire] > 0
         if before != after:
+            self._lines = None
             if after:
                 self.counts[wire] += 1
             self._sink(wire, after)
@@ -102,6 +109,7 @@ class IrqBus:
 
     def clear_counts(self) -> None:
         self.counts = [0] * IRQ_LINES
+        self._lines = None
 
 
 class IrqLine:
