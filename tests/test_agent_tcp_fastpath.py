@@ -456,3 +456,40 @@ async def test_bytes_that_arrive_before_the_agent_serves_a_connection_are_answer
         writer.close()
         await core.aclose()
         await io.close()
+
+
+async def test_a_tuple_program_sent_again_is_found_by_identity(monkeypatch):
+    """The tuple sent last (a register dump's cached ops) is not hashed again, op by op, and
+    answers as the same program in a new list does; after the frame size changes it is planned
+    afresh and still answers the same."""
+    core, io = await _core("sim")
+    listener = await start(core, "tcp://127.0.0.1:0")
+    try:
+        async with open_backend(f"agent+{listener.address}") as be:
+            assert isinstance(be, AgentBackend)
+            ops = (Out(0x0C, 0), *[In(p) for p in (0x00, 0x00, 0x01, 0x01, 0x08, 0x81, 0x82, 0x83)])
+            first = await be.execute(ops)  # remembered
+            assert await be.execute(ops) == first  # found by its ops, and kept as the last tuple
+            hashed = 0
+            plain_hash = In.__hash__
+
+            def counting(op: In) -> int:
+                nonlocal hashed
+                hashed += 1
+                return plain_hash(op)
+
+            monkeypatch.setattr(In, "__hash__", counting)
+            again = await be.execute(ops)
+            assert hashed == 0  # found by identity
+            assert again == await be.execute(list(ops)) == first[:1] + again[1:]
+            assert hashed > 0  # a list is looked up by its ops
+            be.sizer.size = max(64, be.sizer.size // 2)  # as a noisy link makes it
+            assert await be.execute(ops) == again  # planned afresh: remembered anew
+            assert await be.execute(ops) == again
+            assert be._recent is not None and be._recent[1].size == be.sizer.size
+            hashed = 0
+            assert await be.execute(ops) == again and hashed == 0
+    finally:
+        listener.close()
+        await core.aclose()
+        await io.close()

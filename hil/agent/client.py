@@ -151,16 +151,8 @@ class _Prepared:
 
 
 def _program_key(ops: Sequence[Op]) -> tuple[Op, ...] | None:
-    """The ops as a cache key; None for a program that cannot be one (unhashable data, such as
-    a bytearray) or is too long to be worth hashing."""
-    if len(ops) > 256:
-        return None
-    key = tuple(ops)
-    try:
-        hash(key)
-    except TypeError:
-        return None
-    return key
+    """The ops as a cache key; None for a program too long to be worth hashing."""
+    return None if len(ops) > 256 else tuple(ops)
 
 
 def plan(ops: Sequence[Op], max_request: int | Callable[[], int], max_reply: int | Callable[[], int],
@@ -524,6 +516,7 @@ class AgentBackend(Backend):
         #: the IRQ lines at the end of the last program (feature IRQ), with counts unwrapped
         self._irq = IrqLines()
         self._prepared: dict[tuple[Op, ...], _Prepared] = {}  #: see _remember
+        self._recent: tuple[tuple[Op, ...], _Prepared] | None = None  #: see _find
         #: port -> the remembered program of inb(port) (at most one per port: see inb)
         self._reads: dict[int, _Prepared] = {}
         #: the program check() found remembered, its key and entry, for _execute to take (see check)
@@ -858,13 +851,31 @@ class AgentBackend(Backend):
         (a remembered program is kept only after it did), and the check depends on nothing else:
         it is not run again. :meth:`_execute` takes the remembered program found here."""
         info = self.agent
-        key = _program_key(ops) if info is not None else None
-        prepared = self._prepared.get(key) if key is not None else None
+        key, prepared = self._find(ops) if info is not None else (None, None)
         if key is not None and prepared is not None and prepared.info is info and prepared.size == self.sizer.size:
             self._hit = (ops, key, prepared)
             return
         self._hit = None
         super().check(ops)
+
+    def _find(self, ops: Sequence[Op]) -> tuple[tuple[Op, ...] | None, _Prepared | None]:
+        """The program's cache key and what is remembered under it (None, None: it cannot be a
+        key). The tuple sent last is found again by identity: hashing a tuple hashes every op
+        again, 116 Python calls for a register dump's cached 58 ops looked up twice, and a
+        tuple of immutable ops is the same program as long as it is the same object."""
+        recent = self._recent
+        if recent is not None and recent[0] is ops:
+            return recent
+        key = _program_key(ops)
+        if key is None:
+            return None, None
+        try:
+            prepared = self._prepared.get(key)
+        except TypeError:  # unhashable data (a bytearray): not a key
+            return None, None
+        if prepared is not None and key is ops:
+            self._recent = (key, prepared)
+        return key, prepared
 
     def _check_queued(self, ops: Sequence[Op]) -> None:
         """A queued program is refused when it is queued, for what the agent would refuse of it."""
@@ -914,8 +925,7 @@ class AgentBackend(Backend):
         if hit is not None and hit[0] is ops:  # check() found it a moment ago
             key, prepared = hit[1], hit[2]
         else:
-            key = _program_key(ops)
-            prepared = self._prepared.get(key) if key is not None else None
+            key, prepared = self._find(ops)
         if prepared is not None and prepared.info is info and prepared.size == sizer.size:
             if prepared.direct:
                 return self._results_direct(prepared, await self._exec_one(prepared.chunk), prepared.tracking)
@@ -1038,6 +1048,7 @@ class AgentBackend(Backend):
             first.wait_s = sum(wait_us(op) for op in first.ops) / 1e6
             if len(self._prepared) >= PREPARED_PROGRAMS:
                 del self._prepared[next(iter(self._prepared))]  # the oldest
+            self._recent = None  # _find looks again: this may replace what it held
             # results as the reply holds them: one reply part per reading op, in order; and, with
             # IRQ tracking, no IRQ result or power reset before the IrqState at the end
             tracking = bool(info.features & Feature.IRQ)
