@@ -147,6 +147,12 @@ def test_cli_bench_json_against_a_tcp_agent():
         out = json.loads(r.stdout)
         assert "loopback" in out["minimum"] and "baud" not in out["minimum"]
         assert all(f["ratio"] > 1 for f in out["figures"]), out
+        # whether the CPU latency request was held depends on the machine (root, /dev/cpu_dma_latency)
+        assert isinstance(out["cpu_latency_held"], bool) and out["cpu"].startswith("CPU ")
+        r = hil("bench", "link", "--backend", f"agent+tcp://127.0.0.1:{port}", "--cpu-idle", "leave", "--json")
+        assert r.returncode == 0, r.stderr
+        out = json.loads(r.stdout)
+        assert out["cpu_latency_held"] is False and "--cpu-idle leave" in out["cpu"]
         r = hil("bench", "link", "--backend", f"agent+tcp://127.0.0.1:{port}", "--baud", "9600")
         assert r.returncode == 2 and r.stderr.startswith("hil bench: error: --baud and --latency-ms")
     finally:

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+from typing import TYPE_CHECKING
 
 from hil.backends import open_backend
 from hil.errors import HilError
+
+if TYPE_CHECKING:
+    from hil.bench.cpulatency import CpuLatency
 
 SIM_BAUD, SIM_LATENCY_MS = 3_000_000, 1.0
 
@@ -27,6 +32,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--latency-ms", type=float, metavar="MS",
                    help=f"latency timer of the simulated FT232H, which holds what the agent sends that long "
                         f"(default {SIM_LATENCY_MS:g}; the host's bytes are not held; not with --backend)")
+    p.add_argument("--cpu-idle", choices=("hold", "leave"), default="hold",
+                   help="hold (default): keep the CPUs out of deep idle states while timing, through Linux's CPU "
+                        "latency QoS (/dev/cpu_dma_latency, root), so waking from them is not counted as link "
+                        "time; leave: time with the idle states as they are")
     p.add_argument("--log-format", choices=("console", "json"), default="console",
                    help="structlog output format on stderr")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
@@ -35,6 +44,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 async def cmd_bench(args: argparse.Namespace) -> int:
+    from hil.bench.cpulatency import CpuLatency, hold_cpu_latency
+
+    with (hold_cpu_latency() if args.cpu_idle == "hold"
+          else contextlib.nullcontext(CpuLatency(False, "CPU idle states as they are (--cpu-idle leave)"))) as cpu:
+        return await _bench(args, cpu)
+
+
+async def _bench(args: argparse.Namespace, cpu: CpuLatency) -> int:
     from hil.agent.client import AgentBackend
     from hil.bench.link import bench_backend, bench_pty, bench_shaped, floor_for
 
@@ -63,10 +80,12 @@ async def cmd_bench(args: argparse.Namespace) -> int:
         boot_s = None
     if args.json:
         print(json.dumps({"link": link, "minimum": description, "figures": [f.to_json() for f in figures],
-                          "pty_programs_per_s": single, "pty_ops_per_s": batched, "boot_s": boot_s}))
+                          "pty_programs_per_s": single, "pty_ops_per_s": batched, "boot_s": boot_s,
+                          "cpu_latency_held": cpu.held, "cpu": cpu.detail}))
         return 0
     print(f"link: {link}")
     print(f"minimum: {description}")
+    print(f"cpu: {cpu.detail}")
     if boot_s is not None:
         print(f"  boot: {boot_s:.2f} s from starting the VM to the agent's HELLO")
     for f in figures:
