@@ -437,6 +437,36 @@ async def test_capabilities_follow_the_advertised_features():
             listener.close()
 
 
+async def test_programs_failed_by_a_reset_see_the_new_agent_named():
+    """The programs in flight fail with AgentResetError as soon as the new agent's HELLO_REPLY is
+    read, a round trip before the new session exists (a second HELLO); a program woken by that
+    failure may look at the backend at once (the VM reset test did, on a loaded machine), and
+    the backend names the new agent by then."""
+    port = _free_port()
+    proc = await _spawn_agent(port)
+    try:
+        async with open_backend(f"agent+tcp://127.0.0.1:{port}?timeout=0.5&retries=8") as be:
+            await be.outb(0x0C, 0)
+            first = be.boot_nonce
+            named_when_failed = []
+            fail_pending = be._fail_pending  # type: ignore[attr-defined]  # the agent backend's
+
+            def recording(*args: object) -> None:
+                named_when_failed.append(be.boot_nonce)
+                fail_pending(*args)
+
+            be._fail_pending = recording  # type: ignore[attr-defined]  # open_backend is typed as a Backend
+            proc.send_signal(signal.SIGKILL)
+            await proc.wait()
+            proc = await _spawn_agent(port)
+            with pytest.raises(AgentResetError, match="restarted"):
+                await be.write_mem(0x50000, bytes(32768))
+            assert named_when_failed and named_when_failed[0] == be.boot_nonce != first
+            assert be.stats.resets == 1  # type: ignore[attr-defined]  # the agent backend's
+    finally:
+        await _stop(proc)
+
+
 async def test_restart_mid_session_one_reconnect_reset_detected_and_restored():
     """Issue 11 item 7: after SIGKILL and restart a 32 KiB write (8+ frames) reconnects once for
     the whole backend, not once per frame; the old link is closed; the reset is reported as
@@ -460,11 +490,14 @@ async def test_restart_mid_session_one_reconnect_reset_detected_and_restored():
             dma = IsaDma(be)
             await dma.request_dma(2, "floppy")
             await dma.program(2, DMA_MODE_READ, 0x123400, 0x2400)
+            first = be.boot_nonce
             proc.send_signal(signal.SIGKILL)
             await proc.wait()
             proc = await _spawn_agent(port)
             with pytest.raises(AgentResetError, match="restarted"):
                 await be.write_mem(0x50000, bytes(32768))
+            # the frames in flight learn of the reset with the backend already naming the new agent
+            assert be.boot_nonce != first
             assert len(links) == 2 and be.stats.resets == 1
             assert all(link._writer.is_closing() for link in links[:-1])  # the old link is not leaked
             await be.outb(0x0C, 0)  # restored: ch2 reads back as programmed

@@ -775,6 +775,10 @@ class AgentBackend(Backend):
                 self._generation += 1
                 log.warning("agent_reset" if reset else "agent_session_lost", backend=self.url,
                             old=self.boot_nonce, new=info.boot_nonce)
+                # the programs in flight fail now, a round trip before the new session exists:
+                # when they look, the backend names the new agent already (and a second HELLO
+                # that fails does not count this reset again)
+                self.boot_nonce = info.boot_nonce
                 self._fail_pending(self._reset_error(), "exec")
                 self._host_nonce = secrets.randbits(32)  # a fresh session on the fresh agent
                 self._irq = IrqLines()  # its I/O starts at power-on (KEEP: known after the next program)
