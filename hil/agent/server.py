@@ -651,13 +651,19 @@ async def _serve_frames(core: AgentCore, link: Link, conn: Connection, reader: F
             return
         for frame in reader.feed(data):
             reply = await core.handle(frame, conn)
-            if reply is not None:
-                try:
-                    await link.write(reply)
-                except LinkError as e:
-                    log.warning("reply_lost", error=str(e))
-                    return
-                core.stats.frames_out += 1
+            if reply is not None and not await _send_reply(core, link, reply):
+                return
+
+
+async def _send_reply(core: AgentCore, link: Link, reply: bytes) -> bool:
+    """Write one reply and count it; False when the link has gone (the connection ends)."""
+    try:
+        await link.write(reply)
+    except LinkError as e:
+        log.warning("reply_lost", error=str(e))
+        return False
+    core.stats.frames_out += 1
+    return True
 
 
 class _Pushed:
@@ -738,13 +744,8 @@ class _Pushed:
                 try:
                     item = work.popleft()
                     reply = item if isinstance(item, bytes) else await core.handle(item, self._conn)
-                    if reply is not None:
-                        try:
-                            await link.write(reply)
-                        except LinkError as e:
-                            log.warning("reply_lost", error=str(e))
-                            return
-                        core.stats.frames_out += 1
+                    if reply is not None and not await _send_reply(core, link, reply):
+                        return
                 finally:
                     self._busy = False
                 continue
