@@ -1,7 +1,7 @@
 """``dataclass`` with the methods built when first used instead of at import.
 
 Why: before Python 3.13, :func:`dataclasses.dataclass` compiles each generated method with its own
-``exec``: about 0.5 ms for a frozen class, some 45 ms of a one-step ``hil run`` for the classes
+``exec``: about 0.5 ms for a frozen class, some 35-45 ms of a one-step ``hil run`` for the classes
 that command imports, most of which (the op and step vocabularies) a given run never builds.
 This decorator keeps what ``dataclasses`` records -- fields, defaults, ``__match_args__``,
 ``__slots__``, so :func:`dataclasses.fields`, :func:`~dataclasses.replace` and

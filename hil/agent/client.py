@@ -1005,18 +1005,13 @@ class AgentBackend(Backend):
         """A program of one frame: admitted, sent, answered, retired (as _execute does it)."""
         self.stats.programs += 1
         generation = self._generation
-        unanswered = self._unanswered
-        if not unanswered and not self._admitting:  # _admit's open window, without its call
-            seq = self._seq
-            self._seq = (seq + 1) & 0xFFFF
-            unanswered.append(seq)
-        else:
+        seq = self._admit_open()  # the usual case, without a coroutine for it
+        if seq is None:
             seq = await self._admit(generation)
         try:
             return await self._exec_chunk(chunk, generation, seq)
         finally:
-            unanswered.remove(seq)
-            if self._admitting:  # _retire's notice to those waiting for the window
+            if self._retire_now(seq):
                 await self._retire_notify()
 
     def _results_direct(self, prepared: _Prepared, reply: ExecReply, tracking: bool) -> list[Result]:
@@ -1142,8 +1137,8 @@ class AgentBackend(Backend):
         if not self._unanswered and not self._admitting:
             if generation != self._generation:
                 raise self._reset_error()
-            seq = self._next_seq()
-            self._unanswered.append(seq)
+            seq = self._admit_open()
+            assert seq is not None  # the window is open: checked just above
             return seq
         self._admitting += 1
         try:
@@ -1161,10 +1156,23 @@ class AgentBackend(Backend):
             self._unanswered.append(seq)
             return seq
 
+    def _admit_open(self) -> int | None:
+        """The next frame's sequence number when the window is open (nothing in flight, nobody
+        waiting), taken at once; None: :meth:`_admit` waits for it."""
+        if self._unanswered or self._admitting:
+            return None
+        seq = self._next_seq()
+        self._unanswered.append(seq)
+        return seq
+
     async def _retire(self, seq: int) -> None:
-        self._unanswered.remove(seq)
-        if self._admitting:  # someone waits for the window: tell them it moved
+        if self._retire_now(seq):
             await self._retire_notify()
+
+    def _retire_now(self, seq: int) -> bool:
+        """Frame ``seq`` is answered; True when someone waits for the window to move."""
+        self._unanswered.remove(seq)
+        return bool(self._admitting)
 
     async def _retire_notify(self) -> None:
         async with self._window_open:

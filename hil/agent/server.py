@@ -430,7 +430,7 @@ class AgentCore:
         anyway (:meth:`_quick`) on an I/O that is the simulator itself and runs it without
         waiting (:meth:`~hil.backends.sim.SimBackend.run_inline`, what its ``execute`` does after
         the check made here), and any program refused before it runs."""
-        program = self._validated.get((payload, self._request_payload, self._reply_payload)) or self._program_of(payload)
+        program = self._program_of(payload)
         if isinstance(program, bytes):
             return program  # refused
         sim = self._sim
@@ -640,7 +640,7 @@ async def _serve_frames(core: AgentCore, link: Link, conn: Connection, reader: F
     """serve_link's loop: only a read waits under ``watch`` (a program that runs long is not idle)."""
     loop = asyncio.get_running_loop()
     while stop is None or not stop.is_set():
-        timeout = idle_timeout if conn.authenticated else (None if deadline is None else deadline - loop.time())
+        timeout = _read_timeout(conn, idle_timeout, deadline, loop)
         if timeout is None:
             data = await link.read()
         else:
@@ -653,6 +653,15 @@ async def _serve_frames(core: AgentCore, link: Link, conn: Connection, reader: F
             reply = await core.handle(frame, conn)
             if reply is not None and not await _send_reply(core, link, reply):
                 return
+
+
+def _read_timeout(conn: Connection, idle_timeout: float | None, deadline: float | None,
+                  loop: asyncio.AbstractEventLoop) -> float | None:
+    """How long the next read may wait: the idle limit once authenticated, until then what is
+    left of the time for a HELLO."""
+    if conn.authenticated:
+        return idle_timeout
+    return None if deadline is None else deadline - loop.time()
 
 
 async def _send_reply(core: AgentCore, link: Link, reply: bytes) -> bool:
@@ -729,9 +738,7 @@ class _Pushed:
             wake.set_result(None)
 
     def _timeout(self) -> float | None:
-        if self._conn.authenticated:
-            return self._idle_timeout
-        return None if self._deadline is None else self._deadline - self._loop.time()
+        return _read_timeout(self._conn, self._idle_timeout, self._deadline, self._loop)
 
     async def serve(self) -> None:
         self._attached = True
