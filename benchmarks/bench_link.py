@@ -3,7 +3,9 @@
 Run: python benchmarks/bench_link.py [--repeat K] [--json FILE]
 
 * a one-op program (``be.inb``) through an agent on loopback TCP vs an asyncio streams echo of
-  the same request and reply bytes (target <= 1.3x);
+  the same request and reply bytes (target <= 1.3x), with glibc's malloc thresholds fixed first
+  so that the echo's 256 KiB receive buffers come from the heap, as they do at its best
+  (:mod:`hil.bench.heap`);
 * reading 1 MiB through the agent over TCP, MB/s, vs the same echo moving 1 MiB in 64 KiB
   messages (target >= 100 MB/s);
 * the simulated FT232H link (3 Mbaud, a 1 ms latency timer on replies; ``hil bench link``): one
@@ -32,6 +34,7 @@ from hil.allowlist import AllowList
 from hil.backends import open_backend
 from hil.backends.base import DEVICE_CAPABILITIES, DEVICE_PORTS
 from hil.bench.cpulatency import CpuLatency, hold_cpu_latency
+from hil.bench.heap import pin_malloc_thresholds
 from hil.bench.link import bench_shaped, serve_echo
 from hil.logconfig import configure
 from hil.runner import run_script
@@ -62,6 +65,7 @@ class Echo:
 
 
 async def tcp_figures(repeat: int, n: int) -> list[Figure]:
+    heap = pin_malloc_thresholds()  # the echo's receive buffers from the heap, not an mmap per read (hil.bench.heap)
     async with open_backend("sim") as io:
         core = AgentCore(io, AllowList.default([range(0, 1 << 24)]))
         listener = await start(core, "tcp://127.0.0.1:0")
@@ -81,7 +85,7 @@ async def tcp_figures(repeat: int, n: int) -> list[Figure]:
                         await be.inb(0x83)
                     ops.append((time.perf_counter() - t0) / n * 1e6)
                 one = Figure(f"agent one-op program over loopback TCP ({out} + {back} wire bytes)", "us", ops,
-                             "asyncio streams echo of the same bytes", floor, "ratio <= 1.3")
+                             f"asyncio streams echo of the same bytes ({heap.detail})", floor, "ratio <= 1.3")
                 bulk, bulk_floor = [], []
                 await be.write_mem(0x100000, bytes(range(256)) * 4096)
                 for _ in range(repeat):

@@ -33,6 +33,7 @@ from hil.records import dataclass
 log = get_logger("hil.link")
 
 READ_CHUNK = 65536
+RECEIVE_BUFFER = 256 * 1024  #: what one receive of a pushing TCP link may take: asyncio's own read size
 
 
 @dataclass
@@ -87,15 +88,33 @@ class Link(abc.ABC):
 Receiver = Callable[[bytes], None]
 
 
-class PushProtocol(asyncio.StreamReaderProtocol):
+class PushProtocol(asyncio.StreamReaderProtocol, asyncio.BufferedProtocol):
     """The streams protocol of a connection whose bytes may go straight to a receiver
-    (:meth:`Link.on_data`) rather than into its :class:`asyncio.StreamReader`."""
+    (:meth:`Link.on_data`) rather than into its :class:`asyncio.StreamReader`.
+
+    It receives into one buffer of its own (asyncio's ``BufferedProtocol``: the transport calls
+    ``recv_into``). A plain protocol's transport calls ``recv(256 KiB)`` for every read, and that
+    allocation is served by glibc either from the heap or, depending on the process's allocation
+    history, by an ``mmap`` and ``munmap`` per read with fresh pages to fault in: on the 2-core
+    development VM that regime took a one-op round trip from 25 to 61 us
+    (docs/reference/hil-lessons.md §1.14)."""
 
     receiver: Receiver | None = None
     counts: LinkStats | None = None  #: where the bytes handed to ``receiver`` are counted (Link.counted's work)
     #: something (bytes, the end) went to the StreamReader: it must be read there, not pushed
     #: (an agent's connection may have bytes before its serving task asks for them)
     buffered = False
+    _view: memoryview | None = None
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        view = self._view
+        if view is None:
+            view = self._view = memoryview(bytearray(RECEIVE_BUFFER))
+        return view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        assert self._view is not None  # get_buffer() came first
+        self.data_received(bytes(self._view[:nbytes]))  # a copy: receivers keep what they are given
 
     def data_received(self, data: bytes) -> None:
         receiver = self.receiver

@@ -29,6 +29,7 @@ from hil.agent.links import Link, LinkKind, link_kind
 from hil.agent.server import AgentCore, serve_link, start
 from hil.allowlist import AllowList
 from hil.backends import open_backend
+from hil.bench.heap import HeapPin, pin_malloc_thresholds
 from hil.dma import DMA_MODE_READ, IsaDma
 from hil.doctor.agent import Env
 from hil.ops import In, MemRead, Op, Out
@@ -286,12 +287,12 @@ async def serve_echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter)
 
 class EchoFloor(Floor):
     """TCP has no baud rate: its floor is measured in the same run, as the best of ``repeat``
-    exchanges of the same byte counts with a plain echo server on this machine's loopback."""
+    exchanges of the same byte counts with a plain echo server on this machine's loopback, with
+    glibc's malloc thresholds fixed first (``heap``; see :mod:`hil.bench.heap`)."""
 
-    description = "TCP loopback echo of the same bytes, measured now"
-
-    def __init__(self, repeat: int = 20) -> None:
+    def __init__(self, heap: HeapPin, repeat: int = 20) -> None:
         self.repeat = repeat
+        self.description = f"TCP loopback echo of the same bytes, measured now ({heap.detail})"
         self._server: asyncio.Server | None = None
         self._conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
         self._cache: dict[tuple[int, int], float] = {}
@@ -336,7 +337,7 @@ def floor_for(be: AgentBackend, env: Env | None = None) -> Floor:
                                          f"pace by the divisor: a ratio below 1 is the model, not the wire)")
     match link_kind(link):
         case LinkKind.TCP:
-            return EchoFloor()
+            return EchoFloor(pin_malloc_thresholds())
         case LinkKind.FTDI:  # open_link sets the latency timer to 1 ms (docs/reference/hil-lessons.md §1.4)
             return SerialFloor(be.baud, 1e-3, f"{be.baud} baud 8N1 + the 1 ms FTDI latency timer")
         case LinkKind.SERIAL:
