@@ -3,8 +3,9 @@ imports alike, since a lazy import is still a dependency), checked as rules.
 
 From the bottom up:
 
-* bottom: the error tree, loggers, the register map, the OS/kernel error diagnosis and the
-  op vocabulary (:data:`BOTTOM`), which import nothing else of hil;
+* bottom: the error tree, loggers, the register map, the OS/kernel error diagnosis, the
+  buffered asyncio streams and the op vocabulary (:data:`BOTTOM`), which import nothing else
+  of hil;
 * the simulator (``hil.sim``), which knows the chip and nothing of backends;
 * backends (``hil.backends``) and the agent (``hil.agent``), which run programs but know
   nothing of the driver layer's DMA rules (``hil.dma``, ``hil.regs``, ``hil.rules``,
@@ -28,7 +29,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 #: bottom layer: these import only each other (and the root package's ``__version__``)
-BOTTOM = {"hil", "hil.errors", "hil.log", "hil.records", "hil.ports", "hil.oserrors", "hil.ops"}
+BOTTOM = {"hil", "hil.errors", "hil.log", "hil.records", "hil.ports", "hil.oserrors", "hil.ops", "hil.streams"}
 #: the driver layer: DMA rules and register dumps over a backend
 DRIVER = {"hil.dma", "hil.regs", "hil.rules", "hil.buffers"}
 #: above every backend and the agent

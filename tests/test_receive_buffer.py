@@ -1,10 +1,11 @@
-"""A TCP agent link receives into a buffer of its own, and a TCP floor is timed with glibc's
-malloc thresholds fixed (docs/reference/hil-lessons.md §1.14).
+"""The streams hil talks through op by op (an agent's TCP link, QEMU's qtest socket, a VM's
+serial line) receive into a buffer of their own (hil.streams), and a TCP floor is timed with
+glibc's malloc thresholds fixed (docs/reference/hil-lessons.md §1.14).
 
 A plain asyncio protocol's transport receives with ``recv(256 KiB)``; depending on the
 process's allocation history glibc serves each such buffer with an ``mmap`` and ``munmap`` and
-faults its pages in afresh, which more than doubled a one-op round trip. The link's protocol is
-a ``BufferedProtocol`` instead; these tests check that the transport really takes that path, that
+faults its pages in afresh, which more than doubled a one-op round trip. Our protocols are
+``BufferedProtocol`` instead; these tests check that the transport really takes that path, that
 every byte arrives once, in order and unaliased (the buffer is reused), pushed or read, and that
 the thresholds the floor fixes keep such buffers on the heap.
 """
@@ -19,9 +20,11 @@ import textwrap
 
 import pytest
 
-from hil.agent.links import RECEIVE_BUFFER, PushProtocol, StreamLink, open_link
+from hil import streams
+from hil.agent.links import PushProtocol, StreamLink, open_link
 from hil.bench import heap
 from hil.bench.heap import pin_malloc_thresholds
+from hil.streams import RECEIVE_BUFFER, BufferedStreamProtocol
 
 CHUNKS = [bytes([i % 251]) * n for i, n in enumerate((1, 7, 300, RECEIVE_BUFFER + 12345, 5, 70_000, 1))]
 
@@ -144,3 +147,36 @@ def test_a_refused_mallopt_is_said(monkeypatch):
     monkeypatch.setattr(heap.ctypes, "CDLL", lambda name: Glibc())
     pin = pin_malloc_thresholds()
     assert not pin.pinned and "refused mallopt" in pin.detail and "2.36" in pin.detail
+
+
+async def test_unix_streams_of_qtest_and_a_vm_line_receive_into_their_own_buffers(monkeypatch, tmp_path):
+    """hil.streams' unix server (QEMU's qtest socket) and connection (a VM's serial line): every
+    read of both ends goes through the protocol's buffer, and a reply larger than it arrives whole."""
+    calls = []
+    original = BufferedStreamProtocol.get_buffer
+
+    def counted(self: BufferedStreamProtocol, sizehint: int) -> memoryview:
+        calls.append(self)
+        return original(self, sizehint)
+
+    monkeypatch.setattr(BufferedStreamProtocol, "get_buffer", counted)
+    big = bytes(range(256)) * (RECEIVE_BUFFER // 128)  # two buffers' worth
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        line = await reader.readline()
+        writer.write(line.upper() + big)
+        await writer.drain()
+        writer.close()
+
+    path = str(tmp_path / "s.sock")
+    server = await streams.start_unix_server(answer, path, limit=1 << 20)
+    try:
+        reader, writer = await streams.open_unix_connection(path, limit=1 << 20)
+        writer.write(b"inb 0x83\n")
+        assert await asyncio.wait_for(reader.readline(), 10) == b"INB 0X83\n"
+        assert await asyncio.wait_for(reader.readexactly(len(big)), 10) == big
+        writer.close()
+    finally:
+        server.close()
+    ends = {id(p) for p in calls}
+    assert len(ends) == 2 and len(calls) >= 4  # the server's end and ours; the reply took several reads

@@ -23,17 +23,17 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from hil import oserrors
+from hil import oserrors, streams
 from hil.errors import (
     LinkError as LinkError,  # defined there; importable from here as before
 )
 from hil.log import get_logger
 from hil.records import dataclass
+from hil.streams import BufferedStreamProtocol
 
 log = get_logger("hil.link")
 
 READ_CHUNK = 65536
-RECEIVE_BUFFER = 256 * 1024  #: what one receive of a pushing TCP link may take: asyncio's own read size
 
 
 @dataclass
@@ -88,33 +88,16 @@ class Link(abc.ABC):
 Receiver = Callable[[bytes], None]
 
 
-class PushProtocol(asyncio.StreamReaderProtocol, asyncio.BufferedProtocol):
+class PushProtocol(BufferedStreamProtocol):
     """The streams protocol of a connection whose bytes may go straight to a receiver
-    (:meth:`Link.on_data`) rather than into its :class:`asyncio.StreamReader`.
-
-    It receives into one buffer of its own (asyncio's ``BufferedProtocol``: the transport calls
-    ``recv_into``). A plain protocol's transport calls ``recv(256 KiB)`` for every read, and that
-    allocation is served by glibc either from the heap or, depending on the process's allocation
-    history, by an ``mmap`` and ``munmap`` per read with fresh pages to fault in: on the 2-core
-    development VM that regime took a one-op round trip from 25 to 61 us
-    (docs/reference/hil-lessons.md §1.14)."""
+    (:meth:`Link.on_data`) rather than into its :class:`asyncio.StreamReader`. It receives
+    into a buffer of its own (:mod:`hil.streams`: no 256 KiB allocation per read)."""
 
     receiver: Receiver | None = None
     counts: LinkStats | None = None  #: where the bytes handed to ``receiver`` are counted (Link.counted's work)
     #: something (bytes, the end) went to the StreamReader: it must be read there, not pushed
     #: (an agent's connection may have bytes before its serving task asks for them)
     buffered = False
-    _view: memoryview | None = None
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        view = self._view
-        if view is None:
-            view = self._view = memoryview(bytearray(RECEIVE_BUFFER))
-        return view
-
-    def buffer_updated(self, nbytes: int) -> None:
-        assert self._view is not None  # get_buffer() came first
-        self.data_received(bytes(self._view[:nbytes]))  # a copy: receivers keep what they are given
 
     def data_received(self, data: bytes) -> None:
         receiver = self.receiver
@@ -448,13 +431,12 @@ async def open_link(url: str, *, baud: int = 115200) -> Link:
         if not parts.hostname or not parts.port:
             raise LinkError(f"{url}: expected tcp://HOST:PORT")
         loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(limit=READ_CHUNK, loop=loop)
-        protocol = PushProtocol(reader, loop=loop)
-        try:  # asyncio.open_connection, with a protocol that can hand bytes on directly
-            transport, _ = await loop.create_connection(lambda: protocol, parts.hostname, parts.port)
+        try:  # with a protocol that can hand bytes on directly
+            reader, writer, protocol = await streams.open_connection(
+                parts.hostname, parts.port, limit=READ_CHUNK, protocol=lambda r: PushProtocol(r, loop=loop))
         except OSError as e:
             raise oserrors.connect_error(url, e, LinkError) from None
-        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+        assert isinstance(protocol, PushProtocol)  # made just above
         return StreamLink(url, reader, writer, protocol)
     import serial  # pyserial: imported only for serial links
 

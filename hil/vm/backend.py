@@ -37,6 +37,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from hil import streams
 from hil.agent.client import AgentBackend
 from hil.agent.links import Link, StreamLink
 from hil.allowlist import AllowListError, parse_window
@@ -190,7 +191,7 @@ class VmBackend(AgentBackend):
     async def _open_line(self) -> Link:
         assert self.vm is not None
         try:
-            reader, writer = await asyncio.open_unix_connection(self.vm.link_path, limit=1 << 20)
+            reader, writer = await streams.open_unix_connection(self.vm.link_path, limit=1 << 20)
         except OSError as e:
             raise LinkError(f"vm: the VM's serial line {self.vm.link_path}: {e}") from None
         return StreamLink(f"vm uart {self.vm.link_path}", reader, writer)

@@ -31,6 +31,7 @@ from dataclasses import field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from hil import streams
 from hil.backends.qemu.firmware import floppy_image
 from hil.backends.qemu.process import (
     LIVE,
@@ -377,7 +378,7 @@ async def _open_line(vm: VirtualMachine) -> tuple[asyncio.StreamReader, asyncio.
     deadline = time.monotonic() + 10.0
     while True:  # the chardev socket appears when QEMU has set up its serial ports
         try:
-            return await asyncio.open_unix_connection(vm.link_path, limit=1 << 22)
+            return await streams.open_unix_connection(vm.link_path, limit=1 << 22)
         except OSError:
             if time.monotonic() > deadline or not vm.running:
                 raise VmBootError(f"vm: cannot connect to the guest's serial line {vm.link_path}: {vm.qemu_log()}",

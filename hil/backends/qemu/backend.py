@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from hil import oserrors
+from hil import oserrors, streams
 from hil.allowlist import AllowList
 from hil.backends import BackendURL
 from hil.backends.base import Backend, Capabilities, Capability
@@ -154,7 +154,7 @@ class QemuBackend(Backend):
             connected.set_result((reader, writer))
 
         with self._start_step(f"cannot listen on the qtest socket {sock}"):
-            self._server = await asyncio.start_unix_server(on_connect, sock, limit=1 << 20)
+            self._server = await streams.start_unix_server(on_connect, sock, limit=1 << 20)
             os.chmod(sock, 0o600)
         argv = self.command_line(sock, str(bios))
         with self._start_step(f"cannot write its log {self.log_path}"):
