@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 RECEIVE_BUFFER = 256 * 1024  #: what one read may take: the size asyncio's transport asks recv() for
 
 ConnectedCallback = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Any]
+P = TypeVar("P", bound="BufferedStreamProtocol")
 
 
 class BufferedStreamProtocol(asyncio.StreamReaderProtocol, asyncio.BufferedProtocol):
@@ -37,14 +38,13 @@ class BufferedStreamProtocol(asyncio.StreamReaderProtocol, asyncio.BufferedProto
         self.data_received(bytes(self._view[:nbytes]))  # a copy: the reader keeps what it is given
 
 
-async def open_connection(host: str, port: int, *, limit: int,
-                          protocol: Callable[[asyncio.StreamReader], BufferedStreamProtocol] | None = None,
-                          ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, BufferedStreamProtocol]:
-    """:func:`asyncio.open_connection`, also returning the protocol (``protocol`` makes it
-    from the reader: a subclass)."""
+async def open_connection(host: str, port: int, *, limit: int, protocol: Callable[[asyncio.StreamReader], P],
+                          ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, P]:
+    """:func:`asyncio.open_connection` with the protocol ``protocol`` makes from the reader (a
+    subclass of ours), which it also returns."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=limit, loop=loop)
-    proto = protocol(reader) if protocol is not None else BufferedStreamProtocol(reader, loop=loop)
+    proto = protocol(reader)
     transport, _ = await loop.create_connection(lambda: proto, host, port)
     return reader, asyncio.StreamWriter(transport, proto, reader, loop), proto
 

@@ -436,7 +436,6 @@ async def open_link(url: str, *, baud: int = 115200) -> Link:
                 parts.hostname, parts.port, limit=READ_CHUNK, protocol=lambda r: PushProtocol(r, loop=loop))
         except OSError as e:
             raise oserrors.connect_error(url, e, LinkError) from None
-        assert isinstance(protocol, PushProtocol)  # made just above
         return StreamLink(url, reader, writer, protocol)
     import serial  # pyserial: imported only for serial links
 

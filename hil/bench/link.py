@@ -329,8 +329,9 @@ class EchoFloor(Floor):
 
 
 def floor_for(be: AgentBackend, env: Env | None = None) -> Floor:
-    """The floor of the link ``be`` actually uses: TCP measured, a serial line from its baud
-    rate and latency timer, or none (a pty, loop://)."""
+    """The floor of the link ``be`` actually uses: TCP measured (glibc's malloc thresholds
+    fixed first, :mod:`hil.bench.heap`), a serial line from its baud rate and latency timer, or
+    none (a pty, loop://)."""
     link = be.link_url
     if be.scheme == "vm":  # the VM's UART: a 16550 model that QEMU does not pace (docs/reference/vm.md §6)
         return SerialFloor(be.baud, 0.0, f"{be.baud} baud 8N1, the rate the guest set on QEMU's 16550 (which does not "
