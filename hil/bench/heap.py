@@ -6,9 +6,8 @@ time) depends on the process's allocation history: glibc raises its mmap thresho
 has freed one mmapped block. The same echo then costs 25 us in one process and 61 us in the next
 (docs/reference/hil-lessons.md §1.14). A floor that may be 2.4 times its own best is no floor, so
 before timing one we fix the thresholds where glibc's own adjustment would put them after one
-such buffer: the mmap threshold above it, the trim threshold twice that. The agent links
-receive into a buffer of their own (:class:`~hil.agent.links.PushProtocol`) and do not depend on
-either regime.
+such buffer: the mmap threshold above it, the trim threshold twice that. hil's own streams
+receive into a buffer of their own (:mod:`hil.streams`) and do not depend on either regime.
 """
 
 from __future__ import annotations
