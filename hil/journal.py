@@ -9,6 +9,7 @@ wrote them or they were saved from a bench weeks ago.
 
 from __future__ import annotations
 
+import datetime as _dt
 import errno
 import hashlib
 import io
@@ -438,8 +439,6 @@ class Journal:
             raise JournalError(f"journal {self.path}: cannot write it: {oserrors.file_reason(e)}") from None
 
     def header(self, result: RunResult) -> None:
-        import datetime as _dt  # here: a run without a journal never needs it (2 ms of its start)
-
         self._write({
             "type": "header",
             "version": JOURNAL_VERSION,
