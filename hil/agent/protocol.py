@@ -126,7 +126,9 @@ SECRET_SIZE = 16  #: bytes of a session secret (feature SESSION_SECRET, HELLO fl
 
 STATE_FIXED = result_size(DevState(0, 0))  #: DEV_STATE reply bytes before the head
 REPLY_HEADER = struct.Struct("<BHB")  #: EXEC_REPLY: status, index, reason length (the reason follows)
-_OK = Status.OK  #: looked up once (a reply decoded per round trip)
+#: looked up once: on Python 3.11 an Enum's member costs about 0.15 us per lookup by class attribute
+#: (its metaclass's __getattr__ keeps the lookup off the fast path), and a reply is coded per round trip
+_OK = Status.OK
 
 
 # --- CRC and COBS ---------------------------------------------------------------------------
@@ -662,7 +664,7 @@ class ReplyLayout:
 
     def encode(self, results: Sequence[Result], polls_met: Sequence[bool]) -> bytes:
         """The payload of an OK reply with these results (one per item, in order)."""
-        values: list[int] = [Status.OK, 0xFFFF, 0]
+        values: list[int] = [_OK, 0xFFFF, 0]
         plain = self._plain
         if plain is not None:  # the loop below for In and IrqState only; an agent's IrqLines repeats until a line changes
             last, payload = self._encoded

@@ -70,6 +70,8 @@ if TYPE_CHECKING:
     from hil.backends.sim import SimBackend
 
 log = get_logger("hil.agent")
+#: looked up once (an Enum member by class attribute is slow on Python 3.11: see protocol._OK)
+_EXEC, _EXEC_REPLY = MsgType.EXEC, MsgType.EXEC_REPLY
 
 
 @dataclass
@@ -293,7 +295,7 @@ class AgentCore:
         :meth:`_execute_now`). Anything else is :data:`LATER`, untouched: :meth:`handle` it. A
         link's own callback answers with this, so the frame needs no task woken (a loop
         iteration of every round trip)."""
-        if frame.type != MsgType.EXEC or self._lock.locked():
+        if frame.type != _EXEC or self._lock.locked():
             return LATER
         session = self._session
         if session is None or session.conn is not (conn or self._local) or frame.seq != session.next or session.held:
@@ -309,7 +311,7 @@ class AgentCore:
 
     def _ran(self, session: Session, seq: int, reply: bytes) -> bytes:
         """The reply frame of program ``seq``, cached for a retry of it; ``next`` moves on."""
-        wire = encode_frame(MsgType.EXEC_REPLY, seq, reply)
+        wire = encode_frame(_EXEC_REPLY, seq, reply)
         cache = session.cache
         cache[seq] = wire
         if len(cache) > self._cache_size:
