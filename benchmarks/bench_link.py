@@ -5,7 +5,8 @@ Run: python benchmarks/bench_link.py [--repeat K] [--json FILE]
 * a one-op program (``be.inb``) through an agent on loopback TCP vs an asyncio streams echo of
   the same request and reply bytes (target <= 1.3x), with glibc's malloc thresholds fixed first
   so that the echo's 256 KiB receive buffers come from the heap, as they do at its best
-  (:mod:`hil.bench.heap`);
+  (:mod:`hil.bench.heap`); beside it, the same round trips against no protocol at all
+  (:class:`BareExchange`: what is left of one when framing, checks and model cost nothing);
 * reading 1 MiB through the agent over TCP, MB/s, vs the same echo moving 1 MiB in 64 KiB
   messages (target >= 100 MB/s);
 * the simulated FT232H link (3 Mbaud, a 1 ms latency timer on replies; ``hil bench link``): one
@@ -26,6 +27,7 @@ import asyncio
 import struct
 import time
 from pathlib import Path
+from typing import cast
 
 from floors import Figure, report
 
@@ -64,17 +66,76 @@ class Echo:
         await self.reader.readexactly(back)
 
 
+class BareExchange:
+    """The agent's own shape of round trip with no protocol at all: the far end answers ``back``
+    bytes from its protocol's callback once ``out`` have come, and the near end awaits a future
+    its protocol's callback sets, both ends receiving into buffers of their own (what
+    :mod:`hil.streams` gives the agent's link). What is left of a one-op round trip when the
+    framing, the checks and the model cost nothing: the event loop, two sends, two receives and
+    one task's wake-up. Beside the target's floor, not instead of it."""
+
+    class _Far(asyncio.BufferedProtocol):
+        def __init__(self, owner: BareExchange) -> None:
+            self.owner, self.buf, self.got = owner, bytearray(1 << 16), 0
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = cast(asyncio.Transport, transport)
+
+        def get_buffer(self, sizehint: int) -> bytearray:
+            return self.buf
+
+        def buffer_updated(self, nbytes: int) -> None:
+            self.got += nbytes
+            out, back = self.owner.shape
+            if self.got >= out:
+                self.got -= out
+                self.transport.write(bytes(back))
+
+    class _Near(asyncio.BufferedProtocol):
+        def __init__(self) -> None:
+            self.buf, self.got, self.want = bytearray(1 << 16), 0, 0
+            self.waiter: asyncio.Future[None] | None = None
+
+        def get_buffer(self, sizehint: int) -> bytearray:
+            return self.buf
+
+        def buffer_updated(self, nbytes: int) -> None:
+            self.got += nbytes
+            if self.got >= self.want and self.waiter is not None and not self.waiter.done():
+                self.got -= self.want
+                self.waiter.set_result(None)
+
+    async def __aenter__(self) -> BareExchange:
+        loop = asyncio.get_running_loop()
+        self.shape = (1, 1)
+        self.server = await loop.create_server(lambda: self._Far(self), "127.0.0.1", 0)
+        port = self.server.sockets[0].getsockname()[1]
+        self.transport, self.near = await loop.create_connection(self._Near, "127.0.0.1", port)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.transport.close()
+        self.server.close()
+
+    async def exchange(self, out: int, back: int) -> None:
+        self.shape = (out, back)
+        self.near.want = back
+        self.near.waiter = asyncio.get_running_loop().create_future()
+        self.transport.write(bytes(out))
+        await self.near.waiter
+
+
 async def tcp_figures(repeat: int, n: int) -> list[Figure]:
     heap = pin_malloc_thresholds()  # the echo's receive buffers from the heap, not an mmap per read (hil.bench.heap)
     async with open_backend("sim") as io:
         core = AgentCore(io, AllowList.default([range(0, 1 << 24)]))
         listener = await start(core, "tcp://127.0.0.1:0")
         try:
-            async with open_backend(f"agent+{listener.address}") as be, Echo() as echo:
+            async with open_backend(f"agent+{listener.address}") as be, Echo() as echo, BareExchange() as bare:
                 out0, in0 = be.stats.bytes_out, be.stats.bytes_in
                 await be.inb(0x83)
                 out, back = be.stats.bytes_out - out0, be.stats.bytes_in - in0
-                ops, floor = [], []
+                ops, floor, bare_floor = [], [], []
                 for _ in range(repeat):
                     t0 = time.perf_counter()
                     for _ in range(n):
@@ -82,10 +143,17 @@ async def tcp_figures(repeat: int, n: int) -> list[Figure]:
                     floor.append((time.perf_counter() - t0) / n * 1e6)
                     t0 = time.perf_counter()
                     for _ in range(n):
+                        await bare.exchange(out, back)
+                    bare_floor.append((time.perf_counter() - t0) / n * 1e6)
+                    t0 = time.perf_counter()
+                    for _ in range(n):
                         await be.inb(0x83)
                     ops.append((time.perf_counter() - t0) / n * 1e6)
                 one = Figure(f"agent one-op program over loopback TCP ({out} + {back} wire bytes)", "us", ops,
                              f"asyncio streams echo of the same bytes ({heap.detail})", floor, "ratio <= 1.3")
+                beside = Figure(f"agent one-op program over loopback TCP ({out} + {back} wire bytes), against no protocol",
+                                "us", ops, "a bare asyncio protocol round trip of the same bytes, answered in the "
+                                "far end's callback as the agent answers (BareExchange)", bare_floor)
                 bulk, bulk_floor = [], []
                 await be.write_mem(0x100000, bytes(range(256)) * 4096)
                 for _ in range(repeat):
@@ -98,7 +166,7 @@ async def tcp_figures(repeat: int, n: int) -> list[Figure]:
                     bulk.append(MiB / (time.perf_counter() - t0) / 1e6)
                 big = Figure("agent bulk 1 MiB read over loopback TCP", "MB/s", bulk,
                              "the echo moving 1 MiB in 64 KiB messages", bulk_floor, "value >= 100", higher=True)
-                return [one, big]
+                return [one, beside, big]
         finally:
             listener.close()
 
