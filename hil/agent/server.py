@@ -70,7 +70,7 @@ if TYPE_CHECKING:
     from hil.backends.sim import SimBackend
 
 log = get_logger("hil.agent")
-#: looked up once (an Enum member by class attribute is slow on Python 3.11: see protocol._OK)
+#: looked up once (an Enum member by class attribute is slow on Python 3.11: docs/reference/hil-lessons.md §1.15)
 _EXEC, _EXEC_REPLY = MsgType.EXEC, MsgType.EXEC_REPLY
 
 
