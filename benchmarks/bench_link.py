@@ -6,7 +6,8 @@ Run: python benchmarks/bench_link.py [--repeat K] [--json FILE]
   the same request and reply bytes (target <= 1.3x), with glibc's malloc thresholds fixed first
   so that the echo's 256 KiB receive buffers come from the heap, as they do at its best
   (:mod:`hil.bench.heap`); beside it, the same round trips against no protocol at all
-  (:class:`BareExchange`: what is left of one when framing, checks and model cost nothing);
+  (:class:`BareExchange`: what is left of one when framing, checks and model cost nothing),
+  and with ``hil agent`` and the echo's server each in a process of their own;
 * reading 1 MiB through the agent over TCP, MB/s, vs the same echo moving 1 MiB in 64 KiB
   messages (target >= 100 MB/s);
 * the simulated FT232H link (3 Mbaud, a 1 ms latency timer on replies; ``hil bench link``): one
@@ -16,7 +17,8 @@ Run: python benchmarks/bench_link.py [--repeat K] [--json FILE]
   the CPUs' idle states as they are;
 * the programs the ``floppy-read`` example takes on an agent (target <= 6).
 
-Both ends run in this process, as the echo's do, so each figure and its floor share the CPU.
+Both ends run in this process, as the echo's do, so each figure and its floor share the CPU (but
+for the one figure with ``hil agent`` in its own process, against an echo server in its own).
 ``hil bench link`` measures a real link (``--backend URL``).
 """
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import struct
+import sys
 import time
 from pathlib import Path
 from typing import cast
@@ -50,15 +53,22 @@ class Echo:
     """A plain asyncio streams echo on loopback: a request of ``out`` bytes, ``back`` bytes
     answered, the least any protocol over the same sockets can cost."""
 
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port  #: an echo server's, elsewhere; None: served here
+
     async def __aenter__(self) -> Echo:
-        self.server = await asyncio.start_server(serve_echo, "127.0.0.1", 0)
-        port = self.server.sockets[0].getsockname()[1]
+        self.server: asyncio.Server | None = None
+        port = self.port
+        if port is None:
+            self.server = await asyncio.start_server(serve_echo, "127.0.0.1", 0)
+            port = self.server.sockets[0].getsockname()[1]
         self.reader, self.writer = await asyncio.open_connection("127.0.0.1", port)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         self.writer.close()
-        self.server.close()
+        if self.server is not None:
+            self.server.close()
 
     async def exchange(self, out: int, back: int) -> None:
         self.writer.write(struct.pack("<II", max(0, out - 8), back) + bytes(max(0, out - 8)))
@@ -171,6 +181,58 @@ async def tcp_figures(repeat: int, n: int) -> list[Figure]:
             listener.close()
 
 
+#: the echo's far end in a process of its own: glibc's thresholds fixed as in this process,
+#: the address it listens on printed once it listens (as ``hil agent`` prints its own)
+ECHO_SERVER = """
+import asyncio
+from hil.bench.heap import pin_malloc_thresholds
+from hil.bench.link import serve_echo
+pin_malloc_thresholds()
+async def main():
+    server = await asyncio.start_server(serve_echo, "127.0.0.1", 0)
+    print(server.sockets[0].getsockname()[1], flush=True)
+    await server.serve_forever()
+asyncio.run(main())
+"""
+
+
+async def cross_process_figure(repeat: int, n: int) -> Figure:
+    """The same one-op round trips with the agent where users run it, ``hil agent`` in a process
+    of its own, against the same echo served by a process of its own: each round trip then also
+    pays waking another process twice, in the figure and in its floor alike. No target: the
+    target's figure is the in-process one above."""
+    agent = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "hil", "agent", "--io", "sim", "--listen", "tcp://127.0.0.1:0",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+    echo_server = await asyncio.create_subprocess_exec(sys.executable, "-c", ECHO_SERVER,
+                                                       stdout=asyncio.subprocess.PIPE)
+    try:
+        assert agent.stdout is not None and echo_server.stdout is not None
+        address = (await asyncio.wait_for(agent.stdout.readline(), 30)).decode().strip()
+        port = int(await asyncio.wait_for(echo_server.stdout.readline(), 30))
+        async with open_backend(f"agent+{address}") as be, Echo(port) as echo:
+            out0, in0 = be.stats.bytes_out, be.stats.bytes_in
+            await be.inb(0x83)
+            out, back = be.stats.bytes_out - out0, be.stats.bytes_in - in0
+            ops, floor = [], []
+            for _ in range(repeat):
+                t0 = time.perf_counter()
+                for _ in range(n):
+                    await echo.exchange(out, back)
+                floor.append((time.perf_counter() - t0) / n * 1e6)
+                t0 = time.perf_counter()
+                for _ in range(n):
+                    await be.inb(0x83)
+                ops.append((time.perf_counter() - t0) / n * 1e6)
+        return Figure(f"agent one-op program over loopback TCP ({out} + {back} wire bytes), `hil agent` in a "
+                      "process of its own", "us", ops, "the same echo served by a process of its own", floor)
+    finally:
+        for proc in (agent, echo_server):
+            if proc.returncode is None:
+                proc.terminate()
+            await proc.wait()
+
+
 async def shaped_figures(repeat: int, cpu: CpuLatency) -> list[Figure]:
     """The simulated FT232H's figures; the target goes with the CPU latency request held, as
     ``hil bench link`` measures by default (docs/reference/hil-lessons.md §1.13)."""
@@ -204,6 +266,7 @@ async def programs_of_floppy_read() -> Figure:
 
 async def main(repeat: int, n: int, json_path: str | None) -> None:
     figures = await tcp_figures(repeat, n)
+    figures.append(await cross_process_figure(repeat, n))
     with hold_cpu_latency() as cpu:
         if cpu.held:
             figures += await shaped_figures(max(1, repeat // 2), cpu)
