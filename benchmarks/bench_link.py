@@ -29,11 +29,13 @@ import asyncio
 import struct
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import cast
+from typing import Protocol, cast
 
 from floors import Figure, report
 
+from hil.agent.client import AgentBackend
 from hil.agent.server import AgentCore, start
 from hil.allowlist import AllowList
 from hil.backends import open_backend
@@ -135,6 +137,34 @@ class BareExchange:
         await self.near.waiter
 
 
+class Exchange(Protocol):
+    """A floor of the one-op figures: ``out`` bytes sent, ``back`` bytes answered."""
+
+    async def exchange(self, out: int, back: int) -> None: ...
+
+
+async def one_op_rounds(be: AgentBackend, floors: Sequence[Exchange], repeat: int,
+                        n: int) -> tuple[int, int, list[float], list[list[float]]]:
+    """The wire bytes of one ``be.inb(0x83)`` (out, back), then ``repeat`` samples (us each,
+    the mean of ``n``) of it and of each floor's exchange of those bytes, taken in turn."""
+    out0, in0 = be.stats.bytes_out, be.stats.bytes_in
+    await be.inb(0x83)
+    out, back = be.stats.bytes_out - out0, be.stats.bytes_in - in0
+    ops: list[float] = []
+    samples: list[list[float]] = [[] for _ in floors]
+    for _ in range(repeat):
+        for floor, taken in zip(floors, samples):
+            t0 = time.perf_counter()
+            for _ in range(n):
+                await floor.exchange(out, back)
+            taken.append((time.perf_counter() - t0) / n * 1e6)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            await be.inb(0x83)
+        ops.append((time.perf_counter() - t0) / n * 1e6)
+    return out, back, ops, samples
+
+
 async def tcp_figures(repeat: int, n: int) -> list[Figure]:
     heap = pin_malloc_thresholds()  # the echo's receive buffers from the heap, not an mmap per read (hil.bench.heap)
     async with open_backend("sim") as io:
@@ -142,23 +172,7 @@ async def tcp_figures(repeat: int, n: int) -> list[Figure]:
         listener = await start(core, "tcp://127.0.0.1:0")
         try:
             async with open_backend(f"agent+{listener.address}") as be, Echo() as echo, BareExchange() as bare:
-                out0, in0 = be.stats.bytes_out, be.stats.bytes_in
-                await be.inb(0x83)
-                out, back = be.stats.bytes_out - out0, be.stats.bytes_in - in0
-                ops, floor, bare_floor = [], [], []
-                for _ in range(repeat):
-                    t0 = time.perf_counter()
-                    for _ in range(n):
-                        await echo.exchange(out, back)
-                    floor.append((time.perf_counter() - t0) / n * 1e6)
-                    t0 = time.perf_counter()
-                    for _ in range(n):
-                        await bare.exchange(out, back)
-                    bare_floor.append((time.perf_counter() - t0) / n * 1e6)
-                    t0 = time.perf_counter()
-                    for _ in range(n):
-                        await be.inb(0x83)
-                    ops.append((time.perf_counter() - t0) / n * 1e6)
+                out, back, ops, (floor, bare_floor) = await one_op_rounds(be, [echo, bare], repeat, n)
                 one = Figure(f"agent one-op program over loopback TCP ({out} + {back} wire bytes)", "us", ops,
                              f"asyncio streams echo of the same bytes ({heap.detail})", floor, "ratio <= 1.3")
                 beside = Figure(f"agent one-op program over loopback TCP ({out} + {back} wire bytes), against no protocol",
@@ -211,19 +225,7 @@ async def cross_process_figure(repeat: int, n: int) -> Figure:
         address = (await asyncio.wait_for(agent.stdout.readline(), 30)).decode().strip()
         port = int(await asyncio.wait_for(echo_server.stdout.readline(), 30))
         async with open_backend(f"agent+{address}") as be, Echo(port) as echo:
-            out0, in0 = be.stats.bytes_out, be.stats.bytes_in
-            await be.inb(0x83)
-            out, back = be.stats.bytes_out - out0, be.stats.bytes_in - in0
-            ops, floor = [], []
-            for _ in range(repeat):
-                t0 = time.perf_counter()
-                for _ in range(n):
-                    await echo.exchange(out, back)
-                floor.append((time.perf_counter() - t0) / n * 1e6)
-                t0 = time.perf_counter()
-                for _ in range(n):
-                    await be.inb(0x83)
-                ops.append((time.perf_counter() - t0) / n * 1e6)
+            out, back, ops, (floor,) = await one_op_rounds(be, [echo], repeat, n)
         return Figure(f"agent one-op program over loopback TCP ({out} + {back} wire bytes), `hil agent` in a "
                       "process of its own", "us", ops, "the same echo served by a process of its own", floor)
     finally:
